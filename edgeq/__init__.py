@@ -1,0 +1,8 @@
+"""edgeq: FP32 image classifier -> evaluated, benchmarked INT8 edge artifacts."""
+import os as _os
+
+# tfmot only supports the Keras 2 API (tf-keras); it must be chosen before TensorFlow is imported.
+_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"

@@ -1,0 +1,102 @@
+"""The `edgeq` command. Thin: parse, call the pipeline, print progress and a summary table.
+
+Errors a user can act on (EdgeqError) become one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import EdgeqError
+
+
+def _cmd_run(args) -> int:
+    from .config import load_config
+    from .pipeline import run_pipeline
+    from .report import print_summary
+
+    cfg = load_config(args.config)
+    if args.no_benchmark:
+        cfg.benchmark.enabled = False
+    if args.stages is not None:
+        wanted = set(args.stages.split(","))
+        for name in ("tflite_ptq", "onnx_ptq", "qat", "comparison"):
+            getattr(cfg.stages, name).enabled = name in wanted
+    run_dir = run_pipeline(cfg, Path(args.out) if args.out else None)
+    rep = json.loads((run_dir / "report.json").read_text())
+    print_summary(rep)
+    print(f"report: {run_dir / 'report.md'} | {run_dir / 'report.html'} | {run_dir / 'report.json'}")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    print(f"{args.config}: ok ({cfg.name}, model {cfg.model.path}, {cfg.model.format})")
+    return 0
+
+
+def _cmd_train_reference(args) -> int:
+    from .reference import RECIPES, train
+
+    if args.name not in RECIPES:
+        raise EdgeqError(f"unknown reference model {args.name!r}; choose from {', '.join(RECIPES)}")
+    train(args.name, Path(args.out), args.train_images, args.epochs)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import print_summary
+
+    p = Path(args.run_dir) / "report.json"
+    if not p.exists():
+        raise EdgeqError(f"{p}: no report; run `edgeq run CONFIG --out {args.run_dir}` first")
+    print_summary(json.loads(p.read_text()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeq", description="FP32 image classifier -> evaluated, benchmarked INT8 "
+                                "edge artifacts (TFLite, ONNX) with a report.")
+    p.add_argument("--version", action="version", version=f"edgeq {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the pipeline of one model config")
+    r.add_argument("config", help="models/<name>.yaml")
+    r.add_argument("--out", help="run directory (default: output.dir or runs/<name>)")
+    r.add_argument("--stages", help="comma-separated stages to run (default: those enabled in the config)")
+    r.add_argument("--no-benchmark", action="store_true", help="skip latency benchmarks")
+    r.set_defaults(fn=_cmd_run)
+    v = sub.add_parser("validate", help="validate a config file")
+    v.add_argument("config")
+    v.set_defaults(fn=_cmd_validate)
+    t = sub.add_parser("train-reference", help="train an embedded default FP32 model (Fashion-MNIST)")
+    t.add_argument("name", help="mobilenet_v2 | resnet50")
+    t.add_argument("--out", default="models")
+    t.add_argument("--train-images", type=int)
+    t.add_argument("--epochs", type=int)
+    t.set_defaults(fn=_cmd_train_reference)
+    rp = sub.add_parser("report", help="print the summary table of a finished run")
+    rp.add_argument("run_dir")
+    rp.set_defaults(fn=_cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except EdgeqError as e:
+        print(f"edgeq: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeq: interrupted; finished artifacts are kept and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The one schema of a pipeline run, validated up front.
+
+Every option a stage has is a field here with a default. An unknown key or a wrong type is a one-line
+`ConfigError` naming the file and the key. Relative paths are resolved against the config file's
+directory (model and data) or the current directory (output).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Strict):
+    path: Path
+    format: Optional[Literal["keras", "h5", "savedmodel", "onnx"]] = None  # inferred from the path if omitted
+    input_shape: tuple[int, int, int]  # H, W, C of one image
+    num_classes: int = Field(gt=1)
+    family: str = "custom"  # mobilenet_v2 | resnet50 | custom: informational, recorded in the report
+    trust_lambda_layers: bool = False  # .h5 with Lambda layers runs Python from the file: opt in explicitly
+
+    @model_validator(mode="after")
+    def _infer_format(self):
+        if self.format is None:
+            p = self.path
+            fmt = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx"}.get(p.suffix.lower())
+            if fmt is None and (p.suffix == "" or p.is_dir()):
+                fmt = "savedmodel"
+            if fmt is None:
+                raise ValueError(f"cannot tell the model format from '{p.name}'; set model.format")
+            object.__setattr__(self, "format", fmt)
+        return self
+
+
+class PreprocessSpec(Strict):
+    """float_input = (uint8_pixels - mean) / std, per channel (one value = all channels)."""
+
+    mean: list[float] = [127.5]
+    std: list[float] = [127.5]
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, v):
+        if any(s == 0 for s in v):
+            raise ValueError("std must not contain 0")
+        return v
+
+
+class DataSpec(Strict):
+    kind: Literal["fashion_mnist", "image_folder", "npz"] = "fashion_mnist"
+    path: Optional[Path] = None  # one labelled set, split deterministically into calibration/eval/train
+    calibration_path: Optional[Path] = None  # or separate sets (take precedence over `path`)
+    eval_path: Optional[Path] = None
+    train_path: Optional[Path] = None
+    calibration_size: int = Field(300, ge=1)
+    eval_size: Optional[int] = Field(None, ge=1)  # None: all available evaluation images
+    train_size: Optional[int] = Field(None, ge=1)
+    prefer_full_dataset: bool = True  # fashion_mnist: the Debian package when installed, else the shipped sample
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _paths(self):
+        if self.kind != "fashion_mnist" and self.path is None and (self.calibration_path is None or self.eval_path is None):
+            raise ValueError(f"data.kind={self.kind} needs data.path, or both data.calibration_path and data.eval_path")
+        return self
+
+
+class TflitePtqSpec(Strict):
+    enabled: bool = True
+    representative_images: int = Field(300, ge=1)
+    input_type: Literal["int8", "uint8", "float32"] = "int8"
+    output_type: Literal["int8", "uint8", "float32"] = "int8"
+    per_channel: bool = True
+    export_fp32: bool = True  # the FP32 .tflite baseline
+    allow_float_ops: bool = False  # True permits a hybrid model (ops that stay float); never the default
+
+
+class OnnxPtqSpec(Strict):
+    enabled: bool = False
+    opset: int = 17
+    quant_format: Literal["qdq", "qoperator"] = "qdq"
+    per_channel: bool = True
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    activation_type: Literal["auto", "int8", "uint8"] = "auto"
+    weight_type: Literal["auto", "int8", "uint8"] = "auto"
+    symmetric: Literal["auto", True, False] = "auto"
+    reduce_range: Literal["auto", True, False] = "auto"
+    exclude_nodes: list[str] = []
+    calibration_images: int = Field(300, ge=1)
+    tensorrt_artifact: bool = True  # also keep a symmetric int8 QDQ model for TensorRT/Jetson
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class QatSpec(Strict):
+    enabled: bool = False
+    epochs: int = Field(1, ge=0)
+    steps_per_epoch: Optional[int] = Field(None, ge=1)
+    train_images: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    validation_images: int = Field(500, ge=0)
+    early_stop_patience: int = Field(1, ge=0)
+    seed: int = 0
+
+
+class ComparisonSpec(Strict):
+    enabled: bool = False
+    bits: list[int] = [8, 4]
+    eval_images: Optional[int] = Field(None, ge=1)
+
+
+class StagesSpec(Strict):
+    tflite_ptq: TflitePtqSpec = TflitePtqSpec()
+    onnx_ptq: OnnxPtqSpec = OnnxPtqSpec()
+    qat: QatSpec = QatSpec()
+    comparison: ComparisonSpec = ComparisonSpec()
+
+
+class EvaluateSpec(Strict):
+    enabled: bool = True
+    batch_size: int = Field(64, ge=1)
+    keras_baseline: bool = True  # evaluate the FP32 Keras model itself too
+
+
+class BenchmarkSpec(Strict):
+    enabled: bool = True
+    runs: int = Field(200, ge=1)
+    warmup: int = Field(20, ge=0)
+    threads: int = Field(1, ge=1)
+
+
+class TargetRef(Strict):
+    device: str  # a name in the inventory
+    runs: Optional[int] = None
+    warmup: Optional[int] = None
+    threads: Optional[int] = None
+
+
+class OutputSpec(Strict):
+    dir: Optional[Path] = None  # default: runs/<name>
+
+
+class RunConfig(Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    model: ModelSpec
+    preprocess: PreprocessSpec = PreprocessSpec()
+    data: DataSpec = DataSpec()
+    stages: StagesSpec = StagesSpec()
+    evaluate: EvaluateSpec = EvaluateSpec()
+    benchmark: BenchmarkSpec = BenchmarkSpec()
+    inventory: Optional[Path] = None
+    targets: list[TargetRef] = []
+    output: OutputSpec = OutputSpec()
+    source: Optional[Path] = Field(None, exclude=True)  # the file this came from
+
+    def run_dir(self, override: Path | None = None) -> Path:
+        return Path(override or self.output.dir or Path("runs") / self.name)
+
+
+def _loc(err: dict) -> str:
+    return ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int) or True)
+
+
+def format_validation_error(e: ValidationError, where: str) -> str:
+    parts = []
+    for err in e.errors():
+        key = _loc(err) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}'")
+        elif err["type"] == "missing":
+            parts.append(f"missing key '{key}'")
+        else:
+            parts.append(f"'{key}': {err['msg']} (got {err.get('input')!r:.60})")
+    return f"{where}: " + "; ".join(parts)
+
+
+def load_config(path: Path | str) -> RunConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{at} not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return config_from_dict(raw, base_dir=path.parent, where=str(path))
+
+
+def config_from_dict(raw: dict, base_dir: Path = Path("."), where: str = "config") -> RunConfig:
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where)) from None
+    base = Path(base_dir)
+
+    def rel(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p))
+
+    cfg.model.path = rel(cfg.model.path)
+    for f in ("path", "calibration_path", "eval_path", "train_path"):
+        setattr(cfg.data, f, rel(getattr(cfg.data, f)))
+    cfg.inventory = rel(cfg.inventory)
+    cfg.source = Path(where) if where != "config" else None
+    return cfg

@@ -1,0 +1,312 @@
+"""One pipeline run: config -> data + FP32 model -> stages -> evaluate -> benchmark -> report.
+
+Data moves one way. A stage is `run_stage(ctx, options) -> list[Artifact]`; it takes what it needs
+from the RunContext and never reaches back into the CLI or another stage. Stages, evaluation and
+benchmarks whose inputs hash the same as a finished result are reused, so a killed run resumes.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .artifacts import Artifact, Manifest, atomic_path, sha256_of, stage_key, write_json_atomic
+from .config import RunConfig
+from .data import (LabelledImages, Preprocess, Splits, fashion_mnist_splits, load_image_folder, load_npz,
+                   split_one)
+from .errors import DataError, EdgeqError
+from .sysinfo import cpu_info, package_versions
+
+# stage name -> "module:function"; each function is run_stage(ctx, options) -> list[Artifact]
+STAGES: dict[str, str] = {
+    "tflite_ptq": "edgeq.quantize.tflite_ptq_stage:run_stage",
+    "onnx_ptq": "edgeq.quantize.onnx_ptq:run_stage",
+    "qat": "edgeq.quantize.qat:run_stage",
+    "comparison": "edgeq.quantize.compare:run_stage",
+}
+KERAS_ONLY_STAGES = {"tflite_ptq", "qat", "comparison"}
+
+
+def log_print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    run_dir: Path
+    manifest: Manifest
+    pre: Preprocess
+    splits: Splits
+    log: Callable[[str], None] = log_print
+    fp32: Artifact | None = None  # the FP32 source artifact (keras or onnx)
+    _model: Any = None
+    results_path: Path = field(init=False)
+    results: dict = field(init=False)
+
+    def __post_init__(self):
+        self.results_path = self.run_dir / "results.json"
+        try:
+            self.results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+        except ValueError:
+            self.results = {}
+        self.results.setdefault("evaluations", {})
+        self.results.setdefault("latency", {})
+        self.results.setdefault("sections", {})
+        self.results.setdefault("compatibility", {})
+
+    # -- the FP32 Keras model, loaded once
+    def keras_model(self):
+        if self._model is None:
+            from .models import check_input_shape, check_num_classes, load_keras_model
+
+            m = self.cfg.model
+            self._model = load_keras_model(m.path, m.format, m.trust_lambda_layers)
+            check_input_shape(self._model, m.input_shape, str(m.path))
+            check_num_classes(self._model, m.num_classes, str(m.path))
+        return self._model
+
+    @property
+    def is_onnx_input(self) -> bool:
+        return self.cfg.model.format == "onnx"
+
+    def artifact_dir(self) -> Path:
+        d = self.run_dir / "artifacts"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def produce(self, name: str, filename: str, key_parts: Any, make: Callable[[Path], dict | None], *,
+                fmt: str, precision: str, method: str, stage: str, params: dict,
+                parent: str | None = None) -> Artifact:
+        """Make artifact `name` by calling make(tmp_path) unless an identical one is already finished."""
+        parent_sha = self.manifest.artifacts[parent].sha256 if parent in self.manifest.artifacts else None
+        key = stage_key(name, parent_sha, key_parts, params, self.cfg.seed)
+        old = self.manifest.reusable(name, key)
+        if old is not None:
+            self.log(f"  = {name}: reused ({old.path}, inputs unchanged)")
+            return old
+        t = time.perf_counter()
+        target = self.artifact_dir() / filename
+        with atomic_path(target) as tmp:
+            notes = make(tmp) or {}
+        a = Artifact.record(self.run_dir, target, name=name, format=fmt, precision=precision, method=method,
+                            stage=stage, params=params, parent=parent, key=key, notes=notes)
+        a.notes["seconds"] = round(time.perf_counter() - t, 1)
+        self.manifest.add(a)
+        self.log(f"  + {name}: {a.path} ({a.size_bytes / 1e6:.2f} MB, {a.notes['seconds']} s)")
+        return a
+
+    def set_section(self, name: str, value: Any) -> None:
+        self.results["sections"][name] = value
+        self.save_results()
+
+    def save_results(self) -> None:
+        write_json_atomic(self.results_path, self.results)
+
+    def sample_input(self) -> np.ndarray:
+        return self.pre(self.splits.eval.images[:1])
+
+
+def preprocess_of(cfg: RunConfig) -> Preprocess:
+    h, w, c = cfg.model.input_shape
+    return Preprocess((h, w), c, tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std))
+
+
+def load_splits(cfg: RunConfig, pre: Preprocess) -> Splits:
+    d = cfg.data
+    if d.kind == "fashion_mnist":
+        return fashion_mnist_splits(d.calibration_size, d.eval_size, d.train_size, d.seed, d.prefer_full_dataset)
+
+    def load(p: Path) -> LabelledImages:
+        if d.kind == "npz":
+            return load_npz(p)
+        return load_image_folder(p, pre)
+
+    if d.calibration_path is not None and d.eval_path is not None:
+        cal, ev = load(d.calibration_path), load(d.eval_path)
+        if len(cal) < d.calibration_size:
+            raise DataError(f"{d.calibration_path}: {d.calibration_size} calibration images asked for "
+                            f"(data.calibration_size) but only {len(cal)} found")
+        if cal.fingerprint() == ev.fingerprint():
+            raise DataError("data.calibration_path and data.eval_path hold the same images; "
+                            "calibration and evaluation images must not overlap")
+        rng = np.random.default_rng(d.seed)
+        cal = cal.take(rng.permutation(len(cal))[:d.calibration_size])
+        if d.eval_size is not None:
+            ev = ev.take(rng.permutation(len(ev))[:min(d.eval_size, len(ev))])
+        tr = load(d.train_path) if d.train_path else None
+        return Splits(cal, ev, tr, f"{d.eval_path} ({len(ev)} images)")
+    splits = split_one(load(d.path), d.calibration_size, d.eval_size, d.seed)
+    if d.train_path:
+        splits.train = load(d.train_path)
+    return splits
+
+
+def _check_classes(cfg: RunConfig, splits: Splits) -> None:
+    for part in (splits.calibration, splits.eval):
+        if len(part) and part.labels.max() >= cfg.model.num_classes:
+            raise DataError(f"{part.source}: label {int(part.labels.max())} but the model has "
+                            f"{cfg.model.num_classes} classes (model.num_classes)")
+
+
+def _import_fp32(ctx: RunContext) -> Artifact:
+    m = ctx.cfg.model
+    src = Path(m.path)
+    fmt = {"h5": "keras", "keras": "keras", "savedmodel": "savedmodel", "onnx": "onnx"}[m.format]
+    if m.format != "onnx":
+        ctx.keras_model()  # validates the model now: bad input fails before anything is written
+    elif not src.exists():
+        raise EdgeqError(f"{src}: model file not found")
+    filename = "fp32" + ({"keras": src.suffix or ".keras", "savedmodel": "", "onnx": ".onnx"}[fmt])
+
+    def copy(tmp: Path):
+        if src.is_dir():
+            shutil.copytree(src, tmp)
+        else:
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+
+    return ctx.produce(f"fp32_{fmt}", filename, {"source_sha256": sha256_of(src)}, copy, fmt=fmt,
+                       precision="fp32", method="none", stage="import", params={"source": str(src)})
+
+
+def _run_stage(name: str, ctx: RunContext, options) -> list[Artifact]:
+    mod, fn = STAGES[name].split(":")
+    return getattr(importlib.import_module(mod), fn)(ctx, options)
+
+
+def evaluate_artifacts(ctx: RunContext, artifacts: list[Artifact]) -> None:
+    from .evaluate import agreement, evaluate
+    from .runtime import KerasPredictor, open_predictor
+
+    ev = ctx.splits.eval
+    fp = ev.fingerprint()
+    preds: dict[str, np.ndarray] = {}
+    for a in artifacts:
+        k = f"{a.sha256}:{fp}"
+        cached = ctx.results["evaluations"].get(k)
+        if cached is not None and (ctx.run_dir / cached["predictions_file"]).exists():
+            with np.load(ctx.run_dir / cached["predictions_file"], allow_pickle=False) as z:
+                preds[a.name] = z["predictions"]
+            ctx.log(f"  = {a.name}: top-1 {cached['top1']:.4f} (reused)")
+            continue
+        if a.format in ("keras", "savedmodel"):
+            if not ctx.cfg.evaluate.keras_baseline:
+                continue
+            pred = KerasPredictor(ctx.keras_model())
+        else:
+            pred = open_predictor(a.abspath(ctx.run_dir), a.format, threads=os.cpu_count(),
+                                  **({"optimization": ctx.cfg.stages.onnx_ptq.graph_optimization}
+                                     if a.format == "onnx" else {}))
+        r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size)
+        pf = f"eval/{a.name}.npz"
+        (ctx.run_dir / "eval").mkdir(exist_ok=True)
+        with atomic_path(ctx.run_dir / pf) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, predictions=r.predictions)
+        preds[a.name] = r.predictions
+        ctx.results["evaluations"][k] = {**r.to_dict(), "artifact": a.name, "predictions_file": pf,
+                                         "predictor": pred.describe()}
+        ctx.save_results()
+        ctx.log(f"  * {a.name}: top-1 {r.top1:.4f} top-5 {r.top5} on {r.n} images ({r.seconds} s)")
+    # agreement of every artifact's top-1 with its FP32 reference (the FP32 of the same format if any)
+    fp32_by_fmt = {a.format: a.name for a in artifacts if a.precision == "fp32" and a.name in preds}
+    base = ctx.fp32.name if ctx.fp32 and ctx.fp32.name in preds else next(iter(fp32_by_fmt.values()), None)
+    for a in artifacts:
+        if a.name not in preds or base is None:
+            continue
+        ref = fp32_by_fmt.get(a.format, base)
+        k = f"{a.sha256}:{fp}"
+        ctx.results["evaluations"][k]["agreement"] = {"reference": ref, "top1_agreement": agreement(preds[a.name], preds[ref])}
+    ctx.save_results()
+
+
+def benchmark_host(ctx: RunContext, artifacts: list[Artifact]) -> None:
+    from .targets.host import HostTarget
+
+    b = ctx.cfg.benchmark
+    host = HostTarget(ctx.sample_input(), onnx_optimization=ctx.cfg.stages.onnx_ptq.graph_optimization)
+    for a in artifacts:
+        comp = host.check(a, ctx.run_dir)
+        k = f"host:{a.sha256}:{b.runs}:{b.warmup}:{b.threads}"
+        if not comp.ok:
+            ctx.results["latency"][k] = {"artifact": a.name, "sha256": a.sha256, "target": "host", "stats": None,
+                                         "reason": "; ".join(comp.problems)}
+            continue
+        old = ctx.results["latency"].get(k)
+        if old and old.get("stats") and old.get("cpu") == cpu_info()["model"]:
+            ctx.log(f"  = {a.name}: host median {old['stats']['median']:.3f} ms (reused)")
+            continue
+        stats = host.benchmark(host.prepare(a, ctx.run_dir), b.runs, b.warmup, b.threads)
+        ctx.results["latency"][k] = {"artifact": a.name, "sha256": a.sha256, "target": "host", "stats": stats.to_dict(),
+                                     "cpu": cpu_info()["model"]}
+        ctx.save_results()
+        ctx.log(f"  * {a.name}: host median {stats.median:.3f} ms, p90 {stats.p90:.3f} ms "
+                f"({b.runs} runs, {b.threads} thread{'s' if b.threads > 1 else ''})")
+    ctx.save_results()
+
+
+def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], None] = log_print,
+                 only_stages: set[str] | None = None) -> Path:
+    t0 = time.perf_counter()
+    from .tfcompat import set_seed
+
+    run_dir = cfg.run_dir(out)
+    pre = preprocess_of(cfg)
+    log(f"edgeq {__version__}: {cfg.name} -> {run_dir}")
+    splits = load_splits(cfg, pre)  # bad data fails before anything is written
+    _check_classes(cfg, splits)
+    log(f"  data: {len(splits.calibration)} calibration, {len(splits.eval)} eval "
+        f"({splits.dataset})" + (f", {len(splits.train)} train" if splits.train is not None else ""))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    header = {"edgeq_version": __version__, "model": cfg.name, "config": str(cfg.source) if cfg.source else None,
+              "seed": cfg.seed, "versions": package_versions()}
+    manifest = Manifest(run_dir, header)
+    ctx = RunContext(cfg, run_dir, manifest, pre, splits, log)
+    set_seed(cfg.seed)
+    try:
+        ctx.fp32 = _import_fp32(ctx)
+        produced: list[Artifact] = [ctx.fp32]
+        for name in STAGES:
+            opts = getattr(cfg.stages, name)
+            if not opts.enabled or (only_stages is not None and name not in only_stages):
+                continue
+            if ctx.is_onnx_input and name in KERAS_ONLY_STAGES:
+                log(f"[{name}] skipped: the input model is ONNX; only ONNX stages apply")
+                ctx.results["sections"].setdefault("skipped", {})[name] = "input model is ONNX"
+                continue
+            log(f"[{name}]")
+            produced += _run_stage(name, ctx, opts)
+        # keep only artifacts of this config (an earlier run in the same dir may have made others)
+        keep = {a.name for a in produced}
+        manifest.artifacts = {n: a for n, a in manifest.artifacts.items() if n in keep}
+        manifest.save()
+        arts = list(manifest.artifacts.values())
+        if cfg.evaluate.enabled:
+            log("[evaluate]")
+            evaluate_artifacts(ctx, arts)
+        if cfg.benchmark.enabled:
+            log("[benchmark: host]")
+            benchmark_host(ctx, arts)
+        if cfg.targets:
+            log("[benchmark: devices]")
+            from .targets.remote import benchmark_devices
+
+            benchmark_devices(ctx, arts)
+    finally:
+        ctx.save_results()
+    from .report import write_report
+
+    ctx.results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    write_report(ctx)
+    return run_dir

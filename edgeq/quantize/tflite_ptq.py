@@ -1,0 +1,113 @@
+"""TFLite post-training quantisation: full-integer INT8 with a representative dataset.
+
+A model is never shipped silently hybrid: when full-integer is asked and any tensor stays float, the
+stage fails and names the ops (unless `allow_float_ops` is set).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import QuantizationError
+
+_TYPES = {"int8": "int8", "uint8": "uint8", "float32": "float32"}
+
+
+def _converter(model):
+    from ..tfcompat import tf
+
+    return tf().lite.TFLiteConverter.from_keras_model(model)
+
+
+def _convert(conv, what: str) -> bytes:
+    try:
+        return conv.convert()
+    except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
+        lines = [ln.strip() for ln in str(e).splitlines() if "error" in ln.lower()] or [str(e).strip()]
+        raise QuantizationError(f"TFLite converter failed on {what}: {lines[0][:400]}") from None
+
+
+def convert_fp32(model) -> bytes:
+    return _convert(_converter(model), "the FP32 export")
+
+
+def convert_int8(model, representative_dataset, *, input_type: str = "int8", output_type: str = "int8",
+                 per_channel: bool = True, allow_float_ops: bool = False) -> bytes:
+    from ..tfcompat import tf
+
+    t = tf()
+    conv = _converter(model)
+    conv.optimizations = [t.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative_dataset
+    if allow_float_ops:
+        conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8, t.lite.OpsSet.TFLITE_BUILTINS]
+    else:
+        conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = getattr(t, _TYPES[input_type])
+    conv.inference_output_type = getattr(t, _TYPES[output_type])
+    conv._experimental_disable_per_channel = not per_channel
+    data = _convert(conv, "the INT8 full-integer quantisation")
+    if not allow_float_ops:
+        floats = float_ops(data, allow_io=input_type == "float32" or output_type == "float32")
+        if floats:
+            raise QuantizationError("INT8 model is not fully integer; float tensors remain at ops: "
+                                    + ", ".join(floats[:20]) + " — exclude or replace these layers, "
+                                    "or set stages.tflite_ptq.allow_float_ops: true for a hybrid model")
+    return data
+
+
+def tensor_summary(data: bytes) -> dict:
+    """Counts of tensor dtypes and op types in a .tflite model."""
+    from ..runtime import load_tflite_interpreter
+
+    interp, _ = load_tflite_interpreter(content=data)
+    dtypes: dict[str, int] = {}
+    for t in interp.get_tensor_details():
+        k = np.dtype(t["dtype"]).name
+        dtypes[k] = dtypes.get(k, 0) + 1
+    ops: dict[str, int] = {}
+    for op in interp._get_ops_details():
+        ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
+    return {"tensor_dtypes": dtypes, "ops": ops}
+
+
+def float_ops(data: bytes, allow_io: bool = False) -> list[str]:
+    """'OP_NAME#index(tensor)' for every op that reads or writes a float32 tensor."""
+    from ..runtime import load_tflite_interpreter
+
+    interp, _ = load_tflite_interpreter(content=data)
+    details = {t["index"]: t for t in interp.get_tensor_details()}
+    io = set()
+    if allow_io:
+        io = {d["index"] for d in interp.get_input_details()} | {d["index"] for d in interp.get_output_details()}
+    bad = []
+    for op in interp._get_ops_details():
+        for idx in list(op["inputs"]) + list(op["outputs"]):
+            if idx < 0 or idx in io:
+                continue
+            t = details.get(idx)
+            if t is not None and np.dtype(t["dtype"]) == np.float32:
+                bad.append(f"{op['op_name']}#{op['index']}({t['name']})")
+                break
+    # float graph inputs/outputs with no op touching them are caught too
+    for d in interp.get_input_details() + interp.get_output_details():
+        if d["index"] not in io and np.dtype(d["dtype"]) == np.float32 and not any(d["name"] in b for b in bad):
+            bad.append(f"IO({d['name']})")
+    return bad
+
+
+def param_floor_bytes(model) -> dict:
+    """Lower bound of an INT8 model's size: weights x 1 byte + biases x 4 bytes."""
+    weights = biases = 0
+    for layer in model.layers:
+        for w in layer.weights:
+            n = int(np.prod(w.shape))
+            name = w.name.lower()
+            if "moving_" in name:
+                continue
+            if w.shape.rank == 1:
+                biases += n  # biases and batch-norm vectors fold into int32 biases / scales
+            else:
+                weights += n
+    return {"weights": weights, "biases": biases, "floor_bytes": weights + 4 * biases}

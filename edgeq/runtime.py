@@ -1,0 +1,242 @@
+"""One Predictor over Keras, the LiteRT/TFLite interpreter and ONNX Runtime.
+
+Evaluation and benchmarking only ever see `Predictor`: float32 NHWC batches in (already normalised by
+the model's preprocessing), float32 scores out. int8/uint8 input and output quantisation parameters
+and NCHW models are handled here, in one place.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError, RuntimeUnavailable
+
+
+class Predictor:
+    runtime: str = ""  # human-readable runtime and version
+    fmt: str = ""
+    input_shape: tuple  # NHWC, batch first (may be None/-1)
+    threads: int | None = None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_batches(self, batches, limit: int | None = None) -> np.ndarray:
+        out = [self.predict(x) for x, _ in batches]
+        return np.concatenate(out) if out else np.zeros((0,))
+
+    def time_runs(self, x1: np.ndarray, runs: int, warmup: int) -> list[float]:
+        """Per-inference wall time in ms of `runs` single-image inferences after `warmup`."""
+        prep = self._prepare_single(x1)
+        for _ in range(warmup):
+            self._invoke_prepared(prep)
+        samples = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            self._invoke_prepared(prep)
+            samples.append((time.perf_counter() - t) * 1e3)
+        return samples
+
+    def _prepare_single(self, x1):
+        return x1
+
+    def _invoke_prepared(self, prep):
+        self.predict(prep)
+
+    def describe(self) -> dict:
+        return {"runtime": self.runtime, "threads": self.threads}
+
+
+def quantize_input(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    if dtype in (np.int8, np.uint8, np.int16):
+        info = np.iinfo(dtype)
+        if scale == 0:
+            raise ModelError("quantized model input has scale 0")
+        return np.clip(np.rint(x / scale + zero_point), info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
+def dequantize_output(y: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    if y.dtype in (np.int8, np.uint8, np.int16, np.int32) and scale:
+        return (y.astype(np.float32) - zero_point) * scale
+    return y.astype(np.float32)
+
+
+# ------------------------------------------------------------------- Keras
+class KerasPredictor(Predictor):
+    fmt = "keras"
+
+    def __init__(self, model, batch_size: int = 64):
+        from .tfcompat import tf
+
+        self.model = model
+        self.batch_size = batch_size
+        self.input_shape = tuple(model.input_shape)
+        self.runtime = f"tensorflow {tf().__version__} (tf-keras)"
+        self._fn = tf().function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def predict(self, x):
+        return np.asarray(self._fn(np.ascontiguousarray(x, np.float32)), np.float32)
+
+
+# ------------------------------------------------------------------- TFLite / LiteRT
+def load_tflite_interpreter(path: Path | None = None, content: bytes | None = None, threads: int | None = None,
+                            delegates=None):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        rt = "ai-edge-litert"
+    except ImportError:  # pragma: no cover - fallback where ai-edge-litert does not install
+        try:
+            from tflite_runtime.interpreter import Interpreter
+            rt = "tflite-runtime"
+        except ImportError:
+            from .tfcompat import tf
+            Interpreter = tf().lite.Interpreter
+            rt = "tf.lite"
+    kw = {"num_threads": threads} if threads else {}
+    if delegates:
+        kw["experimental_delegates"] = delegates
+    try:
+        interp = Interpreter(model_path=str(path), **kw) if path is not None else Interpreter(model_content=content, **kw)
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(f"{path or 'tflite model'}: not a loadable .tflite model ({str(e).splitlines()[0]})") from None
+    return interp, rt
+
+
+def _pkg_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
+class TFLitePredictor(Predictor):
+    fmt = "tflite"
+
+    def __init__(self, path: Path, threads: int | None = None, batch_size: int = 32):
+        self.path = Path(path)
+        self.threads = threads
+        self.interp, rt = load_tflite_interpreter(self.path, threads=threads)
+        self.runtime = f"{rt} {_pkg_version(rt)}"
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        self.input_shape = tuple(int(d) for d in self.inp["shape_signature"])
+        self.input_dtype = np.dtype(self.inp["dtype"])
+        self.output_dtype = np.dtype(self.out["dtype"])
+        self.in_q = self.inp["quantization"]
+        self.out_q = self.out["quantization"]
+        self._batch = 1
+        self._dynamic = self.input_shape[0] == -1
+        self.batch_size = batch_size if self._dynamic else 1
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            self.interp.resize_tensor_input(self.inp["index"], [n, *self.inp["shape"][1:]])
+            self.interp.allocate_tensors()
+            self._batch = n
+
+    def _run(self, xq: np.ndarray) -> np.ndarray:
+        self._resize(len(xq))
+        self.interp.set_tensor(self.inp["index"], xq)
+        self.interp.invoke()
+        return self.interp.get_tensor(self.out["index"])
+
+    def predict(self, x):
+        x = np.asarray(x, np.float32)
+        xq = quantize_input(x, self.input_dtype, *self.in_q)
+        outs = []
+        step = self.batch_size
+        for s in range(0, len(xq), step):
+            outs.append(dequantize_output(self._run(xq[s:s + step]), *self.out_q))
+        return np.concatenate(outs)
+
+    def _prepare_single(self, x1):
+        self._resize(1)
+        xq = quantize_input(np.asarray(x1[:1], np.float32), self.input_dtype, *self.in_q)
+        self.interp.set_tensor(self.inp["index"], xq)
+        return None
+
+    def _invoke_prepared(self, prep):
+        self.interp.invoke()
+
+    def describe(self):
+        return {"runtime": self.runtime, "threads": self.threads, "input_dtype": str(self.input_dtype),
+                "output_dtype": str(self.output_dtype), "input_quantization": list(self.in_q),
+                "output_quantization": list(self.out_q)}
+
+
+# ------------------------------------------------------------------- ONNX Runtime
+class OnnxPredictor(Predictor):
+    fmt = "onnx"
+
+    def __init__(self, path: Path, threads: int | None = None, optimization: str = "all",
+                 batch_size: int = 32):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeUnavailable("onnxruntime is not installed: pip install onnxruntime") from None
+        self.path = Path(path)
+        self.threads = threads
+        self.optimization = optimization
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
+        try:
+            self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"{self.path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        self.runtime = f"onnxruntime {ort.__version__} (CPU EP, opt={optimization})"
+        i = self.sess.get_inputs()[0]
+        self.input_name = i.name
+        self.output_name = self.sess.get_outputs()[0].name
+        shape = [d if isinstance(d, int) else -1 for d in i.shape]
+        # NCHW when the channel dim sits at axis 1 (1 or 3) and the last axis is spatial.
+        self.nchw = len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3)
+        self.input_shape = (shape[0], shape[2], shape[3], shape[1]) if self.nchw else tuple(shape)
+        self._dynamic = shape[0] == -1
+        self.batch_size = batch_size if self._dynamic else 1
+
+    def _feed(self, x):
+        x = np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2) if self.nchw else x, np.float32)
+        return {self.input_name: x}
+
+    def predict(self, x):
+        outs = []
+        for s in range(0, len(x), self.batch_size):
+            outs.append(self.sess.run([self.output_name], self._feed(x[s:s + self.batch_size]))[0])
+        return np.concatenate(outs).astype(np.float32)
+
+    def _prepare_single(self, x1):
+        return self._feed(x1[:1])
+
+    def _invoke_prepared(self, prep):
+        self.sess.run([self.output_name], prep)
+
+    def describe(self):
+        return {"runtime": self.runtime, "threads": self.threads, "graph_optimization": self.optimization,
+                "layout": "NCHW" if self.nchw else "NHWC"}
+
+
+def open_predictor(path: Path, fmt: str, threads: int | None = None, **kw) -> Predictor:
+    """A predictor for an artifact file of the given format."""
+    if fmt == "tflite":
+        return TFLitePredictor(path, threads=threads)
+    if fmt == "onnx":
+        return OnnxPredictor(path, threads=threads, **kw)
+    if fmt in ("keras", "savedmodel", "h5"):
+        from .models import load_keras_model
+
+        return KerasPredictor(load_keras_model(Path(path)))
+    raise ModelError(f"{path}: no predictor for format {fmt!r}")

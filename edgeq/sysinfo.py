@@ -1,0 +1,49 @@
+"""The machine a figure was measured on: CPU model, SIMD features, package versions."""
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+PACKAGES = ("edgeq", "tensorflow", "tf-keras", "tensorflow-model-optimization", "onnx", "onnxruntime",
+            "tf2onnx", "ai-edge-litert", "tflite-runtime", "numpy", "pydantic", "paramiko")
+# /proc/cpuinfo flag -> feature name in the report
+SIMD_FLAGS = {"sse4_2": "SSE4.2", "avx": "AVX", "avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512F",
+              "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI", "avx512_bf16": "AVX512-BF16",
+              "amx_int8": "AMX-INT8", "neon": "NEON", "asimd": "NEON", "asimddp": "DOTPROD",
+              "i8mm": "I8MM", "sve": "SVE"}
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def cpu_info(cpuinfo_text: str | None = None) -> dict:
+    if cpuinfo_text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo_text = f.read()
+        except OSError:
+            cpuinfo_text = ""
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in cpuinfo_text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and val.strip():
+            model = val.strip()
+        elif key in ("flags", "features"):
+            flags.update(val.split())
+    feats = sorted({v for k, v in SIMD_FLAGS.items() if k in flags})
+    return {"model": model, "machine": platform.machine(), "cores": os.cpu_count(), "simd": feats,
+            "int8_dot_product": any(f in feats for f in ("AVX512-VNNI", "AVX-VNNI", "DOTPROD", "AMX-INT8"))}
+
+
+def host_identity() -> str:
+    c = cpu_info()
+    return f"{platform.node()} ({c['model']}, {c['cores']} cores)"

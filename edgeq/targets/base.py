@@ -1,0 +1,75 @@
+"""The device-runner protocol. Every target (host, rpi, edgetpu, jetson) implements
+check -> prepare -> benchmark, and every latency figure anywhere in edgeq is a `LatencyStats`."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class LatencyStats:
+    min: float
+    median: float
+    mean: float
+    p90: float
+    p99: float
+    max: float
+    runs: int
+    warmup: int
+    threads: int | None
+    runtime: str  # e.g. "ai-edge-litert 2.3.0 (XNNPACK)"
+    device: str  # identity of the machine that measured, e.g. "host: AMD EPYC 7B13"
+    timestamp: str = ""
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float], *, warmup: int, threads: int | None, runtime: str,
+                     device: str) -> "LatencyStats":
+        a = np.asarray(samples_ms, np.float64)
+        if a.size == 0:
+            raise ValueError("no latency samples")
+        q = lambda p: round(float(np.percentile(a, p)), 4)  # noqa: E731
+        return cls(min=round(float(a.min()), 4), median=q(50), mean=round(float(a.mean()), 4), p90=q(90),
+                   p99=q(99), max=round(float(a.max()), 4), runs=int(a.size), warmup=warmup, threads=threads,
+                   runtime=runtime, device=device, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Compatibility:
+    ok: bool
+    target: str
+    artifact: str
+    problems: list[str] = field(default_factory=list)  # each names the node/op and what is wrong
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Deployable:
+    """What a target runs: a file (maybe compiled for it) plus how to run it."""
+
+    artifact: str  # name of the source artifact
+    path: Path  # local file (host) — remote targets copy it
+    runtime: str  # tflite | onnxruntime | edgetpu | tensorrt
+    target: str
+    details: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Target(Protocol):
+    name: str
+    kind: str
+
+    def check(self, artifact, run_dir: Path) -> Compatibility: ...
+
+    def prepare(self, artifact, run_dir: Path) -> Deployable: ...
+
+    def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None) -> LatencyStats: ...
