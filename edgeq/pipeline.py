@@ -268,12 +268,14 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
     _check_classes(cfg, splits)
     log(f"  data: {len(splits.calibration)} calibration, {len(splits.eval)} eval "
         f"({splits.dataset})" + (f", {len(splits.train)} train" if splits.train is not None else ""))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    header = {"edgeq_version": __version__, "model": cfg.name, "config": str(cfg.source) if cfg.source else None,
+    header = {"edgeq_version": __version__, "model": cfg.name, "config": str(cfg.source.resolve()) if cfg.source else None,
               "seed": cfg.seed, "versions": package_versions()}
     manifest = Manifest(run_dir, header)
     ctx = RunContext(cfg, run_dir, manifest, pre, splits, log)
     set_seed(cfg.seed)
+    if not ctx.is_onnx_input:
+        ctx.keras_model()  # a missing, corrupt or mismatched model fails before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
         ctx.fp32 = _import_fp32(ctx)
         produced: list[Artifact] = [ctx.fp32]

@@ -1,0 +1,27 @@
+import numpy as np
+
+from edgeq.runtime import dequantize_output, quantize_input
+from edgeq.sysinfo import cpu_info
+from edgeq.targets.base import LatencyStats
+
+
+def test_quantize_roundtrip_int8_and_uint8():
+    x = np.array([-1.0, 0.0, 0.5, 1.0, 5.0], np.float32)
+    q = quantize_input(x, np.int8, 1 / 127.5, -1)
+    assert q.dtype == np.int8 and q[-1] == 127  # clipped
+    assert np.allclose(dequantize_output(q[:4], 1 / 127.5, -1), x[:4], atol=1 / 127.5)
+    u = quantize_input(x, np.uint8, 1 / 127.5, 127)
+    assert u.dtype == np.uint8 and u[0] == 0
+
+
+def test_cpu_info_parses_flags():
+    info = cpu_info("model name : Test CPU\nflags : fpu avx2 fma avx512f avx512_vnni\n")
+    assert info["model"] == "Test CPU"
+    assert {"AVX2", "AVX-512F", "AVX512-VNNI"} <= set(info["simd"]) and info["int8_dot_product"]
+    arm = cpu_info("Features : fp asimd asimddp\nCPU part : 0xd0b\n")
+    assert {"NEON", "DOTPROD"} <= set(arm["simd"])
+
+
+def test_latency_stats_percentiles():
+    s = LatencyStats.from_samples(list(range(1, 101)), warmup=5, threads=1, runtime="r", device="d")
+    assert s.min == 1 and s.max == 100 and s.median == 50.5 and s.runs == 100 and 90 <= s.p90 <= 91
