@@ -43,20 +43,24 @@ def load_keras_model(path: Path, fmt: str | None = None, trust_lambda_layers: bo
         raise ModelError(f"{path}: not a SavedModel directory (no saved_model.pb)")
     if fmt not in ("keras", "h5", "savedmodel"):
         raise ModelError(f"{path}: unsupported model format {fmt!r}; use .keras, .h5 or a SavedModel directory")
-    from .tfcompat import keras
+    from .tfcompat import keras, quiet_stderr
 
     k = keras()
     try:
-        if fmt == "keras":
-            model = k.models.load_model(path, compile=False, safe_mode=True)
-        else:
-            model = k.models.load_model(path, compile=False)
+        with quiet_stderr():
+            model = _load(k, path, fmt)
     except Exception as e:  # Keras raises many types for a bad file; the user needs one line
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else e.__class__.__name__
         raise ModelError(f"{path}: cannot load the {fmt} model ({msg})") from None
     if not isinstance(model, (k.Model,)):
         raise ModelError(f"{path}: loaded object is not a Keras model")
     return model
+
+
+def _load(k, path: Path, fmt: str):
+    if fmt == "keras":
+        return k.models.load_model(path, compile=False, safe_mode=True)
+    return k.models.load_model(path, compile=False)
 
 
 def check_input_shape(model, expected_hwc: tuple[int, int, int], where: str) -> None:

@@ -94,8 +94,10 @@ def train(name: str, out_dir: Path, train_images: int | None = None, epochs: int
     _, acc = model.evaluate(ds(x_test, splits.eval.labels, False), verbose=0)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}.keras"
+    clean = build(r)  # an uncompiled twin: the saved file carries no optimizer state
+    clean.set_weights(model.get_weights())
     with atomic_path(target) as tmp:
-        model.save(tmp, include_optimizer=False)
+        clean.save(tmp)
     info = {"recipe": asdict(r), "train_seconds": round(train_s, 1),
             "seconds_per_1000_images": round(train_s / (len(x_train) * r.epochs) * 1000, 2),
             "fp32_top1_test": round(float(acc), 4), "test_images": len(x_test),

@@ -98,8 +98,12 @@ def load_tflite_interpreter(path: Path | None = None, content: bytes | None = No
     kw = {"num_threads": threads} if threads else {}
     if delegates:
         kw["experimental_delegates"] = delegates
+    from .tfcompat import quiet_stderr
+
     try:
-        interp = Interpreter(model_path=str(path), **kw) if path is not None else Interpreter(model_content=content, **kw)
+        with quiet_stderr():
+            interp = Interpreter(model_path=str(path), **kw) if path is not None else Interpreter(model_content=content, **kw)
+            interp.allocate_tensors()  # XNNPACK announces itself here
     except (ValueError, RuntimeError) as e:
         raise ModelError(f"{path or 'tflite model'}: not a loadable .tflite model ({str(e).splitlines()[0]})") from None
     return interp, rt

@@ -21,8 +21,14 @@ def _converter(model):
 
 
 def _convert(conv, what: str) -> bytes:
+    import warnings
+
+    from ..tfcompat import quiet_stderr
+
     try:
-        return conv.convert()
+        with quiet_stderr(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return conv.convert()
     except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
         lines = [ln.strip() for ln in str(e).splitlines() if "error" in ln.lower()] or [str(e).strip()]
         raise QuantizationError(f"TFLite converter failed on {what}: {lines[0][:400]}") from None
