@@ -24,3 +24,12 @@ test-fast: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Docker images (docker/*.Dockerfile; docker/build.sh): pipeline (linux/amd64) and the device
+# runtime (linux/arm64, under QEMU on x86-64); add jetson where nvcr.io is reachable.
+#   make images IMAGES="pipeline runtime jetson" DOCKER_FLAGS="--ca-certs /etc/ssl/certs/ca-certificates.crt"
+IMAGES ?= pipeline runtime
+DOCKER_FLAGS ?=
+
+images:
+	docker/build.sh $(DOCKER_FLAGS) $(IMAGES)
