@@ -104,16 +104,24 @@ def float_ops(data: bytes, allow_io: bool = False) -> list[str]:
 
 
 def param_floor_bytes(model) -> dict:
-    """Lower bound of an INT8 model's size: weights x 1 byte + biases x 4 bytes."""
+    """Lower bound of an INT8 model's size: kernel weights x 1 byte + one int32 bias per output
+    channel of every conv/dense layer x 4 bytes (batch norm folds into those)."""
     weights = biases = 0
-    for layer in model.layers:
-        for w in layer.weights:
-            n = int(np.prod(w.shape))
-            name = w.name.lower()
-            if "moving_" in name:
-                continue
-            if w.shape.rank == 1:
-                biases += n  # biases and batch-norm vectors fold into int32 biases / scales
-            else:
-                weights += n
+    for layer in _leaf_layers(model):
+        kernel = getattr(layer, "depthwise_kernel", None)
+        if kernel is None:
+            kernel = getattr(layer, "kernel", None)
+        if kernel is None or kernel.shape.rank < 2:
+            continue
+        weights += int(np.prod(kernel.shape))
+        out_ch = kernel.shape[-1] * (kernel.shape[-2] if hasattr(layer, "depthwise_kernel") else 1)
+        biases += int(out_ch)
     return {"weights": weights, "biases": biases, "floor_bytes": weights + 4 * biases}
+
+
+def _leaf_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
