@@ -99,21 +99,43 @@ class OnnxPtqSpec(Strict):
 
 
 class QatSpec(Strict):
+    """Quantisation-aware fine-tuning with tfmot, exported as full-integer INT8 (TFLite, and ONNX when
+    stages.onnx_ptq is on). Train/validation images come from the training split, never calibration/eval."""
+
     enabled: bool = False
-    epochs: int = Field(1, ge=0)
-    steps_per_epoch: Optional[int] = Field(None, ge=1)
-    train_images: Optional[int] = Field(None, ge=1)
+    epochs: int = Field(1, ge=0)  # a longer fine-tune is this one value
+    steps_per_epoch: Optional[int] = Field(None, ge=1)  # None: one pass over train_images
+    train_images: Optional[int] = Field(None, ge=1)  # None: the whole training split
     batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    validation_images: int = Field(500, ge=0)
-    early_stop_patience: int = Field(1, ge=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    validation_images: int = Field(500, ge=0)  # held out of the training split, for early stopping
+    early_stop_patience: int = Field(1, ge=0)  # 0: no early stop
+    calibrate_ranges: bool = True  # start activation ranges from calibration images, not tfmot's [-6, 6]
+    calibration_images: int = Field(256, ge=1)
+    passthrough_layers: list[str] = []  # layer names or classes left unquantised during fine-tuning
+    export_onnx: bool = True  # INT8 QDQ ONNX of the QAT model when stages.onnx_ptq is enabled
     seed: int = 0
 
 
 class ComparisonSpec(Strict):
+    """PTQ naive vs PTQ advanced vs QAT at each bit width, against FP32. 8 bits: real INT8 artifacts;
+    fewer bits: simulated (fake-quantised) kernels in the Keras model, float activations."""
+
     enabled: bool = False
     bits: list[int] = [8, 4]
-    eval_images: Optional[int] = Field(None, ge=1)
+    eval_images: Optional[int] = Field(None, ge=1)  # None: the whole evaluation split
+    calibration_images: int = Field(256, ge=1)  # for bias correction
+    low_bit_qat: bool = True  # fine-tune simulated low-bit kernels (straight-through estimator)
+    low_bit_qat_steps: Optional[int] = Field(None, ge=1)  # None: the qat stage's epochs x steps
+    low_bit_qat_learning_rate: float = Field(1e-4, gt=0)
+    tolerance_points: float = Field(0.5, ge=0)  # a drop within this is "not needed" in the verdict
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v):
+        if not v or any(b < 2 or b > 8 for b in v):
+            raise ValueError("comparison bits must be between 2 and 8")
+        return sorted(set(v), reverse=True)
 
 
 class StagesSpec(Strict):

@@ -33,6 +33,8 @@ STAGES: dict[str, str] = {
     "comparison": "edgeq.quantize.compare:run_stage",
 }
 KERAS_ONLY_STAGES = {"tflite_ptq", "qat", "comparison"}
+# stage name -> "module:function(ctx)" run after [evaluate], for stages that summarise evaluated artifacts
+AFTER_EVALUATE: dict[str, str] = {"comparison": "edgeq.quantize.compare:after_evaluate"}
 
 
 def log_print(msg: str) -> None:
@@ -279,6 +281,7 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
     try:
         ctx.fp32 = _import_fp32(ctx)
         produced: list[Artifact] = [ctx.fp32]
+        ran: list[str] = []
         for name in STAGES:
             opts = getattr(cfg.stages, name)
             if not opts.enabled or (only_stages is not None and name not in only_stages):
@@ -289,6 +292,7 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
                 continue
             log(f"[{name}]")
             produced += _run_stage(name, ctx, opts)
+            ran.append(name)
         # keep only artifacts of this config (an earlier run in the same dir may have made others)
         keep = {a.name for a in produced}
         manifest.artifacts = {n: a for n, a in manifest.artifacts.items() if n in keep}
@@ -297,6 +301,9 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
         if cfg.evaluate.enabled:
             log("[evaluate]")
             evaluate_artifacts(ctx, arts)
+        for name in (n for n in ran if n in AFTER_EVALUATE):
+            mod, fn = AFTER_EVALUATE[name].split(":")
+            getattr(importlib.import_module(mod), fn)(ctx)
         if cfg.benchmark.enabled:
             log("[benchmark: host]")
             benchmark_host(ctx, arts)

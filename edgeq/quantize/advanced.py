@@ -1,0 +1,98 @@
+"""Careful PTQ of weights: MSE-optimal per-channel clipping and empirical bias correction.
+
+Bias correction (Nagel et al. 2019, "Data-Free Quantization", empirical variant) removes the mean
+output shift each quantised kernel causes: for a layer y = W x + b the shift is (W_q - W) E[x], and
+E[x] per input channel is measured on calibration images. The shift is subtracted from the layer's
+bias, or, for a bias-free conv followed by batch norm, added to the norm's moving mean (which the
+TFLite converter folds into the int32 bias).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .fakequant import WeightLayer, clone_model, fake_quant, max_scales, mse_scales, weight_layers
+
+
+@dataclass
+class AdvancedReport:
+    bits: int
+    clipping: bool
+    corrected: list[str] = field(default_factory=list)
+    uncorrected: list[str] = field(default_factory=list)  # no bias and no batch norm to absorb the shift
+
+    def to_dict(self) -> dict:
+        return {"bits": self.bits, "mse_clipping": self.clipping, "bias_corrected_layers": len(self.corrected),
+                "not_corrected": self.uncorrected}
+
+
+def input_channel_means(model, batches) -> dict[str, np.ndarray]:
+    """Per-input-channel mean of every quantisable layer's input over the calibration batches."""
+    from ..tfcompat import keras, tf
+
+    layers = weight_layers(model)
+    probe_inputs = [wl.layer.input for wl in layers]
+    reduced = [tf().reduce_mean(t, axis=list(range(len(t.shape) - 1))) for t in probe_inputs]
+    probe = keras().Model(model.inputs, reduced)
+    fn = tf().function(lambda x: probe(x, training=False), reduce_retracing=True)
+    sums = [np.zeros(int(t.shape[-1]), np.float64) for t in probe_inputs]
+    n = 0
+    for x, _ in batches:
+        outs = fn(tf().constant(x))
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for i, o in enumerate(outs):
+            sums[i] += o.numpy().astype(np.float64) * len(x)
+        n += len(x)
+    return {wl.layer.name: (s / max(n, 1)).astype(np.float32) for wl, s in zip(layers, sums)}
+
+
+def output_shift(wl: WeightLayer, d_w: np.ndarray, mean_in: np.ndarray) -> np.ndarray:
+    """Mean change of each output channel caused by the kernel change d_w on inputs of mean mean_in."""
+    if wl.reduce_axes == (0, 1):  # depthwise: (kh, kw, channels, multiplier)
+        return (d_w.sum(axis=(0, 1)) * mean_in[:, None]).reshape(-1)
+    if wl.reduce_axes == (0, 1, 2):  # conv: (kh, kw, cin, cout)
+        return np.tensordot(d_w.sum(axis=(0, 1)), mean_in, axes=([0], [0]))
+    return mean_in @ d_w  # dense: (in, out)
+
+
+def _following_batch_norm(layer):
+    from ..tfcompat import keras
+
+    nodes = getattr(layer, "_outbound_nodes", [])
+    if len(nodes) != 1:
+        return None
+    nxt = nodes[0].outbound_layer
+    return nxt if isinstance(nxt, keras().layers.BatchNormalization) else None
+
+
+def _absorb_shift(layer, shift: np.ndarray) -> bool:
+    """Cancel a mean output shift in the layer's bias or its batch norm; False when neither exists."""
+    if getattr(layer, "use_bias", False) and layer.bias is not None:
+        layer.bias.assign(layer.bias.numpy() - shift)
+        return True
+    bn = _following_batch_norm(layer)
+    linear = getattr(layer, "activation", None) is None or layer.activation.__name__ == "linear"
+    if bn is not None and linear and bn.axis in ([-1], [3], -1, 3):
+        bn.moving_mean.assign(bn.moving_mean.numpy() + shift)
+        return True
+    return False
+
+
+def quantize_weights_advanced(model, bits: int, calibration_batches, clipping: bool = True):
+    """A copy of `model` with per-channel `bits`-bit kernels, MSE-clipped (optional) and bias-corrected.
+
+    With clipping=False the grid is max|w|/qmax per channel, exactly the one the TFLite converter
+    uses, so a real INT8 export keeps these values bit for bit.
+    """
+    means = input_channel_means(model, calibration_batches)
+    m = clone_model(model)
+    rep = AdvancedReport(bits, clipping)
+    for wl in weight_layers(m):
+        w = wl.kernel.numpy()
+        s = mse_scales(w, bits, wl.reduce_axes) if clipping else max_scales(w, bits, wl.reduce_axes)
+        wq = fake_quant(w, s, bits)
+        wl.kernel.assign(wq)
+        shift = output_shift(wl, wq - w, means[wl.layer.name])
+        (rep.corrected if _absorb_shift(wl.layer, shift) else rep.uncorrected).append(wl.layer.name)
+    return m, rep

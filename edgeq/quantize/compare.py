@@ -1,0 +1,270 @@
+"""The `comparison` stage: PTQ naive vs PTQ advanced vs QAT at each bit width, against FP32.
+
+INT8 cells are real INT8 TFLite artifacts, evaluated by the pipeline like every other artifact:
+naive PTQ is the `tflite_ptq` stage (round-to-nearest, per-channel), advanced PTQ is made here
+(bias-corrected kernels on the converter's own grid), QAT is the `qat` stage. Cells below 8 bits are
+simulated: kernels fake-quantised in the Keras model (activations float), evaluated here, and
+labelled "simulated". The table is assembled after the evaluation step (`after_evaluate`), so every
+cell is measured on the same evaluation images, and the verdict is derived from those numbers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..artifacts import Artifact, stage_key
+from ..config import ComparisonSpec
+from ..data import LabelledImages, representative_dataset
+from . import advanced, fakequant, tflite_ptq
+
+METHODS = ("ptq_naive", "ptq_advanced", "qat")
+LABELS = {"fp32": "FP32", "ptq_naive": "PTQ naive", "ptq_advanced": "PTQ advanced", "qat": "QAT"}
+INT8_ARTIFACTS = {"ptq_naive": "int8_tflite_ptq", "ptq_advanced": "int8_tflite_ptq_adv", "qat": "int8_tflite_qat"}
+ADVANCED_DESC = "MSE-clipped per-channel scales + empirical bias correction"
+
+
+def _eval_subset(ctx, opts: ComparisonSpec) -> tuple[LabelledImages, np.ndarray]:
+    ev = ctx.splits.eval
+    idx = np.arange(min(opts.eval_images or len(ev), len(ev)))
+    return ev.take(idx), idx
+
+
+def _calibration_batches(ctx, n: int):
+    cal = ctx.splits.calibration
+    return cal.take(np.arange(min(n, len(cal)))).batches(ctx.pre, 32)
+
+
+def _cell_key(ctx, opts: ComparisonSpec, bits: int, method: str) -> str:
+    qat = ctx.cfg.stages.qat
+    parts = {"bits": bits, "method": method, "eval": _eval_subset(ctx, opts)[0].fingerprint(),
+             "calibration": ctx.splits.calibration.fingerprint(), "calibration_images": opts.calibration_images}
+    if method == "qat":
+        parts.update(steps=opts.low_bit_qat_steps, lr=opts.low_bit_qat_learning_rate,
+                     qat=qat.model_dump(exclude={"enabled", "export_onnx"}),
+                     train=ctx.splits.train.fingerprint() if ctx.splits.train is not None else None)
+    return stage_key("comparison", ctx.fp32.sha256, parts, ctx.cfg.seed)
+
+
+# ------------------------------------------------------------------ the stage
+def run_stage(ctx, opts: ComparisonSpec) -> list[Artifact]:
+    model = ctx.keras_model()
+    out = []
+    if 8 in opts.bits:
+        out.append(_int8_advanced(ctx, opts, model))
+    cells = ctx.results.setdefault("comparison_cells", {})
+    ev, _ = _eval_subset(ctx, opts)
+    ev_resized = None
+    for bits in (b for b in opts.bits if b < 8):
+        for method in METHODS:
+            key = _cell_key(ctx, opts, bits, method)
+            if key in cells:
+                ctx.log(f"  = INT{bits} {LABELS[method]} (simulated): reused")
+                continue
+            if ev_resized is None:  # resize once; each simulated model is evaluated on the same pixels
+                ev_resized = LabelledImages(ctx.pre.resize(ev.images), ev.labels, ev.source, ev.class_names)
+            cells[key] = _simulated_cell(ctx, opts, model, bits, method, ev_resized)
+            ctx.save_results()
+            c = cells[key]
+            ctx.log(f"  * INT{bits} {LABELS[method]} (simulated): "
+                    + (f"top-1 {c['top1']:.4f} ({c['seconds']} s)" if c["top1"] is not None else c["reason"]))
+    return out
+
+
+def _int8_advanced(ctx, opts: ComparisonSpec, model) -> Artifact:
+    ptq = ctx.cfg.stages.tflite_ptq
+    cal = ctx.splits.calibration
+    n_rep = min(ptq.representative_images, len(cal))
+    params = {"bits": 8, "weights": "bias-corrected, on the converter's per-channel max grid",
+              "calibration_images": opts.calibration_images, "representative_images": n_rep,
+              "input_type": ptq.input_type, "output_type": ptq.output_type}
+
+    def make(tmp):
+        # No clipping at 8 bits: the converter recomputes each channel's scale from max|w|, so only
+        # values already on that grid survive conversion unchanged.
+        corrected, rep = advanced.quantize_weights_advanced(model, 8, _calibration_batches(ctx, opts.calibration_images),
+                                                            clipping=False)
+        blob = tflite_ptq.convert_int8(corrected, representative_dataset(cal, ctx.pre, n_rep),
+                                       input_type=ptq.input_type, output_type=ptq.output_type, per_channel=True)
+        tmp.write_bytes(blob)
+        return {**rep.to_dict(), **tflite_ptq.tensor_summary(blob), "float_ops": tflite_ptq.float_ops(blob),
+                "size_floor": tflite_ptq.param_floor_bytes(model)}
+
+    return ctx.produce("int8_tflite_ptq_adv", "int8_ptq_adv.tflite", {"calibration": cal.fingerprint()}, make,
+                       fmt="tflite", precision="int8", method="ptq_advanced", stage="comparison", params=params,
+                       parent=ctx.fp32.name)
+
+
+def _simulated_cell(ctx, opts: ComparisonSpec, model, bits: int, method: str, ev: LabelledImages) -> dict:
+    import time
+
+    from ..evaluate import evaluate
+    from ..runtime import KerasPredictor
+
+    t = time.perf_counter()
+    cell: dict = {"bits": bits, "method": method}
+    if method == "ptq_naive":
+        m = fakequant.quantize_weights_rtn(model, bits)
+        cell["how"] = "round-to-nearest, per-channel max scale"
+    elif method == "ptq_advanced":
+        m, rep = advanced.quantize_weights_advanced(model, bits, _calibration_batches(ctx, opts.calibration_images))
+        cell["how"] = ADVANCED_DESC
+        cell["advanced"] = rep.to_dict()
+    else:
+        from .qat import batch_stream, fine_tune_fake_quant, training_split
+
+        q = ctx.cfg.stages.qat
+        if not opts.low_bit_qat:
+            return {**cell, "top1": None, "reason": "not run (stages.comparison.low_bit_qat: false)"}
+        if ctx.splits.train is None:
+            return {**cell, "top1": None, "reason": "no training split to fine-tune on"}
+        data = training_split(ctx.splits.train, q)
+        steps = opts.low_bit_qat_steps or data.steps_per_epoch * max(q.epochs, 1)
+        m = fine_tune_fake_quant(model, bits, batch_stream(data.train, ctx.pre, q.batch_size, q.seed), steps,
+                                 opts.low_bit_qat_learning_rate, q.seed)
+        cell["how"] = (f"straight-through fine-tune of {bits}-bit kernels from FP32, {steps} steps of "
+                       f"{q.batch_size}, MSE-clipped fixed scales")
+        cell["fine_tune_steps"] = steps
+    r = evaluate(KerasPredictor(m), ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size)
+    cell.update(top1=r.top1, n=r.n, seconds=round(time.perf_counter() - t, 1),
+                kernel_parameters=fakequant.kernel_parameter_count(model))
+    return cell
+
+
+# ------------------------------------------------------------------ the table, after evaluation
+def _artifact_top1(ctx, name: str, idx: np.ndarray) -> tuple[float | None, str | None]:
+    """Top-1 of an evaluated artifact on the comparison's images, from the evaluation step's predictions."""
+    a = ctx.manifest.artifacts.get(name)
+    if a is None:
+        return None, "artifact not produced"
+    r = ctx.results["evaluations"].get(f"{a.sha256}:{ctx.splits.eval.fingerprint()}")
+    if r is None:
+        return None, ("evaluation disabled (evaluate.enabled: false)" if not ctx.cfg.evaluate.enabled
+                      else "not evaluated")
+    with np.load(ctx.run_dir / r["predictions_file"], allow_pickle=False) as z:
+        pred = z["predictions"]
+    return round(float((pred[idx] == ctx.splits.eval.labels[idx]).mean()), 5), None
+
+
+def _fp32_top1(ctx, opts: ComparisonSpec, idx: np.ndarray) -> float:
+    top1, _ = _artifact_top1(ctx, ctx.fp32.name, idx)
+    if top1 is None:  # Keras baseline not evaluated by the pipeline: measure it here
+        from ..evaluate import evaluate
+        from ..runtime import KerasPredictor
+
+        ev, _ = _eval_subset(ctx, opts)
+        top1 = evaluate(KerasPredictor(ctx.keras_model()), ev, ctx.pre, ctx.splits.dataset,
+                        ctx.cfg.evaluate.batch_size).top1
+    return top1
+
+
+def build_rows(ctx, opts: ComparisonSpec) -> tuple[list[dict], int]:
+    ev, idx = _eval_subset(ctx, opts)
+    fp32 = _fp32_top1(ctx, opts, idx)
+    fp32_art = ctx.manifest.artifacts.get("fp32_tflite") or ctx.fp32
+    rows = [{"bits": 32, "method": "fp32", "simulated": False, "top1": fp32, "drop": 0.0,
+             "size_bytes": fp32_art.size_bytes, "artifact": fp32_art.name}]
+    naive8 = ctx.manifest.artifacts.get(INT8_ARTIFACTS["ptq_naive"])
+    for bits in opts.bits:
+        for method in METHODS:
+            if bits == 8:
+                name = INT8_ARTIFACTS[method]
+                top1, reason = _artifact_top1(ctx, name, idx)
+                a = ctx.manifest.artifacts.get(name)
+                row = {"bits": 8, "method": method, "simulated": False, "top1": top1,
+                       "size_bytes": a.size_bytes if a else None, "artifact": name if a else None}
+                if method == "qat" and a is None:
+                    reason = "not produced: enable stages.qat"
+            else:
+                c = ctx.results.get("comparison_cells", {}).get(_cell_key(ctx, opts, bits, method), {})
+                top1, reason = c.get("top1"), c.get("reason", None if c else "not measured")
+                size = (fakequant.packed_size_bytes(naive8.size_bytes, ctx.keras_model(), bits) if naive8 else None)
+                row = {"bits": bits, "method": method, "simulated": True, "top1": top1, "size_bytes": size,
+                       "size_estimated": True, "how": c.get("how")}
+            row["drop"] = round((fp32 - top1) * 100, 3) if top1 is not None else None
+            if reason:
+                row["reason"] = reason
+            rows.append(row)
+    return rows, len(ev)
+
+
+def _pt(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def verdict_for(bits: int, cells: dict[str, dict], tolerance: float) -> str:
+    """One sentence on what the measured cells of one bit width say."""
+    tag = f"INT{bits}" + (" (simulated weights)" if bits < 8 else "")
+    d = {m: c["drop"] for m, c in cells.items() if c.get("drop") is not None}
+    top = {m: c["top1"] for m, c in cells.items() if c.get("top1") is not None}
+    if "ptq_naive" not in d:
+        return f"{tag}: naive PTQ was not measured, no verdict."
+    parts = []
+    if d["ptq_naive"] <= tolerance:
+        parts.append(f"{tag}: naive PTQ is within {_pt(d['ptq_naive'])} pt of FP32: QAT not needed")
+    elif d.get("ptq_advanced", 1e9) <= tolerance:
+        parts.append(f"{tag}: naive PTQ loses {_pt(d['ptq_naive'])} pt, advanced PTQ only "
+                     f"{_pt(d['ptq_advanced'])} pt: advanced PTQ suffices, QAT not needed")
+    elif "qat" in d:
+        best_ptq = max(top[m] for m in ("ptq_naive", "ptq_advanced") if m in top)
+        gain = (top["qat"] - top["ptq_naive"]) * 100
+        if top["qat"] > best_ptq:
+            parts.append(f"{tag}: QAT recovers {_pt(gain)} pt over naive PTQ "
+                         f"(drop {_pt(d['ptq_naive'])} -> {_pt(d['qat'])} pt)"
+                         + (": QAT needed" if d["qat"] <= tolerance else
+                            f", still {_pt(d['qat'])} pt below FP32"))
+        else:
+            parts.append(f"{tag}: PTQ loses {_pt(min(d['ptq_naive'], d.get('ptq_advanced', 1e9)))} pt and this QAT "
+                         f"fine-tune does not beat it (QAT drop {_pt(d['qat'])} pt)")
+    else:
+        parts.append(f"{tag}: PTQ loses {_pt(d['ptq_naive'])} pt; QAT not measured")
+    if "qat" in d and d["ptq_naive"] <= tolerance:
+        parts.append(f"QAT drop {_pt(d['qat'])} pt")
+    if bits < 8 and all(m in top for m in METHODS):
+        order = [top["ptq_naive"], top["ptq_advanced"], top["qat"]]
+        if not (order[0] <= order[1] <= order[2]):
+            parts.append("the expected ordering naive PTQ <= advanced PTQ <= QAT does not hold here ("
+                         + ", ".join(f"{LABELS[m]} {top[m] * 100:.2f} %" for m in METHODS) + ")")
+    return "; ".join(parts) + "."
+
+
+def _size(b: int | None, estimated: bool) -> str:
+    if not b:
+        return "size ?"
+    text = f"{b / 1e6:.2f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
+    return text + ("*" if estimated else "")
+
+
+def markdown_table(rows: list[dict], n: int, verdict: list[str]) -> str:
+    fp32 = rows[0]
+    bits = sorted({r["bits"] for r in rows if r["bits"] != 32}, reverse=True)
+    head = ["bits", "FP32"] + [LABELS[m] for m in METHODS]
+    lines = ["## PTQ vs QAT", "",
+             f"Top-1 on {n} evaluation images (drop from FP32 in points; size). INT8: real INT8 TFLite "
+             f"artifacts. Fewer bits: simulated = per-channel fake-quantised kernels in Keras, float "
+             f"activations, size estimated. PTQ advanced = {ADVANCED_DESC}.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for b in bits:
+        cells = [f"INT{b}" + (" (simulated)" if b < 8 else ""), f"{fp32['top1'] * 100:.2f} %"]
+        for m in METHODS:
+            r = next(x for x in rows if x["bits"] == b and x["method"] == m)
+            if r["top1"] is None:
+                cells.append(f"— ({r.get('reason', 'not measured')})")
+            else:
+                cells.append(f"{r['top1'] * 100:.2f} % ({0 - r['drop']:+.2f}; "
+                             f"{_size(r['size_bytes'], r.get('size_estimated', False))})")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "\\* estimated packed size.", ""] + [f"- {v}" for v in verdict]
+    return "\n".join(lines)
+
+
+def after_evaluate(ctx) -> None:
+    """Assemble the comparison table from the evaluated INT8 artifacts and the simulated cells."""
+    opts = ctx.cfg.stages.comparison
+    rows, n = build_rows(ctx, opts)
+    verdict = [verdict_for(b, {r["method"]: r for r in rows if r["bits"] == b}, opts.tolerance_points)
+               for b in opts.bits]
+    ctx.set_section("comparison", {
+        "rows": rows, "verdict": " ".join(verdict), "verdict_lines": verdict, "eval_images": n,
+        "drop_unit": "percentage points of top-1 below FP32", "tolerance_points": opts.tolerance_points,
+        "advanced_ptq": ADVANCED_DESC, "markdown": markdown_table(rows, n, verdict)})
+    for v in verdict:
+        ctx.log(f"  {v}")

@@ -1,0 +1,368 @@
+"""The `qat` stage: quantisation-aware fine-tuning with tfmot, exported as full-integer INT8.
+
+The FP32 model is wrapped with `tfmot.quantization.keras.quantize_model`, its activation ranges are
+initialised from calibration images, it is fine-tuned on the training split (early stop on a
+held-out part of it) and converted with the same full-integer check as the PTQ path.
+
+Also here: `fine_tune_fake_quant`, straight-through-estimator fine-tuning of simulated low-bit
+weights (INT4 and below), which the comparison uses where no runtime executes the real thing.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..artifacts import Artifact
+from ..config import QatSpec
+from ..data import LabelledImages, Preprocess, representative_dataset
+from ..errors import DataError, QuantizationError
+from . import tflite_ptq
+
+UNSUPPORTED_HINT = ("give each a QuantizeConfig via tfmot quantize_annotate_layer, replace it with a "
+                    "supported layer (Rescaling/Normalization: drop it and set preprocess.mean/std), or list "
+                    "it in stages.qat.passthrough_layers to leave it unquantised during fine-tuning")
+
+
+# ------------------------------------------------------------------ what tfmot can quantise
+def _registry():
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import \
+        default_8bit_quantize_registry as reg
+
+    return reg.Default8BitQuantizeRegistry()
+
+
+def _inbound_layers(layer) -> list:
+    return [n.inbound_layers for n in getattr(layer, "_inbound_nodes", [])]
+
+
+def _bn_is_folded(layer) -> bool:
+    """tfmot handles batch norm only right after a linear Conv2D/DepthwiseConv2D/Dense (its transforms)."""
+    from ..tfcompat import keras
+
+    k = keras()
+    ins = _inbound_layers(layer)
+    if len(ins) != 1 or isinstance(ins[0], (list, tuple)):
+        return False
+    prev = ins[0]
+    act = getattr(prev, "activation", None)
+    return (isinstance(prev, (k.layers.Conv2D, k.layers.DepthwiseConv2D, k.layers.Dense))
+            and (act is None or act.__name__ == "linear"))
+
+
+def unsupported_layers(model, passthrough: list[str] = ()) -> list[str]:
+    """'name (Class)' of every layer tfmot's default 8-bit scheme cannot quantise (passthrough excluded)."""
+    from ..tfcompat import keras
+
+    k = keras()
+    if not isinstance(model, k.Sequential) and not getattr(model, "_is_graph_network", False):
+        return [f"{model.name} ({type(model).__name__}: a subclassed model; rebuild it as a Functional model)"]
+    reg = _registry()
+    bad = []
+    for layer in model.layers:
+        cls = type(layer).__name__
+        if isinstance(layer, k.layers.InputLayer) or layer.name in passthrough or cls in passthrough:
+            continue
+        if isinstance(layer, k.Model):
+            bad.append(f"{layer.name} ({cls}: a nested model; flatten it into the outer model)")
+        elif isinstance(layer, k.layers.BatchNormalization):
+            if not _bn_is_folded(layer):
+                bad.append(f"{layer.name} (BatchNormalization not directly after a linear Conv2D/Dense)")
+        elif not reg.supports(layer):
+            bad.append(f"{layer.name} ({cls})")
+    return bad
+
+
+def wrap_for_qat(model, passthrough: list[str] = ()):
+    """tfmot-wrapped copy of `model`; QuantizationError naming each layer tfmot cannot quantise."""
+    import tensorflow_model_optimization as tfmot
+
+    bad = unsupported_layers(model, passthrough)
+    if bad:
+        raise QuantizationError(f"QAT: tfmot cannot quantise {len(bad)} layer(s): {', '.join(bad)}; "
+                                + UNSUPPORTED_HINT)
+    q = tfmot.quantization.keras
+    try:
+        if not passthrough:
+            return q.quantize_model(model)
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_configs \
+            import NoOpQuantizeConfig
+
+        from ..tfcompat import keras
+
+        def annotate(layer):
+            if layer.name in passthrough or type(layer).__name__ in passthrough:
+                return q.quantize_annotate_layer(layer, quantize_config=NoOpQuantizeConfig())
+            if isinstance(layer, keras().layers.InputLayer):
+                return layer
+            return q.quantize_annotate_layer(layer)
+
+        annotated = keras().models.clone_model(model, clone_function=annotate)
+        scope = {type(layer).__name__: type(layer) for layer in model.layers}
+        scope["NoOpQuantizeConfig"] = NoOpQuantizeConfig
+        with q.quantize_scope(scope):
+            return q.quantize_apply(annotated)
+    except (RuntimeError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise QuantizationError(f"QAT: tfmot could not wrap the model ({first}); " + UNSUPPORTED_HINT) from None
+
+
+@contextlib.contextmanager
+def _ranges_from_last_batch():
+    """Make tfmot's moving-average range quantisers take the current batch's range outright.
+
+    tfmot starts every activation range at [-6, 6] and moves it with decay 0.999, so a fine-tune of a
+    few hundred steps would export ranges that are mostly the initial guess.
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+
+    original = quant_ops.MovingAvgQuantize
+
+    def last_batch(*args, **kw):
+        kw["ema_decay"] = 0.0
+        return original(*args, **kw)
+
+    quant_ops.MovingAvgQuantize = last_batch
+    try:
+        yield
+    finally:
+        quant_ops.MovingAvgQuantize = original
+
+
+def calibrate_ranges(qmodel, x: np.ndarray) -> None:
+    """Set every quantiser range of a tfmot model from one batch; all other weights are left as they were."""
+    is_range = [v.name.endswith(("_min:0", "_max:0")) for v in qmodel.weights]
+    before = qmodel.get_weights()
+    with _ranges_from_last_batch():
+        qmodel(x, training=True)
+    after = qmodel.get_weights()
+    qmodel.set_weights([a if r else b for a, b, r in zip(after, before, is_range)])
+
+
+# ------------------------------------------------------------------ training data
+@dataclass
+class TrainData:
+    train: LabelledImages
+    val: LabelledImages | None
+    steps_per_epoch: int
+
+
+def training_split(train: LabelledImages | None, opts, what: str = "stages.qat") -> TrainData:
+    """The fine-tuning images and a disjoint validation slice, both from the training split."""
+    if train is None or len(train) == 0:
+        raise DataError(f"{what}: QAT fine-tunes on training images but the data has no training split; "
+                        "set data.train_path (or use a data.path large enough to leave images after "
+                        "calibration and evaluation)")
+    n_val = min(opts.validation_images, len(train) // 5)
+    n_train = min(opts.train_images or len(train) - n_val, len(train) - n_val)
+    if n_train < 1:
+        raise DataError(f"{what}: no training images left after {n_val} validation images")
+    tr = train.take(np.arange(n_train), f"{train.source} [:{n_train}]")
+    val = train.take(np.arange(len(train) - n_val, len(train)), f"{train.source} (validation)") if n_val else None
+    steps = opts.steps_per_epoch or math.ceil(n_train / opts.batch_size)
+    return TrainData(tr, val, steps)
+
+
+def batch_stream(data: LabelledImages, pre: Preprocess, batch_size: int, seed: int):
+    """Endless shuffled (x, y) batches, preprocessed on the fly (a 55,000-image split never sits in memory)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(data))
+        for s in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            idx = np.sort(order[s:s + batch_size])
+            yield pre(data.images[idx]), data.labels[idx]
+
+
+# ------------------------------------------------------------------ INT8 QAT with tfmot
+@dataclass
+class QatResult:
+    model: object  # the fine-tuned tfmot model
+    seconds: float
+    steps: int
+    epochs_run: int
+    history: dict = field(default_factory=dict)
+    val_top1_before: float | None = None
+
+
+def outputs_probabilities(model) -> bool:
+    """True when the model ends in softmax (its loss then takes probabilities, not logits)."""
+    from ..tfcompat import keras
+
+    last = model.layers[-1]
+    act = getattr(last, "activation", None)
+    if isinstance(last, keras().layers.Softmax):
+        return True
+    name = getattr(act, "__name__", "") or type(act).__name__
+    if name == "QuantizeAwareActivation":  # tfmot wraps the activation of the last layer
+        name = getattr(act.activation, "__name__", "")
+    return name == "softmax"
+
+
+def _loss(model):
+    from ..tfcompat import keras
+
+    return keras().losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model))
+
+
+def _top1(model, x, y) -> float:
+    p = model.predict(x, batch_size=64, verbose=0)
+    return round(float((np.argmax(p, axis=1) == y).mean()), 5)
+
+
+def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarray, opts: QatSpec,
+                  log=print) -> QatResult:
+    """Wrap `model` with tfmot, initialise its ranges on `calibration` and fine-tune it."""
+    from ..tfcompat import keras, set_seed
+
+    k = keras()
+    set_seed(opts.seed)
+    qmodel = wrap_for_qat(model, opts.passthrough_layers)
+    if opts.calibrate_ranges:
+        calibrate_ranges(qmodel, calibration)
+    xv, yv = (pre(data.val.images), data.val.labels) if data.val is not None else (None, None)
+    before = _top1(qmodel, xv, yv) if xv is not None else None
+    qmodel.compile(k.optimizers.Adam(opts.learning_rate), loss=_loss(model),
+                   metrics=["accuracy"])
+    callbacks = []
+    if xv is not None and opts.early_stop_patience:
+        callbacks.append(k.callbacks.EarlyStopping(monitor="val_accuracy", patience=opts.early_stop_patience,
+                                                   restore_best_weights=True))
+    t = time.perf_counter()
+    hist = {}
+    if opts.epochs > 0:
+        h = qmodel.fit(batch_stream(data.train, pre, opts.batch_size, opts.seed), epochs=opts.epochs,
+                       steps_per_epoch=data.steps_per_epoch, verbose=0, callbacks=callbacks,
+                       validation_data=(xv, yv) if xv is not None else None)
+        hist = {key: [round(float(v), 5) for v in vals] for key, vals in h.history.items()}
+    seconds = round(time.perf_counter() - t, 1)
+    epochs_run = len(next(iter(hist.values()), []))
+    log(f"  QAT fine-tune: {epochs_run} epoch(s) x {data.steps_per_epoch} steps of {opts.batch_size} "
+        f"on {len(data.train)} images in {seconds} s"
+        + (f"; validation top-1 {before:.4f} -> {hist['val_accuracy'][-1]:.4f}"
+           if before is not None and hist.get("val_accuracy") else ""))
+    return QatResult(qmodel, seconds, data.steps_per_epoch * epochs_run, epochs_run, hist, before)
+
+
+def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
+    model = ctx.keras_model()
+    bad = unsupported_layers(model, opts.passthrough_layers)  # fail before any training
+    if bad:
+        raise QuantizationError(f"QAT: tfmot cannot quantise {len(bad)} layer(s): {', '.join(bad)}; "
+                                + UNSUPPORTED_HINT)
+    data = training_split(ctx.splits.train, opts)
+    cal = ctx.splits.calibration
+    n_cal = min(opts.calibration_images, len(cal))
+    ptq = ctx.cfg.stages.tflite_ptq
+    n_rep = min(ptq.representative_images, len(cal))
+    key = {"train": data.train.fingerprint(), "val": data.val.fingerprint() if data.val is not None else None,
+           "calibration": cal.fingerprint()}
+    params = {**opts.model_dump(exclude={"enabled", "export_onnx"}), "input_type": ptq.input_type,
+              "output_type": ptq.output_type, "representative_images": n_rep}
+    cache: dict = {}
+
+    def fine_tuned() -> QatResult:
+        if "r" not in cache:
+            cache["r"] = fine_tune_qat(model, data, ctx.pre, ctx.pre(cal.images[:n_cal]), opts, ctx.log)
+        return cache["r"]
+
+    def notes_of(r: QatResult) -> dict:
+        return {"fine_tune_seconds": r.seconds, "steps": r.steps, "epochs_run": r.epochs_run,
+                "train_images": len(data.train), "validation_images": len(data.val) if data.val is not None else 0,
+                "validation_top1_before_fine_tune": r.val_top1_before, "history": r.history}
+
+    def make_tflite(tmp):
+        r = fine_tuned()
+        t = time.perf_counter()
+        blob = tflite_ptq.convert_int8(r.model, representative_dataset(cal, ctx.pre, n_rep),
+                                       input_type=ptq.input_type, output_type=ptq.output_type,
+                                       per_channel=True, allow_float_ops=False)
+        tmp.write_bytes(blob)
+        return {**notes_of(r), "convert_seconds": round(time.perf_counter() - t, 1),
+                **tflite_ptq.tensor_summary(blob), "float_ops": tflite_ptq.float_ops(blob),
+                "size_floor": tflite_ptq.param_floor_bytes(model)}
+
+    parent = ctx.fp32.name
+    out = [ctx.produce("int8_tflite_qat", "int8_qat.tflite", key, make_tflite, fmt="tflite", precision="int8",
+                       method="qat", stage="qat", params=params, parent=parent)]
+    onnx_note = None
+    if ctx.cfg.stages.onnx_ptq.enabled and opts.export_onnx:
+        try:
+            from .onnx_ptq import keras_to_onnx
+        except ImportError:
+            onnx_note = "INT8 ONNX of the QAT model not made: edgeq.quantize.onnx_ptq.keras_to_onnx is unavailable"
+            ctx.log(f"  ! {onnx_note}")
+        else:
+            opset = ctx.cfg.stages.onnx_ptq.opset
+
+            def make_onnx(tmp):
+                r = fine_tuned()
+                # tf2onnx turns tfmot's FakeQuant nodes into QuantizeLinear/DequantizeLinear pairs: a QDQ model
+                info = keras_to_onnx(r.model, tmp, opset) or {}
+                return {**notes_of(r), **{k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}}
+
+            out.append(ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
+                                   method="qat", stage="qat", params={**params, "opset": opset}, parent=parent))
+    n = out[0].notes
+    md = ["## QAT", "", f"tfmot quantize_model, fine-tuned {n.get('epochs_run')} epoch(s) / {n.get('steps')} steps on "
+          f"{n.get('train_images')} training images in {n.get('fine_tune_seconds')} s (conversion "
+          f"{n.get('convert_seconds')} s); validation top-1 before fine-tuning {n.get('validation_top1_before_fine_tune')}"
+          + (f", after {n['history']['val_accuracy'][-1]}" if (n.get("history") or {}).get("val_accuracy") else "")
+          + "."] + ([f"", onnx_note] if onnx_note else [])
+    ctx.set_section("qat", {"markdown": "\n".join(md),
+        "fine_tune_seconds": n.get("fine_tune_seconds"), "convert_seconds": n.get("convert_seconds"),
+        "epochs_run": n.get("epochs_run"), "steps": n.get("steps"), "train_images": n.get("train_images"),
+        "validation_images": n.get("validation_images"),
+        "validation_top1_before_fine_tune": n.get("validation_top1_before_fine_tune"),
+        "history": n.get("history"), "artifacts": [a.name for a in out], "onnx": onnx_note,
+    })
+    return out
+
+
+# ------------------------------------------------------------------ simulated low-bit QAT
+def fine_tune_fake_quant(model, bits: int, batches, steps: int, learning_rate: float, seed: int = 0):
+    """A copy of `model` fine-tuned with `bits`-bit per-channel kernels (straight-through estimator).
+
+    Float master weights are kept; every step evaluates loss and gradients at the quantised kernels and
+    applies them to the masters. Scales are the MSE-optimal ones of the starting weights, held fixed.
+    Returns the copy with its kernels set to the final quantised values.
+    """
+    from ..tfcompat import keras, set_seed, tf
+    from .fakequant import clone_model, fake_quant, mse_scales, qmax, weight_layers
+
+    t = tf()
+    k = keras()
+    set_seed(seed)
+    m = clone_model(model)
+    wls = weight_layers(m)
+    scales = [t.constant(mse_scales(wl.kernel.numpy(), bits, wl.reduce_axes)) for wl in wls]
+    masters = [t.Variable(wl.kernel.numpy(), trainable=True) for wl in wls]
+    kernels = [wl.kernel for wl in wls]
+    kernel_refs = {v.ref() for v in kernels}
+    others = [v for v in m.trainable_variables if v.ref() not in kernel_refs]
+    opt = k.optimizers.Adam(learning_rate)
+    loss_fn = _loss(model)
+    q = float(qmax(bits))
+
+    def project():
+        for kv, mv, s in zip(kernels, masters, scales):
+            kv.assign(t.clip_by_value(t.round(mv / s), -q, q) * s)
+
+    @t.function(reduce_retracing=True)
+    def step(x, y):
+        project()
+        with t.GradientTape() as tape:
+            p = m(x, training=True)
+            loss = loss_fn(y, p)
+        grads = tape.gradient(loss, kernels + others)
+        opt.apply_gradients(zip(grads, masters + others))
+        return loss
+
+    for _, (x, y) in zip(range(steps), batches):
+        step(t.constant(x), t.constant(y))
+    project()
+    for wl, mv, s in zip(wls, masters, scales):  # exact numpy grid, as the other simulated cells use
+        wl.kernel.assign(fake_quant(mv.numpy(), s.numpy(), bits))
+    return m
