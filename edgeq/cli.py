@@ -59,6 +59,24 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .config import TargetRef
+    from .pipeline import open_run
+    from .report import print_summary, write_report
+    from .targets.remote import benchmark_devices, print_device_table
+
+    ctx = open_run(Path(args.run_dir), Path(args.config) if args.config else None)
+    refs = [TargetRef(device=d, runs=args.runs, warmup=args.warmup, threads=args.threads) for d in args.device]
+    ctx.log(f"[benchmark: devices] {ctx.run_dir}")
+    benchmark_devices(ctx, list(ctx.manifest.artifacts.values()), refs,
+                      Path(args.inventory) if args.inventory else None)
+    rep = write_report(ctx)
+    print_summary(rep)
+    print_device_table(rep)
+    print(f"report: {ctx.run_dir / 'report.md'} | {ctx.run_dir / 'report.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeq", description="FP32 image classifier -> evaluated, benchmarked INT8 "
                                 "edge artifacts (TFLite, ONNX) with a report.")
@@ -82,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="print the summary table of a finished run")
     rp.add_argument("run_dir")
     rp.set_defaults(fn=_cmd_report)
+    b = sub.add_parser("bench", help="benchmark a finished run's artifacts on inventory devices (SSH + agent)")
+    b.add_argument("run_dir")
+    b.add_argument("--device", action="append", required=True, help="device name in the inventory (repeatable)")
+    b.add_argument("--inventory", help="devices YAML (default: the run config's `inventory:`)")
+    b.add_argument("--config", help="the run's config, if it moved since the run")
+    b.add_argument("--runs", type=int)
+    b.add_argument("--warmup", type=int)
+    b.add_argument("--threads", type=int)
+    b.set_defaults(fn=_cmd_bench)
     return p
 
 

@@ -319,3 +319,27 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
     ctx.results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_report(ctx)
     return run_dir
+
+
+def open_run(run_dir: Path, config: Path | None = None, log: Callable[[str], None] = log_print) -> RunContext:
+    """The RunContext of a finished run directory (its manifest names the config), e.g. for `edgeq bench`."""
+    from .config import load_config
+
+    run_dir = Path(run_dir)
+    mpath = run_dir / "manifest.json"
+    if not mpath.is_file():
+        raise EdgeqError(f"{run_dir}: no manifest.json; run `edgeq run CONFIG --out {run_dir}` first")
+    try:
+        header = {k: v for k, v in json.loads(mpath.read_text()).items() if k != "artifacts"}
+    except ValueError:
+        raise EdgeqError(f"{mpath}: not valid JSON") from None
+    src = Path(config) if config else (Path(header["config"]) if header.get("config") else None)
+    if src is None or not src.is_file():
+        raise EdgeqError(f"{run_dir}: the run's config {src or '(unrecorded)'} is not found from here; "
+                         "pass --config FILE")
+    cfg = load_config(src)
+    pre = preprocess_of(cfg)
+    ctx = RunContext(cfg, run_dir, Manifest(run_dir, header), pre, load_splits(cfg, pre), log)
+    fp32 = [a for a in ctx.manifest.artifacts.values() if a.stage == "import"]
+    ctx.fp32 = fp32[0] if fp32 else None
+    return ctx

@@ -15,8 +15,8 @@ class LatencyStats:
     min: float
     median: float
     mean: float
-    p90: float
-    p99: float
+    p90: float | None  # None only where a tool reports no such percentile (older trtexec)
+    p99: float | None
     max: float
     runs: int
     warmup: int

@@ -1,0 +1,157 @@
+"""NVIDIA Jetson: the QDQ ONNX goes to the device, `trtexec` builds the engine there (--int8, optional
+--fp16 fallback, a timing cache kept per device) and times it; trtexec's own figures are parsed."""
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from pathlib import Path
+
+from ..errors import RuntimeUnavailable, TargetError
+from .base import Compatibility, Deployable, LatencyStats
+from .ssh import stderr_tail
+
+TRTEXEC_FALLBACKS = ("/usr/src/tensorrt/bin/trtexec",)
+INSTALL_TRTEXEC = ("it ships with JetPack's TensorRT (sudo apt-get install tensorrt, or nvidia-jetpack); "
+                   "trtexec is then /usr/src/tensorrt/bin/trtexec — set `trtexec:` in the inventory if it lives elsewhere")
+TIMING_CACHE = "trt-timing.cache"  # one per device, in its workdir: reused by every engine build there
+
+_STAT = r"([0-9.eE+-]+) ms"
+_SUMMARY = re.compile(r"\]?\s*Latency: min = " + _STAT + r", max = " + _STAT + r", mean = " + _STAT +
+                      r", median = " + _STAT + r"(.*)$", re.M)
+_GPU = re.compile(r"GPU Compute Time: min = " + _STAT + r", max = " + _STAT + r", mean = " + _STAT +
+                  r", median = " + _STAT + r"(.*)$", re.M)
+_PCT = re.compile(r"percentile\((\d+(?:\.\d+)?)%\) = " + _STAT)
+_VERSION = re.compile(r"TensorRT version: (\S+)|\[TensorRT v(\d+)\]")
+_THROUGHPUT = re.compile(r"Throughput: ([0-9.]+) qps")
+_DEVICE = re.compile(r"Selected Device: (.+)$", re.M)
+
+
+def _row(m) -> dict:
+    d = {"min": float(m.group(1)), "max": float(m.group(2)), "mean": float(m.group(3)), "median": float(m.group(4))}
+    for p, v in _PCT.findall(m.group(5)):
+        d[f"p{p.rstrip('0').rstrip('.') if '.' in p else p}"] = float(v)
+    return d
+
+
+def _version(text: str) -> str | None:
+    m = _VERSION.search(text)
+    if not m:
+        return None
+    if m.group(1):
+        return m.group(1)
+    v = m.group(2)  # "8602" -> 8.6.2, "100200" -> 10.2.0
+    return f"{int(v[:-4])}.{int(v[-4:-2])}.{int(v[-2:])}" if len(v) >= 5 else f"{v[0]}.{v[1]}.{v[2:]}"
+
+
+def parse_trtexec_log(text: str) -> dict:
+    """trtexec's stdout -> its performance summary (host latency and GPU compute time, in ms)."""
+    out: dict = {"passed": "&&&& PASSED" in text, "failed": "&&&& FAILED" in text}
+    v = _version(text)
+    if v:
+        out["tensorrt_version"] = v
+    m = _DEVICE.search(text)
+    if m:
+        out["gpu"] = m.group(1).strip()
+    m = _THROUGHPUT.search(text)
+    if m:
+        out["throughput_qps"] = float(m.group(1))
+    m = _SUMMARY.search(text)
+    if m:
+        out["latency"] = _row(m)
+    m = _GPU.search(text)
+    if m:
+        out["gpu_compute"] = _row(m)
+    errors = [ln.split("] ", 1)[-1].strip() for ln in text.splitlines() if "[E]" in ln]
+    if errors:
+        out["errors"] = errors
+    return out
+
+
+def stats_from_trtexec(parsed: dict, runs: int, warmup: int, device: str) -> LatencyStats:
+    lat = parsed.get("latency")
+    if not lat:
+        raise TargetError(f"trtexec on {device} printed no performance summary"
+                          + (f": {parsed['errors'][-1]}" if parsed.get("errors") else ""))
+    return LatencyStats(min=lat["min"], median=lat["median"], mean=lat["mean"], p90=lat.get("p90"),
+                        p99=lat.get("p99"), max=lat["max"], runs=runs, warmup=warmup, threads=None,
+                        runtime=f"TensorRT {parsed.get('tensorrt_version', '?')} (trtexec)", device=device,
+                        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
+class JetsonTarget:
+    def __init__(self, session):
+        self.session = session
+        self.name = session.name
+        self.kind = "jetson"
+        self._trtexec: str | None = None
+        self.last_answer: dict = {}
+
+    # -- check
+    def check(self, artifact, run_dir: Path) -> Compatibility:
+        if artifact.format != "onnx":
+            return Compatibility(False, self.name, artifact.name,
+                                 [f"format {artifact.format}: TensorRT builds engines from ONNX; use the ONNX export"])
+        try:
+            from .tensorrt_check import check_tensorrt_qdq
+        except ImportError:  # the QDQ checker is optional; trtexec itself is the final word
+            return Compatibility(True, self.name, artifact.name, [],
+                                 {"note": "no static TensorRT QDQ check available here; trtexec decides"})
+        c = check_tensorrt_qdq(artifact.abspath(run_dir))
+        c.target, c.artifact = self.name, artifact.name
+        return c
+
+    # -- on the device
+    def trtexec(self) -> str:
+        if self._trtexec is None:
+            cands = [self.session.device.trtexec, *TRTEXEC_FALLBACKS]
+            script = "for t in " + " ".join(shlex.quote(c) for c in cands) + \
+                     '; do command -v "$t" && exit 0; done; exit 127'
+            r = self.session.transport.run(["sh", "-c", script], timeout=60)
+            if r.returncode != 0 or not r.stdout.strip():
+                raise RuntimeUnavailable(f"trtexec not found on {self.name} (looked for {', '.join(cands)}); "
+                                         f"{INSTALL_TRTEXEC}")
+            self._trtexec = r.stdout.strip().splitlines()[0]
+        return self._trtexec
+
+    def build_flags(self, artifact) -> list[str]:
+        flags = ["--int8"] if artifact.precision == "int8" else []
+        if self.session.device.fp16_fallback or artifact.precision != "int8":
+            flags.append("--fp16")
+        return flags
+
+    def prepare(self, artifact, run_dir: Path) -> Deployable:
+        trtexec = self.trtexec()
+        onnx_remote = self.session.upload(artifact.abspath(run_dir), artifact.sha256)
+        flags = self.build_flags(artifact)
+        engine = f"{onnx_remote.rsplit('.', 1)[0]}{''.join(f.replace('--', '.') for f in flags)}.engine"
+        wd = self.session.device.workdir.rstrip("/")
+        cache = f"{wd[2:] if wd.startswith('~/') else wd}/{TIMING_CACHE}"
+        exists = self.session.transport.run(["test", "-s", engine], timeout=60).returncode == 0
+        build = {"engine": engine, "flags": flags, "timing_cache": cache, "reused": exists}
+        if not exists:
+            r = self.session.transport.run([trtexec, f"--onnx={onnx_remote}", f"--saveEngine={engine}",
+                                            f"--timingCacheFile={cache}", "--skipInference", *flags])
+            parsed = parse_trtexec_log(r.stdout + r.stderr)
+            if r.returncode != 0 or parsed["failed"]:
+                why = "; ".join(parsed.get("errors", [])[-3:]) or stderr_tail(r.stdout + r.stderr, 3)
+                raise TargetError(f"trtexec could not build an engine from {artifact.name} on {self.name} "
+                                  f"(exit {r.returncode}): {why}")
+            build["build_seconds"] = round(r.seconds, 1)
+            build["tensorrt_version"] = parsed.get("tensorrt_version")
+        return Deployable(artifact.name, artifact.abspath(run_dir), "tensorrt", self.name,
+                          {"remote_path": engine, "build": build})
+
+    def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None,
+                  inputs_remote: str | None = None, return_outputs: bool = False) -> LatencyStats:
+        # trtexec warms up by time, not count: --warmUp is milliseconds
+        r = self.session.transport.run([self.trtexec(), f"--loadEngine={deployable.details['remote_path']}",
+                                        f"--iterations={runs}", "--duration=0", f"--warmUp={max(200, warmup * 10)}",
+                                        "--avgRuns=1"])
+        parsed = parse_trtexec_log(r.stdout + r.stderr)
+        if r.returncode != 0 or parsed["failed"]:
+            raise TargetError(f"trtexec could not run {deployable.artifact} on {self.name} (exit {r.returncode}): "
+                              + ("; ".join(parsed.get("errors", [])[-3:]) or stderr_tail(r.stdout + r.stderr, 3)))
+        self.last_answer = {"trtexec": parsed}
+        ident = f"{self.name}: {parsed.get('gpu', self.session.identity())}"
+        return stats_from_trtexec(parsed, runs, warmup, ident)

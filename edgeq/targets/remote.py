@@ -1,0 +1,245 @@
+"""Benchmark a run's artifacts on the inventory's devices, concurrently, and merge the figures into the
+run's results (read by edgeq.report): `latency` rows per (device, artifact), `compatibility` verdicts, and
+a `devices` section with what each device's agent reported about itself.
+
+One unreachable or failing device is recorded as such ("not measured: <why>") and never stops the others.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import atomic_path
+from ..errors import ConfigError, EdgeqError
+from .device import AGENT_SOURCE, DeviceSession
+from .inventory import Device, load_inventory
+from .ssh import DeviceUnreachable, open_transport
+
+
+DEPLOYABLE = ("tflite", "onnx")  # formats any device target may take; Keras models stay on the host
+
+
+@dataclass
+class Plan:
+    device: Device
+    runs: int
+    warmup: int
+    threads: int | None
+
+
+@dataclass
+class DeviceOutcome:
+    summary: dict
+    latency: dict = field(default_factory=dict)  # results["latency"] rows by key
+    compatibility: dict = field(default_factory=dict)  # artifact name -> Compatibility dict
+
+
+def make_target(session: DeviceSession):
+    kind = session.device.kind
+    if kind in ("host", "rpi"):
+        from .rpi import CpuTarget
+
+        return CpuTarget(session)
+    if kind == "edgetpu":
+        from .edgetpu import EdgeTpuTarget
+
+        return EdgeTpuTarget(session, session.device.edgetpu_compiler)
+    from .jetson import JetsonTarget
+
+    return JetsonTarget(session)
+
+
+def plans_for(ctx, refs, inventory_path: Path | None) -> list[Plan]:
+    path = inventory_path or ctx.cfg.inventory
+    if path is None:
+        raise ConfigError(f"{ctx.cfg.source or 'config'}: `targets:` lists devices but no `inventory:` file is set "
+                          "(or pass --inventory FILE)")
+    inv = load_inventory(path)
+    b = ctx.cfg.benchmark
+    plans, seen = [], set()
+    for r in refs:
+        d = inv.get(r.device)
+        if d.name in seen:
+            continue
+        seen.add(d.name)
+        warmup = r.warmup if r.warmup is not None else (d.warmup if d.warmup is not None else b.warmup)
+        plans.append(Plan(d, r.runs or d.runs or b.runs, warmup, r.threads or d.threads or b.threads))
+    return plans
+
+
+def inputs_file(ctx, n: int) -> Path:
+    """n preprocessed eval images (float32 NHWC) as a plain .npy for the agent; image 0 is the timed one."""
+    p = ctx.run_dir / "devices" / f"inputs-{n}.npy"
+    if not p.exists():
+        x = np.ascontiguousarray(ctx.pre(ctx.splits.eval.images[:n]), np.float32)
+        with atomic_path(p) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, x, allow_pickle=False)
+    return p
+
+
+def outputs_check(artifact, run_dir: Path, x: np.ndarray, device_out) -> dict:
+    """Agreement of the device's outputs with this host's for the same artifact and inputs."""
+    from ..runtime import open_predictor
+
+    y_dev = np.asarray(device_out, np.float32)
+    y_host = open_predictor(artifact.abspath(run_dir), artifact.format, threads=1).predict(x)
+    return {"n": int(len(y_dev)), "top1_agreement_with_host": float(np.mean(y_dev.argmax(1) == y_host.argmax(1))),
+            "max_abs_diff": round(float(np.max(np.abs(y_dev - y_host))), 6)}
+
+
+def _row(a, device: str, stats=None, reason: str | None = None, details: dict | None = None) -> dict:
+    row = {"artifact": a.name, "sha256": a.sha256, "target": device, "stats": stats}
+    if reason is not None:
+        row["reason"] = reason
+    if details:
+        row["details"] = details
+    return row
+
+
+def _f(v) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_SOURCE) -> DeviceOutcome:
+    """Everything on one device; a device-side problem is recorded in the outcome, never raised."""
+    d = plan.device
+    lock = threading.Lock()
+
+    def log(msg: str) -> None:
+        with lock:
+            ctx.log(f"  [{d.name}] {msg.strip()}")
+
+    def key(a) -> str:
+        return f"{d.name}:{a.sha256}:{plan.runs}:{plan.warmup}:{plan.threads}"
+
+    out = DeviceOutcome({"name": d.name, "kind": d.kind, "address": d.address, "status": "ok",
+                         "runs": plan.runs, "warmup": plan.warmup, "threads": plan.threads})
+    t0 = time.perf_counter()
+    done: set[str] = set()
+
+    def fail_rest(status: str, why: str) -> None:
+        out.summary.update(status=status, error=why)
+        for a in arts:
+            if a.name not in done:
+                out.latency[key(a)] = _row(a, d.name, reason=f"not measured: {why}")
+        log(f"! {why}")
+
+    try:
+        transport = open_transport(d, log)
+    except DeviceUnreachable as e:
+        fail_rest("unreachable", str(e))
+        return out
+    except EdgeqError as e:  # host key refused, missing key file, ...
+        fail_rest("refused", str(e))
+        return out
+    try:
+        session = DeviceSession(d, transport, ctx.run_dir, log, agent_source)
+        info = session.hello()
+        out.summary.update(identity=info.get("device", {}), runtimes=info.get("runtimes", {}),
+                           agent_protocol=info.get("protocol"), agent_version=info.get("agent_version"))
+        log(f"agent ok: {session.identity()}; runtimes {info.get('runtimes')}")
+        target = make_target(session)
+        x = np.load(inputs, allow_pickle=False)
+        inputs_remote = session.upload(inputs)
+        want_outputs = d.check_outputs > 0 and d.kind != "jetson"
+        for a in arts:
+            try:
+                comp = target.check(a, ctx.run_dir)
+                out.compatibility[a.name] = comp.to_dict()
+                if not comp.ok:
+                    out.latency[key(a)] = _row(a, d.name, reason="not measured: not compatible with "
+                                               f"{d.name}: " + "; ".join(comp.problems[:3]))
+                    continue
+                dep = target.prepare(a, ctx.run_dir)
+                stats = target.benchmark(dep, plan.runs, plan.warmup, plan.threads, inputs_remote,
+                                         return_outputs=want_outputs)
+                details = dict(dep.details)
+                if want_outputs and "outputs" in target.last_answer:
+                    details["outputs_check"] = outputs_check(a, ctx.run_dir, x, target.last_answer["outputs"])
+                out.latency[key(a)] = _row(a, d.name, stats.to_dict(), details=details)
+                out.summary.setdefault("runtime", stats.runtime)
+                log(f"* {a.name}: median {stats.median:.3f} ms, p90 {_f(stats.p90)} ms ({plan.runs} runs, "
+                    f"{plan.threads} thread(s), {stats.runtime})")
+            except DeviceUnreachable:
+                raise
+            except EdgeqError as e:
+                out.latency[key(a)] = _row(a, d.name, reason=f"not measured: {e}")
+                log(f"- {a.name}: not measured: {e}")
+            finally:
+                done.add(a.name)
+    except DeviceUnreachable as e:
+        fail_rest("unreachable", str(e))
+    except EdgeqError as e:  # the agent could not start: wrong protocol, no python, crash
+        fail_rest("error", str(e))
+    except Exception as e:  # noqa: BLE001 - a bug must not take the other devices down; it is recorded
+        fail_rest("error", f"internal error: {type(e).__name__}: {e}")
+    finally:
+        out.summary["copied"] = {"files": len(transport.copies.copied), "bytes": transport.copies.bytes,
+                                 "already_there": len(transport.copies.reused)}
+        out.summary["seconds"] = round(time.perf_counter() - t0, 2)
+        transport.close()
+    return out
+
+
+def benchmark_devices(ctx, arts, refs=None, inventory: Path | None = None,
+                      agent_source: Path = AGENT_SOURCE) -> dict[str, dict]:
+    """Benchmark `arts` on the devices of `refs` (default: the config's `targets:`) and merge the results."""
+    plans = plans_for(ctx, refs if refs is not None else ctx.cfg.targets, inventory)
+    arts = [a for a in arts if a.format in DEPLOYABLE]
+    if not plans:
+        return {}
+    inputs = {n: inputs_file(ctx, n) for n in {max(1, p.device.check_outputs) for p in plans}}
+    ctx.log(f"  devices: {', '.join(f'{p.device.name} ({p.device.kind}, {p.device.address})' for p in plans)}")
+    with ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="edgeq-device") as ex:
+        futures = [ex.submit(run_device, ctx, p, arts, inputs[max(1, p.device.check_outputs)], agent_source)
+                   for p in plans]
+        outcomes = [f.result() for f in futures]
+    section = dict(ctx.results["sections"].get("devices") or {})
+    for o in outcomes:
+        name = o.summary["name"]
+        shas = {row["sha256"] for row in o.latency.values()}
+        for k in [k for k, v in ctx.results["latency"].items() if v["target"] == name and v.get("sha256") in shas]:
+            del ctx.results["latency"][k]  # the new measurement replaces older ones of the same artifact
+        ctx.results["latency"].update(o.latency)
+        for art, comp in o.compatibility.items():
+            ctx.results["compatibility"].setdefault(art, {})[name] = comp
+        section[name] = o.summary
+    ctx.results["sections"]["devices"] = dict(sorted(section.items()))
+    ctx.save_results()
+    return {o.summary["name"]: o.summary for o in outcomes}
+
+
+# ------------------------------------------------------------------ the devices table (CLI)
+DEVICE_HEADERS = ["artifact", "device", "median ms", "p90 ms", "p99 ms", "× host", "runtime / reason"]
+
+
+def device_rows(rep: dict) -> list[list[str]]:
+    rows = []
+    for e in rep["artifacts"]:
+        host = (e["latency_ms"].get("host") or {}).get("median")
+        for t, s in e["latency_ms"].items():
+            if t == "host":
+                continue
+            ratio = f"{s['median'] / host:.2f}" if s.get("median") and host else "—"
+            rows.append([e["name"], t, _f(s.get("median")), _f(s.get("p90")), _f(s.get("p99")), ratio,
+                         s.get("runtime") or s.get("reason", "")])
+    return rows
+
+
+def print_device_table(rep: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="devices (batch 1)")
+    for h in DEVICE_HEADERS:
+        t.add_column(h, justify="left" if h in ("artifact", "device", "runtime / reason") else "right",
+                     overflow="fold")
+    for r in device_rows(rep):
+        t.add_row(*r)
+    Console(width=200).print(t)

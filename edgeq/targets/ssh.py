@@ -1,0 +1,245 @@
+"""Reaching a device: one SSH transport (paramiko) and its local twin, with the same three calls:
+`run(argv)`, `put(local_file, sha256)` (content-addressed) and `close()`.
+
+Host keys are verified against known_hosts (paramiko's RejectPolicy); an unknown key is accepted
+only with the device's explicit `trust_on_first_use`, which is logged and recorded. A changed key is
+always refused. Every remote argument is shell-quoted.
+"""
+from __future__ import annotations
+
+import hashlib
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import TargetError
+from .inventory import Device
+
+
+class DeviceUnreachable(TargetError):
+    """The device could not be reached or logged into; nothing was measured on it."""
+
+
+@dataclass
+class CommandResult:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+@dataclass
+class CopyLog:
+    copied: list[str] = field(default_factory=list)  # remote paths written in this session
+    reused: list[str] = field(default_factory=list)  # remote paths already there with the same content
+    bytes: int = 0
+
+
+def quote_argv(argv: list[str]) -> str:
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def stderr_tail(text: str, lines: int = 8) -> str:
+    tail = [ln for ln in text.strip().splitlines() if ln.strip()][-lines:]
+    return " | ".join(tail)
+
+
+def content_name(sha256: str, filename: str) -> str:
+    """sha256-prefixed name: the same content always lands at the same remote path."""
+    return f"{sha256[:16]}-{Path(filename).name}"
+
+
+class LocalTransport:
+    """The agent on this machine, as a subprocess: same calls as SSHTransport, nothing is copied."""
+
+    def __init__(self, device: Device, log: Callable[[str], None] = print):
+        self.device = device
+        self.log = log
+        self.copies = CopyLog()
+
+    def connect(self) -> "LocalTransport":
+        return self
+
+    def run(self, argv: list[str], timeout: float | None = None) -> CommandResult:
+        t = time.perf_counter()
+        try:
+            p = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                               timeout=timeout or self.device.command_timeout)
+        except FileNotFoundError as e:
+            return CommandResult(argv, 127, "", f"{e.filename}: not found", time.perf_counter() - t)
+        except subprocess.TimeoutExpired:
+            raise TargetError(f"{self.device.name}: `{quote_argv(argv)[:120]}` did not finish within "
+                              f"{timeout or self.device.command_timeout:.0f} s") from None
+        return CommandResult(argv, p.returncode, p.stdout, p.stderr, time.perf_counter() - t)
+
+    def put(self, local: Path, sha256: str, subdir: str) -> str:
+        return str(Path(local).resolve())
+
+    def close(self) -> None:
+        pass
+
+
+class _TrustOnFirstUse:
+    """paramiko policy: accept an unknown host key, record it in known_hosts and log its fingerprint."""
+
+    def __init__(self, known_hosts: Path, log: Callable[[str], None]):
+        self.known_hosts = known_hosts
+        self.log = log
+
+    def missing_host_key(self, client, hostname, key):
+        import base64
+
+        fp = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        client.save_host_keys(str(self.known_hosts))
+        self.log(f"  ! trust on first use: accepted host key {key.get_name()} SHA256:{fp} for {hostname}, "
+                 f"recorded in {self.known_hosts}")
+
+
+class SSHTransport:
+    def __init__(self, device: Device, log: Callable[[str], None] = print):
+        self.device = device
+        self.log = log
+        self.client = None
+        self.sftp = None
+        self.copies = CopyLog()
+        self._lock = threading.Lock()
+
+    @property
+    def known_hosts(self) -> Path:
+        return Path(self.device.known_hosts or Path("~/.ssh/known_hosts")).expanduser()
+
+    def connect(self) -> "SSHTransport":
+        import paramiko
+
+        d = self.device
+        where = f"device '{d.name}' ({d.address})"
+        client = paramiko.SSHClient()
+        kh = self.known_hosts
+        if kh.is_file():
+            client.load_host_keys(str(kh))
+        elif not d.trust_on_first_use:
+            raise TargetError(f"{where}: known_hosts file {kh} not found; add the device's host key "
+                              f"(ssh-keyscan -p {d.port} {d.host} >> {kh}, after checking its fingerprint) "
+                              "or set trust_on_first_use: true")
+        client.set_missing_host_key_policy(_TrustOnFirstUse(kh, self.log) if d.trust_on_first_use
+                                           else paramiko.RejectPolicy())
+        if d.key_file is not None and not Path(d.key_file).is_file():
+            raise TargetError(f"{where}: key_file {d.key_file} not found")
+        t = d.connect_timeout
+        try:
+            client.connect(d.host, port=d.port, username=d.user,
+                           key_filename=str(d.key_file) if d.key_file else None,
+                           allow_agent=d.use_ssh_agent, look_for_keys=False,
+                           timeout=t, banner_timeout=t, auth_timeout=t, channel_timeout=t)
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise TargetError(f"{where}: host key {e.key.get_name()} does not match the one in {kh} — refusing to "
+                              "connect (the device was reinstalled, or someone is in the middle); fix known_hosts "
+                              "only after checking the new fingerprint") from None
+        except paramiko.AuthenticationException as e:
+            client.close()
+            raise DeviceUnreachable(f"{where}: authentication failed for user {d.user or '(default)'} "
+                                    f"({e}); check key_file / use_ssh_agent") from None
+        except paramiko.SSHException as e:
+            client.close()
+            msg = str(e)
+            if "not found in known_hosts" in msg:
+                raise TargetError(f"{where}: host key not in {kh}; refusing to connect. Add it (ssh-keyscan -p "
+                                  f"{d.port} {d.host} >> {kh}, after checking its fingerprint) or set "
+                                  "trust_on_first_use: true") from None
+            if "banner" in msg.lower() or "timed out" in msg.lower():
+                raise DeviceUnreachable(f"{where}: unreachable (no SSH answer within {t:g} s)") from None
+            raise DeviceUnreachable(f"{where}: SSH failed ({msg})") from None
+        except (socket.timeout, TimeoutError):
+            client.close()
+            raise DeviceUnreachable(f"{where}: unreachable (timed out after {t:g} s)") from None
+        except OSError as e:
+            client.close()
+            raise DeviceUnreachable(f"{where}: unreachable ({e.strerror or e})") from None
+        self.client = client
+        return self
+
+    # -- commands
+    def run(self, argv: list[str], timeout: float | None = None) -> CommandResult:
+        """Run argv on the device (each argument shell-quoted); never raises on a non-zero exit."""
+        import paramiko
+
+        timeout = timeout or self.device.command_timeout
+        cmd = quote_argv(argv)
+        t = time.perf_counter()
+        try:
+            _, out, err = self.client.exec_command(cmd, timeout=timeout)
+            stdout = out.read().decode(errors="replace")
+            stderr = err.read().decode(errors="replace")
+            rc = out.channel.recv_exit_status()
+        except (socket.timeout, TimeoutError):
+            raise TargetError(f"{self.device.name}: `{cmd[:120]}` did not finish within {timeout:.0f} s") from None
+        except (paramiko.SSHException, OSError) as e:
+            raise DeviceUnreachable(f"{self.device.name}: connection lost running `{cmd[:80]}` ({e})") from None
+        return CommandResult(argv, rc, stdout, stderr, time.perf_counter() - t)
+
+    def shell(self, script: str, timeout: float | None = None) -> CommandResult:
+        """A fixed script of ours run by `sh -c`; values in it must already be shlex-quoted."""
+        return self.run(["sh", "-c", script], timeout)
+
+    # -- files
+    def _sftp(self):
+        if self.sftp is None:
+            self.sftp = self.client.open_sftp()
+        return self.sftp
+
+    def _mkdirs(self, path: str) -> None:
+        sftp = self._sftp()
+        parts = [p for p in path.split("/") if p]
+        cur = "/" if path.startswith("/") else ""
+        for p in parts:
+            cur = f"{cur}{p}" if cur in ("", "/") else f"{cur}/{p}"
+            try:
+                sftp.stat(cur)
+            except OSError:
+                sftp.mkdir(cur)
+
+    def put(self, local: Path, sha256: str, subdir: str) -> str:
+        """Copy `local` to <workdir>/<subdir>/<sha256-prefix>-<name> unless that file is already there."""
+        local = Path(local)
+        wd = self.device.workdir.rstrip("/")
+        remote_dir = f"{wd[2:] if wd.startswith('~/') else wd}/{subdir}"  # SFTP paths are relative to home
+        remote = f"{remote_dir}/{content_name(sha256, local.name)}"
+        size = local.stat().st_size
+        with self._lock:
+            sftp = self._sftp()
+            try:
+                if sftp.stat(remote).st_size == size:
+                    self.copies.reused.append(remote)
+                    return remote
+            except OSError:
+                pass
+            self._mkdirs(remote_dir)
+            tmp = f"{remote}.part"
+            sftp.put(str(local), tmp)
+            try:
+                sftp.posix_rename(tmp, remote)
+            except OSError:
+                sftp.rename(tmp, remote)
+            self.copies.copied.append(remote)
+            self.copies.bytes += size
+        return remote
+
+    def close(self) -> None:
+        if self.sftp is not None:
+            self.sftp.close()
+        if self.client is not None:
+            self.client.close()
+
+
+def open_transport(device: Device, log: Callable[[str], None] = print):
+    t = LocalTransport(device, log) if device.is_local else SSHTransport(device, log)
+    return t.connect()
