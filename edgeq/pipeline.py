@@ -231,6 +231,34 @@ def evaluate_artifacts(ctx: RunContext, artifacts: list[Artifact]) -> None:
         k = f"{a.sha256}:{fp}"
         ctx.results["evaluations"][k]["agreement"] = {"reference": ref, "top1_agreement": agreement(preds[a.name], preds[ref])}
     ctx.save_results()
+    per_layer_errors(ctx, artifacts)
+
+
+def per_layer_errors(ctx: RunContext, artifacts: list[Artifact], images: int = 8) -> None:
+    """SQNR of every INT8 TFLite op output against the FP32 TFLite baseline, on real eval images."""
+    from .evaluate import per_layer_error
+
+    fp32 = next((a for a in artifacts if a.format == "tflite" and a.precision == "fp32"), None)
+    if fp32 is None:
+        return
+    x = ctx.pre(ctx.splits.eval.images[:images])
+    store = ctx.results.setdefault("per_layer", {})
+    for a in artifacts:
+        if a.format != "tflite" or a.precision == "fp32":
+            continue
+        k = f"{fp32.sha256}:{a.sha256}:{ctx.splits.eval.fingerprint()}:{images}"
+        if k not in store:
+            try:
+                store[k] = {"artifact": a.name, "reference": fp32.name, "images": len(x),
+                            "layers": per_layer_error(fp32.abspath(ctx.run_dir), a.abspath(ctx.run_dir), x)}
+            except (ValueError, RuntimeError, ImportError) as e:
+                store[k] = {"artifact": a.name, "reference": fp32.name, "layers": None,
+                            "reason": f"per-layer error not measured: {str(e).splitlines()[0][:200]}"}
+            ctx.save_results()
+        worst = sorted(store[k]["layers"] or [], key=lambda r: r["sqnr_db"])[:1]
+        if worst:
+            ctx.log(f"  * {a.name}: per-layer SQNR over {len(store[k]['layers'])} ops, worst "
+                    f"{worst[0]['sqnr_db']:.1f} dB at {worst[0]['op']} ({worst[0]['layers'][:60]})")
 
 
 def benchmark_host(ctx: RunContext, artifacts: list[Artifact]) -> None:

@@ -60,6 +60,10 @@ def build_report(ctx) -> dict:
              "params": a.params, "accuracy": _accuracy(ctx, a), "agreement_with_fp32": _agreement(ctx, a),
              "latency_ms": _latency(ctx, a),
              "compatibility": {t: c for t, c in ctx.results["compatibility"].get(a.name, {}).items()}}
+        fp = ctx.splits.eval.fingerprint()
+        pl = [v for k, v in ctx.results.get("per_layer", {}).items() if k.split(":")[1:3] == [a.sha256, fp]]
+        if pl:
+            e["per_layer_error"] = pl[-1]
         if a.notes:
             e["notes"] = {k: v for k, v in a.notes.items() if k not in ("ops",)}
         entries.append(e)
@@ -165,6 +169,16 @@ def markdown(rep: dict) -> str:
                 if s:
                     lines.append(f"| {e['name']} | {t} | {_fmt(s.get('median'), '.3f')} | {_fmt(s.get('p90'), '.3f')} | "
                                  f"{s.get('runtime') or s.get('reason', '')} |")
+    for e in rep["artifacts"]:
+        pl = e.get("per_layer_error") or {}
+        if pl.get("layers"):
+            worst = sorted(pl["layers"], key=lambda r: r["sqnr_db"])[:8]
+            lines += ["", f"## Per-layer error: {e['name']} vs {pl['reference']} ({pl['images']} eval images; worst 8 of "
+                      f"{len(pl['layers'])} ops by SQNR, higher is better)", "",
+                      "| op | layers | SQNR dB | max abs err |", "|---|---|---|---|"]
+            lines += [f"| {r['op']} | {r['layers']} | {r['sqnr_db']:.1f} | {r['max_abs_err']:.4g} |" for r in worst]
+        elif pl.get("reason"):
+            lines += ["", f"Per-layer error of {e['name']}: {pl['reason']}"]
     for name, section in rep.items():
         if isinstance(section, dict) and section.get("markdown"):
             lines += ["", section["markdown"]]
@@ -199,11 +213,39 @@ def _plot_png(rep: dict) -> str | None:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _per_layer_png(rep: dict) -> str | None:
+    series = [(e["name"], e["per_layer_error"]["layers"]) for e in rep["artifacts"]
+              if (e.get("per_layer_error") or {}).get("layers")]
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    for name, layers in series:
+        ax.plot([min(r["sqnr_db"], 60) for r in layers], marker=".", label=name)
+    ax.set_xlabel("op index (graph order)")
+    ax.set_ylabel("SQNR vs FP32 (dB)")
+    ax.set_title("per-layer quantisation error")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def html_report(rep: dict, md: str) -> str:
     esc = html.escape
     rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in summary_rows(rep))
     png = _plot_png(rep)
     img = f'<img alt="accuracy vs latency" src="data:image/png;base64,{png}">' if png else "<p>No plot: no artifact has both accuracy and host latency.</p>"
+    pl_png = _per_layer_png(rep)
+    if pl_png:
+        img += f'<img alt="per-layer SQNR" src="data:image/png;base64,{pl_png}">'
     cpu = rep["host"]["cpu"]
     extra = "".join(f"<h2>{esc(k)}</h2><pre>{esc(v['markdown'])}</pre>" for k, v in rep.items()
                     if isinstance(v, dict) and v.get("markdown"))

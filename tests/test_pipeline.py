@@ -159,3 +159,14 @@ def test_bad_rerun_keeps_finished_artifacts(tiny_run, tiny_project, tmp_path):
     (tmp_path / "tiny.keras").write_bytes(b"broken")
     _only_error_line(run_edgeq("run", cfg, "--out", out))
     assert {p.name: p.read_bytes() for p in (out / "artifacts").iterdir()} == before
+
+
+def test_per_layer_error_in_report(tiny_run):
+    out, _ = tiny_run
+    rep = json.loads((out / "report.json").read_text())
+    pl = {a["name"]: a for a in rep["artifacts"]}["int8_tflite_ptq"]["per_layer_error"]
+    assert pl["reference"] == "fp32_tflite" and pl["images"] == 8
+    ops = [r["op"] for r in pl["layers"]]
+    assert "CONV_2D" in ops and "DEPTHWISE_CONV_2D" in ops
+    assert all(r["sqnr_db"] > 10 for r in pl["layers"])  # a healthy INT8 model stays well above noise
+    assert "Per-layer error" in (out / "report.md").read_text()
