@@ -1,0 +1,171 @@
+"""QAT stage: tfmot fine-tune of a real tiny model, full-integer INT8 export, named-layer errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeq.config import QatSpec, config_from_dict
+from edgeq.errors import DataError, QuantizationError
+
+QAT_STAGES = {"tflite_ptq": {"representative_images": 40},
+              "qat": {"enabled": True, "epochs": 1, "batch_size": 16, "validation_images": 8,
+                      "calibration_images": 32},
+              "comparison": {"enabled": True, "bits": [8, 4], "calibration_images": 32,
+                             "low_bit_qat_steps": 3}}
+
+
+@pytest.fixture(scope="module")
+def qat_run(tiny_project, tmp_path_factory):
+    """One pipeline run of the tiny project with the qat and comparison stages on."""
+    from edgeq.pipeline import run_pipeline
+
+    cfg = config_from_dict({"name": "tiny_qat",
+                            "model": {"path": "tiny.keras", "input_shape": [16, 16, 3], "num_classes": 3},
+                            "data": {"kind": "image_folder", "path": "images", "calibration_size": 40},
+                            "stages": QAT_STAGES, "benchmark": {"runs": 5, "warmup": 1}},
+                           base_dir=tiny_project)
+    run_dir = run_pipeline(cfg, tmp_path_factory.mktemp("qat_run"), log=lambda m: None)
+    return run_dir, json.loads((run_dir / "report.json").read_text())
+
+
+def _custom_layer_model():
+    import edgeq  # noqa: F401
+    from edgeq.tfcompat import keras
+
+    k = keras()
+
+    class HalfScale(k.layers.Layer):  # a custom layer tfmot's registry knows nothing about
+        def call(self, x):
+            return x * 0.5
+
+    inp = k.Input((16, 16, 3))
+    x = k.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    x = HalfScale(name="half_scale")(x)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    out = k.layers.Dense(3, activation="softmax")(x)
+    return k.Model(inp, out)
+
+
+def test_qat_artifact_is_fully_integer_int8(qat_run):
+    from edgeq.quantize.tflite_ptq import float_ops
+
+    run_dir, rep = qat_run
+    qat = next(a for a in rep["artifacts"] if a["name"] == "int8_tflite_qat")
+    assert qat["method"] == "qat" and qat["precision"] == "int8" and qat["format"] == "tflite"
+    assert float_ops((run_dir / qat["path"]).read_bytes()) == []
+    assert rep["checks"]["int8_tflite_qat"]["fully_integer"] is True
+
+
+def test_qat_artifact_is_evaluated_and_benchmarked_like_ptq(qat_run):
+    _, rep = qat_run
+    qat = next(a for a in rep["artifacts"] if a["name"] == "int8_tflite_qat")
+    assert qat["accuracy"]["top1"] is not None and qat["accuracy"]["n"] > 0
+    assert qat["latency_ms"]["host"]["median"] is not None
+
+
+def test_qat_section_reports_fine_tune_time_and_steps(qat_run):
+    _, rep = qat_run
+    s = rep["qat"]
+    assert s["fine_tune_seconds"] > 0 and s["steps"] >= 1 and s["train_images"] > 0
+    assert "QAT" in s["markdown"]
+
+
+def test_qat_rerun_reuses_the_artifact(qat_run, tiny_project):
+    from edgeq.pipeline import run_pipeline
+
+    run_dir, _ = qat_run
+    cfg = config_from_dict({"name": "tiny_qat",
+                            "model": {"path": "tiny.keras", "input_shape": [16, 16, 3], "num_classes": 3},
+                            "data": {"kind": "image_folder", "path": "images", "calibration_size": 40},
+                            "stages": {**QAT_STAGES, "comparison": {"enabled": False}},
+                            "evaluate": {"enabled": False}, "benchmark": {"enabled": False}},
+                           base_dir=tiny_project)
+    lines: list[str] = []
+    run_pipeline(cfg, run_dir, log=lines.append)
+    assert any("int8_tflite_qat: reused" in ln for ln in lines)
+    assert not any("QAT fine-tune" in ln for ln in lines)
+
+
+def test_custom_layer_gives_error_naming_the_layer():
+    from edgeq.quantize.qat import wrap_for_qat
+
+    with pytest.raises(QuantizationError, match=r"half_scale \(HalfScale\).*passthrough_layers"):
+        wrap_for_qat(_custom_layer_model())
+
+
+def test_passthrough_layer_is_left_unquantised_and_export_stays_integer():
+    from edgeq.data import LabelledImages, Preprocess, representative_dataset
+    from edgeq.quantize.qat import calibrate_ranges, wrap_for_qat
+    from edgeq.quantize.tflite_ptq import convert_int8, float_ops
+
+    q = wrap_for_qat(_custom_layer_model(), ["half_scale"])
+    pre = Preprocess((16, 16), 3)
+    imgs = LabelledImages(np.random.default_rng(0).integers(0, 255, (16, 16, 16, 3), dtype=np.uint8),
+                          np.zeros(16, int), "noise")
+    calibrate_ranges(q, pre(imgs.images))
+    assert float_ops(convert_int8(q, representative_dataset(imgs, pre, 16))) == []
+
+
+def test_lambda_layer_is_named_as_unsupported():
+    import edgeq  # noqa: F401
+    from edgeq.quantize.qat import unsupported_layers
+    from edgeq.tfcompat import keras
+
+    k = keras()
+    inp = k.Input((8, 8, 3))
+    x = k.layers.Lambda(lambda t: t * 2.0, name="double")(inp)
+    out = k.layers.Dense(2)(k.layers.Flatten()(x))
+    assert unsupported_layers(k.Model(inp, out)) == ["double (Lambda)"]
+
+
+def test_calibrated_ranges_replace_tfmot_initial_guess():
+    import edgeq  # noqa: F401
+    from edgeq.quantize.qat import calibrate_ranges, wrap_for_qat
+    from edgeq.tfcompat import keras
+
+    k = keras()
+    inp = k.Input((4,))
+    out = k.layers.Dense(2, kernel_initializer="ones")(inp)
+    q = wrap_for_qat(k.Model(inp, out))
+    x = np.full((8, 4), 10.0, np.float32)  # outputs are 40: far outside tfmot's initial [-6, 6]
+    calibrate_ranges(q, x)
+    out_max = [v.numpy() for v in q.weights if v.name.endswith("post_activation_max:0") or
+               v.name.endswith("output_max:0")]
+    assert out_max and max(float(np.max(m)) for m in out_max) == pytest.approx(40.0)
+
+
+def test_qat_without_training_split_says_how_to_get_one():
+    from edgeq.quantize.qat import training_split
+
+    with pytest.raises(DataError, match="data.train_path"):
+        training_split(None, QatSpec())
+
+
+def test_comparison_table_has_the_report_contract(qat_run):
+    _, rep = qat_run
+    c = rep["comparison"]
+    assert isinstance(c["verdict"], str) and c["verdict"]
+    cells = {(r["bits"], r["method"]): r for r in c["rows"]}
+    assert set(cells) == {(32, "fp32")} | {(b, m) for b in (8, 4) for m in ("ptq_naive", "ptq_advanced", "qat")}
+    for r in c["rows"]:
+        assert {"bits", "method", "simulated", "top1", "drop", "size_bytes"} <= set(r)
+        assert r["simulated"] is (r["bits"] < 8)
+
+
+def test_comparison_int8_cells_are_the_evaluated_artifacts(qat_run):
+    _, rep = qat_run
+    top1 = {a["name"]: a["accuracy"]["top1"] for a in rep["artifacts"]}
+    cells = {(r["bits"], r["method"]): r for r in rep["comparison"]["rows"]}
+    assert cells[(8, "ptq_naive")]["top1"] == top1["int8_tflite_ptq"]
+    assert cells[(8, "qat")]["top1"] == top1["int8_tflite_qat"]
+    assert cells[(8, "ptq_advanced")]["top1"] == top1["int8_tflite_ptq_adv"]
+    assert cells[(32, "fp32")]["top1"] == top1["fp32_keras"]
+    assert cells[(8, "qat")]["drop"] == pytest.approx((top1["fp32_keras"] - top1["int8_tflite_qat"]) * 100, abs=1e-3)
+
+
+def test_comparison_advanced_int8_artifact_is_fully_integer(qat_run):
+    _, rep = qat_run
+    adv = next(a for a in rep["artifacts"] if a["name"] == "int8_tflite_ptq_adv")
+    assert adv["method"] == "ptq_advanced" and rep["checks"]["int8_tflite_ptq_adv"]["fully_integer"] is True
