@@ -22,7 +22,6 @@ _SUMMARY = re.compile(r"\]?\s*Latency: min = " + _STAT + r", max = " + _STAT + r
 _GPU = re.compile(r"GPU Compute Time: min = " + _STAT + r", max = " + _STAT + r", mean = " + _STAT +
                   r", median = " + _STAT + r"(.*)$", re.M)
 _PCT = re.compile(r"percentile\((\d+(?:\.\d+)?)%\) = " + _STAT)
-_VERSION = re.compile(r"TensorRT version: (\S+)|\[TensorRT v(\d+)\]")
 _THROUGHPUT = re.compile(r"Throughput: ([0-9.]+) qps")
 _DEVICE = re.compile(r"Selected Device: (.+)$", re.M)
 
@@ -35,13 +34,15 @@ def _row(m) -> dict:
 
 
 def _version(text: str) -> str | None:
-    m = _VERSION.search(text)
+    m = re.search(r"TensorRT version: (\S+)", text)
+    if m:
+        return m.group(1)
+    m = re.search(r"\[TensorRT v(\d+)\]", text)  # 8602 -> 8.6.2 (TRT 8), 100200 -> 10.2.0 (TRT 10)
     if not m:
         return None
-    if m.group(1):
-        return m.group(1)
-    v = m.group(2)  # "8602" -> 8.6.2, "100200" -> 10.2.0
-    return f"{int(v[:-4])}.{int(v[-4:-2])}.{int(v[-2:])}" if len(v) >= 5 else f"{v[0]}.{v[1]}.{v[2:]}"
+    v = m.group(1)
+    major, rest = (v[:1], v[1:]) if len(v) == 4 else (v[:-4], v[-4:])
+    return f"{int(major)}.{int(rest[:-2])}.{int(rest[-2:])}"
 
 
 def parse_trtexec_log(text: str) -> dict:
@@ -62,7 +63,7 @@ def parse_trtexec_log(text: str) -> dict:
     m = _GPU.search(text)
     if m:
         out["gpu_compute"] = _row(m)
-    errors = [ln.split("] ", 1)[-1].strip() for ln in text.splitlines() if "[E]" in ln]
+    errors = [ln.split("[E]", 1)[1].replace("[TRT]", "", 1).strip() for ln in text.splitlines() if "[E]" in ln]
     if errors:
         out["errors"] = errors
     return out
