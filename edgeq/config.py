@@ -83,19 +83,22 @@ class TflitePtqSpec(Strict):
 
 
 class OnnxPtqSpec(Strict):
+    """ONNX export + ONNX Runtime static quantization. "auto" host options are chosen from this CPU's int8
+    features (see edgeq.quantize.onnx_ptq.host_int8_scheme); they never affect the TensorRT artifact."""
+
     enabled: bool = False
-    opset: int = 17
-    quant_format: Literal["qdq", "qoperator"] = "qdq"
-    per_channel: bool = True
+    opset: int = Field(17, ge=13, le=18)  # 13+: per-channel Q/DQ; 18: newest tf2onnx 1.17 writes
+    quant_format: Literal["qdq", "qoperator"] = "qdq"  # host artifact only; the TensorRT one is always QDQ
+    per_channel: bool = True  # host artifact only
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    activation_type: Literal["auto", "int8", "uint8"] = "auto"
-    weight_type: Literal["auto", "int8", "uint8"] = "auto"
-    symmetric: Literal["auto", True, False] = "auto"
-    reduce_range: Literal["auto", True, False] = "auto"
-    exclude_nodes: list[str] = []
+    activation_type: Literal["auto", "int8", "uint8"] = "auto"  # host artifact
+    weight_type: Literal["auto", "int8", "uint8"] = "auto"  # host artifact
+    symmetric: Literal["auto", True, False] = "auto"  # host artifact: activations with zero-point 0
+    reduce_range: Literal["auto", True, False] = "auto"  # host artifact: 7-bit weights
+    exclude_nodes: list[str] = []  # node names left in float, in both INT8 models
     calibration_images: int = Field(300, ge=1)
     tensorrt_artifact: bool = True  # also keep a symmetric int8 QDQ model for TensorRT/Jetson
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"  # ORT level for evaluation/benchmark
 
 
 class QatSpec(Strict):

@@ -208,8 +208,7 @@ def evaluate_artifacts(ctx: RunContext, artifacts: list[Artifact]) -> None:
             pred = KerasPredictor(ctx.keras_model())
         else:
             pred = open_predictor(a.abspath(ctx.run_dir), a.format, threads=os.cpu_count(),
-                                  **({"optimization": ctx.cfg.stages.onnx_ptq.graph_optimization}
-                                     if a.format == "onnx" else {}))
+                                  **({"optimization": ort_level(ctx, a)} if a.format == "onnx" else {}))
         r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size)
         pf = f"eval/{a.name}.npz"
         (ctx.run_dir / "eval").mkdir(exist_ok=True)
@@ -261,12 +260,18 @@ def per_layer_errors(ctx: RunContext, artifacts: list[Artifact], images: int = 8
                     f"{worst[0]['sqnr_db']:.1f} dB at {worst[0]['op']} ({worst[0]['layers'][:60]})")
 
 
+def ort_level(ctx: RunContext, a: Artifact) -> str:
+    """The ONNX Runtime graph-optimisation level an artifact runs at: its own if it names one, else the config's."""
+    return a.notes.get("ort_graph_optimization") or ctx.cfg.stages.onnx_ptq.graph_optimization
+
+
 def benchmark_host(ctx: RunContext, artifacts: list[Artifact]) -> None:
     from .targets.host import HostTarget
 
     b = ctx.cfg.benchmark
-    host = HostTarget(ctx.sample_input(), onnx_optimization=ctx.cfg.stages.onnx_ptq.graph_optimization)
+    sample = ctx.sample_input()
     for a in artifacts:
+        host = HostTarget(sample, onnx_optimization=ort_level(ctx, a))
         comp = host.check(a, ctx.run_dir)
         k = f"host:{a.sha256}:{b.runs}:{b.warmup}:{b.threads}"
         if not comp.ok:
