@@ -124,7 +124,7 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
     done: set[str] = set()
 
     def fail_rest(status: str, why: str) -> None:
-        out.summary.update(status=status, error=why)
+        out.summary.update(status=status, error=why, seconds=round(time.perf_counter() - t0, 2))
         for a in arts:
             if a.name not in done:
                 out.latency[key(a)] = _row(a, d.name, reason=f"not measured: {why}")

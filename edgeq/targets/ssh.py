@@ -155,7 +155,8 @@ class SSHTransport:
                 raise TargetError(f"{where}: host key not in {kh}; refusing to connect. Add it (ssh-keyscan -p "
                                   f"{d.port} {d.host} >> {kh}, after checking its fingerprint) or set "
                                   "trust_on_first_use: true") from None
-            if "banner" in msg.lower() or "timed out" in msg.lower():
+            # paramiko gives up the handshake silently at `timeout` and then reports "No existing session"
+            if any(w in msg.lower() for w in ("banner", "timed out", "no existing session", "negotiation failed")):
                 raise DeviceUnreachable(f"{where}: unreachable (no SSH answer within {t:g} s)") from None
             raise DeviceUnreachable(f"{where}: SSH failed ({msg})") from None
         except (socket.timeout, TimeoutError):

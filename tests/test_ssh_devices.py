@@ -1,0 +1,310 @@
+"""The remote device path against a real OpenSSH server on 127.0.0.1 (no hardware, no network).
+
+A fixture starts /usr/sbin/sshd on a free loopback port with host and user keys generated here; an
+`rpi`-kind device whose interpreter is this machine's Python then goes through the whole path: agent
+copy, artifact copy, benchmark, JSON back, merge into report.json. Faults: wrong or unknown host key,
+an unreachable device, an agent crash, a foreign protocol version, missing device tools.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_edgeq
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+pytestmark = [pytest.mark.ssh,
+              pytest.mark.skipif(not (os.path.exists(SSHD) and shutil.which("ssh-keygen")),
+                                 reason="OpenSSH server not installed (Debian: apt-get install openssh-server)")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgeq-test", "-f", str(path)], check=True)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+class Sshd:
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = _free_port()
+        self.host_pub = _keygen(root / "host_ed25519")
+        self.user_key = root / "id_ed25519"
+        (root / "authorized_keys").write_text(_keygen(self.user_key) + "\n")
+        self.known_hosts = root / "known_hosts"
+        kt, kb = self.host_pub.split()[:2]
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {kt} {kb}\n")
+        (root / "sshd_config").write_text(f"""Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {root}/host_ed25519
+PidFile {root}/sshd.pid
+AuthorizedKeysFile {root}/authorized_keys
+UsePAM no
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+AllowTcpForwarding no
+X11Forwarding no
+Subsystem sftp internal-sftp
+LogLevel ERROR
+""")
+        if os.geteuid() == 0:  # root sshd wants its privilege-separation directory
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # wait until it listens (it starts in milliseconds)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {self.proc.stdout.read()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start listening within 10 s")
+
+    def device(self, name: str, kind: str = "rpi", **kw) -> dict:
+        d = {"name": name, "kind": kind, "host": "127.0.0.1", "port": self.port, "user": getpass.getuser(),
+             "key_file": str(self.user_key), "known_hosts": str(self.known_hosts),
+             "workdir": str(self.root / "device-home" / name), "python": sys.executable, "connect_timeout": 5,
+             "command_timeout": 120}
+        d.update(kw)
+        return d
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    s = Sshd(tmp_path_factory.mktemp("sshd"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def silent_port():
+    """A loopback port that accepts TCP but never speaks SSH: a device that hangs."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    yield s.getsockname()[1]
+    s.close()
+
+
+def _inventory(path: Path, devices: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"devices": devices}, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def device_run(tiny_project, sshd, silent_port, tmp_path_factory):
+    """`edgeq run` of the tiny model with `targets:` = the loopback rpi and a device that never answers."""
+    root = tmp_path_factory.mktemp("device_run")
+    inv = _inventory(root / "devices.yaml", [
+        sshd.device("loop-rpi", threads=1),
+        sshd.device("hung-pi", port=silent_port, connect_timeout=1.5),
+    ])
+    cfg = yaml.safe_load((tiny_project / "tiny.yaml").read_text())
+    cfg["model"]["path"] = str(tiny_project / "tiny.keras")
+    cfg["data"]["path"] = str(tiny_project / "images")
+    cfg["benchmark"] = {"runs": 50, "warmup": 5, "threads": 1}
+    cfg["inventory"] = str(inv)
+    cfg["targets"] = [{"device": "loop-rpi"}, {"device": "hung-pi"}]
+    (root / "tiny_devices.yaml").write_text(yaml.safe_dump(cfg))
+    t = time.monotonic()
+    r = run_edgeq("run", root / "tiny_devices.yaml", "--out", root / "run", cwd=root, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+    return {"root": root, "run": root / "run", "inventory": inv, "stdout": r.stdout,
+            "seconds": time.monotonic() - t}
+
+
+def _report(run: Path) -> dict:
+    return json.loads((run / "report.json").read_text())
+
+
+def _art(rep: dict, name: str) -> dict:
+    return next(e for e in rep["artifacts"] if e["name"] == name)
+
+
+# ------------------------------------------------------------------ the full path
+def test_loopback_rpi_latency_merged_into_report(device_run):
+    rep = _report(device_run["run"])
+    for name in ("fp32_tflite", "int8_tflite_ptq"):
+        lat = _art(rep, name)["latency_ms"]
+        assert list(lat)[0] == "host"
+        s = lat["loop-rpi"]
+        assert s["median"] > 0 and s["runs"] == 50 and s["threads"] == 1
+        assert s["runtime"].startswith("ai-edge-litert") and s["device"].startswith("loop-rpi:")
+        assert set(lat["host"]) <= set(s) | {"reason"}  # same keys as the host figures
+    dev = rep["devices"]["loop-rpi"]
+    assert dev["status"] == "ok" and dev["kind"] == "rpi" and dev["agent_protocol"] == 1
+    assert dev["identity"]["machine"] and dev["identity"]["cpu"] and "litert" in dev["runtimes"]
+    assert "| int8_tflite_ptq | loop-rpi |" in (device_run["run"] / "report.md").read_text()
+
+
+def test_device_outputs_match_host_outputs(device_run):
+    res = json.loads((device_run["run"] / "results.json").read_text())
+    rows = [v for v in res["latency"].values() if v["target"] == "loop-rpi" and v.get("stats")]
+    assert rows
+    for v in rows:
+        chk = v["details"]["outputs_check"]
+        assert chk["n"] == 16 and chk["top1_agreement_with_host"] == 1.0 and chk["max_abs_diff"] < 1e-5
+
+
+def test_unreachable_device_times_out_and_others_finish(device_run):
+    rep = _report(device_run["run"])
+    hung = rep["devices"]["hung-pi"]
+    assert hung["status"] == "unreachable" and "no SSH answer within 1.5 s" in hung["error"]
+    assert hung["seconds"] < 10
+    s = _art(rep, "int8_tflite_ptq")["latency_ms"]["hung-pi"]
+    assert s["median"] is None and s["reason"].startswith("not measured: ") and "unreachable" in s["reason"]
+    assert _art(rep, "int8_tflite_ptq")["latency_ms"]["loop-rpi"]["median"] > 0
+
+
+def test_bench_cli_second_run_copies_nothing(device_run):
+    run, inv = device_run["run"], device_run["inventory"]
+    r = run_edgeq("bench", run, "--inventory", inv, "--device", "loop-rpi", "--runs", "30", cwd=device_run["root"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = _report(run)
+    dev = rep["devices"]["loop-rpi"]
+    assert dev["copied"]["files"] == 0 and dev["copied"]["already_there"] >= 4  # agent, inputs, 2 models
+    assert _art(rep, "int8_tflite_ptq")["latency_ms"]["loop-rpi"]["runs"] == 30
+    assert "devices (batch 1)" in r.stdout and "loop-rpi" in r.stdout
+    # the pipeline's first run did copy: content-addressed files under the per-run directory
+    files = sorted(p.name for p in Path(sshd_workdir(inv, "loop-rpi")).rglob("*") if p.is_file())
+    assert any(f.endswith("-agent.py") for f in files) and any(f.endswith("-int8_ptq.tflite") for f in files)
+
+
+def sshd_workdir(inv: Path, name: str) -> str:
+    return next(d["workdir"] for d in yaml.safe_load(inv.read_text())["devices"] if d["name"] == name)
+
+
+def test_bench_unknown_device_is_one_line_error(device_run):
+    r = run_edgeq("bench", device_run["run"], "--inventory", device_run["inventory"], "--device", "nope")
+    assert r.returncode == 2 and "no device named 'nope'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ faults, one device at a time
+def _session(sshd, tmp_path, agent_source=None, **kw):
+    from edgeq.targets.device import AGENT_SOURCE, DeviceSession
+    from edgeq.targets.inventory import load_inventory
+    from edgeq.targets.ssh import open_transport
+
+    d = load_inventory(_inventory(tmp_path / "inv.yaml", [sshd.device("dev", **kw)])).get("dev")
+    t = open_transport(d, log=lambda m: None)
+    return DeviceSession(d, t, tmp_path / "run", lambda m: None, agent_source or AGENT_SOURCE)
+
+
+def test_wrong_host_key_is_refused(sshd, tmp_path):
+    from edgeq.errors import TargetError
+
+    other = _keygen(tmp_path / "other_host").split()
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
+    with pytest.raises(TargetError, match="does not match"):
+        _session(sshd, tmp_path, known_hosts=str(kh))
+
+
+def test_unknown_host_key_is_refused_unless_trust_on_first_use(sshd, tmp_path):
+    from edgeq.errors import TargetError
+
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")
+    with pytest.raises(TargetError, match="not in .*known_hosts; refusing"):
+        _session(sshd, tmp_path, known_hosts=str(kh))
+    s = _session(sshd, tmp_path, known_hosts=str(kh), trust_on_first_use=True)
+    s.transport.close()
+    assert sshd.host_pub.split()[1] in kh.read_text()  # recorded: the next connection checks against it
+
+
+def test_agent_crash_is_reported_with_its_stderr(sshd, tmp_path):
+    from edgeq.errors import TargetError
+
+    s = _session(sshd, tmp_path)
+    s.hello()
+    bad = tmp_path / "truncated.tflite"
+    bad.write_bytes(b"TFL3" + b"\0" * 64)
+    with pytest.raises(TargetError) as e:
+        s.benchmark(s.upload(bad), runs=5, warmup=1, threads=1, inputs_remote=None)
+    s.transport.close()
+    msg = str(e.value)
+    assert "not loadable" in msg and "exit 1" in msg and "stderr:" in msg and "AgentError" in msg
+
+
+def test_missing_device_python_is_named(sshd, tmp_path):
+    from edgeq.errors import RuntimeUnavailable
+
+    s = _session(sshd, tmp_path, python="/nonexistent/python3")
+    with pytest.raises(RuntimeUnavailable, match="/nonexistent/python3 not found on dev"):
+        s.hello()
+    s.transport.close()
+
+
+def test_agent_of_another_protocol_version_is_refused(sshd, tmp_path):
+    from edgeq.errors import TargetError
+    from edgeq.targets.device import AGENT_SOURCE
+
+    foreign = tmp_path / "agent.py"
+    foreign.write_text(AGENT_SOURCE.read_text().replace("PROTOCOL = 1 ", "PROTOCOL = 999 ", 1))
+    s = _session(sshd, tmp_path, agent_source=foreign)
+    with pytest.raises(TargetError, match="speaks protocol 999 but this edgeq speaks 1"):
+        s.hello()
+    s.transport.close()
+
+
+def test_remote_arguments_are_shell_quoted(sshd, tmp_path):
+    s = _session(sshd, tmp_path)
+    r = s.transport.run(["printf", "%s|", "a b", "$(touch pwned)", "'q'; ls"])
+    s.transport.close()
+    assert r.returncode == 0 and r.stdout == "a b|$(touch pwned)|'q'; ls|"
+
+
+def test_edgetpu_device_without_compiler_or_runtime_says_what_is_missing(sshd, tmp_path, device_run):
+    """Everything up to the hardware: check passes/fails per artifact, then the missing tool is named."""
+    from edgeq.targets.device import AGENT_SOURCE
+    from edgeq.targets.edgetpu import EdgeTpuTarget
+
+    s = _session(sshd, tmp_path, kind="edgetpu")
+    s.hello()
+    t = EdgeTpuTarget(s, compiler="edgetpu_compiler")
+    from edgeq.artifacts import Manifest
+
+    arts = Manifest(device_run["run"]).artifacts
+    assert not t.check(arts["fp32_tflite"], device_run["run"]).ok
+    assert t.check(arts["int8_tflite_ptq"], device_run["run"]).ok
+    with pytest.raises(Exception) as e:
+        dep = t.prepare(arts["int8_tflite_ptq"], device_run["run"])
+        t.benchmark(dep, 5, 1, 1)  # only where edgetpu_compiler exists: then the delegate is missing
+    s.transport.close()
+    assert ("edgetpu_compiler not found on this machine" in str(e.value)
+            or "libedgetpu.so.1 could not be loaded" in str(e.value)), str(e.value)
+    assert AGENT_SOURCE.exists()
+
+
+def test_jetson_device_without_trtexec_says_so(sshd, tmp_path):
+    from edgeq.errors import RuntimeUnavailable
+    from edgeq.targets.jetson import JetsonTarget
+
+    s = _session(sshd, tmp_path, kind="jetson", trtexec="trtexec")
+    with pytest.raises(RuntimeUnavailable, match="trtexec not found on dev .*install"):
+        JetsonTarget(s).trtexec()
+    s.transport.close()
