@@ -93,13 +93,16 @@ class JetsonTarget:
         if artifact.format != "onnx":
             return Compatibility(False, self.name, artifact.name,
                                  [f"format {artifact.format}: TensorRT builds engines from ONNX; use the ONNX export"])
+        if artifact.precision != "int8":
+            return Compatibility(True, self.name, artifact.name, [],
+                                 {"note": f"{artifact.precision} ONNX: the engine is built with --fp16"})
         try:
             from .tensorrt_check import check_tensorrt_qdq
         except ImportError:  # the QDQ checker is optional; trtexec itself is the final word
             return Compatibility(True, self.name, artifact.name, [],
                                  {"note": "no static TensorRT QDQ check available here; trtexec decides"})
-        c = check_tensorrt_qdq(artifact.abspath(run_dir))
-        c.target, c.artifact = self.name, artifact.name
+        c = check_tensorrt_qdq(artifact.abspath(run_dir), artifact.name)
+        c.target = self.name
         return c
 
     # -- on the device
