@@ -169,33 +169,35 @@ class OnnxInput:
     batch: int | None  # fixed batch size, None when dynamic
 
 
-def read_onnx_input(path: Path, input_shape_hwc: tuple[int, int, int]) -> OnnxInput:
-    """Validate an FP32 ONNX image classifier and find its input's layout against model.input_shape."""
+def read_onnx_input(path: Path, input_shape_hwc: tuple[int, int, int], where: Path | None = None) -> OnnxInput:
+    """Validate an FP32 ONNX image classifier and find its input's layout against model.input_shape.
+
+    `where` is the file named in error messages (the user's, when `path` is the run's copy of it)."""
     import onnx
 
-    path = Path(path)
+    path, shown_path = Path(path), Path(where or path)
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError and friends
-        raise ModelError(f"{path}: not an ONNX model ({e.__class__.__name__}); give a .onnx file exported "
+        raise ModelError(f"{shown_path}: not an ONNX model ({e.__class__.__name__}); give a .onnx file exported "
                          "with torch.onnx.export, tf2onnx or similar") from None
     if not model.graph.node:
-        raise ModelError(f"{path}: not an ONNX model (no graph nodes); give a .onnx file exported with "
+        raise ModelError(f"{shown_path}: not an ONNX model (no graph nodes); give a .onnx file exported with "
                          "torch.onnx.export, tf2onnx or similar")
     try:
         onnx.checker.check_model(model)
     except Exception as e:
-        raise ModelError(f"{path}: invalid ONNX model ({str(e).splitlines()[0][:200]})") from None
+        raise ModelError(f"{shown_path}: invalid ONNX model ({str(e).splitlines()[0][:200]})") from None
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
-        raise ModelError(f"{path}: model has {len(inputs)} inputs; edgeq handles single-input image classifiers")
+        raise ModelError(f"{shown_path}: model has {len(inputs)} inputs; edgeq handles single-input image classifiers")
     i = inputs[0]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
     h, w, c = input_shape_hwc
     shown = [d if d is not None else "?" for d in dims]
     if len(dims) != 4:
-        raise ModelError(f"{path}: input '{i.name}' has shape {shown}; edgeq needs a 4-D image input")
+        raise ModelError(f"{shown_path}: input '{i.name}' has shape {shown}; edgeq needs a 4-D image input")
     if dims[1] == c and dims[3] != c:
         layout, spatial = "NCHW", dims[2:]
     elif dims[3] == c and dims[1] != c:
@@ -203,15 +205,15 @@ def read_onnx_input(path: Path, input_shape_hwc: tuple[int, int, int]) -> OnnxIn
     elif None in (dims[1], dims[3]):
         fixed = f"1,{c},{h},{w}"
         raise ModelError(
-            f"{path}: input '{i.name}' has dynamic dims {shown}, so its layout (NCHW or NHWC) cannot be matched to "
+            f"{shown_path}: input '{i.name}' has dynamic dims {shown}, so its layout (NCHW or NHWC) cannot be matched to "
             f"model.input_shape {[h, w, c]}; fix the shape in the file, e.g. `python -m "
             f"onnxruntime.tools.make_dynamic_shape_fixed --input_name {i.name} --input_shape {fixed} "
-            f"{path.name} fixed.onnx` (or {h},{w},{c} last for NHWC), and point model.path at fixed.onnx")
+            f"{shown_path.name} fixed.onnx` (or {h},{w},{c} last for NHWC), and point model.path at fixed.onnx")
     else:
-        raise ModelError(f"{path}: input '{i.name}' has shape {shown}, which has no {c}-channel axis matching "
+        raise ModelError(f"{shown_path}: input '{i.name}' has shape {shown}, which has no {c}-channel axis matching "
                          f"model.input_shape {[h, w, c]} (H, W, C); fix model.input_shape")
     if any(s is not None and s != e for s, e in zip(spatial, (h, w))):
-        raise DataError(f"{path}: input '{i.name}' takes {spatial[0]}x{spatial[1]} images ({layout} {shown}) but "
+        raise DataError(f"{shown_path}: input '{i.name}' takes {spatial[0]}x{spatial[1]} images ({layout} {shown}) but "
                         f"calibration and evaluation images are resized to {h}x{w} (model.input_shape "
                         f"{[h, w, c]}); set model.input_shape to the model's size")
     return OnnxInput(i.name, dims, layout, dims[0])
@@ -335,7 +337,7 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
     section: dict = {}
     if ctx.is_onnx_input:
         fp32 = ctx.fp32
-        info = read_onnx_input(fp32.abspath(ctx.run_dir), hwc)
+        info = read_onnx_input(fp32.abspath(ctx.run_dir), hwc, where=ctx.cfg.model.path)
         section["input"] = {"source": str(ctx.cfg.model.path), "input": info.name, "dims": info.dims,
                             "layout": info.layout}
     else:
