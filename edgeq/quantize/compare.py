@@ -53,6 +53,7 @@ def run_stage(ctx, opts: ComparisonSpec) -> list[Artifact]:
     cells = ctx.results.setdefault("comparison_cells", {})
     ev, _ = _eval_subset(ctx, opts)
     ev_resized = None
+    adv_models: dict = {}  # bits -> advanced-PTQ model, also the low-bit QAT starting point
     for bits in (b for b in opts.bits if b < 8):
         for method in METHODS:
             key = _cell_key(ctx, opts, bits, method)
@@ -61,7 +62,7 @@ def run_stage(ctx, opts: ComparisonSpec) -> list[Artifact]:
                 continue
             if ev_resized is None:  # resize once; each simulated model is evaluated on the same pixels
                 ev_resized = LabelledImages(ctx.pre.resize(ev.images), ev.labels, ev.source, ev.class_names)
-            cells[key] = _simulated_cell(ctx, opts, model, bits, method, ev_resized)
+            cells[key] = _simulated_cell(ctx, opts, model, bits, method, ev_resized, adv_models)
             ctx.save_results()
             c = cells[key]
             ctx.log(f"  * INT{bits} {LABELS[method]} (simulated): "
@@ -93,7 +94,14 @@ def _int8_advanced(ctx, opts: ComparisonSpec, model) -> Artifact:
                        parent=ctx.fp32.name)
 
 
-def _simulated_cell(ctx, opts: ComparisonSpec, model, bits: int, method: str, ev: LabelledImages) -> dict:
+def _advanced_model(ctx, opts: ComparisonSpec, model, bits: int, cache: dict):
+    if bits not in cache:
+        cache[bits] = advanced.quantize_weights_advanced(model, bits, _calibration_batches(ctx, opts.calibration_images))
+    return cache[bits]
+
+
+def _simulated_cell(ctx, opts: ComparisonSpec, model, bits: int, method: str, ev: LabelledImages,
+                    adv_models: dict) -> dict:
     import time
 
     from ..evaluate import evaluate
@@ -105,7 +113,7 @@ def _simulated_cell(ctx, opts: ComparisonSpec, model, bits: int, method: str, ev
         m = fakequant.quantize_weights_rtn(model, bits)
         cell["how"] = "round-to-nearest, per-channel max scale"
     elif method == "ptq_advanced":
-        m, rep = advanced.quantize_weights_advanced(model, bits, _calibration_batches(ctx, opts.calibration_images))
+        m, rep = _advanced_model(ctx, opts, model, bits, adv_models)
         cell["how"] = ADVANCED_DESC
         cell["advanced"] = rep.to_dict()
     else:
@@ -118,10 +126,11 @@ def _simulated_cell(ctx, opts: ComparisonSpec, model, bits: int, method: str, ev
             return {**cell, "top1": None, "reason": "no training split to fine-tune on"}
         data = training_split(ctx.splits.train, q)
         steps = opts.low_bit_qat_steps or data.steps_per_epoch * max(q.epochs, 1)
+        start, _ = _advanced_model(ctx, opts, model, bits, adv_models)
         m = fine_tune_fake_quant(model, bits, batch_stream(data.train, ctx.pre, q.batch_size, q.seed), steps,
-                                 opts.low_bit_qat_learning_rate, q.seed)
-        cell["how"] = (f"straight-through fine-tune of {bits}-bit kernels from FP32, {steps} steps of "
-                       f"{q.batch_size}, MSE-clipped fixed scales")
+                                 opts.low_bit_qat_learning_rate, q.seed, start=start)
+        cell["how"] = (f"straight-through fine-tune of {bits}-bit kernels, {steps} steps of {q.batch_size}, "
+                       "starting from the advanced-PTQ model (same fixed MSE-clipped scales)")
         cell["fine_tune_steps"] = steps
     r = evaluate(KerasPredictor(m), ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size)
     cell.update(top1=r.top1, n=r.n, seconds=round(time.perf_counter() - t, 1),

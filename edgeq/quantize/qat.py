@@ -322,12 +322,14 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
 
 
 # ------------------------------------------------------------------ simulated low-bit QAT
-def fine_tune_fake_quant(model, bits: int, batches, steps: int, learning_rate: float, seed: int = 0):
+def fine_tune_fake_quant(model, bits: int, batches, steps: int, learning_rate: float, seed: int = 0,
+                         start=None):
     """A copy of `model` fine-tuned with `bits`-bit per-channel kernels (straight-through estimator).
 
-    Float master weights are kept; every step evaluates loss and gradients at the quantised kernels and
-    applies them to the masters. Scales are the MSE-optimal ones of the starting weights, held fixed.
-    Returns the copy with its kernels set to the final quantised values.
+    Float master kernels start from `model`'s; every step evaluates loss and gradients at the quantised
+    kernels and applies them to the masters. Scales are the MSE-optimal ones of the starting kernels,
+    held fixed. `start` (same architecture, e.g. the bias-corrected PTQ model) supplies every other
+    weight, so step 0 is that PTQ model. Returns the copy with its kernels at their quantised values.
     """
     from ..tfcompat import keras, set_seed, tf
     from .fakequant import clone_model, fake_quant, mse_scales, qmax, weight_layers
@@ -335,10 +337,11 @@ def fine_tune_fake_quant(model, bits: int, batches, steps: int, learning_rate: f
     t = tf()
     k = keras()
     set_seed(seed)
-    m = clone_model(model)
+    m = clone_model(start if start is not None else model)
     wls = weight_layers(m)
-    scales = [t.constant(mse_scales(wl.kernel.numpy(), bits, wl.reduce_axes)) for wl in wls]
-    masters = [t.Variable(wl.kernel.numpy(), trainable=True) for wl in wls]
+    fp32_kernels = [wl.kernel.numpy() for wl in weight_layers(model)]
+    scales = [t.constant(mse_scales(w, bits, wl.reduce_axes)) for w, wl in zip(fp32_kernels, wls)]
+    masters = [t.Variable(w, trainable=True) for w in fp32_kernels]
     kernels = [wl.kernel for wl in wls]
     kernel_refs = {v.ref() for v in kernels}
     others = [v for v in m.trainable_variables if v.ref() not in kernel_refs]
