@@ -10,6 +10,7 @@ from edgeq.config import QatSpec, config_from_dict
 from edgeq.errors import DataError, QuantizationError
 
 QAT_STAGES = {"tflite_ptq": {"representative_images": 40},
+              "onnx_ptq": {"enabled": True, "calibration_images": 40, "tensorrt_artifact": False},
               "qat": {"enabled": True, "epochs": 1, "batch_size": 16, "validation_images": 8,
                       "calibration_images": 32},
               "comparison": {"enabled": True, "bits": [8, 4], "calibration_images": 32,
@@ -63,6 +64,15 @@ def test_qat_artifact_is_evaluated_and_benchmarked_like_ptq(qat_run):
     qat = next(a for a in rep["artifacts"] if a["name"] == "int8_tflite_qat")
     assert qat["accuracy"]["top1"] is not None and qat["accuracy"]["n"] > 0
     assert qat["latency_ms"]["host"]["median"] is not None
+
+
+def test_qat_onnx_export_is_qdq_int8_and_evaluated(qat_run):
+    _, rep = qat_run
+    onnx_qat = next(a for a in rep["artifacts"] if a["name"] == "int8_onnx_qat")
+    assert onnx_qat["method"] == "qat" and onnx_qat["precision"] == "int8"
+    ops = onnx_qat["notes"]["op_counts"]
+    assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
+    assert onnx_qat["accuracy"]["top1"] is not None
 
 
 def test_qat_section_reports_fine_tune_time_and_steps(qat_run):

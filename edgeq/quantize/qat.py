@@ -301,7 +301,7 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
                 r = fine_tuned()
                 # tf2onnx turns tfmot's FakeQuant nodes into QuantizeLinear/DequantizeLinear pairs: a QDQ model
                 info = keras_to_onnx(r.model, tmp, opset) or {}
-                return {**notes_of(r), **{k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}}
+                return {**notes_of(r), **info}
 
             out.append(ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
                                    method="qat", stage="qat", params={**params, "opset": opset}, parent=parent))
