@@ -152,6 +152,7 @@ def compile_edgetpu(tflite: Path, out_dir: Path, compiler: str = "edgetpu_compil
 class EdgeTpuTarget:
     """check on the host, compile on the host, run on the device with the libedgetpu delegate."""
 
+
     def __init__(self, session, compiler: str = "edgetpu_compiler"):
         self.session = session
         self.name = session.name

@@ -81,6 +81,7 @@ def stats_from_trtexec(parsed: dict, runs: int, warmup: int, device: str) -> Lat
 
 
 class JetsonTarget:
+
     def __init__(self, session):
         self.session = session
         self.name = session.name

@@ -21,7 +21,8 @@ from .inventory import Device, load_inventory
 from .ssh import DeviceUnreachable, open_transport
 
 
-DEPLOYABLE = ("tflite", "onnx")  # formats any device target may take; Keras models stay on the host
+# artifact formats each kind of device takes; other artifacts get no row for that device
+FORMATS_BY_KIND = {"host": ("tflite", "onnx"), "rpi": ("tflite", "onnx"), "edgetpu": ("tflite",), "jetson": ("onnx",)}
 
 
 @dataclass
@@ -109,6 +110,7 @@ def _f(v) -> str:
 def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_SOURCE) -> DeviceOutcome:
     """Everything on one device; a device-side problem is recorded in the outcome, never raised."""
     d = plan.device
+    arts = [a for a in arts if a.format in FORMATS_BY_KIND[d.kind]]
     lock = threading.Lock()
 
     def log(msg: str) -> None:
@@ -153,8 +155,9 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
                 comp = target.check(a, ctx.run_dir)
                 out.compatibility[a.name] = comp.to_dict()
                 if not comp.ok:
-                    out.latency[key(a)] = _row(a, d.name, reason="not measured: not compatible with "
-                                               f"{d.name}: " + "; ".join(comp.problems[:3]))
+                    more = f" (and {len(comp.problems) - 1} more: see compatibility)" if len(comp.problems) > 1 else ""
+                    out.latency[key(a)] = _row(a, d.name, reason=f"not measured: not compatible with {d.name}: "
+                                               f"{comp.problems[0]}{more}")
                     continue
                 dep = target.prepare(a, ctx.run_dir)
                 stats = target.benchmark(dep, plan.runs, plan.warmup, plan.threads, inputs_remote,
@@ -191,7 +194,6 @@ def benchmark_devices(ctx, arts, refs=None, inventory: Path | None = None,
                       agent_source: Path = AGENT_SOURCE) -> dict[str, dict]:
     """Benchmark `arts` on the devices of `refs` (default: the config's `targets:`) and merge the results."""
     plans = plans_for(ctx, refs if refs is not None else ctx.cfg.targets, inventory)
-    arts = [a for a in arts if a.format in DEPLOYABLE]
     if not plans:
         return {}
     inputs = {n: inputs_file(ctx, n) for n in {max(1, p.device.check_outputs) for p in plans}}

@@ -17,6 +17,7 @@ RUNTIMES = {
 
 
 class CpuTarget:
+
     def __init__(self, session: DeviceSession):
         self.session = session
         self.name = session.name
