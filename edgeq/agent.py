@@ -11,6 +11,7 @@ Usage (stable; scripts and the Docker images rely on it):
     python3 agent.py --model m.tflite [--runs 100] [--warmup 10] [--threads 4]
                      [--inputs x.npy] [--outputs-out y.npy | --return-outputs]
                      [--delegate libedgetpu.so.1] [--runtime auto|litert|tflite-runtime|tf|onnxruntime]
+                     [--ort-optimization disable|basic|extended|all]
 
     --model         .tflite (LiteRT/TFLite interpreter) or .onnx (ONNX Runtime, CPU)
     --inputs        float32 NHWC batch, already normalised (a .npy, loaded with allow_pickle=False);
@@ -20,6 +21,7 @@ Usage (stable; scripts and the Docker images rely on it):
     --outputs-out   run every input image once and save the dequantised float32 outputs there
     --return-outputs  the same, but put the outputs in the JSON (small batches only)
     --delegate      a TFLite external delegate library, e.g. libedgetpu.so.1 for the Coral Edge TPU
+    --ort-optimization  ONNX Runtime graph-optimisation level (default all), as edgeq's host figures use
 
 Output: exactly one JSON object on stdout, always with "protocol" (PROTOCOL below) and "ok".
 On success: "runtime", "device", "model", "timing": {"samples_ms": [...], "runs", "warmup",
@@ -192,7 +194,7 @@ class TFLiteRunner:
 
 
 class OnnxRunner:
-    def __init__(self, path: str, threads: int | None):
+    def __init__(self, path: str, threads: int | None, optimization: str = "all"):
         import numpy as np
 
         try:
@@ -204,11 +206,17 @@ class OnnxRunner:
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
         try:
             self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise AgentError("model", f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
-        self.runtime = f"onnxruntime {ort.__version__} (CPU EP)"
+        self.runtime = f"onnxruntime {ort.__version__} (CPU EP, opt={optimization})"
         i = self.sess.get_inputs()[0]
         self.name, self.out_name = i.name, self.sess.get_outputs()[0].name
         shape = [d if isinstance(d, int) else 1 for d in i.shape]
@@ -241,7 +249,7 @@ def open_runner(args):
     if args.model.endswith(".onnx") or args.runtime == "onnxruntime":
         if args.delegate:
             raise AgentError("usage", "--delegate applies to .tflite models only")
-        return OnnxRunner(args.model, args.threads)
+        return OnnxRunner(args.model, args.threads, args.ort_optimization)
     if args.model.endswith((".engine", ".plan")):
         raise AgentError("runtime_missing", "TensorRT engines are timed with trtexec on the device, "
                          "not by this agent")
@@ -330,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--outputs-out")
     out.add_argument("--return-outputs", action="store_true")
     p.add_argument("--delegate")
+    p.add_argument("--ort-optimization", default="all", choices=["disable", "basic", "extended", "all"])
     p.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "tf", "onnxruntime"])
     return p
 

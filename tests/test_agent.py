@@ -146,3 +146,8 @@ def test_agent_usage_errors_are_json_too(agent):
 def test_agent_missing_model_file_names_it(agent):
     rc, ans, _ = run_agent(agent, "--model", "nope.tflite")
     assert rc == 1 and ans["error_kind"] == "model" and "nope.tflite: no such file" in ans["error"]
+
+
+def test_agent_uses_the_onnx_optimisation_level_it_is_given(agent, models):
+    rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--runs", 3, "--ort-optimization", "basic")
+    assert rc == 0 and ans["runtime"].endswith("(CPU EP, opt=basic)")

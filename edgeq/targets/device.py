@@ -102,8 +102,9 @@ class DeviceSession:
         return self.info.get("runtimes", {})
 
     def benchmark(self, model_remote: str, runs: int, warmup: int, threads: int | None, inputs_remote: str | None,
-                  delegate: str | None = None, return_outputs: bool = False) -> tuple[LatencyStats, dict]:
-        args = ["--model", model_remote, "--runs", runs, "--warmup", warmup]
+                  delegate: str | None = None, return_outputs: bool = False,
+                  extra: list | None = None) -> tuple[LatencyStats, dict]:
+        args = ["--model", model_remote, "--runs", runs, "--warmup", warmup, *(extra or [])]
         if threads:
             args += ["--threads", threads]
         if inputs_remote:

@@ -40,12 +40,12 @@ class DeviceOutcome:
     compatibility: dict = field(default_factory=dict)  # artifact name -> Compatibility dict
 
 
-def make_target(session: DeviceSession):
+def make_target(session: DeviceSession, onnx_optimization: str = "all"):
     kind = session.device.kind
     if kind in ("host", "rpi"):
         from .rpi import CpuTarget
 
-        return CpuTarget(session)
+        return CpuTarget(session, onnx_optimization)
     if kind == "edgetpu":
         from .edgetpu import EdgeTpuTarget
 
@@ -146,7 +146,7 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
         out.summary.update(identity=info.get("device", {}), runtimes=info.get("runtimes", {}),
                            agent_protocol=info.get("protocol"), agent_version=info.get("agent_version"))
         log(f"agent ok: {session.identity()}; runtimes {info.get('runtimes')}")
-        target = make_target(session)
+        target = make_target(session, ctx.cfg.stages.onnx_ptq.graph_optimization)
         x = np.load(inputs, allow_pickle=False)
         inputs_remote = session.upload(inputs)
         want_outputs = d.check_outputs > 0 and d.kind != "jetson"
@@ -205,9 +205,8 @@ def benchmark_devices(ctx, arts, refs=None, inventory: Path | None = None,
     section = dict(ctx.results["sections"].get("devices") or {})
     for o in outcomes:
         name = o.summary["name"]
-        shas = {row["sha256"] for row in o.latency.values()}
-        for k in [k for k, v in ctx.results["latency"].items() if v["target"] == name and v.get("sha256") in shas]:
-            del ctx.results["latency"][k]  # the new measurement replaces older ones of the same artifact
+        for k in [k for k, v in ctx.results["latency"].items() if v["target"] == name]:
+            del ctx.results["latency"][k]  # this device's new figures replace all of its older ones
         ctx.results["latency"].update(o.latency)
         for art, comp in o.compatibility.items():
             ctx.results["compatibility"].setdefault(art, {})[name] = comp

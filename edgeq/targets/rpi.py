@@ -18,8 +18,9 @@ RUNTIMES = {
 
 class CpuTarget:
 
-    def __init__(self, session: DeviceSession):
+    def __init__(self, session: DeviceSession, onnx_optimization: str = "all"):
         self.session = session
+        self.onnx_optimization = onnx_optimization  # the run's default; an artifact may name its own
         self.name = session.name
         self.kind = session.device.kind
         self.last_answer: dict = {}
@@ -39,11 +40,16 @@ class CpuTarget:
     def prepare(self, artifact, run_dir: Path) -> Deployable:
         local = artifact.abspath(run_dir)
         remote = self.session.upload(local, artifact.sha256)
+        details = {"remote_path": remote}
+        if artifact.format == "onnx":  # the same graph-optimisation level as the host figure of this artifact
+            details["ort_optimization"] = artifact.notes.get("ort_graph_optimization") or self.onnx_optimization
         rt = "tflite" if artifact.format == "tflite" else "onnxruntime"
-        return Deployable(artifact.name, local, rt, self.name, {"remote_path": remote})
+        return Deployable(artifact.name, local, rt, self.name, details)
 
     def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None,
                   inputs_remote: str | None = None, return_outputs: bool = False) -> LatencyStats:
+        opt = deployable.details.get("ort_optimization")
         stats, self.last_answer = self.session.benchmark(deployable.details["remote_path"], runs, warmup, threads,
-                                                         inputs_remote, return_outputs=return_outputs)
+                                                         inputs_remote, return_outputs=return_outputs,
+                                                         extra=["--ort-optimization", opt] if opt else None)
         return stats
