@@ -122,13 +122,14 @@ def device_run(tiny_project, sshd, silent_port, tmp_path_factory):
     inv = _inventory(root / "devices.yaml", [
         sshd.device("loop-rpi", threads=1),
         sshd.device("hung-pi", port=silent_port, connect_timeout=1.5),
+        {"name": "local-agent", "kind": "host", "python": sys.executable, "threads": 1},
     ])
     cfg = yaml.safe_load((tiny_project / "tiny.yaml").read_text())
     cfg["model"]["path"] = str(tiny_project / "tiny.keras")
     cfg["data"]["path"] = str(tiny_project / "images")
     cfg["benchmark"] = {"runs": 50, "warmup": 5, "threads": 1}
     cfg["inventory"] = str(inv)
-    cfg["targets"] = [{"device": "loop-rpi"}, {"device": "hung-pi"}]
+    cfg["targets"] = [{"device": "loop-rpi"}, {"device": "hung-pi"}, {"device": "local-agent"}]
     (root / "tiny_devices.yaml").write_text(yaml.safe_dump(cfg))
     t = time.monotonic()
     r = run_edgeq("run", root / "tiny_devices.yaml", "--out", root / "run", cwd=root, timeout=600)
@@ -159,6 +160,13 @@ def test_loopback_rpi_latency_merged_into_report(device_run):
     assert dev["status"] == "ok" and dev["kind"] == "rpi" and dev["agent_protocol"] == 1
     assert dev["identity"]["machine"] and dev["identity"]["cpu"] and "litert" in dev["runtimes"]
     assert "| int8_tflite_ptq | loop-rpi |" in (device_run["run"] / "report.md").read_text()
+
+
+def test_host_kind_device_runs_the_agent_locally_without_copying(device_run):
+    rep = _report(device_run["run"])
+    dev = rep["devices"]["local-agent"]
+    assert dev["status"] == "ok" and dev["address"] == "this machine" and dev["copied"]["files"] == 0
+    assert _art(rep, "int8_tflite_ptq")["latency_ms"]["local-agent"]["median"] > 0
 
 
 def test_device_outputs_match_host_outputs(device_run):

@@ -162,3 +162,25 @@ def test_parse_trtexec_failed_build_keeps_the_errors():
     r = parse_trtexec_log((DATA / "trtexec_build_failed.log").read_text())
     assert r["failed"] and not r["passed"] and "latency" not in r
     assert "Failed to parse onnx file" in r["errors"]
+
+
+def test_inventory_refuses_an_inline_key(tmp_path):
+    p = tmp_path / "inv.yaml"
+    p.write_text('devices:\n  - {name: pi, kind: rpi, host: pi.local, key_file: "-----BEGIN OPENSSH PRIVATE KEY-----"}\n')
+    with pytest.raises(ConfigError, match="never the key itself"):
+        load_inventory(p)
+
+
+def test_jetson_engine_build_flags():
+    from types import SimpleNamespace
+
+    from edgeq.targets.jetson import JetsonTarget
+
+    def flags(precision, fallback):
+        dev = SimpleNamespace(fp16_fallback=fallback)
+        t = JetsonTarget(SimpleNamespace(name="orin", device=dev))
+        return t.build_flags(SimpleNamespace(precision=precision))
+
+    assert flags("int8", True) == ["--int8", "--fp16"]
+    assert flags("int8", False) == ["--int8"]
+    assert flags("fp32", False) == ["--fp16"]

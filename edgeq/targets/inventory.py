@@ -49,6 +49,8 @@ class Device(BaseModel):
     def _needs_host(self):
         if self.kind != "host" and not self.host:
             raise ValueError(f"device '{self.name}' of kind {self.kind} needs 'host' (its SSH address)")
+        if self.key_file is not None and ("PRIVATE KEY" in str(self.key_file) or "\n" in str(self.key_file)):
+            raise ValueError(f"device '{self.name}': key_file must be the path of a key file, never the key itself")
         return self
 
     @property
