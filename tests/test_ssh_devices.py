@@ -316,3 +316,13 @@ def test_jetson_device_without_trtexec_says_so(sshd, tmp_path):
     with pytest.raises(RuntimeUnavailable, match="trtexec not found on dev .*install"):
         JetsonTarget(s).trtexec()
     s.transport.close()
+
+
+def test_agent_overhead_script_prints_both_medians(device_run):
+    """benchmarks/agent_overhead.py: in-process vs through-the-agent medians (the 10 % bar is for real models)."""
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "benchmarks" / "agent_overhead.py"),
+                        str(device_run["run"]), "--inventory", str(device_run["inventory"]), "--device", "loop-rpi",
+                        "--rounds", "2", "--runs", "30", "--tolerance", "10"], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "in-process ms" in p.stdout and "agent ms" in p.stdout and "int8_tflite_ptq" in p.stdout
