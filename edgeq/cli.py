@@ -66,7 +66,10 @@ def _cmd_bench(args) -> int:
     from .targets.remote import benchmark_devices, print_device_table
 
     ctx = open_run(Path(args.run_dir), Path(args.config) if args.config else None)
-    refs = [TargetRef(device=d, runs=args.runs, warmup=args.warmup, threads=args.threads) for d in args.device]
+    names = args.device or [t.device for t in ctx.cfg.targets]
+    if not names:
+        raise EdgeqError("name the devices to benchmark on: --device NAME (or list them under `targets:` in the config)")
+    refs = [TargetRef(device=d, runs=args.runs, warmup=args.warmup, threads=args.threads) for d in names]
     ctx.log(f"[benchmark: devices] {ctx.run_dir}")
     benchmark_devices(ctx, list(ctx.manifest.artifacts.values()), refs,
                       Path(args.inventory) if args.inventory else None)
@@ -102,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(fn=_cmd_report)
     b = sub.add_parser("bench", help="benchmark a finished run's artifacts on inventory devices (SSH + agent)")
     b.add_argument("run_dir")
-    b.add_argument("--device", action="append", required=True, help="device name in the inventory (repeatable)")
+    b.add_argument("--device", action="append", help="device name in the inventory (repeatable; default: the "
+                   "config's `targets:`)")
     b.add_argument("--inventory", help="devices YAML (default: the run config's `inventory:`)")
     b.add_argument("--config", help="the run's config, if it moved since the run")
     b.add_argument("--runs", type=int)

@@ -21,6 +21,7 @@ from .inventory import Device, load_inventory
 from .ssh import DeviceUnreachable, open_transport
 
 
+_LOG_LOCK = threading.Lock()  # devices log from their own threads, one whole line at a time
 # artifact formats each kind of device takes; other artifacts get no row for that device
 FORMATS_BY_KIND = {"host": ("tflite", "onnx"), "rpi": ("tflite", "onnx"), "edgetpu": ("tflite",), "jetson": ("onnx",)}
 
@@ -111,10 +112,9 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
     """Everything on one device; a device-side problem is recorded in the outcome, never raised."""
     d = plan.device
     arts = [a for a in arts if a.format in FORMATS_BY_KIND[d.kind]]
-    lock = threading.Lock()
 
     def log(msg: str) -> None:
-        with lock:
+        with _LOG_LOCK:
             ctx.log(f"  [{d.name}] {msg.strip()}")
 
     def key(a) -> str:
