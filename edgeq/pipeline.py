@@ -274,9 +274,10 @@ def benchmark_host(ctx: RunContext, artifacts: list[Artifact]) -> None:
         host = HostTarget(sample, onnx_optimization=ort_level(ctx, a))
         comp = host.check(a, ctx.run_dir)
         k = f"host:{a.sha256}:{b.runs}:{b.warmup}:{b.threads}"
-        if not comp.ok:
+        skip = a.notes.get("host_benchmark_skip")  # e.g. a TensorRT-only artifact: its latency is the device's
+        if not comp.ok or skip:
             ctx.results["latency"][k] = {"artifact": a.name, "sha256": a.sha256, "target": "host", "stats": None,
-                                         "reason": "; ".join(comp.problems)}
+                                         "reason": skip or "; ".join(comp.problems)}
             continue
         old = ctx.results["latency"].get(k)
         if old and old.get("stats") and old.get("cpu") == cpu_info()["model"]:
