@@ -99,7 +99,8 @@ def scheme_study(run_dir: Path, a) -> None:
                           calibration_method=cfg.stages.onnx_ptq.calibration_method, exclude_nodes=[],
                           op_types=host_op_types("qdq"))
             top1 = float((OnnxPredictor(out, threads=a.threads).predict(x).argmax(1) == y).mean())
-            top1_off = float((OnnxPredictor(out, threads=a.threads, optimization="disable").predict(x).argmax(1) == y).mean())
+            off = OnnxPredictor(out, threads=a.threads, optimization="disable")
+            top1_off = float((off.predict(x).argmax(1) == y).mean())
             rows.append((label, top1, top1_off, ort_kernel_summary(out, "all")["float_convs"], out))
         preds = {r[0]: OnnxPredictor(r[4], threads=a.threads) for r in rows}
         s = interleaved(preds, _sample(preds["FP32"]), a.rounds, a.runs, a.warmup)

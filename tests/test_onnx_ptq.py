@@ -97,8 +97,9 @@ def test_host_artifact_runs_every_conv_as_an_integer_kernel(keras_run):
 def test_host_scheme_and_its_reason_are_in_the_report(keras_run):
     rep = keras_run[0]
     section = rep["onnx_ptq"]
-    assert section["host_scheme"] == {**host_int8_scheme(cpu_info()).to_dict(), "chosen_by": section["host_scheme"]["chosen_by"]}
-    assert set(section["host_scheme"]["chosen_by"].values()) == {"cpu"}
+    chosen_by = section["host_scheme"].pop("chosen_by")
+    assert section["host_scheme"] == host_int8_scheme(cpu_info()).to_dict()
+    assert set(chosen_by.values()) == {"cpu"}
     assert "Why:" in (keras_run[1] / "report.md").read_text()
 
 
@@ -121,8 +122,8 @@ def test_rerun_reuses_the_onnx_artifacts(keras_run, tiny_project):
 
 def test_host_options_do_not_leak_into_the_tensorrt_artifact(tiny_project, tmp_path):
     cfg = write_config(tiny_project, "tiny_onnx_qop.yaml", "tiny.keras",
-                       extra=", quant_format: qoperator, per_channel: false, activation_type: uint8, weight_type: int8, "
-                             "symmetric: false, reduce_range: true")
+                       extra=", quant_format: qoperator, per_channel: false, activation_type: uint8, "
+                             "weight_type: int8, symmetric: false, reduce_range: true")
     arts = by_name(run_ok(cfg, tmp_path / "run"))
     host = arts["int8_onnx_ptq"]
     assert host["notes"]["scheme"]["quant_format"] == "qoperator" and host["notes"]["scheme"]["reduce_range"]

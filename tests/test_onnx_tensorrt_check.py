@@ -56,7 +56,8 @@ def residual_block(*, act_dtype="int8", act_zp=0, weight_per_channel=True, weigh
     if quantize_shortcut:
         nodes += [helper.make_node("QuantizeLinear", ["sc", "s_act", "zp_act"], ["sc_q"], name="sc_q"),
                   helper.make_node("DequantizeLinear", ["sc_q", "s_act", "zp_act"], ["sc_dq"], name="sc_dq")]
-    nodes.append(helper.make_node("Add", ["r_dq", "sc_dq" if quantize_shortcut else "sc"], ["add"], name="residual_add"))
+    shortcut = "sc_dq" if quantize_shortcut else "sc"
+    nodes.append(helper.make_node("Add", ["r_dq", shortcut], ["add"], name="residual_add"))
     last = "add"
     if softmax_in_qdq:
         nodes += [helper.make_node("QuantizeLinear", ["add", "s_act", "zp_act"], ["a_q"], name="add_q"),
@@ -65,7 +66,8 @@ def residual_block(*, act_dtype="int8", act_zp=0, weight_per_channel=True, weigh
                   helper.make_node("QuantizeLinear", ["sm", "s_act", "zp_act"], ["sm_q"], name="sm_q"),
                   helper.make_node("DequantizeLinear", ["sm_q", "s_act", "zp_act"], ["sm_dq"], name="sm_dq")]
         last = "sm_dq"
-    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, C_IN, 8, 8])],
+    graph = helper.make_graph(nodes, "block",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, C_IN, 8, 8])],
                               [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 

@@ -66,7 +66,8 @@ def host_int8_scheme(cpu: dict) -> Int8Scheme:
         return Int8Scheme("uint8", "int8", False, False, True, "qdq", True,
                           f"{base}; x86 with VNNI (VPDPBUSD, u8 x s8 into int32, no saturation): full 8-bit range")
     return Int8Scheme("uint8", "int8", False, False, True, "qdq", True,
-                      f"{base}; {cpu.get('machine') or 'this CPU'}: int8 dot products accumulate in int32, full 8-bit range")
+                      f"{base}; {cpu.get('machine') or 'this CPU'}: int8 dot products accumulate in int32, "
+                      "full 8-bit range")
 
 
 def resolve_host_scheme(opts: OnnxPtqSpec, cpu: dict) -> tuple[Int8Scheme, dict]:
@@ -111,7 +112,10 @@ def keras_to_onnx(model, out_path: Path, opset: int = 17) -> dict:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:
-        raise QuantizationError(f"exported ONNX model fails onnx.checker ({str(e).splitlines()[0][:300]})") from None
+        msg = str(e).splitlines()[0][:300]
+        hint = ("; tf2onnx converts FakeQuant ops only when their min/max ranges are set: train or calibrate the "
+                "QAT model first") if "FakeQuant" in msg else ""
+        raise QuantizationError(f"exported ONNX model fails onnx.checker ({msg}){hint}") from None
     onnx.save(proto, str(out_path))
     ops = Counter(n.op_type for n in proto.graph.node)
     return {"exporter": f"tf2onnx {tf2onnx.__version__}", "opset": opset, "input_layout": "NCHW",
@@ -205,8 +209,8 @@ def read_onnx_input(path: Path, input_shape_hwc: tuple[int, int, int], where: Pa
     elif None in (dims[1], dims[3]):
         fixed = f"1,{c},{h},{w}"
         raise ModelError(
-            f"{shown_path}: input '{i.name}' has dynamic dims {shown}, so its layout (NCHW or NHWC) cannot be matched to "
-            f"model.input_shape {[h, w, c]}; fix the shape in the file, e.g. `python -m "
+            f"{shown_path}: input '{i.name}' has dynamic dims {shown}, so its layout (NCHW or NHWC) cannot be "
+            f"matched to model.input_shape {[h, w, c]}; fix the shape in the file, e.g. `python -m "
             f"onnxruntime.tools.make_dynamic_shape_fixed --input_name {i.name} --input_shape {fixed} "
             f"{shown_path.name} fixed.onnx` (or {h},{w},{c} last for NHWC), and point model.path at fixed.onnx")
     else:
@@ -363,6 +367,7 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
     calibration = ctx.pre(cal.images[:n])
     cal_key = {"calibration": cal.fingerprint(), "n": n, "input": asdict(info)}
     cpu = cpu_info()
+    cpu_notes = {k: cpu[k] for k in ("model", "machine", "simd", "int8_dot_product")}
     host, chosen = resolve_host_scheme(opts, cpu)
     work = tempfile.TemporaryDirectory(dir=ctx.artifact_dir(), prefix=".onnx_ptq.")
     prepared_path: list[Path] = []
@@ -381,7 +386,8 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
                 quant_pre_process(str(src), str(dst))
             except ImportError as e:
                 from ..errors import RuntimeUnavailable
-                raise RuntimeUnavailable(f"onnxruntime's quant_pre_process needs {e.name}: pip install {e.name}") from None
+                raise RuntimeUnavailable(f"onnxruntime's quant_pre_process needs {e.name}: "
+                                         f"pip install {e.name}") from None
             prepared_path.append(dst)
         return prepared_path[0]
 
@@ -391,8 +397,7 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
                                   nchw=info.layout == "NCHW", batch=info.batch,
                                   calibration_method=opts.calibration_method, exclude_nodes=opts.exclude_nodes,
                                   op_types=op_types)
-            notes.update(input_layout=info.layout, cpu={k: cpu[k] for k in ("model", "machine", "simd", "int8_dot_product")},
-                         **extra_notes)
+            notes.update(input_layout=info.layout, cpu=cpu_notes, **extra_notes)
             if runs_in_ort:  # what ORT's CPU optimiser makes of it: the evidence that every Conv runs as an int8 kernel
                 notes["ort_kernels"] = ort_kernel_summary(tmp, opts.graph_optimization)
             return notes
@@ -402,9 +407,10 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
         host_params = {**opts.model_dump(include={"quant_format", "per_channel", "calibration_method",
                                                   "exclude_nodes", "calibration_images"}),
                        "scheme": host.to_dict(), "chosen_by": chosen}
-        out.append(ctx.produce("int8_onnx_ptq", "int8_ptq.onnx", {**cal_key, "level": opts.graph_optimization},
-                               quantize_to(host, host_op_types(host.quant_format), True, {}), fmt="onnx", precision="int8",
-                               method="ptq", stage="onnx_ptq", params=host_params, parent=fp32.name))
+        make = quantize_to(host, host_op_types(host.quant_format), True, {})
+        out.append(ctx.produce("int8_onnx_ptq", "int8_ptq.onnx", {**cal_key, "level": opts.graph_optimization}, make,
+                               fmt="onnx", precision="int8", method="ptq", stage="onnx_ptq", params=host_params,
+                               parent=fp32.name))
         if opts.tensorrt_artifact:
             trt_params = {**opts.model_dump(include={"calibration_method", "exclude_nodes", "calibration_images"}),
                           "scheme": TENSORRT_SCHEME.to_dict()}
@@ -428,7 +434,7 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
     ctx.save_results()
     section.update({"host_scheme": {**host.to_dict(), "chosen_by": chosen},
                     "tensorrt_scheme": TENSORRT_SCHEME.to_dict() if opts.tensorrt_artifact else None,
-                    "cpu": {k: cpu[k] for k in ("model", "machine", "simd", "int8_dot_product")}})
+                    "cpu": cpu_notes})
     section["markdown"] = _markdown(ctx, out, section)
     ctx.set_section("onnx_ptq", section)
     return out
@@ -464,7 +470,8 @@ def _markdown(ctx, arts: list[Artifact], section: dict) -> str:
     for a in arts:
         c = ctx.results["compatibility"].get(a.name, {}).get("tensorrt")
         if c:
-            first = "; ".join(c["problems"][:3]) + (f" … (+{len(c['problems']) - 3})" if len(c["problems"]) > 3 else "")
+            more = len(c["problems"]) - 3
+            first = "; ".join(c["problems"][:3]) + (f" … (+{more})" if more > 0 else "")
             lines.append(f"| {a.name} | {'pass' if c['ok'] else 'fail'} | {len(c['problems'])}"
                          f"{': ' + first if first else ''} |")
     return "\n".join(lines)
