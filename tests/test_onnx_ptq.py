@@ -226,3 +226,25 @@ def test_calibration_images_of_the_wrong_size_fail_in_one_line(tiny_onnx, tmp_pa
     cfg = write_config(tiny_onnx, "tiny_size.yaml", "tiny_nchw.onnx", size=24)
     msg = one_line_error(run_edgeq("run", cfg, "--out", tmp_path / "run"))
     assert "16x16" in msg and "24x24" in msg and "model.input_shape" in msg
+
+
+def test_excluded_nodes_stay_float_and_unknown_names_are_refused(tiny_onnx, tmp_path):
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgeq.errors import ConfigError
+    from edgeq.quantize.onnx_ptq import host_op_types, quantize_onnx
+
+    prepared = tmp_path / "prepared.onnx"
+    quant_pre_process(str(tiny_onnx / "tiny_nchw.onnx"), str(prepared))
+    conv = next(n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv")
+    cal = np.random.default_rng(0).uniform(-1, 1, (16, 16, 16, 3)).astype(np.float32)
+    kw = dict(input_name="input", nchw=True, batch=None, calibration_method="minmax", op_types=host_op_types("qdq"))
+    quantize_onnx(prepared, tmp_path / "q.onnx", TENSORRT_SCHEME, cal, exclude_nodes=[conv], **kw)
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    node = next(n for n in q.graph.node if n.name == conv)
+    assert producers.get(node.input[0]) != "DequantizeLinear"  # its input stays float
+    with pytest.raises(ConfigError, match="no node named \\['conv_typo'\\]"):
+        quantize_onnx(prepared, tmp_path / "q2.onnx", TENSORRT_SCHEME, cal, exclude_nodes=["conv_typo"], **kw)

@@ -266,9 +266,10 @@ def quantize_onnx(prepared: Path, out: Path, scheme: Int8Scheme, calibration: np
     """ORT static quantization of `prepared` (already through quant_pre_process) into `out`; returns notes."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    check_node_names(prepared, exclude_nodes)
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     extra = {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": True,
-             "QuantizeBias": scheme.quantize_bias, "DedicatedQDQPair": False,
+             "QuantizeBias": scheme.quantize_bias,
              # Dense layers export as MatMul: per-channel on the output axis like Conv's
              "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}
     try:
@@ -285,6 +286,22 @@ def quantize_onnx(prepared: Path, out: Path, scheme: Int8Scheme, calibration: np
     return {"scheme": scheme.to_dict(), "calibration_method": calibration_method,
             "calibration_images": int(len(calibration)), "nodes_excluded": list(exclude_nodes),
             "op_types_quantized": sorted(op_types)}
+
+
+def check_node_names(model_path: Path, names: list[str]) -> None:
+    """ORT ignores unknown names in nodes_to_exclude; a typo must not silently quantize the node."""
+    if not names:
+        return
+    import onnx
+
+    from ..errors import ConfigError
+
+    have = [n.name for n in onnx.load(str(model_path)).graph.node]
+    unknown = [n for n in names if n not in set(have)]
+    if unknown:
+        convs = [n for n in have if "conv" in n.lower()][:3] or have[:3]
+        raise ConfigError(f"stages.onnx_ptq.exclude_nodes: no node named {unknown} in the model (names as in the "
+                          f"FP32 ONNX after ORT pre-processing, e.g. {convs})")
 
 
 def host_op_types(quant_format: str) -> list[str]:
