@@ -52,7 +52,10 @@ def main() -> int:
     for art in ctx.manifest.artifacts.values():
         if art.format not in ("tflite", "onnx"):
             continue
-        pred = open_predictor(art.abspath(ctx.run_dir), art.format, threads=a.threads)
+        opt = art.notes.get("ort_graph_optimization") or ctx.cfg.stages.onnx_ptq.graph_optimization
+        kw = {"optimization": opt} if art.format == "onnx" else {}
+        extra = ["--ort-optimization", opt] if art.format == "onnx" else None
+        pred = open_predictor(art.abspath(ctx.run_dir), art.format, threads=a.threads, **kw)
         remote = session.upload(art.abspath(ctx.run_dir), art.sha256)
         local_s: list[float] = []
         agent_s: list[float] = []
@@ -62,7 +65,7 @@ def main() -> int:
                 if side == "local":
                     local_s += pred.time_runs(x1, runs=a.runs, warmup=a.warmup)
                 else:
-                    _, ans = session.benchmark(remote, a.runs, a.warmup, a.threads, x_remote)
+                    _, ans = session.benchmark(remote, a.runs, a.warmup, a.threads, x_remote, extra=extra)
                     agent_s += ans["timing"]["samples_ms"]
         ml, ma = float(np.median(local_s)), float(np.median(agent_s))
         worst = max(worst, abs(ma / ml - 1))

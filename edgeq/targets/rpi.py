@@ -29,6 +29,9 @@ class CpuTarget:
         if artifact.format not in RUNTIMES:
             return Compatibility(False, self.name, artifact.name,
                                  [f"format {artifact.format} does not run on a device CPU; its TFLite/ONNX export does"])
+        skip = artifact.notes.get("host_benchmark_skip")  # made for another target, e.g. TensorRT
+        if skip:
+            return Compatibility(False, self.name, artifact.name, [f"a device CPU is not where it runs: {skip}"])
         wanted, install = RUNTIMES[artifact.format]
         have = self.session.runtimes()
         if not any(r in have for r in wanted):
