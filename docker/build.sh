@@ -16,18 +16,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
-pick_docker() {
-  if [ -n "${DOCKER:-}" ]; then echo "$DOCKER"; return; fi
-  local c major
-  for c in $(type -ap docker) /usr/bin/docker; do
-    [ -x "$c" ] || continue
-    if "$c" buildx version >/dev/null 2>&1; then echo "$c"; return; fi
-    major=$("$c" version --format '{{.Client.Version}}' 2>/dev/null | cut -d. -f1 || true)
-    if [ -n "$major" ] && [ "$major" -lt 23 ] 2>/dev/null; then echo "$c"; return; fi
-  done
-  echo "build.sh: no docker client that can do BuildKit builds (install docker-buildx, or Debian's docker.io)" >&2
-  exit 1
-}
+. "$repo/docker/docker-client.sh"
 
 base="" platform="" tag="" ca=${EDGEQ_EXTRA_CA_CERTS:-} edgetpu=0 images=() extra=()
 while [ $# -gt 0 ]; do
@@ -46,7 +35,7 @@ done
 [ ${#images[@]} -gt 0 ] || { echo "build.sh: name an image: pipeline, runtime or jetson" >&2; exit 2; }
 [ -z "$tag" ] || [ ${#images[@]} -eq 1 ] || { echo "build.sh: --tag needs exactly one image" >&2; exit 2; }
 if [ -n "$ca" ] && [ ! -s "$ca" ]; then echo "build.sh: --ca-certs $ca: no such file (or empty)" >&2; exit 2; fi
-docker=$(pick_docker)
+docker=$(pick_docker) || exit 1
 $docker info >/dev/null 2>&1 || { echo "build.sh: cannot reach dockerd ($docker info failed); start it (.ci/docker-setup)" >&2; exit 1; }
 
 for image in "${images[@]}"; do

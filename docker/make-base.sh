@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make a Debian bookworm base image without a container registry: debootstrap a minimal rootfs
-# for ARCH, cache it as a tarball, `docker import` it as TAG. For machines that reach Debian's
+# for ARCH, cache it as a tarball, turn it into image TAG (a `FROM scratch` + `ADD` BuildKit build:
+# unlike `docker import`, it records the image's architecture). For machines that reach Debian's
 # package mirror but no registry (the tests, locked-down users).
 #
 #   docker/make-base.sh amd64 edgeq/base:bookworm-amd64 python3,python3-venv,ca-certificates
@@ -20,14 +21,18 @@ suite=${EDGEQ_DEBIAN_SUITE:-bookworm}
 mirror=${EDGEQ_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 if [ "$(id -u)" = 0 ]; then default_cache=/var/cache/edgeq-docker; else default_cache=${XDG_CACHE_HOME:-$HOME/.cache}/edgeq-docker; fi
 cache=${EDGEQ_DOCKER_CACHE:-$default_cache}
-docker=${DOCKER:-docker}
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/docker-client.sh"
+docker=$(pick_docker) || exit 1
 
 case $arch in amd64|arm64) ;; *) usage ;; esac
+tmp=()
+trap 'rm -rf "${tmp[@]}"' EXIT
 key=$(printf '%s|%s|%s|%s' "$suite" "$arch" "$include" "$mirror" | sha256sum | cut -c1-12)
 tarball="$cache/$suite-$arch-$key.tar.gz"
 
 if [ "${EDGEQ_REBUILD_BASE:-0}" != 1 ] && $docker image inspect "$tag" >/dev/null 2>&1 \
-   && [ "$($docker image inspect -f '{{index .Config.Labels "edgeq.base.key"}}' "$tag" 2>/dev/null)" = "$key" ]; then
+   && [ "$($docker image inspect -f '{{index .Config.Labels "edgeq.base.key"}} {{.Architecture}}' "$tag")" = "$key $arch" ]; then
   echo "make-base: $tag already present (key $key)"
   exit 0
 fi
@@ -40,7 +45,7 @@ if [ ! -s "$tarball" ]; then
   fi
   mkdir -p "$cache"
   work=$(mktemp -d "$cache/rootfs-$arch.XXXXXX")
-  trap 'rm -rf "$work"' EXIT
+  tmp+=("$work")
   start=$(date +%s)
   echo "make-base: debootstrap $suite $arch ($include) from $mirror"
   debootstrap --variant=minbase --arch="$arch" --include="$include" "$suite" "$work/rootfs" "$mirror" \
@@ -55,7 +60,15 @@ if [ ! -s "$tarball" ]; then
   echo "make-base: rootfs cached at $tarball ($(du -h "$tarball" | cut -f1), $(( $(date +%s) - start )) s)"
 fi
 
-$docker import --platform "linux/$arch" \
-  --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' --change "LABEL edgeq.base.key=$key" \
-  "$tarball" "$tag" >/dev/null
-echo "make-base: imported $tag from $tarball"
+ctx=$(mktemp -d)
+tmp+=("$ctx")
+ln "$tarball" "$ctx/rootfs.tar.gz" 2>/dev/null || cp "$tarball" "$ctx/rootfs.tar.gz"
+cat > "$ctx/Dockerfile" <<DOCKERFILE
+FROM scratch
+ADD rootfs.tar.gz /
+ENV LANG=C.UTF-8
+LABEL edgeq.base.key=$key
+CMD ["/bin/bash"]
+DOCKERFILE
+DOCKER_BUILDKIT=1 $docker build -q --platform "linux/$arch" -t "$tag" "$ctx" >/dev/null
+echo "make-base: $tag (linux/$arch) made from $tarball"

@@ -12,8 +12,12 @@
 #   --build-arg LITERT_SPEC=... NUMPY_SPEC=...   pip requirement strings
 # Run (the model and inputs on a mounted volume; prints one JSON object):
 #   docker run --rm -v "$PWD:/work" edgeq/runtime:arm64 --model /work/m.tflite --runs 100 --threads 4
-# Under QEMU (not on a real device) add `--tmpfs /sys/devices/system/cpu`: LiteRT reads the CPU
-# topology there and segfaults on what the emulated kernel shows.
+# Under QEMU on x86-64 (not on a device), LiteRT's cpuinfo segfaults reading the host's CPU topology
+# in /sys. Give it a small stand-in and a Pi's CPU model, so XNNPACK runs the kernels a Pi 4 runs:
+#   mkdir cpu && for f in possible present online; do echo 0-1 > cpu/$f; done
+#   docker run --rm --platform linux/arm64 -e QEMU_CPU=cortex-a72 -v "$PWD/cpu:/sys/devices/system/cpu:ro" ...
+# (`--tmpfs /sys/devices/system/cpu` also avoids the crash, but then XNNPACK is silently off and the
+# outputs differ from a device's; QEMU's default `max` CPU makes XNNPACK compute garbage.)
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 
