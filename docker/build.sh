@@ -2,7 +2,10 @@
 # Build edgeq's Docker images: pipeline (linux/amd64), runtime (linux/arm64), jetson (linux/arm64).
 #
 #   docker/build.sh [options] pipeline|runtime|jetson ...
-#     --base-image IMG    base image (default: each Dockerfile's own, e.g. python:3.11-slim-bookworm)
+#     --base-image [NAME=]IMG  base image of every image, or of image NAME only (default: each
+#                         Dockerfile's own: python:3.11-slim-bookworm, debian:bookworm-slim, L4T TensorRT)
+#     --debootstrap-base  no registry: make pipeline's and runtime's Debian bookworm base with
+#                         docker/make-base.sh (debootstrap; cached) and build on it
 #     --platform P        override the image's platform (e.g. linux/amd64 for a runtime image on x86)
 #     --tag TAG           image tag (default edgeq/<image>:<arch>; one image only)
 #     --ca-certs FILE     PEM certificates to trust during the build (TLS-intercepting proxy);
@@ -18,17 +21,24 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 
 . "$repo/docker/docker-client.sh"
 
-base="" platform="" tag="" ca=${EDGEQ_EXTRA_CA_CERTS:-} edgetpu=0 images=() extra=()
+declare -A bases=()
+debootstrap=0 platform="" tag="" ca=${EDGEQ_EXTRA_CA_CERTS:-} edgetpu=0 images=() extra=()
 while [ $# -gt 0 ]; do
   case $1 in
-    --base-image) base=$2; shift 2 ;;
+    --base-image)
+      case $2 in
+        pipeline=*|runtime=*|jetson=*) bases[${2%%=*}]=${2#*=} ;;
+        *) bases[pipeline]=$2 bases[runtime]=$2 bases[jetson]=$2 ;;
+      esac
+      shift 2 ;;
+    --debootstrap-base) debootstrap=1; shift ;;
     --platform) platform=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
     --ca-certs) ca=$2; shift 2 ;;
     --with-edgetpu) edgetpu=1; shift ;;
     --build-arg) extra+=(--build-arg "$2"); shift 2 ;;
     pipeline|runtime|jetson) images+=("$1"); shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +54,12 @@ for image in "${images[@]}"; do
     runtime|jetson) plat=${platform:-linux/arm64} ;;
   esac
   t=${tag:-edgeq/$image:${plat#linux/}}
+  base=${bases[$image]:-}
+  if [ "$debootstrap" = 1 ] && [ -z "$base" ]; then
+    [ "$image" != jetson ] || { echo "build.sh: the jetson image needs NVIDIA's L4T base; --debootstrap-base cannot make it" >&2; exit 2; }
+    base=edgeq/base:bookworm-${plat#linux/}
+    DOCKER=$docker "$repo/docker/make-base.sh" "${plat#linux/}" "$base" python3,python3-venv,ca-certificates
+  fi
   args=(build --platform "$plat" -f "$repo/docker/$image.Dockerfile" -t "$t" --progress=plain)
   [ -z "$base" ] || args+=(--build-arg "BASE_IMAGE=$base")
   [ -z "$ca" ] || args+=(--secret "id=extra_ca_certs,src=$ca")
