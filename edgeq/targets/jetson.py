@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import RuntimeUnavailable, TargetError
 from .base import Compatibility, Deployable, LatencyStats
-from .ssh import stderr_tail
+from .ssh import remote_workdir, stderr_tail
 
 TRTEXEC_FALLBACKS = ("/usr/src/tensorrt/bin/trtexec",)
 INSTALL_TRTEXEC = ("it ships with JetPack's TensorRT (sudo apt-get install tensorrt, or nvidia-jetpack); "
@@ -130,14 +130,20 @@ class JetsonTarget:
         onnx_remote = self.session.upload(artifact.abspath(run_dir), artifact.sha256)
         flags = self.build_flags(artifact)
         engine = f"{onnx_remote.rsplit('.', 1)[0]}{''.join(f.replace('--', '.') for f in flags)}.engine"
-        wd = self.session.device.workdir.rstrip("/")
-        cache = f"{wd[2:] if wd.startswith('~/') else wd}/{TIMING_CACHE}"
-        exists = self.session.transport.run(["test", "-s", engine], timeout=60).returncode == 0
+        cache = f"{remote_workdir(self.session.device)}/{TIMING_CACHE}"
+        run = self.session.transport.run
+        exists = run(["test", "-s", engine], timeout=60).returncode == 0
         build = {"engine": engine, "flags": flags, "timing_cache": cache, "reused": exists}
         if not exists:
-            r = self.session.transport.run([trtexec, f"--onnx={onnx_remote}", f"--saveEngine={engine}",
-                                            f"--timingCacheFile={cache}", "--skipInference", *flags])
+            argv = [trtexec, f"--onnx={onnx_remote}", f"--saveEngine={engine}.part", f"--timingCacheFile={cache}",
+                    "--skipInference", *flags]
+            r = run(argv)
+            out = r.stdout + r.stderr
+            if r.returncode != 0 and "Unknown option" in out and "skipInference" in out:  # TensorRT < 8.5: --buildOnly
+                r = run([a if a != "--skipInference" else "--buildOnly" for a in argv])
             parsed = parse_trtexec_log(r.stdout + r.stderr)
+            if r.returncode == 0 and not parsed["failed"]:  # a killed build leaves no engine that looks finished
+                r = run(["mv", f"{engine}.part", engine], timeout=60)
             if r.returncode != 0 or parsed["failed"]:
                 why = "; ".join(parsed.get("errors", [])[-3:]) or stderr_tail(r.stdout + r.stderr, 3)
                 raise TargetError(f"trtexec could not build an engine from {artifact.name} on {self.name} "

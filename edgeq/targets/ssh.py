@@ -50,6 +50,12 @@ def stderr_tail(text: str, lines: int = 8) -> str:
     return " | ".join(tail)
 
 
+def remote_workdir(device: Device) -> str:
+    """The device's workdir as SFTP and remote commands both read it (relative = under the login's home)."""
+    wd = device.workdir.rstrip("/")
+    return wd[2:] if wd.startswith("~/") else wd
+
+
 def content_name(sha256: str, filename: str) -> str:
     """sha256-prefixed name: the same content always lands at the same remote path."""
     return f"{sha256[:16]}-{Path(filename).name}"
@@ -211,8 +217,7 @@ class SSHTransport:
     def put(self, local: Path, sha256: str, subdir: str) -> str:
         """Copy `local` to <workdir>/<subdir>/<sha256-prefix>-<name> unless that file is already there."""
         local = Path(local)
-        wd = self.device.workdir.rstrip("/")
-        remote_dir = f"{wd[2:] if wd.startswith('~/') else wd}/{subdir}"  # SFTP paths are relative to home
+        remote_dir = f"{remote_workdir(self.device)}/{subdir}"
         remote = f"{remote_dir}/{content_name(sha256, local.name)}"
         size = local.stat().st_size
         with self._lock:
