@@ -258,6 +258,15 @@ def test_agent_crash_is_reported_with_its_stderr(sshd, tmp_path):
     assert "not loadable" in msg and "exit 1" in msg and "stderr:" in msg and "AgentError" in msg
 
 
+def test_agent_dying_without_an_answer_is_reported_with_its_stderr(sshd, tmp_path):
+    from edgeq.errors import TargetError
+
+    s = _session(sshd, tmp_path, python="/bin/sh")  # a wrong interpreter: the agent never gets to speak
+    with pytest.raises(TargetError, match=r"agent crashed on dev \(exit 2\) without an answer; stderr: .*agent\.py"):
+        s.hello()
+    s.transport.close()
+
+
 def test_missing_device_python_is_named(sshd, tmp_path):
     from edgeq.errors import RuntimeUnavailable
 

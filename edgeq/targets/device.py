@@ -36,7 +36,7 @@ def parse_agent_answer(device: str, r: CommandResult) -> dict:
     tail = stderr_tail(r.stderr, 4)
     lines = [ln for ln in r.stdout.strip().splitlines() if ln.startswith("{")]
     if not lines:
-        if r.returncode == 127 or "not found" in r.stderr and not r.stdout.strip():
+        if r.returncode == 127:  # the shell's "command not found"
             raise RuntimeUnavailable(f"{r.argv[0]} not found on {device}; set `python:` for it in the inventory to "
                                      f"an interpreter with numpy and ai-edge-litert or tflite-runtime ({tail})")
         raise TargetError(f"agent crashed on {device} (exit {r.returncode}) without an answer; stderr: "
