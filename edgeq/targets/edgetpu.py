@@ -53,7 +53,8 @@ def check_edgetpu(path: Path, artifact_name: str = "", target: str = "edgetpu") 
             if t is None:
                 continue
             dt = np.dtype(t["dtype"]).name
-            if dt not in QUANTIZED_DTYPES + CONSTANT_DTYPES:
+            allowed = QUANTIZED_DTYPES if int(idx) in activations else QUANTIZED_DTYPES + CONSTANT_DTYPES
+            if dt not in allowed:
                 problems.append(f"{where}: tensor '{t['name']}' is {dt}; the Edge TPU needs a fully int8 model")
                 break
     for t in (tensors[i] for i in sorted(activations) if i in tensors):
@@ -61,7 +62,8 @@ def check_edgetpu(path: Path, artifact_name: str = "", target: str = "edgetpu") 
         if any(d == -1 for d in sig[1:]):
             problems.append(f"tensor '{t['name']}' has a dynamic shape {sig}; the Edge TPU needs static shapes")
         elif sig and sig[0] == -1:
-            warnings.append(f"tensor '{t['name']}' has a dynamic batch dimension {sig}; it is compiled at batch 1")
+            warnings.append(f"tensor '{t['name']}' has a dynamic batch dimension {sig} (allocated at 1); if "
+                            "edgetpu_compiler reports dynamic-sized tensors, export with a fixed batch of 1")
         shape = [int(d) for d in t["shape"]]
         if any(d > 1 for d in shape[:-MAX_NON_UNIT_DIMS]):
             problems.append(f"tensor '{t['name']}' {shape}: only the 3 innermost dimensions may exceed 1")
