@@ -148,8 +148,9 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
         log(f"agent ok: {session.identity()}; runtimes {info.get('runtimes')}")
         target = make_target(session, ctx.cfg.stages.onnx_ptq.graph_optimization)
         x = np.load(inputs, allow_pickle=False)
-        inputs_remote = session.upload(inputs)
-        want_outputs = d.check_outputs > 0 and d.kind != "jetson"
+        uses_agent = d.kind != "jetson"  # trtexec times the engine itself, on its own inputs
+        inputs_remote = session.upload(inputs) if uses_agent else None
+        want_outputs = d.check_outputs > 0 and uses_agent
         for a in arts:
             try:
                 comp = target.check(a, ctx.run_dir)
