@@ -15,8 +15,8 @@ Usage (stable; scripts and the Docker images rely on it):
 
     --model         .tflite (LiteRT/TFLite interpreter) or .onnx (ONNX Runtime, CPU)
     --inputs        float32 NHWC batch, already normalised (a .npy, loaded with allow_pickle=False);
-                    quantised here with the model's own input scale/zero-point. Without it, random
-                    inputs in the input type's range are used.
+                    quantised here with the model's own input scale/zero-point. Without it, one random
+                    float image in [-1, 1] (the usual normalised range) is used, quantised the same way.
     --runs/--warmup single-image inferences timed after untimed warm-up ones (inputs[0] is timed)
     --outputs-out   run every input image once and save the dequantised float32 outputs there
     --return-outputs  the same, but put the outputs in the JSON (small batches only)
@@ -27,7 +27,7 @@ Output: exactly one JSON object on stdout, always with "protocol" (PROTOCOL belo
 On success: "runtime", "device", "model", "timing": {"samples_ms": [...], "runs", "warmup",
 "threads"} and optionally "outputs"/"outputs_file". On failure: "error" (one line) and "error_kind"
 (usage | runtime_missing | delegate_unavailable | model | inputs | internal); the traceback goes to
-stderr and the exit status is non-zero (2 usage/runtime, 1 otherwise).
+stderr and the exit status is non-zero (2 for usage and runtime_missing, 1 otherwise).
 """
 from __future__ import annotations
 
