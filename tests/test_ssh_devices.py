@@ -67,12 +67,14 @@ LogLevel ERROR
 """)
         if os.geteuid() == 0:  # root sshd wants its privilege-separation directory
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.log = root / "sshd.log"  # a file, not a pipe: an unread pipe could fill and stall sshd
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log,
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # wait until it listens (it starts in milliseconds)
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd exited: {self.proc.stdout.read()}")
+                raise RuntimeError(f"sshd exited: {self.log.read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
