@@ -110,9 +110,10 @@ class QatSpec(Strict):
     steps_per_epoch: Optional[int] = Field(None, ge=1)  # None: one pass over train_images
     train_images: Optional[int] = Field(None, ge=1)  # None: the whole training split
     batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-5, gt=0)
+    learning_rate: float = Field(3e-5, gt=0)
     validation_images: int = Field(500, ge=0)  # held out of the training split, for early stopping
     early_stop_patience: int = Field(1, ge=0)  # 0: no early stop
+    distill: bool = True  # loss against the FP32 model's soft outputs instead of the labels
     calibrate_ranges: bool = True  # start activation ranges from calibration images, not tfmot's [-6, 6]
     calibration_images: int = Field(256, ge=1)
     passthrough_layers: list[str] = []  # layer names or classes left unquantised during fine-tuning
@@ -208,12 +209,13 @@ def format_validation_error(e: ValidationError, where: str) -> str:
     return f"{where}: " + "; ".join(parts)
 
 
-def load_config(path: Path | str) -> RunConfig:
+def read_yaml_mapping(path: Path | str, what: str = "config file", expect: str = "a mapping of keys") -> dict:
+    """A YAML file whose top level is a mapping, or a one-line ConfigError naming the file."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} not found")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -221,8 +223,13 @@ def load_config(path: Path | str) -> RunConfig:
         at = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{at} not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-    return config_from_dict(raw, base_dir=path.parent, where=str(path))
+        raise ConfigError(f"{path}: expected {expect} at the top level")
+    return raw
+
+
+def load_config(path: Path | str) -> RunConfig:
+    path = Path(path)
+    return config_from_dict(read_yaml_mapping(path), base_dir=path.parent, where=str(path))
 
 
 def config_from_dict(raw: dict, base_dir: Path = Path("."), where: str = "config") -> RunConfig:

@@ -300,6 +300,10 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
     run_dir = cfg.run_dir(out)
     pre = preprocess_of(cfg)
     log(f"edgeq {__version__}: {cfg.name} -> {run_dir}")
+    if cfg.targets:  # a wrong inventory or device name fails now, not after the quantisation
+        from .targets.remote import check_targets
+
+        check_targets(cfg)
     splits = load_splits(cfg, pre)  # bad data fails before anything is written
     _check_classes(cfg, splits)
     log(f"  data: {len(splits.calibration)} calibration, {len(splits.eval)} eval "

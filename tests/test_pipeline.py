@@ -170,3 +170,15 @@ def test_per_layer_error_in_report(tiny_run):
     assert "CONV_2D" in ops and "DEPTHWISE_CONV_2D" in ops
     assert all(r["sqnr_db"] > 10 for r in pl["layers"])  # a healthy INT8 model stays well above noise
     assert "Per-layer error" in (out / "report.md").read_text()
+
+
+def test_targets_without_inventory_fail_before_any_work(tmp_path, tiny_project):
+    cfg = _config(tmp_path, tiny_project, extra="targets: [{device: pi4}]\n")
+    line = _only_error_line(run_edgeq("run", cfg, "--out", tmp_path / "o"))
+    assert "no `inventory:` file is set" in line
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "inv.yaml").write_text("devices: [{name: pi5, kind: host}]\n")
+    cfg.write_text(cfg.read_text() + "inventory: inv.yaml\n")
+    line = _only_error_line(run_edgeq("run", cfg, "--out", tmp_path / "o"))
+    assert "no device named 'pi4'" in line and "pi5" in line
+    assert not (tmp_path / "o").exists()

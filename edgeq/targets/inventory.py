@@ -89,21 +89,10 @@ class Inventory(BaseModel):
 
 def load_inventory(path: Path | str) -> Inventory:
     """Read and validate an inventory file; a problem is one ConfigError naming the file and key."""
-    import yaml
-
-    from ..config import format_validation_error
+    from ..config import format_validation_error, read_yaml_mapping
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: inventory file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{path}:{f' line {mark.line + 1}' if mark else ''} not valid YAML "
-                          f"({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with a 'devices:' list")
+    raw = read_yaml_mapping(path, "inventory file", "a mapping with a 'devices:' list")
     try:
         inv = Inventory.model_validate(raw)
     except ValidationError as e:

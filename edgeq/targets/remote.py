@@ -56,12 +56,20 @@ def make_target(session: DeviceSession, onnx_optimization: str = "all"):
     return JetsonTarget(session)
 
 
-def plans_for(ctx, refs, inventory_path: Path | None) -> list[Plan]:
-    path = inventory_path or ctx.cfg.inventory
+def check_targets(cfg, refs=None, inventory_path: Path | None = None):
+    """The inventory, with every device the config (or `refs`) names present in it."""
+    path = inventory_path or cfg.inventory
     if path is None:
-        raise ConfigError(f"{ctx.cfg.source or 'config'}: `targets:` lists devices but no `inventory:` file is set "
+        raise ConfigError(f"{cfg.source or 'config'}: `targets:` lists devices but no `inventory:` file is set "
                           "(or pass --inventory FILE)")
     inv = load_inventory(path)
+    for r in refs if refs is not None else cfg.targets:
+        inv.get(r.device)
+    return inv
+
+
+def plans_for(ctx, refs, inventory_path: Path | None) -> list[Plan]:
+    inv = check_targets(ctx.cfg, refs, inventory_path)
     b = ctx.cfg.benchmark
     plans, seen = [], set()
     for r in refs:
