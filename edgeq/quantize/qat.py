@@ -185,6 +185,7 @@ class QatResult:
     epochs_run: int
     history: dict = field(default_factory=dict)
     val_top1_before: float | None = None
+    val_top1_after: float | None = None
 
 
 def outputs_probabilities(model) -> bool:
@@ -201,15 +202,19 @@ def outputs_probabilities(model) -> bool:
     return name == "softmax"
 
 
-def _loss(model):
-    from ..tfcompat import keras
-
-    return keras().losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model))
-
-
 def _top1(model, x, y) -> float:
     p = model.predict(x, batch_size=64, verbose=0)
     return round(float((np.argmax(p, axis=1) == y).mean()), 5)
+
+
+def _teacher(model):
+    """FP32 soft targets for distillation: class probabilities of the FP32 model."""
+    from ..tfcompat import tf
+
+    t = tf()
+    probs = outputs_probabilities(model)
+    fn = t.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda x: (fn(t.constant(x)) if probs else t.nn.softmax(fn(t.constant(x)))).numpy()
 
 
 def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarray, opts: QatSpec,
@@ -224,26 +229,36 @@ def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarr
         calibrate_ranges(qmodel, calibration)
     xv, yv = (pre(data.val.images), data.val.labels) if data.val is not None else (None, None)
     before = _top1(qmodel, xv, yv) if xv is not None else None
-    qmodel.compile(k.optimizers.Adam(opts.learning_rate), loss=_loss(model),
-                   metrics=["accuracy"])
+    stream = batch_stream(data.train, pre, opts.batch_size, opts.seed)
+    from_logits = not outputs_probabilities(model)
+    if opts.distill:
+        # Soft FP32 targets pull the quantised model towards the FP32 one; a few hundred steps on hard
+        # labels mostly re-fit the training images instead.
+        teacher = _teacher(model)
+        stream = ((x, teacher(x)) for x, _ in stream)
+        val = (xv, teacher(xv)) if xv is not None else None
+        loss = k.losses.CategoricalCrossentropy(from_logits=from_logits)
+    else:
+        val = (xv, yv) if xv is not None else None
+        loss = k.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    qmodel.compile(k.optimizers.Adam(opts.learning_rate), loss=loss)
     callbacks = []
-    if xv is not None and opts.early_stop_patience:
-        callbacks.append(k.callbacks.EarlyStopping(monitor="val_accuracy", patience=opts.early_stop_patience,
+    if val is not None and opts.early_stop_patience:
+        callbacks.append(k.callbacks.EarlyStopping(monitor="val_loss", patience=opts.early_stop_patience,
                                                    restore_best_weights=True))
     t = time.perf_counter()
     hist = {}
     if opts.epochs > 0:
-        h = qmodel.fit(batch_stream(data.train, pre, opts.batch_size, opts.seed), epochs=opts.epochs,
-                       steps_per_epoch=data.steps_per_epoch, verbose=0, callbacks=callbacks,
-                       validation_data=(xv, yv) if xv is not None else None)
+        h = qmodel.fit(stream, epochs=opts.epochs, steps_per_epoch=data.steps_per_epoch, verbose=0,
+                       callbacks=callbacks, validation_data=val)
         hist = {key: [round(float(v), 5) for v in vals] for key, vals in h.history.items()}
     seconds = round(time.perf_counter() - t, 1)
     epochs_run = len(next(iter(hist.values()), []))
+    after = _top1(qmodel, xv, yv) if xv is not None else None
     log(f"  QAT fine-tune: {epochs_run} epoch(s) x {data.steps_per_epoch} steps of {opts.batch_size} "
         f"on {len(data.train)} images in {seconds} s"
-        + (f"; validation top-1 {before:.4f} -> {hist['val_accuracy'][-1]:.4f}"
-           if before is not None and hist.get("val_accuracy") else ""))
-    return QatResult(qmodel, seconds, data.steps_per_epoch * epochs_run, epochs_run, hist, before)
+        + (f"; validation top-1 {before:.4f} -> {after:.4f}" if before is not None else ""))
+    return QatResult(qmodel, seconds, data.steps_per_epoch * epochs_run, epochs_run, hist, before, after)
 
 
 def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
@@ -271,7 +286,8 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
     def notes_of(r: QatResult) -> dict:
         return {"fine_tune_seconds": r.seconds, "steps": r.steps, "epochs_run": r.epochs_run,
                 "train_images": len(data.train), "validation_images": len(data.val) if data.val is not None else 0,
-                "validation_top1_before_fine_tune": r.val_top1_before, "history": r.history}
+                "validation_top1_before_fine_tune": r.val_top1_before,
+                "validation_top1_after_fine_tune": r.val_top1_after, "history": r.history}
 
     def make_tflite(tmp):
         r = fine_tuned()
@@ -309,13 +325,14 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
     md = ["## QAT", "", f"tfmot quantize_model, fine-tuned {n.get('epochs_run')} epoch(s) / {n.get('steps')} steps on "
           f"{n.get('train_images')} training images in {n.get('fine_tune_seconds')} s (conversion "
           f"{n.get('convert_seconds')} s); validation top-1 before fine-tuning {n.get('validation_top1_before_fine_tune')}"
-          + (f", after {n['history']['val_accuracy'][-1]}" if (n.get("history") or {}).get("val_accuracy") else "")
+          + f", after {n.get('validation_top1_after_fine_tune')}"
           + "."] + ([f"", onnx_note] if onnx_note else [])
     ctx.set_section("qat", {"markdown": "\n".join(md),
         "fine_tune_seconds": n.get("fine_tune_seconds"), "convert_seconds": n.get("convert_seconds"),
         "epochs_run": n.get("epochs_run"), "steps": n.get("steps"), "train_images": n.get("train_images"),
         "validation_images": n.get("validation_images"),
         "validation_top1_before_fine_tune": n.get("validation_top1_before_fine_tune"),
+        "validation_top1_after_fine_tune": n.get("validation_top1_after_fine_tune"),
         "history": n.get("history"), "artifacts": [a.name for a in out], "onnx": onnx_note,
     })
     return out
@@ -346,7 +363,7 @@ def fine_tune_fake_quant(model, bits: int, batches, steps: int, learning_rate: f
     kernel_refs = {v.ref() for v in kernels}
     others = [v for v in m.trainable_variables if v.ref() not in kernel_refs]
     opt = k.optimizers.Adam(learning_rate)
-    loss_fn = _loss(model)
+    loss_fn = k.losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model))
     q = float(qmax(bits))
 
     def project():
