@@ -337,3 +337,25 @@ def test_agent_overhead_script_prints_both_medians(device_run):
                        timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert p.returncode == 0, p.stderr[-2000:]
     assert "in-process ms" in p.stdout and "agent ms" in p.stdout and "int8_tflite_ptq" in p.stdout
+
+
+@pytest.mark.slow
+def test_default_mobilenet_fp32_and_int8_in_one_bench_over_loopback_ssh(sshd, tmp_path):
+    """The issue's bar: the committed MobileNetV2's FP32 and INT8 TFLite through one `edgeq bench`."""
+    repo = Path(__file__).resolve().parent.parent
+    cfg = yaml.safe_load((repo / "models" / "mobilenet_v2.yaml").read_text())
+    cfg["model"]["path"] = str(repo / "models" / "mobilenet_v2.keras")
+    cfg["data"]["eval_size"] = 500
+    cfg["stages"] = {"tflite_ptq": cfg["stages"]["tflite_ptq"]}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_edgeq("run", tmp_path / "m.yaml", "--out", tmp_path / "run", "--no-benchmark", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    inv = _inventory(tmp_path / "devices.yaml", [sshd.device("loop-rpi", threads=1)])
+    r = run_edgeq("bench", tmp_path / "run", "--inventory", inv, "--device", "loop-rpi", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-2000:]
+    rep = _report(tmp_path / "run")
+    for name in ("fp32_tflite", "int8_tflite_ptq"):
+        s = _art(rep, name)["latency_ms"]["loop-rpi"]
+        assert s["median"] > 0 and s["runs"] > 0, s
+    assert "loop-rpi" in r.stdout  # the devices table
+    assert "loop-rpi" in rep["devices"]  # the devices section: identity the agent reported
