@@ -192,11 +192,7 @@ def _plot_png(rep: dict) -> str | None:
     pts = [p for p in pts if p[1] is not None and p[2] is not None]
     if not pts:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     smax = max(p[3] for p in pts)
     for name, lat, acc, size in pts:
@@ -205,12 +201,7 @@ def _plot_png(rep: dict) -> str | None:
     ax.set_xlabel("host median latency (ms, batch 1)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"{rep['model']}: accuracy vs latency (marker area ∝ size)")
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return _png_base64(fig, ax)
 
 
 def _per_layer_png(rep: dict) -> str | None:
@@ -218,23 +209,32 @@ def _per_layer_png(rep: dict) -> str | None:
               if (e.get("per_layer_error") or {}).get("layers")]
     if not series:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for name, layers in series:
         ax.plot([min(r["sqnr_db"], 60) for r in layers], marker=".", label=name)
     ax.set_xlabel("op index (graph order)")
     ax.set_ylabel("SQNR vs FP32 (dB)")
     ax.set_title("per-layer quantisation error")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _png_base64(fig, ax)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png_base64(fig, ax) -> str:
+    ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
+    fig.savefig(buf, format="png", dpi=105)
+    _pyplot().close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
