@@ -1,8 +1,8 @@
 """The Docker images, built and run for real (marker `docker`; `pytest -m docker` runs exactly these).
 
 No container registry is reachable where these run, so the base images are made the way a
-locked-down user would: debootstrap a Debian bookworm rootfs (amd64, and arm64 under QEMU), import
-it, pass it as BASE_IMAGE. pip inside the builds goes through the machine's TLS-intercepting proxy,
+locked-down user would: debootstrap a Debian bookworm rootfs (amd64, and arm64 under QEMU; cached),
+make an image of it (docker/make-base.sh), pass it as BASE_IMAGE. pip inside the builds goes through the machine's TLS-intercepting proxy,
 so the host's CA bundle is passed with the images' extra-CA-certificates option. The fixtures run
 .ci/docker-setup (installs docker.io, qemu-user-static, binfmt-support, debootstrap; starts dockerd;
 registers binfmt_misc), which needs root.
@@ -55,8 +55,8 @@ def sh(cmd: list[str], what: str, timeout: int, env: dict | None = None) -> subp
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                            env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"")[-3000:] if isinstance(e.stdout, bytes) else (e.stdout or "")[-3000:]
-        pytest.fail(f"{what}: timed out after {timeout} s: {shlex.join(cmd)}\n{out}")
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        pytest.fail(f"{what}: timed out after {timeout} s: {shlex.join(cmd)}\n{out[-3000:]}")
     if p.returncode != 0:
         tail = "\n".join((p.stdout + p.stderr).splitlines()[-40:])
         pytest.fail(f"{what} failed (exit {p.returncode}): {shlex.join(cmd)}\n{tail}")
@@ -76,7 +76,8 @@ def build(request, image: str, tag: str, base: str, platform: str | None = None)
         cmd[1:1] = ["--ca-certs", str(HOST_CA_BUNDLE)]
     t = time.monotonic()
     sh(cmd, f"building the {image} image", timeout=2400, env={"DOCKER": DOCKER})
-    say(request, f"{image} image {tag}: built in {time.monotonic() - t:.0f} s (0 s = cached layers), "
+    say(request, f"{image} image {tag}: built in {time.monotonic() - t:.0f} s "
+                 "(seconds when docker's layer cache has it), "
                  f"{image_mb(tag):.0f} MB")
 
 
@@ -96,7 +97,8 @@ def _base(request, arch: str) -> str:
     t = time.monotonic()
     sh([str(REPO / "docker" / "make-base.sh"), arch, tag, BASE_PACKAGES],
        f"making the Debian bookworm {arch} base image (debootstrap)", timeout=1800, env={"DOCKER": DOCKER})
-    say(request, f"base {tag}: {time.monotonic() - t:.0f} s (debootstrap, or the cached rootfs), {image_mb(tag):.0f} MB")
+    say(request, f"base {tag}: {time.monotonic() - t:.0f} s (debootstrap, or seconds from the cached rootfs), "
+                 f"{image_mb(tag):.0f} MB")
     return tag
 
 
