@@ -249,7 +249,9 @@ def markdown_table(rows: list[dict], n: int, verdict: list[str]) -> str:
     lines = ["## PTQ vs QAT", "",
              f"Top-1 on {n} evaluation images (drop from FP32 in points; size). INT8: real INT8 TFLite "
              f"artifacts. Fewer bits: simulated = per-channel fake-quantised kernels in Keras, float "
-             f"activations, size estimated. PTQ advanced = {ADVANCED_DESC}.", "",
+             f"activations, size estimated. PTQ advanced = {ADVANCED_DESC} (at INT8 bias correction only, on "
+             f"the converter's own grid). QAT = tfmot fine-tune at INT8; straight-through fine-tune of the "
+             f"simulated kernels below 8 bits.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b in bits:
         cells = [f"INT{b}" + (" (simulated)" if b < 8 else ""), f"{fp32['top1'] * 100:.2f} %"]

@@ -132,14 +132,39 @@ def _ranges_from_last_batch():
         quant_ops.MovingAvgQuantize = original
 
 
-def calibrate_ranges(qmodel, x: np.ndarray) -> None:
-    """Set every quantiser range of a tfmot model from one batch; all other weights are left as they were."""
+def _batch_norms(qmodel) -> list:
+    from ..tfcompat import keras
+
+    bn = keras().layers.BatchNormalization
+    return [getattr(layer, "layer", layer) for layer in qmodel.layers
+            if isinstance(getattr(layer, "layer", layer), bn)]
+
+
+def calibrate_ranges(qmodel, x: np.ndarray, batch_size: int = 64) -> None:
+    """Set every quantiser range of a tfmot model to the min/max seen over `x` (as PTQ calibration does).
+
+    Batch norms run in inference mode meanwhile, so the ranges are those of the deployed network; all
+    weights other than the ranges are left as they were.
+    """
     is_range = [v.name.endswith(("_min:0", "_max:0")) for v in qmodel.weights]
+    is_min = [v.name.endswith("_min:0") for v in qmodel.weights]
     before = qmodel.get_weights()
-    with _ranges_from_last_batch():
-        qmodel(x, training=True)
-    after = qmodel.get_weights()
-    qmodel.set_weights([a if r else b for a, b, r in zip(after, before, is_range)])
+    bns = _batch_norms(qmodel)
+    trainable = [bn.trainable for bn in bns]
+    seen = None
+    try:
+        for bn in bns:
+            bn.trainable = False  # a frozen Keras batch norm normalises with its moving statistics
+        with _ranges_from_last_batch():
+            for s in range(0, len(x), batch_size):
+                qmodel(x[s:s + batch_size], training=True)
+                now = qmodel.get_weights()
+                seen = now if seen is None else [np.minimum(a, b) if m else np.maximum(a, b)
+                                                 for a, b, m in zip(seen, now, is_min)]
+    finally:
+        for bn, t in zip(bns, trainable):
+            bn.trainable = t
+    qmodel.set_weights([a if r else b for a, b, r in zip(seen, before, is_range)])
 
 
 # ------------------------------------------------------------------ training data
@@ -186,6 +211,8 @@ class QatResult:
     history: dict = field(default_factory=dict)
     val_top1_before: float | None = None
     val_top1_after: float | None = None
+    val_loss_before: float | None = None
+    fine_tune_kept: bool = True  # False: validation loss did not improve, the calibrated weights were kept
 
 
 def outputs_probabilities(model) -> bool:
@@ -246,6 +273,8 @@ def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarr
     if val is not None and opts.early_stop_patience:
         callbacks.append(k.callbacks.EarlyStopping(monitor="val_loss", patience=opts.early_stop_patience,
                                                    restore_best_weights=True))
+    start_loss = qmodel.evaluate(*val, batch_size=64, verbose=0) if val is not None else None
+    start_weights = qmodel.get_weights()
     t = time.perf_counter()
     hist = {}
     if opts.epochs > 0:
@@ -254,11 +283,21 @@ def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarr
         hist = {key: [round(float(v), 5) for v in vals] for key, vals in h.history.items()}
     seconds = round(time.perf_counter() - t, 1)
     epochs_run = len(next(iter(hist.values()), []))
+    kept = True
+    if start_loss is not None and hist.get("val_loss") and min(hist["val_loss"]) >= start_loss:
+        # Early stopping whose baseline is the range-calibrated model: fine-tuning that ends further
+        # from the validation target than it started is not kept.
+        qmodel.set_weights(start_weights)
+        kept = False
     after = _top1(qmodel, xv, yv) if xv is not None else None
     log(f"  QAT fine-tune: {epochs_run} epoch(s) x {data.steps_per_epoch} steps of {opts.batch_size} "
         f"on {len(data.train)} images in {seconds} s"
+        + (f"; validation loss {start_loss:.4f} -> {min(hist['val_loss']):.4f}" if start_loss is not None and
+           hist.get("val_loss") else "")
+        + ("" if kept else " (not lower: kept the range-calibrated weights)")
         + (f"; validation top-1 {before:.4f} -> {after:.4f}" if before is not None else ""))
-    return QatResult(qmodel, seconds, data.steps_per_epoch * epochs_run, epochs_run, hist, before, after)
+    return QatResult(qmodel, seconds, data.steps_per_epoch * epochs_run, epochs_run, hist, before, after,
+                     start_loss, kept)
 
 
 def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
@@ -287,7 +326,8 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
         return {"fine_tune_seconds": r.seconds, "steps": r.steps, "epochs_run": r.epochs_run,
                 "train_images": len(data.train), "validation_images": len(data.val) if data.val is not None else 0,
                 "validation_top1_before_fine_tune": r.val_top1_before,
-                "validation_top1_after_fine_tune": r.val_top1_after, "history": r.history}
+                "validation_top1_after_fine_tune": r.val_top1_after, "validation_loss_before": r.val_loss_before,
+                "fine_tune_kept": r.fine_tune_kept, "history": r.history}
 
     def make_tflite(tmp):
         r = fine_tuned()
@@ -322,10 +362,14 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
             out.append(ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
                                    method="qat", stage="qat", params={**params, "opset": opset}, parent=parent))
     n = out[0].notes
-    md = ["## QAT", "", f"tfmot quantize_model, fine-tuned {n.get('epochs_run')} epoch(s) / {n.get('steps')} steps on "
+    how = (f"{'distilled from the FP32 outputs' if opts.distill else 'on the labels'}, Adam lr {opts.learning_rate:g}, "
+           f"activation ranges {'calibrated on ' + str(n_cal) + ' images' if opts.calibrate_ranges else 'from tfmot defaults'}")
+    md = ["## QAT", "", f"tfmot quantize_model ({how}), fine-tuned {n.get('epochs_run')} epoch(s) / {n.get('steps')} steps on "
           f"{n.get('train_images')} training images in {n.get('fine_tune_seconds')} s (conversion "
           f"{n.get('convert_seconds')} s); validation top-1 before fine-tuning {n.get('validation_top1_before_fine_tune')}"
           + f", after {n.get('validation_top1_after_fine_tune')}"
+          + ("" if n.get("fine_tune_kept", True) else
+             " (fine-tuning did not lower the validation loss, so the range-calibrated weights were exported)")
           + "."] + ([f"", onnx_note] if onnx_note else [])
     ctx.set_section("qat", {"markdown": "\n".join(md),
         "fine_tune_seconds": n.get("fine_tune_seconds"), "convert_seconds": n.get("convert_seconds"),
@@ -333,6 +377,7 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
         "validation_images": n.get("validation_images"),
         "validation_top1_before_fine_tune": n.get("validation_top1_before_fine_tune"),
         "validation_top1_after_fine_tune": n.get("validation_top1_after_fine_tune"),
+        "fine_tune_kept": n.get("fine_tune_kept"), "validation_loss_before": n.get("validation_loss_before"),
         "history": n.get("history"), "artifacts": [a.name for a in out], "onnx": onnx_note,
     })
     return out
