@@ -72,7 +72,18 @@ def test_qat_onnx_export_is_qdq_int8_and_evaluated(qat_run):
     assert onnx_qat["method"] == "qat" and onnx_qat["precision"] == "int8"
     ops = onnx_qat["notes"]["op_counts"]
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
+    assert onnx_qat["notes"]["int8_weight_tensors"] >= 3  # conv, depthwise, dense of the tiny CNN
     assert onnx_qat["accuracy"]["top1"] is not None
+
+
+def test_qat_onnx_weights_are_stored_as_int8(qat_run):
+    import onnx
+    from onnx import TensorProto
+
+    run_dir, rep = qat_run
+    m = onnx.load(str(run_dir / next(a for a in rep["artifacts"] if a["name"] == "int8_onnx_qat")["path"]))
+    weights = [i for i in m.graph.initializer if len(i.dims) >= 2]
+    assert weights and all(i.data_type == TensorProto.INT8 for i in weights)
 
 
 def test_qat_section_reports_fine_tune_time_and_steps(qat_run):

@@ -355,9 +355,10 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
 
             def make_onnx(tmp):
                 r = fine_tuned()
-                # tf2onnx turns tfmot's FakeQuant nodes into QuantizeLinear/DequantizeLinear pairs: a QDQ model
+                # tf2onnx turns tfmot's activation FakeQuant nodes into QuantizeLinear/DequantizeLinear
+                # pairs; add_weight_qdq stores the weights as int8 too
                 info = keras_to_onnx(r.model, tmp, opset) or {}
-                return {**notes_of(r), **info}
+                return {**notes_of(r), **info, **add_weight_qdq(tmp)}
 
             out.append(ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
                                    method="qat", stage="qat", params={**params, "opset": opset}, parent=parent))
@@ -431,3 +432,55 @@ def fine_tune_fake_quant(model, bits: int, batches, steps: int, learning_rate: f
     for wl, mv, s in zip(wls, masters, scales):  # exact numpy grid, as the other simulated cells use
         wl.kernel.assign(fake_quant(mv.numpy(), s.numpy(), bits))
     return m
+
+
+# ------------------------------------------------------------------ ONNX of the QAT model
+def add_weight_qdq(path) -> dict:
+    """Store the float Conv/MatMul/Gemm weights of an exported QAT ONNX model as int8 + DequantizeLinear.
+
+    tf2onnx folds tfmot's weight FakeQuant into float constants (only activations keep their Q/DQ
+    pairs), so the weights are float on disk and ONNX Runtime runs those convolutions in float. QAT
+    weights already sit on a per-channel int8 grid, so re-expressing them as int8 (symmetric,
+    per output channel) is lossless up to float rounding; the largest change is returned.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    uses: dict[str, int] = {}
+    for node in g.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+    dq_nodes, worst, done = [], 0.0, 0
+    for node in g.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        if name not in inits or uses.get(name) != 1:
+            continue
+        w = numpy_helper.to_array(inits[name])
+        if w.dtype != np.float32 or w.ndim < 2:
+            continue
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else w.ndim - 1
+        red = tuple(i for i in range(w.ndim) if i != axis)
+        scale = np.max(np.abs(w), axis=red, keepdims=True) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        worst = max(worst, float(np.max(np.abs(q * scale - w))))
+        g.initializer.remove(inits[name])
+        g.initializer.extend([numpy_helper.from_array(q, name + "_int8"),
+                              numpy_helper.from_array(scale.reshape(-1), name + "_scale"),
+                              numpy_helper.from_array(np.zeros(scale.size, np.int8), name + "_zero_point")])
+        dq_nodes.append(helper.make_node("DequantizeLinear", [name + "_int8", name + "_scale", name + "_zero_point"],
+                                         [name + "_dq"], name=name + "_DequantizeLinear", axis=axis))
+        node.input[1] = name + "_dq"
+        done += 1
+    nodes = dq_nodes + list(g.node)  # the new nodes read only initializers: first is a valid order
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return {"int8_weight_tensors": done, "weight_requantisation_max_abs_change": worst}
