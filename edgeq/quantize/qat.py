@@ -361,7 +361,7 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
                 return {**notes_of(r), **info, **add_weight_qdq(tmp)}
 
             out.append(ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
-                                   method="qat", stage="qat", params={**params, "opset": opset}, parent=parent))
+                                   method="qat", stage="qat", params={**params, "opset": opset, "weights": "int8 per-channel (DequantizeLinear)"}, parent=parent))
     n = out[0].notes
     how = (f"{'distilled from the FP32 outputs' if opts.distill else 'on the labels'}, Adam lr {opts.learning_rate:g}, "
            f"activation ranges {'calibrated on ' + str(n_cal) + ' images' if opts.calibrate_ranges else 'from tfmot defaults'}")
