@@ -20,7 +20,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("config", nargs="?", default=str(Path(__file__).resolve().parent.parent / "models" / "mobilenet_v2.yaml"))
+    default = Path(__file__).resolve().parent.parent / "models" / "mobilenet_v2.yaml"
+    ap.add_argument("config", nargs="?", default=str(default))
     ap.add_argument("--train-images", type=int, default=None, help="default: the whole training split")
     ap.add_argument("--epochs", type=int, default=1)
     args = ap.parse_args(argv)

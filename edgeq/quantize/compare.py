@@ -81,8 +81,8 @@ def _int8_advanced(ctx, opts: ComparisonSpec, model) -> Artifact:
     def make(tmp):
         # No clipping at 8 bits: the converter recomputes each channel's scale from max|w|, so only
         # values already on that grid survive conversion unchanged.
-        corrected, rep = advanced.quantize_weights_advanced(model, 8, _calibration_batches(ctx, opts.calibration_images),
-                                                            clipping=False)
+        cal_batches = _calibration_batches(ctx, opts.calibration_images)
+        corrected, rep = advanced.quantize_weights_advanced(model, 8, cal_batches, clipping=False)
         blob = tflite_ptq.convert_int8(corrected, representative_dataset(cal, ctx.pre, n_rep),
                                        input_type=ptq.input_type, output_type=ptq.output_type, per_channel=True)
         tmp.write_bytes(blob)
@@ -96,7 +96,8 @@ def _int8_advanced(ctx, opts: ComparisonSpec, model) -> Artifact:
 
 def _advanced_model(ctx, opts: ComparisonSpec, model, bits: int, cache: dict):
     if bits not in cache:
-        cache[bits] = advanced.quantize_weights_advanced(model, bits, _calibration_batches(ctx, opts.calibration_images))
+        cal_batches = _calibration_batches(ctx, opts.calibration_images)
+        cache[bits] = advanced.quantize_weights_advanced(model, bits, cal_batches)
     return cache[bits]
 
 

@@ -300,6 +300,24 @@ def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarr
                      start_loss, kept)
 
 
+def qat_section(n: dict, opts: QatSpec, n_cal: int, artifacts: list[str], onnx_note: str | None) -> dict:
+    """The report's `qat` section from the QAT artifact's notes."""
+    how = "distilled from the FP32 outputs" if opts.distill else "on the labels"
+    how += f", Adam lr {opts.learning_rate:g}, "
+    how += f"activation ranges calibrated on {n_cal} images" if opts.calibrate_ranges else "tfmot's initial ranges"
+    text = (f"tfmot quantize_model ({how}), fine-tuned {n.get('epochs_run')} epoch(s) / {n.get('steps')} steps "
+            f"on {n.get('train_images')} training images in {n.get('fine_tune_seconds')} s (conversion "
+            f"{n.get('convert_seconds')} s); validation top-1 {n.get('validation_top1_before_fine_tune')} before "
+            f"fine-tuning, {n.get('validation_top1_after_fine_tune')} after")
+    if not n.get("fine_tune_kept", True):
+        text += " (fine-tuning did not lower the validation loss, so the range-calibrated weights were exported)"
+    keys = ("fine_tune_seconds", "convert_seconds", "epochs_run", "steps", "train_images", "validation_images",
+            "validation_top1_before_fine_tune", "validation_top1_after_fine_tune", "validation_loss_before",
+            "fine_tune_kept", "history")
+    return {"markdown": "\n".join(["## QAT", "", text + "."] + (["", onnx_note] if onnx_note else [])),
+            **{k: n.get(k) for k in keys}, "artifacts": artifacts, "onnx": onnx_note}
+
+
 def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
     model = ctx.keras_model()
     bad = unsupported_layers(model, opts.passthrough_layers)  # fail before any training
@@ -360,27 +378,10 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
                 info = keras_to_onnx(r.model, tmp, opset) or {}
                 return {**notes_of(r), **info, **add_weight_qdq(tmp)}
 
+            onnx_params = {**params, "opset": opset, "weights": "int8 per-channel (DequantizeLinear)"}
             out.append(ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
-                                   method="qat", stage="qat", params={**params, "opset": opset, "weights": "int8 per-channel (DequantizeLinear)"}, parent=parent))
-    n = out[0].notes
-    how = (f"{'distilled from the FP32 outputs' if opts.distill else 'on the labels'}, Adam lr {opts.learning_rate:g}, "
-           f"activation ranges {'calibrated on ' + str(n_cal) + ' images' if opts.calibrate_ranges else 'from tfmot defaults'}")
-    md = ["## QAT", "", f"tfmot quantize_model ({how}), fine-tuned {n.get('epochs_run')} epoch(s) / {n.get('steps')} steps on "
-          f"{n.get('train_images')} training images in {n.get('fine_tune_seconds')} s (conversion "
-          f"{n.get('convert_seconds')} s); validation top-1 before fine-tuning {n.get('validation_top1_before_fine_tune')}"
-          + f", after {n.get('validation_top1_after_fine_tune')}"
-          + ("" if n.get("fine_tune_kept", True) else
-             " (fine-tuning did not lower the validation loss, so the range-calibrated weights were exported)")
-          + "."] + ([f"", onnx_note] if onnx_note else [])
-    ctx.set_section("qat", {"markdown": "\n".join(md),
-        "fine_tune_seconds": n.get("fine_tune_seconds"), "convert_seconds": n.get("convert_seconds"),
-        "epochs_run": n.get("epochs_run"), "steps": n.get("steps"), "train_images": n.get("train_images"),
-        "validation_images": n.get("validation_images"),
-        "validation_top1_before_fine_tune": n.get("validation_top1_before_fine_tune"),
-        "validation_top1_after_fine_tune": n.get("validation_top1_after_fine_tune"),
-        "fine_tune_kept": n.get("fine_tune_kept"), "validation_loss_before": n.get("validation_loss_before"),
-        "history": n.get("history"), "artifacts": [a.name for a in out], "onnx": onnx_note,
-    })
+                                   method="qat", stage="qat", params=onnx_params, parent=parent))
+    ctx.set_section("qat", qat_section(out[0].notes, opts, n_cal, [a.name for a in out], onnx_note))
     return out
 
 
