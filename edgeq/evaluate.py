@@ -82,11 +82,12 @@ def _op_outputs(path, x_batch: np.ndarray) -> tuple[list[tuple[str, str]], dict[
     return ops, values
 
 
-def per_layer_error(fp32_tflite, int8_tflite, x_batch: np.ndarray) -> list[dict]:
+def per_layer_error(fp32_tflite, int8_tflite, x_batch: np.ndarray) -> tuple[list[dict], int]:
     """SQNR (dB) of every INT8 op output against the same-named FP32 op output, in graph order.
 
     Tensor names survive conversion (the converter names an op's output after the Keras layers fused
-    into it), so the two graphs line up by name; outputs with no FP32 twin are skipped."""
+    into it), so the two graphs line up by name; outputs with no FP32 twin are skipped. Returns the
+    matched ops and the INT8 graph's op count."""
     _, ref = _op_outputs(fp32_tflite, x_batch)
     ops, q = _op_outputs(int8_tflite, x_batch)
     out = []
@@ -103,4 +104,4 @@ def per_layer_error(fp32_tflite, int8_tflite, x_batch: np.ndarray) -> list[dict]
         layers = list(dict.fromkeys(part.split("/")[1] for part in name.split(";") if part.count("/") >= 1))
         out.append({"op": op_name, "layers": ",".join(layers)[:120] or name[:120], "sqnr_db": float(sqnr),
                     "max_abs_err": round(float(np.max(np.abs(r - v))), 5)})
-    return out
+    return out, len(ops)

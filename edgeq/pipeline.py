@@ -248,8 +248,13 @@ def per_layer_errors(ctx: RunContext, artifacts: list[Artifact], images: int = 8
         k = f"{fp32.sha256}:{a.sha256}:{ctx.splits.eval.fingerprint()}:{images}"
         if k not in store:
             try:
-                store[k] = {"artifact": a.name, "reference": fp32.name, "images": len(x),
-                            "layers": per_layer_error(fp32.abspath(ctx.run_dir), a.abspath(ctx.run_dir), x)}
+                layers, n_ops = per_layer_error(fp32.abspath(ctx.run_dir), a.abspath(ctx.run_dir), x)
+                store[k] = {"artifact": a.name, "reference": fp32.name, "images": len(x), "layers": layers,
+                            "ops_matched": len(layers), "ops_total": n_ops}
+                if len(layers) < n_ops / 2:
+                    store[k].update(layers=None, reason=(
+                        f"per-layer error not measured: only {len(layers)} of {n_ops} ops line up by name with "
+                        f"{fp32.name} (a re-wrapped graph, e.g. QAT); compare at the model output instead"))
             except (ValueError, RuntimeError, ImportError) as e:
                 store[k] = {"artifact": a.name, "reference": fp32.name, "layers": None,
                             "reason": f"per-layer error not measured: {str(e).splitlines()[0][:200]}"}
