@@ -188,6 +188,7 @@ class OnnxPredictor(Predictor):
         self.threads = threads
         self.optimization = optimization
         so = ort.SessionOptions()
+        so.log_severity_level = 3  # errors only: graph-cleanup warnings are not the user's concern
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
