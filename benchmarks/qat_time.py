@@ -53,7 +53,7 @@ def main(argv=None) -> int:
                       "fine_tune_minutes": round(r.seconds / 60, 2), "wrap_calibrate_fit_seconds": round(total, 1),
                       "cores": os.cpu_count(), "cpu": cpu_info()["model"],
                       "val_top1_before": r.val_top1_before,
-                      "val_top1_after": (r.history.get("val_accuracy") or [None])[-1]}, indent=1))
+                      "val_top1_after": r.val_top1_after, "fine_tune_kept": r.fine_tune_kept}, indent=1))
     return 0
 
 
