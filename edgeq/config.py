@@ -116,6 +116,9 @@ class QatSpec(Strict):
     distill: bool = True  # loss against the FP32 model's soft outputs instead of the labels
     calibrate_ranges: bool = True  # start activation ranges from calibration images, not tfmot's [-6, 6]
     calibration_images: int = Field(256, ge=1)
+    # final Dense+softmax: logits range floor = lowest best calibration logit - ln 256 (what an int8
+    # softmax output can show) instead of the lowest logit of any class; see qat.fit_softmax_input_range
+    narrow_logits_range: bool = False
     passthrough_layers: list[str] = []  # layer names or classes left unquantised during fine-tuning
     export_onnx: bool = True  # INT8 QDQ ONNX of the QAT model when stages.onnx_ptq is enabled
     seed: int = 0

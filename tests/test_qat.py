@@ -157,6 +157,27 @@ def test_calibrated_ranges_replace_tfmot_initial_guess():
     assert out_max and max(float(np.max(m)) for m in out_max) == pytest.approx(40.0)
 
 
+def test_softmax_logits_range_stops_ln256_below_the_lowest_best_logit():
+    import edgeq  # noqa: F401
+    from edgeq.quantize.qat import calibrate_ranges, fit_softmax_input_range, wrap_for_qat
+    from edgeq.tfcompat import keras
+
+    k = keras()
+    inp = k.Input((2,))
+    model = k.Model(inp, k.layers.Dense(2, activation="softmax", kernel_initializer="identity",
+                                        bias_initializer="zeros")(inp))
+    q = wrap_for_qat(model)
+    x = np.array([[10.0, -60.0], [3.0, -1.0], [20.0, 5.0]], np.float32)  # logits = x
+    calibrate_ranges(q, x)
+    old, new = fit_softmax_input_range(q, model, x)
+    assert old == pytest.approx(-60.0, abs=0.5)
+    assert new == pytest.approx(3.0 - np.log(256), abs=1e-4)  # best logit of the 2nd image - ln 256
+    pre_min = [v for v in q.weights if v.name.endswith("pre_activation_min:0")]
+    assert float(pre_min[0].numpy()) == pytest.approx(new)
+    plain = k.Model(inp, k.layers.Dense(2)(inp))  # no softmax: left alone
+    assert fit_softmax_input_range(wrap_for_qat(plain), plain, x) is None
+
+
 def test_qat_without_training_split_says_how_to_get_one():
     from edgeq.quantize.qat import training_split
 
