@@ -193,6 +193,23 @@ class TFLiteRunner:
                 "output_dtype": str(np.dtype(self.out["dtype"]))}
 
 
+def ort_session_options(ort, threads: int | None = None, optimization: str = "all"):
+    """ONNX Runtime session options: threads (one inter-op thread) and graph optimisation level by name.
+    Also used by edgeq.runtime and edgeq.quantize.onnx_ptq, so host and device sessions match."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: graph-cleanup warnings are not the user's concern
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    return so
+
+
 class OnnxRunner:
     def __init__(self, path: str, threads: int | None, optimization: str = "all"):
         import numpy as np
@@ -202,16 +219,7 @@ class OnnxRunner:
         except ImportError:
             raise AgentError("runtime_missing", "onnxruntime is not installed on this machine; "
                              "install it with: pip install onnxruntime") from None
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[optimization]
+        so = ort_session_options(ort, threads, optimization)
         try:
             self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types

@@ -187,17 +187,9 @@ class OnnxPredictor(Predictor):
         self.path = Path(path)
         self.threads = threads
         self.optimization = optimization
-        so = ort.SessionOptions()
-        so.log_severity_level = 3  # errors only: graph-cleanup warnings are not the user's concern
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[optimization]
+        from .agent import ort_session_options
+
+        so = ort_session_options(ort, threads, optimization)
         try:
             self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types

@@ -326,15 +326,11 @@ def ort_kernel_summary(path: Path, optimization: str) -> dict:
     import onnx
     import onnxruntime as ort
 
-    level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+    from ..agent import ort_session_options
+
     with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = level
+        so = ort_session_options(ort, optimization=optimization)  # logs errors only: the saving warning is expected
         so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
-        so.log_severity_level = 3  # the "hardware-specific optimisations" warning on saving is expected
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
     return {"graph_optimization": optimization,
