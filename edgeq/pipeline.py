@@ -182,9 +182,14 @@ def _import_fp32(ctx: RunContext) -> Artifact:
                        precision="fp32", method="none", stage="import", params={"source": str(src)})
 
 
+def _resolve(spec: str) -> Callable:
+    """'package.module:function' -> the function, imported on first use (heavy imports stay lazy)."""
+    mod, fn = spec.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
 def _run_stage(name: str, ctx: RunContext, options) -> list[Artifact]:
-    mod, fn = STAGES[name].split(":")
-    return getattr(importlib.import_module(mod), fn)(ctx, options)
+    return _resolve(STAGES[name])(ctx, options)
 
 
 def evaluate_artifacts(ctx: RunContext, artifacts: list[Artifact]) -> None:
@@ -275,6 +280,7 @@ def benchmark_host(ctx: RunContext, artifacts: list[Artifact]) -> None:
 
     b = ctx.cfg.benchmark
     sample = ctx.sample_input()
+    cpu = cpu_info()["model"]
     for a in artifacts:
         host = HostTarget(sample, onnx_optimization=ort_level(ctx, a))
         comp = host.check(a, ctx.run_dir)
@@ -285,12 +291,12 @@ def benchmark_host(ctx: RunContext, artifacts: list[Artifact]) -> None:
                                          "reason": skip or "; ".join(comp.problems)}
             continue
         old = ctx.results["latency"].get(k)
-        if old and old.get("stats") and old.get("cpu") == cpu_info()["model"]:
+        if old and old.get("stats") and old.get("cpu") == cpu:
             ctx.log(f"  = {a.name}: host median {old['stats']['median']:.3f} ms (reused)")
             continue
         stats = host.benchmark(host.prepare(a, ctx.run_dir), b.runs, b.warmup, b.threads)
         ctx.results["latency"][k] = {"artifact": a.name, "sha256": a.sha256, "target": "host", "stats": stats.to_dict(),
-                                     "cpu": cpu_info()["model"]}
+                                     "cpu": cpu}
         ctx.save_results()
         ctx.log(f"  * {a.name}: host median {stats.median:.3f} ms, p90 {stats.p90:.3f} ms "
                 f"({b.runs} runs, {b.threads} thread{'s' if b.threads > 1 else ''})")
@@ -345,8 +351,7 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
             log("[evaluate]")
             evaluate_artifacts(ctx, arts)
         for name in (n for n in ran if n in AFTER_EVALUATE):
-            mod, fn = AFTER_EVALUATE[name].split(":")
-            getattr(importlib.import_module(mod), fn)(ctx)
+            _resolve(AFTER_EVALUATE[name])(ctx)
         if cfg.benchmark.enabled:
             log("[benchmark: host]")
             benchmark_host(ctx, arts)
