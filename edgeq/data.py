@@ -87,6 +87,7 @@ class LabelledImages:
     labels: np.ndarray  # int64 (N,)
     source: str
     class_names: list[str] = field(default_factory=list)
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.images = _as_nhwc(self.images)
@@ -106,10 +107,13 @@ class LabelledImages:
             yield pre(self.images[s:s + batch_size]), self.labels[s:s + batch_size]
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.images).tobytes())
-        h.update(self.labels.tobytes())
-        return h.hexdigest()[:16]
+        """Content hash of images and labels (cache keys of evaluations); computed once per set."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(np.ascontiguousarray(self.images).tobytes())
+            h.update(self.labels.tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
 
 @dataclass

@@ -52,22 +52,21 @@ def _latency(ctx, a) -> dict:
 
 def build_report(ctx) -> dict:
     arts = list(ctx.manifest.artifacts.values())
-    by_name = {a.name: a for a in arts}
     entries = []
+    fp = ctx.splits.eval.fingerprint()
     for a in arts:
         e = {"name": a.name, "format": a.format, "precision": a.precision, "method": a.method, "path": a.path,
              "size_bytes": a.size_bytes, "sha256": a.sha256, "parent": a.parent, "stage": a.stage,
              "params": a.params, "accuracy": _accuracy(ctx, a), "agreement_with_fp32": _agreement(ctx, a),
              "latency_ms": _latency(ctx, a),
              "compatibility": {t: c for t, c in ctx.results["compatibility"].get(a.name, {}).items()}}
-        fp = ctx.splits.eval.fingerprint()
         pl = [v for k, v in ctx.results.get("per_layer", {}).items() if k.split(":")[1:3] == [a.sha256, fp]]
         if pl:
             e["per_layer_error"] = pl[-1]
         if a.notes:
             e["notes"] = {k: v for k, v in a.notes.items() if k not in ("ops",)}
         entries.append(e)
-    checks = derive_checks(entries, by_name)
+    checks = derive_checks(entries)
     cpu = cpu_info()
     return {
         "schema_version": SCHEMA_VERSION,
@@ -93,7 +92,7 @@ def _top1(e):
     return (e["accuracy"] or {}).get("top1")
 
 
-def derive_checks(entries: list[dict], by_name) -> dict:
+def derive_checks(entries: list[dict]) -> dict:
     """Per quantised artifact: size ratio, accuracy drop and latency ratio against its FP32 sibling."""
     fp32 = {e["format"]: e for e in entries if e["precision"] == "fp32"}
     out = {}
