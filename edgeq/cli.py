@@ -21,6 +21,8 @@ def _cmd_run(args) -> int:
     cfg = load_config(args.config)
     if args.no_benchmark:
         cfg.benchmark.enabled = False
+    if args.reuse_benchmarks:
+        cfg.benchmark.reuse = True
     if args.stages is not None:
         wanted = set(args.stages.split(","))
         for name in ("tflite_ptq", "onnx_ptq", "qat", "comparison"):
@@ -90,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default: output.dir or runs/<name>)")
     r.add_argument("--stages", help="comma-separated stages to run (default: those enabled in the config)")
     r.add_argument("--no-benchmark", action="store_true", help="skip latency benchmarks")
+    r.add_argument("--reuse-benchmarks", action="store_true", help="keep earlier host latency figures when the CPU, "
+                   "threads, rounds and artifacts are unchanged (default: re-measure)")
     r.set_defaults(fn=_cmd_run)
     v = sub.add_parser("validate", help="validate a config file")
     v.add_argument("config")

@@ -10,6 +10,9 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 
 
+QUANTILES = (5, 25, 50, 75, 95)
+
+
 @dataclass
 class LatencyStats:
     min: float
@@ -24,6 +27,16 @@ class LatencyStats:
     runtime: str  # e.g. "ai-edge-litert 2.3.0 (XNNPACK)"
     device: str  # identity of the machine that measured, e.g. "host: AMD EPYC 7B13"
     timestamp: str = ""
+    # Filled when the figure comes from interleaved rounds (edgeq.targets.interleave): the median is then
+    # the median of the round medians, and its interval is an order-statistic interval over rounds.
+    rounds: int = 1
+    median_ci95: list[float] | None = None
+    ci_coverage: float | None = None
+    round_medians: list[float] = field(default_factory=list)
+    quantiles: dict = field(default_factory=dict)  # pooled p5/p25/p50/p75/p95 of every timed run
+    noisy: bool = False
+    noisy_reason: str | None = None
+    ratio_to_fp32: dict | None = None  # {value, ci95, reference, rounds}
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float], *, warmup: int, threads: int | None, runtime: str,
@@ -34,7 +47,8 @@ class LatencyStats:
         q = lambda p: round(float(np.percentile(a, p)), 4)  # noqa: E731
         return cls(min=round(float(a.min()), 4), median=q(50), mean=round(float(a.mean()), 4), p90=q(90),
                    p99=q(99), max=round(float(a.max()), 4), runs=int(a.size), warmup=warmup, threads=threads,
-                   runtime=runtime, device=device, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                   runtime=runtime, device=device, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   quantiles={f"p{p}": q(p) for p in QUANTILES})
 
     def to_dict(self) -> dict:
         return asdict(self)
