@@ -82,6 +82,25 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .artifacts import write_json_atomic
+    from .compare_runs import compare_runs, load_runs, print_comparison, to_json
+
+    runs = load_runs([Path(p) for p in args.runs])
+    rows = compare_runs(runs, args.target, args.max_drop, args.max_latency_ratio)
+    if not rows:
+        raise EdgeqError(f"no artifact name is common to {runs[0].path} and the other runs: nothing to compare")
+    print_comparison(runs, rows, args.target)
+    if args.json:
+        write_json_atomic(Path(args.json), to_json(runs, rows, args.target))
+    bad = [r for r in rows if r.regressions]
+    if bad and args.fail_on_regression:
+        names = ", ".join(sorted({r.artifact for r in bad}))
+        print(f"edgeq: regression in {names} (see above); failing as --fail-on-regression asks", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeq", description="FP32 image classifier -> evaluated, benchmarked INT8 "
                                 "edge artifacts (TFLite, ONNX) with a report.")
@@ -117,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int)
     b.add_argument("--threads", type=int)
     b.set_defaults(fn=_cmd_bench)
+    c = sub.add_parser("compare", help="finished runs side by side (the first is the baseline); a CI gate with "
+                       "--fail-on-regression")
+    c.add_argument("runs", nargs="+", help="run directories, or a directory holding runs")
+    c.add_argument("--target", default="host", help="whose latency to compare (host or a device name)")
+    c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when an artifact loses top-1 "
+                   "significantly beyond --max-drop, or its latency ratio's interval lies above --max-latency-ratio")
+    c.add_argument("--max-drop", type=float, default=0.5, help="points of top-1 (default 0.5)")
+    c.add_argument("--max-latency-ratio", type=float, default=1.10, help="default 1.10")
+    c.add_argument("--json", help="also write the comparison as JSON to this file")
+    c.set_defaults(fn=_cmd_compare)
     return p
 
 

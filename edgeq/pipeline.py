@@ -222,7 +222,7 @@ def evaluate_artifacts(ctx: RunContext, artifacts: list[Artifact]) -> None:
         else:
             pred = open_predictor(a.abspath(ctx.run_dir), a.format, threads=os.cpu_count(),
                                   **({"optimization": ort_level(ctx, a)} if a.format == "onnx" else {}))
-        r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size)
+        r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size, label=f"evaluate {a.name}")
         pf = f"eval/{a.name}.npz"
         (ctx.run_dir / "eval").mkdir(exist_ok=True)
         with atomic_path(ctx.run_dir / pf) as tmp:

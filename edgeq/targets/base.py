@@ -13,6 +13,11 @@ import numpy as np
 QUANTILES = (5, 25, 50, 75, 95)
 
 
+def sig(x: float, digits: int = 5) -> float:
+    """x to `digits` significant digits: microsecond models keep their resolution, second-long ones no noise."""
+    return float(f"{x:.{digits}g}")
+
+
 @dataclass
 class LatencyStats:
     min: float
@@ -44,9 +49,9 @@ class LatencyStats:
         a = np.asarray(samples_ms, np.float64)
         if a.size == 0:
             raise ValueError("no latency samples")
-        q = lambda p: round(float(np.percentile(a, p)), 4)  # noqa: E731
-        return cls(min=round(float(a.min()), 4), median=q(50), mean=round(float(a.mean()), 4), p90=q(90),
-                   p99=q(99), max=round(float(a.max()), 4), runs=int(a.size), warmup=warmup, threads=threads,
+        q = lambda p: sig(float(np.percentile(a, p)))  # noqa: E731
+        return cls(min=sig(float(a.min())), median=q(50), mean=sig(float(a.mean())), p90=q(90),
+                   p99=q(99), max=sig(float(a.max())), runs=int(a.size), warmup=warmup, threads=threads,
                    runtime=runtime, device=device, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                    quantiles={f"p{p}": q(p) for p in QUANTILES})
 

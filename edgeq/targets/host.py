@@ -113,7 +113,8 @@ def benchmark_host(ctx, artifacts) -> None:
         except (RuntimeError, ValueError) as e:  # a runtime refusing a model mid-benchmark
             raise EdgeqError(f"{name}: {str(e).splitlines()[0][:200]}") from None
 
-    per_round, pooled, failed = interleave(list(deps), time_round, b.rounds, lambda m: ctx.log(f"    {m}"))
+    per_round, pooled, failed = interleave(list(deps), time_round, b.rounds, lambda m: ctx.log(f"    {m}"),
+                                           label="benchmark host (interleaved)")
     stats = {n: summarise(per_round[n], pooled[n], b.noisy_limit) for n in deps if per_round[n]}
     add_ratios(stats, per_round, fp32_references(runnable), b.noisy_limit)
     cond.update(loadavg_after=loadavg(), rounds=b.rounds, runs_per_round=b.runs, warmup_per_round=b.warmup,

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import EdgeqError
 from ..stats import median_interval, ratio_interval, relative_width
-from .base import QUANTILES, LatencyStats
+from .base import QUANTILES, LatencyStats, sig
 
 
 def round_orders(names: list[str], rounds: int) -> list[list[str]]:
@@ -25,8 +25,8 @@ def round_orders(names: list[str], rounds: int) -> list[list[str]]:
 
 
 def interleave(names: list[str], time_round: Callable[[str, int], tuple[LatencyStats, list[float] | None]],
-               rounds: int, log: Callable[[str], None] = lambda m: None, fatal: tuple[type, ...] = ()
-               ) -> tuple[dict[str, list[LatencyStats]], dict[str, list[float]], dict[str, str]]:
+               rounds: int, log: Callable[[str], None] = lambda m: None, fatal: tuple[type, ...] = (),
+               label: str = "benchmark") -> tuple[dict[str, list[LatencyStats]], dict[str, list[float]], dict[str, str]]:
     """Run `time_round(name, round)` for every name in rotating order, `rounds` times.
 
     time_round returns one round's LatencyStats and, where the runtime gives them, its raw samples.
@@ -35,7 +35,9 @@ def interleave(names: list[str], time_round: Callable[[str, int], tuple[LatencyS
     per_round: dict[str, list[LatencyStats]] = {n: [] for n in names}
     pooled: dict[str, list[float]] = {n: [] for n in names}
     failed: dict[str, str] = {}
-    for r, order in enumerate(round_orders(names, rounds)):
+    from ..progress import track
+
+    for r, order in enumerate(track(round_orders(names, rounds), rounds, label, unit="rounds")):
         for name in order:
             if name in failed:
                 continue
@@ -62,16 +64,16 @@ def summarise(rounds: list[LatencyStats], pooled: list[float] | None, noisy_limi
     med, lo, hi, cov = median_interval(meds) if len(meds) > 1 else (meds[0], None, None, None)
     if pooled:
         a = np.asarray(pooled, np.float64)
-        pct = {p: round(float(np.percentile(a, p)), 4) for p in (*QUANTILES, 90, 99)}
+        pct = {p: sig(float(np.percentile(a, p))) for p in (*QUANTILES, 90, 99)}
         lo_all, hi_all, mean = float(a.min()), float(a.max()), float(a.mean())
     else:  # a tool that reports summaries only (trtexec): the median over rounds of each round's figure
         pct = {p: float(np.median([r.quantiles.get(f"p{p}", r.median) for r in rounds])) for p in QUANTILES}
         pct.update({90: _median_of(rounds, "p90"), 99: _median_of(rounds, "p99")})
         lo_all, hi_all, mean = min(r.min for r in rounds), max(r.max for r in rounds), float(np.mean([r.mean for r in rounds]))
-    s = replace(first, min=round(lo_all, 4), median=round(float(med), 4), mean=round(mean, 4), p90=pct[90], p99=pct[99],
-                max=round(hi_all, 4), runs=sum(r.runs for r in rounds), rounds=len(rounds),
-                median_ci95=[round(float(lo), 4), round(float(hi), 4)] if lo is not None else None,
-                ci_coverage=round(cov, 4) if cov is not None else None, round_medians=[round(m, 4) for m in meds],
+    s = replace(first, min=sig(lo_all), median=sig(float(med)), mean=sig(mean), p90=pct[90], p99=pct[99],
+                max=sig(hi_all), runs=sum(r.runs for r in rounds), rounds=len(rounds),
+                median_ci95=[sig(float(lo)), sig(float(hi))] if lo is not None else None,
+                ci_coverage=sig(cov) if cov is not None else None, round_medians=[sig(m) for m in meds],
                 quantiles={f"p{p}": pct[p] for p in QUANTILES})
     s.noisy, s.noisy_reason = _noisy(s, noisy_limit)
     return s
@@ -105,11 +107,11 @@ def add_ratios(stats: dict[str, LatencyStats], per_round: dict[str, list[Latency
             continue
         if len(ratios) > 1:
             value, lo, hi, cov = ratio_interval(ratios)
-            ci = [round(float(lo), 4), round(float(hi), 4)]
+            ci = [sig(float(lo)), sig(float(hi))]
         else:
             value, ci, cov = ratios[0], None, None
-        stats[name].ratio_to_fp32 = {"value": round(float(value), 4), "ci95": ci, "reference": ref,
-                                     "rounds": len(ratios), "coverage": round(cov, 4) if cov is not None else None}
+        stats[name].ratio_to_fp32 = {"value": sig(float(value)), "ci95": ci, "reference": ref,
+                                     "rounds": len(ratios), "coverage": sig(cov) if cov is not None else None}
         if ci and not stats[name].noisy and relative_width(*ci, value) > 2 * noisy_limit:
             stats[name].noisy = True
             stats[name].noisy_reason = (f"the 95 % interval of its ratio to {ref} spans "

@@ -254,7 +254,8 @@ def _time_interleaved(ctx, plan: Plan, target, deps: dict, inputs_remote, x_chec
             details[name]["outputs_check"] = outputs_check(a, ctx.run_dir, x_check, target.last_answer["outputs"])
         return stats, (target.last_answer.get("timing") or {}).get("samples_ms")
 
-    per_round, pooled, failed = interleave(list(deps), time_round, plan.rounds, log, fatal=(DeviceUnreachable,))
+    per_round, pooled, failed = interleave(list(deps), time_round, plan.rounds, log, fatal=(DeviceUnreachable,),
+                                           label=f"benchmark {plan.device.name} (interleaved)")
     noisy_limit = ctx.cfg.benchmark.noisy_limit
     stats = {n: summarise(per_round[n], pooled[n], noisy_limit) for n in deps if per_round[n]}
     add_ratios(stats, per_round, fp32_references([a for a, _ in deps.values()]), noisy_limit)
