@@ -175,7 +175,7 @@ def print_comparison(runs: list[Run], rows: list[Row], target: str) -> None:
         console.print(t)
         for r in mine:
             for why in r.regressions:
-                console.print(f"regression: {r.artifact} in {run.path}: {why}")
+                console.print(f"regression: {r.artifact} in {run.path}: {why}", soft_wrap=True, markup=False)
     console.print("Top-1 intervals of each run are in --json and each run's report. Latency ratios between runs "
                   "are not interleaved: their interval is the conservative \\[lo/hi, hi/lo] of the two medians' "
                   "intervals.", style="dim")

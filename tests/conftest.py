@@ -81,3 +81,19 @@ def run_edgeq(*args: str, cwd: Path | None = None, timeout: int = 900) -> subpro
     """The real `edgeq` command line in a subprocess."""
     return subprocess.run([sys.executable, "-m", "edgeq", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_project, tmp_path_factory):
+    """One real `edgeq run` of the tiny project (TFLite PTQ, evaluation, interleaved host benchmark)."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    proc = run_edgeq("run", tiny_project / "tiny.yaml", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+@pytest.fixture(scope="session")
+def tiny_run_report(tiny_run) -> dict:
+    import json
+
+    return json.loads((tiny_run[0] / "report.json").read_text())

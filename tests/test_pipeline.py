@@ -17,14 +17,6 @@ def _only_error_line(proc):
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_project, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    proc = run_edgeq("run", tiny_project / "tiny.yaml", "--out", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
-
-
 def test_run_writes_contract(tiny_run):
     out, proc = tiny_run
     rep = json.loads((out / "report.json").read_text())
