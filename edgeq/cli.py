@@ -64,8 +64,8 @@ def _cmd_report(args) -> int:
 def _cmd_bench(args) -> int:
     from .config import TargetRef
     from .pipeline import open_run
-    from .report import print_summary, write_report
-    from .targets.remote import benchmark_devices, print_device_table
+    from .report import print_device_table, print_summary, write_report
+    from .targets.remote import benchmark_devices
 
     ctx = open_run(Path(args.run_dir), Path(args.config) if args.config else None)
     names = args.device or [t.device for t in ctx.cfg.targets]

@@ -165,12 +165,9 @@ def derive_checks(entries: list[dict]) -> dict:
         c: dict = {"reference": ref["name"], "size_ratio": round(e["size_bytes"] / ref["size_bytes"], 4)}
         t, r = _top1(e), _top1(ref)
         c["top1_drop_points"] = round((r - t) * 100, 3) if t is not None and r is not None else None
-        lat = {}
-        for target, s in e["latency_ms"].items():
-            rs = ref["latency_ms"].get(target) or {}
-            if s.get("median") and rs.get("median"):
-                lat[target] = round(s["median"] / rs["median"], 4)
-        c["latency_ratio"] = lat
+        # the per-round ratio of the interleaved benchmark (same load for both), where there is one
+        c["latency_ratio"] = {t: s["ratio_to_fp32"]["value"] for t, s in e["latency_ms"].items()
+                              if (s.get("ratio_to_fp32") or {}).get("value") is not None}
         notes = e.get("notes") or {}
         if "float_ops" in notes:
             c["fully_integer"] = not notes["float_ops"]
@@ -335,3 +332,23 @@ def print_summary(rep: dict) -> None:
     console.print("drop * = significant loss/gain (exact McNemar p < 0.05); intervals 95 %", style="dim")
     for target, v in (rep.get("ship") or {}).items():
         console.print(f"ship on {target}: [bold]{v['artifact'] or 'nothing'}[/bold] — {v['why']}", soft_wrap=False)
+
+
+def print_device_table(rep: dict) -> None:
+    """Device latencies on the terminal: median and ratio to FP32 with intervals, each from the device's own
+    interleaved rounds (never a device figure divided by a host one)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="devices (batch 1)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for h in ("artifact", "device", "median ms [CI]", "×FP32 [CI]", "p90 ms", "runtime / reason"):
+        t.add_column(h, justify="left" if h in ("artifact", "device", "runtime / reason") else "right",
+                     overflow="fold")
+    for e in rep["artifacts"]:
+        for target, s in e["latency_ms"].items():
+            if target != "host":
+                c = artifact_cells(rep, e, target)
+                t.add_row(e["name"], target, c[f"{target} ms [CI]"], c["×FP32 [CI]"], _fmt(s.get("p90"), ".4g"),
+                          (s.get("runtime") or s.get("reason", "")) + (" (noisy)" if s.get("noisy") else ""))
+    Console(width=120).print(t)

@@ -184,49 +184,6 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
         done.update(deps)
     except DeviceUnreachable as e:
         fail_rest("unreachable", str(e))
-        return out
-    except EdgeqError as e:  # host key refused, missing key file, ...
-        fail_rest("refused", str(e))
-        return out
-    try:
-        session = DeviceSession(d, transport, ctx.run_dir, log, agent_source)
-        info = session.hello()
-        out.summary.update(identity=info.get("device", {}), runtimes=info.get("runtimes", {}),
-                           agent_protocol=info.get("protocol"), agent_version=info.get("agent_version"))
-        log(f"agent ok: {session.identity()}; runtimes {info.get('runtimes')}")
-        target = make_target(session, ctx.cfg.stages.onnx_ptq.graph_optimization)
-        x = np.load(inputs, allow_pickle=False)
-        uses_agent = d.kind != "jetson"  # trtexec times the engine itself, on its own inputs
-        inputs_remote = session.upload(inputs) if uses_agent else None
-        want_outputs = d.check_outputs > 0 and uses_agent
-        for a in arts:
-            try:
-                comp = target.check(a, ctx.run_dir)
-                out.compatibility[a.name] = comp.to_dict()
-                if not comp.ok:
-                    more = f" (and {len(comp.problems) - 1} more: see compatibility)" if len(comp.problems) > 1 else ""
-                    out.latency[key(a)] = _row(a, d.name, reason=f"not measured: not compatible with {d.name}: "
-                                               f"{comp.problems[0]}{more}")
-                    continue
-                dep = target.prepare(a, ctx.run_dir)
-                stats = target.benchmark(dep, plan.runs, plan.warmup, plan.threads, inputs_remote,
-                                         return_outputs=want_outputs)
-                details = dict(dep.details)
-                if want_outputs and "outputs" in target.last_answer:
-                    details["outputs_check"] = outputs_check(a, ctx.run_dir, x, target.last_answer["outputs"])
-                out.latency[key(a)] = _row(a, d.name, stats.to_dict(), details=details)
-                out.summary.setdefault("runtime", stats.runtime)
-                log(f"* {a.name}: median {stats.median:.3f} ms, p90 {_f(stats.p90)} ms ({plan.runs} runs, "
-                    f"{plan.threads} thread(s), {stats.runtime})")
-            except DeviceUnreachable:
-                raise
-            except EdgeqError as e:
-                out.latency[key(a)] = _row(a, d.name, reason=f"not measured: {e}")
-                log(f"- {a.name}: not measured: {e}")
-            finally:
-                done.add(a.name)
-    except DeviceUnreachable as e:
-        fail_rest("unreachable", str(e))
     except EdgeqError as e:  # the agent could not start: wrong protocol, no python, crash
         fail_rest("error", str(e))
     except Exception as e:  # noqa: BLE001 - a bug must not take the other devices down; it is recorded
@@ -266,8 +223,8 @@ def _time_interleaved(ctx, plan: Plan, target, deps: dict, inputs_remote, x_chec
         s = stats[name]
         out.latency[key(a)] = _row(a, plan.device.name, s.to_dict(), details=details[name])
         out.summary.setdefault("runtime", s.runtime)
-        ci = f" [{s.median_ci95[0]:.3f}, {s.median_ci95[1]:.3f}]" if s.median_ci95 else ""
-        log(f"* {name}: median {s.median:.3f} ms{ci}, p90 {_f(s.p90)} ms ({s.rounds} x {plan.runs} runs, "
+        ci = f" [{s.median_ci95[0]:.4g}, {s.median_ci95[1]:.4g}]" if s.median_ci95 else ""
+        log(f"* {name}: median {s.median:.4g} ms{ci}, p90 {_f(s.p90)} ms ({s.rounds} x {plan.runs} runs, "
             f"{plan.threads} thread(s), {s.runtime})" + (" NOISY" if s.noisy else ""))
 
 
@@ -295,33 +252,3 @@ def benchmark_devices(ctx, arts, refs=None, inventory: Path | None = None,
     ctx.results["sections"]["devices"] = dict(sorted(section.items()))
     ctx.save_results()
     return {o.summary["name"]: o.summary for o in outcomes}
-
-
-# ------------------------------------------------------------------ the devices table (CLI)
-DEVICE_HEADERS = ["artifact", "device", "median ms", "p90 ms", "p99 ms", "× host", "runtime / reason"]
-
-
-def device_rows(rep: dict) -> list[list[str]]:
-    rows = []
-    for e in rep["artifacts"]:
-        host = (e["latency_ms"].get("host") or {}).get("median")
-        for t, s in e["latency_ms"].items():
-            if t == "host":
-                continue
-            ratio = f"{s['median'] / host:.2f}" if s.get("median") and host else "—"
-            rows.append([e["name"], t, _f(s.get("median")), _f(s.get("p90")), _f(s.get("p99")), ratio,
-                         s.get("runtime") or s.get("reason", "")])
-    return rows
-
-
-def print_device_table(rep: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title="devices (batch 1)")
-    for h in DEVICE_HEADERS:
-        t.add_column(h, justify="left" if h in ("artifact", "device", "runtime / reason") else "right",
-                     overflow="fold")
-    for r in device_rows(rep):
-        t.add_row(*r)
-    Console(width=200).print(t)
