@@ -522,6 +522,7 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
         if _work_done(ctx) != before or "wall_seconds" not in ctx.results:
             ctx.results["wall_seconds"] = seconds
         ctx.results["wall_seconds_last_run"] = seconds
+        ctx.save_results()
         interrupt.check()  # a Ctrl-C swallowed inside TensorFlow still stops the run before the report
         write_report(ctx)
     return run_dir
