@@ -45,7 +45,7 @@ def _cmd_validate(args) -> int:
     from .pipeline import preflight
 
     cfg, wanted = _selected(args)
-    pf = preflight(cfg, Path(args.out) if args.out else None, wanted, log=lambda msg: None)
+    pf = preflight(cfg, Path(args.out) if args.out else None, wanted)
     print(f"{args.config}: ok ({cfg.name}, model {cfg.model.path}, {cfg.model.format}; "
           f"{len(pf.splits.calibration)} calibration / {len(pf.splits.eval)} eval images; "
           f"stages {', '.join(pf.stages) or 'none'}; run directory {pf.run_dir})")

@@ -71,7 +71,7 @@ class DataSpec(Strict):
     eval_size: Optional[int] = Field(None, ge=1)  # None: all available evaluation images
     train_size: Optional[int] = Field(None, ge=1)
     prefer_full_dataset: bool = True  # fashion_mnist: the Debian package when installed, else the shipped sample
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     # image_folder class map, in the model's output order: folder name -> index. Without one, folder names that
     # are all numbers are the indices themselves, else sorted folder names (their count must be num_classes).
     classes: Optional[list[str]] = None
@@ -139,7 +139,7 @@ class QatSpec(Strict):
     narrow_logits_range: bool = False
     passthrough_layers: list[str] = []  # layer names or classes left unquantised during fine-tuning
     export_onnx: bool = True  # INT8 QDQ ONNX of the QAT model when stages.onnx_ptq is enabled
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class ComparisonSpec(Strict):
@@ -197,7 +197,7 @@ class OutputSpec(Strict):
 class RunConfig(Strict):
     name: str  # also the run directory runs/<name>: a plain name, never a path
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     model: ModelSpec
     preprocess: PreprocessSpec = PreprocessSpec()
     data: DataSpec = DataSpec()

@@ -284,6 +284,21 @@ def list_image_folder(root: Path, classes: list[str] | None = None, num_classes:
     names = [p.name for p in subdirs]
     if not names:
         raise DataError(f"{root}: no class sub-directories; expected root/<class>/<images>")
+    files, folders = [], []
+    for d in subdirs:
+        for f in _entries(d):
+            if f.name.startswith("."):
+                continue
+            _check_link(f)
+            if not f.is_file():
+                continue
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(f"{f}: not an image file (suffix {f.suffix or 'none'}); "
+                                f"only {', '.join(sorted(IMAGE_SUFFIXES))} are read")
+            files.append(f)
+            folders.append(d.name)
+    if not files:
+        raise DataError(f"{root}: no images found under its class directories")
     if classes is not None:
         unknown = [n for n in names if n not in classes]
         if unknown:
@@ -302,21 +317,7 @@ def list_image_folder(root: Path, classes: list[str] | None = None, num_classes:
                             "list the model's class names in output order in data.classes (or data.labels_file)")
         index = {n: i for i, n in enumerate(names)}
         class_names = names
-    files, labels = [], []
-    for d in subdirs:
-        for f in _entries(d):
-            if f.name.startswith("."):
-                continue
-            _check_link(f)
-            if not f.is_file():
-                continue
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"{f}: not an image file (suffix {f.suffix or 'none'}); "
-                                f"only {', '.join(sorted(IMAGE_SUFFIXES))} are read")
-            files.append(f)
-            labels.append(index[d.name])
-    if not files:
-        raise DataError(f"{root}: no images found under its class directories")
+    labels = [index[n] for n in folders]
     return FolderListing(root, files, labels, class_names)
 
 

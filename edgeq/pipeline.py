@@ -251,8 +251,7 @@ class Preflight:
     model: Any = None  # the loaded Keras model (None for ONNX input)
 
 
-def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | None = None,
-              log: Callable[[str], None] = log_print) -> Preflight:
+def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | None = None) -> Preflight:
     """Every check a run can make without converting: output dir, targets, model, data, counts. Writes nothing."""
     where = str(cfg.source or "config")
     check_consistency(cfg, where)
@@ -466,7 +465,7 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
 
     run_dir = cfg.run_dir(out)
     checked_log(f"edgeq {__version__}: {cfg.name} -> {run_dir}")
-    pf = preflight(cfg, out, only_stages, checked_log)  # everything checkable fails here, before any write
+    pf = preflight(cfg, out, only_stages)  # everything checkable fails here, before any write
     splits = pf.splits
     checked_log(f"  data: {len(splits.calibration)} calibration, {len(splits.eval)} eval "
                 f"({splits.dataset})" + (f", {len(splits.train)} train" if splits.train is not None else ""))

@@ -166,6 +166,11 @@ def stages_none(p: Proj):
     return p.config()
 
 
+@case("c.yaml", "'seed'", "greater than or equal to 0")
+def config_negative_seed(p: Proj):
+    return p.config({"seed": -1})
+
+
 # ------------------------------------------------------------------------------------ the model
 @case("missing.keras", "model file not found", "model.path")
 def model_missing(p: Proj):
@@ -195,6 +200,17 @@ def model_foreign_file(p: Proj):
 def model_unknown_suffix(p: Proj):
     (p.root / "model.pt").write_bytes(b"x")
     return p.config({"model": {"path": str(p.root / "model.pt")}})
+
+
+@case("notsaved", "not a SavedModel directory")
+def model_directory_not_savedmodel(p: Proj):
+    (p.root / "notsaved").mkdir()
+    return p.config({"model": {"path": str(p.root / "notsaved")}})
+
+
+@case("tiny.keras", "not an ONNX model")
+def model_keras_file_declared_onnx(p: Proj):
+    return p.config({"model": {"format": "onnx"}, "stages": {"onnx_ptq": {"enabled": True, "calibration_images": 40}}})
 
 
 @case("tiny.keras", "does not match config model.input_shape", "fix the config or the model")
@@ -352,6 +368,12 @@ def labels_map_given_twice(p: Proj):
     return p.config({"data": {"labels_file": str(p.root / "labels.txt"), "classes": ["class_0", "class_1", "class_2"]}})
 
 
+@case("labels.txt", "cannot read the labels file as UTF-8")
+def labels_file_not_utf8(p: Proj):
+    (p.root / "labels.txt").write_bytes(b"class_0\nclass_\xff\nclass_2\n")
+    return p.config({"data": {"labels_file": str(p.root / "labels.txt")}})
+
+
 @case("label 978", "3 classes", "data.classes")
 def labels_numeric_folders_beyond_model(p: Proj):
     d = p.folder("num")
@@ -385,6 +407,12 @@ def npz_truncated(p: Proj):
 def npz_pickled_objects(p: Proj):
     np.savez(p.root / "obj.npz", images=np.array([{"a": 1}] * 3, dtype=object), labels=np.arange(3))
     return p.config({"data": {"kind": "npz", "path": str(p.root / "obj.npz")}})
+
+
+@case("dir.npz", "not a readable .npz")
+def npz_path_is_a_directory(p: Proj):
+    (p.root / "dir.npz").mkdir()
+    return p.config({"data": {"kind": "npz", "path": str(p.root / "dir.npz")}})
 
 
 @case("nolab.npz", "missing array", "'labels'")
@@ -455,6 +483,12 @@ def secret_inline_pem_key(p: Proj):
 @case("devices.yaml", "not shown", "chmod 600")
 def secret_key_body_without_header(p: Proj):
     return _inventory(p, BODY)
+
+
+@case("devices.yaml", "not UTF-8")
+def inventory_not_utf8(p: Proj):
+    (p.root / "devices.yaml").write_bytes(b"devices:\n  - name: p\xefi\n")
+    return p.config({"inventory": str(p.root / "devices.yaml"), "targets": [{"device": "pi"}]})
 
 
 @case("no device named 'pi'")
