@@ -217,6 +217,8 @@ class RunConfig(Strict):
         if "/" in v or "\\" in v or "\x00" in v or v.strip() in (".", "..") or v.startswith("~"):
             raise ValueError("name must be a plain name (it names the run directory runs/<name>), not a path; "
                              "use output.dir or --out to choose where the run goes")
+        if len(v.encode()) > 200:
+            raise ValueError(f"name is {len(v.encode())} bytes long; a directory name must be at most 200")
         return v
 
     def run_dir(self, override: Path | None = None) -> Path:

@@ -18,8 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__
-from . import interrupt
+from . import __version__, interrupt
 from .artifacts import Artifact, Manifest, atomic_path, sha256_of, size_of, stage_key, write_json_atomic
 from .config import RunConfig, check_consistency
 from .data import (FolderListing, LabelledImages, Preprocess, Splits, decode_image_folder, fashion_mnist_splits,
@@ -466,64 +465,69 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
     run_dir = cfg.run_dir(out)
     checked_log(f"edgeq {__version__}: {cfg.name} -> {run_dir}")
     pf = preflight(cfg, out, only_stages)  # everything checkable fails here, before any write
-    splits = pf.splits
-    checked_log(f"  data: {len(splits.calibration)} calibration, {len(splits.eval)} eval "
-                f"({splits.dataset})" + (f", {len(splits.train)} train" if splits.train is not None else ""))
-    header = {"edgeq_version": __version__, "model": cfg.name, "config": str(cfg.source.resolve()) if cfg.source else None,
-              "seed": cfg.seed, "versions": package_versions()}
     set_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir, wait, checked_log):
-        manifest = Manifest(run_dir, header)
-        ctx = RunContext(cfg, run_dir, manifest, pf.pre, splits, checked_log)
-        ctx._model = pf.model
-        before = _work_done(ctx)
-        try:
-            ctx.fp32 = _import_fp32(ctx)
-            produced: list[Artifact] = [ctx.fp32]
-            ran: list[str] = []
-            for name in STAGES:
-                opts = getattr(cfg.stages, name)
-                if not opts.enabled or (only_stages is not None and name not in only_stages):
-                    continue
-                if ctx.is_onnx_input and name in KERAS_ONLY_STAGES:
-                    checked_log(f"[{name}] skipped: the input model is ONNX; only ONNX stages apply")
-                    ctx.results["sections"].setdefault("skipped", {})[name] = "input model is ONNX"
-                    continue
-                checked_log(f"[{name}]")
-                produced += _run_stage(name, ctx, opts)
-                ran.append(name)
-            # keep only artifacts of this config (an earlier run in the same dir may have made others)
-            keep = {a.name for a in produced}
-            manifest.artifacts = {n: a for n, a in manifest.artifacts.items() if n in keep}
-            manifest.save()
-            arts = list(manifest.artifacts.values())
-            if cfg.evaluate.enabled:
-                checked_log("[evaluate]")
-                evaluate_artifacts(ctx, arts)
-                _warn_if_chance(ctx)
-            for name in (n for n in ran if n in AFTER_EVALUATE):
-                _resolve(AFTER_EVALUATE[name])(ctx)
-            if cfg.benchmark.enabled:
-                checked_log("[benchmark: host]")
-                benchmark_host(ctx, arts)
-            if cfg.targets:
-                checked_log("[benchmark: devices]")
-                from .targets.remote import benchmark_devices
+    with run_lock(run_dir, wait):
+        return _run_locked(cfg, run_dir, pf, checked_log, only_stages, t0)
 
-                benchmark_devices(ctx, arts)
-        finally:
-            ctx.save_results()
-        from .report import write_report
 
-        # wall_seconds: the last run that made something; a rerun that reused everything keeps it and adds its own
-        seconds = round(time.perf_counter() - t0, 1)
-        if _work_done(ctx) != before or "wall_seconds" not in ctx.results:
-            ctx.results["wall_seconds"] = seconds
-        ctx.results["wall_seconds_last_run"] = seconds
+def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str], None],
+                only_stages: set[str] | None, t0: float) -> Path:
+    splits = pf.splits
+    log(f"  data: {len(splits.calibration)} calibration, {len(splits.eval)} eval "
+        f"({splits.dataset})" + (f", {len(splits.train)} train" if splits.train is not None else ""))
+    header = {"edgeq_version": __version__, "model": cfg.name, "config": str(cfg.source.resolve()) if cfg.source else None,
+              "seed": cfg.seed, "versions": package_versions()}
+    manifest = Manifest(run_dir, header)
+    ctx = RunContext(cfg, run_dir, manifest, pf.pre, splits, log)
+    ctx._model = pf.model  # loaded and checked by the preflight
+    before = _work_done(ctx)
+    try:
+        ctx.fp32 = _import_fp32(ctx)
+        produced: list[Artifact] = [ctx.fp32]
+        ran: list[str] = []
+        for name in STAGES:
+            opts = getattr(cfg.stages, name)
+            if not opts.enabled or (only_stages is not None and name not in only_stages):
+                continue
+            if ctx.is_onnx_input and name in KERAS_ONLY_STAGES:
+                log(f"[{name}] skipped: the input model is ONNX; only ONNX stages apply")
+                ctx.results["sections"].setdefault("skipped", {})[name] = "input model is ONNX"
+                continue
+            log(f"[{name}]")
+            produced += _run_stage(name, ctx, opts)
+            ran.append(name)
+        # keep only artifacts of this config (an earlier run in the same dir may have made others)
+        keep = {a.name for a in produced}
+        manifest.artifacts = {n: a for n, a in manifest.artifacts.items() if n in keep}
+        manifest.save()
+        arts = list(manifest.artifacts.values())
+        if cfg.evaluate.enabled:
+            log("[evaluate]")
+            evaluate_artifacts(ctx, arts)
+            _warn_if_chance(ctx)
+        for name in (n for n in ran if n in AFTER_EVALUATE):
+            _resolve(AFTER_EVALUATE[name])(ctx)
+        if cfg.benchmark.enabled:
+            log("[benchmark: host]")
+            benchmark_host(ctx, arts)
+        if cfg.targets:
+            log("[benchmark: devices]")
+            from .targets.remote import benchmark_devices
+
+            benchmark_devices(ctx, arts)
+    finally:
         ctx.save_results()
-        interrupt.check()  # a Ctrl-C swallowed inside TensorFlow still stops the run before the report
-        write_report(ctx)
+    from .report import write_report
+
+    # wall_seconds: the last run that made something; a rerun that reused everything keeps it and adds its own
+    seconds = round(time.perf_counter() - t0, 1)
+    if _work_done(ctx) != before or "wall_seconds" not in ctx.results:
+        ctx.results["wall_seconds"] = seconds
+    ctx.results["wall_seconds_last_run"] = seconds
+    ctx.save_results()
+    interrupt.check()  # a Ctrl-C swallowed inside TensorFlow still stops the run before the report
+    write_report(ctx)
     return run_dir
 
 
@@ -537,7 +541,7 @@ LOCK_NAME = ".edgeq.lock"
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path, wait: bool = True, log: Callable[[str], None] = log_print):
+def run_lock(run_dir: Path, wait: bool = True):
     """One run at a time per run directory: flock on run_dir/.edgeq.lock (released by the kernel if the holder
     dies, so a stale lock never blocks); the holder's pid is written in it for the message."""
     import fcntl

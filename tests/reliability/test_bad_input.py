@@ -110,6 +110,11 @@ def config_name_dot_dot(p: Proj):
     return p.config({"name": "../../escape"})
 
 
+@case("c.yaml", "'name'", "at most 200")
+def config_name_too_long(p: Proj):
+    return p.config({"name": "x" * 300})
+
+
 @case("c.yaml", "model.input_shape.0", "greater than 0")
 def input_shape_zero(p: Proj):
     return p.config({"model": {"input_shape": [0, 16, 3]}})

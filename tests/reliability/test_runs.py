@@ -129,7 +129,7 @@ def test_second_run_into_a_locked_directory_refuses_with_no_wait(proj: Proj, cap
     from edgeq.pipeline import run_lock
 
     proj.out.mkdir()
-    with run_lock(proj.out, log=lambda m: None):
+    with run_lock(proj.out):
         code, _, err = _run(capsys, proj.config(), proj.out, "--no-wait")
     assert_one_error(code, err, str(proj.out), f"pid {os.getpid()}", "choose another --out")
     assert_nothing_claims_success(proj.out)
@@ -142,7 +142,7 @@ def test_second_run_waits_for_the_first_and_names_its_pid(proj: Proj, capsys):
     held, release = threading.Event(), threading.Event()
 
     def holder():
-        with run_lock(proj.out, log=lambda m: None):
+        with run_lock(proj.out):
             held.set()
             release.wait(30)
     t = threading.Thread(target=holder)
