@@ -14,7 +14,8 @@ from .errors import EdgeqError
 
 
 def _selected(args):
-    """The config with the command line's --no-benchmark / --stages applied, and the stage selection."""
+    """The config with the command line's --no-benchmark / --reuse-benchmarks / --stages applied, and the stage
+    selection."""
     from .config import load_config
     from .pipeline import parse_stages
 
@@ -22,6 +23,8 @@ def _selected(args):
     wanted = parse_stages(args.stages) if args.stages is not None else None
     if getattr(args, "no_benchmark", False):
         cfg.benchmark.enabled = False
+    if getattr(args, "reuse_benchmarks", False):
+        cfg.benchmark.reuse = True
     if wanted is not None:
         for name in ("tflite_ptq", "onnx_ptq", "qat", "comparison"):
             getattr(cfg.stages, name).enabled = name in wanted
@@ -92,6 +95,25 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .artifacts import write_json_atomic
+    from .compare_runs import compare_runs, load_runs, print_comparison, to_json
+
+    runs = load_runs([Path(p) for p in args.runs])
+    rows = compare_runs(runs, args.target, args.max_drop, args.max_latency_ratio)
+    if not rows:
+        raise EdgeqError(f"no artifact name is common to {runs[0].path} and the other runs: nothing to compare")
+    print_comparison(runs, rows, args.target)
+    if args.json:
+        write_json_atomic(Path(args.json), to_json(runs, rows, args.target))
+    bad = [r for r in rows if r.regressions]
+    if bad and args.fail_on_regression:
+        names = ", ".join(sorted({r.artifact for r in bad}))
+        print(f"edgeq: regression in {names} (see above); failing as --fail-on-regression asks", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeq", description="FP32 image classifier -> evaluated, benchmarked INT8 "
                                 "edge artifacts (TFLite, ONNX) with a report.")
@@ -102,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default: output.dir or runs/<name>)")
     r.add_argument("--stages", help="comma-separated stages to run (default: those enabled in the config)")
     r.add_argument("--no-benchmark", action="store_true", help="skip latency benchmarks")
+    r.add_argument("--reuse-benchmarks", action="store_true", help="keep earlier host latency figures when the CPU, "
+                   "threads, rounds and artifacts are unchanged (default: re-measure)")
     r.add_argument("--no-wait", action="store_true", help="refuse, instead of waiting, when another run holds --out")
     r.set_defaults(fn=_cmd_run)
     v = sub.add_parser("validate", help="check a config as `edgeq run` would (model, data, counts, output "
@@ -129,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int)
     b.add_argument("--threads", type=int)
     b.set_defaults(fn=_cmd_bench)
+    c = sub.add_parser("compare", help="finished runs side by side (the first is the baseline); a CI gate with "
+                       "--fail-on-regression")
+    c.add_argument("runs", nargs="+", help="run directories, or a directory holding runs")
+    c.add_argument("--target", default="host", help="whose latency to compare (host or a device name)")
+    c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when an artifact loses top-1 "
+                   "significantly beyond --max-drop, or its latency ratio's interval lies above --max-latency-ratio")
+    c.add_argument("--max-drop", type=float, default=0.5, help="points of top-1 (default 0.5)")
+    c.add_argument("--max-latency-ratio", type=float, default=1.10, help="default 1.10")
+    c.add_argument("--json", help="also write the comparison as JSON to this file")
+    c.set_defaults(fn=_cmd_compare)
     return p
 
 

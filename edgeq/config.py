@@ -177,14 +177,21 @@ class EvaluateSpec(Strict):
 
 
 class BenchmarkSpec(Strict):
+    """Artifacts on one target are timed interleaved: `rounds` rounds, each artifact in turn taking
+    `warmup` untimed then `runs` timed single-image inferences (see edgeq.targets.interleave)."""
+
     enabled: bool = True
-    runs: int = Field(200, ge=1)
-    warmup: int = Field(20, ge=0)
+    runs: int = Field(100, ge=1)  # timed runs per artifact per round
+    warmup: int = Field(10, ge=0)  # untimed runs per artifact per round
+    rounds: int = Field(10, ge=1)  # >= 6 for a 95 % interval of the median over rounds
     threads: int = Field(1, ge=1)
+    noisy_limit: float = Field(0.10, gt=0)  # a median whose 95 % interval spans more than this fraction is `noisy`
+    reuse: bool = False  # keep earlier figures when CPU, threads, rounds and artifacts match (--reuse-benchmarks)
 
 
 class TargetRef(Strict):
     device: str  # a name in the inventory
+    rounds: Optional[int] = Field(None, ge=1)
     runs: Optional[int] = None
     warmup: Optional[int] = None
     threads: Optional[int] = None
@@ -198,6 +205,9 @@ class RunConfig(Strict):
     name: str  # also the run directory runs/<name>: a plain name, never a path
     description: str = ""
     seed: int = Field(0, ge=0)
+    # the accuracy budget: the most top-1 (percentage points) an artifact may lose against FP32 and still
+    # be shipped; verdicts and the "what to ship" line per target follow from it
+    max_accuracy_drop: float = Field(1.0, ge=0)
     model: ModelSpec
     preprocess: PreprocessSpec = PreprocessSpec()
     data: DataSpec = DataSpec()

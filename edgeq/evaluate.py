@@ -32,11 +32,21 @@ def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> int:
 
 
 def evaluate(predictor: Predictor, data: LabelledImages, pre: Preprocess, dataset: str,
-             batch_size: int = 64) -> EvalResult:
+             batch_size: int = 64, label: str | None = None) -> EvalResult:
+    """Top-1/top-5 of `predictor` on `data`; `label` names the progress display (default: "evaluate <file>")."""
+    import os
+
+    from .progress import track
+
+    if label is None:  # name what is evaluated: the file, else the Keras model
+        path, model = getattr(predictor, "path", None), getattr(predictor, "model", None)
+        label = (f"evaluate {os.path.basename(path)}" if isinstance(path, (str, os.PathLike)) else
+                 f"evaluate Keras model {model.name}" if isinstance(getattr(model, "name", None), str) else "evaluate")
     t = time.perf_counter()
     correct1 = correct5 = 0
     preds = []
-    for x, y in data.batches(pre, batch_size):
+    for x, y in track(data.batches(pre, batch_size), -(-len(data) // batch_size), f"{label} ({len(data)} images)",
+                      "batches"):
         s = predictor.predict(x)
         s = s.reshape(len(x), -1)
         preds.append(np.argmax(s, axis=1))

@@ -24,7 +24,7 @@ from .config import RunConfig, check_consistency
 from .data import (FolderListing, LabelledImages, Preprocess, Splits, decode_image_folder, fashion_mnist_splits,
                    list_image_folder, load_npz, read_labels_file, split_one, split_sizes)
 from .errors import ConfigError, DataError, EdgeqError
-from .sysinfo import cpu_info, package_versions
+from .sysinfo import package_versions
 
 # stage name -> "module:function"; each function is run_stage(ctx, options) -> list[Artifact]
 STAGES: dict[str, str] = {
@@ -39,7 +39,9 @@ AFTER_EVALUATE: dict[str, str] = {"comparison": "edgeq.quantize.compare:after_ev
 
 
 def log_print(msg: str) -> None:
-    print(msg, flush=True)
+    from .progress import log
+
+    log(msg)
 
 
 @dataclass
@@ -327,6 +329,12 @@ def evaluate_artifacts(ctx: RunContext, artifacts: list[Artifact]) -> None:
     ev = ctx.splits.eval
     fp = ev.fingerprint()
     preds: dict[str, np.ndarray] = {}
+    labels = ctx.run_dir / "eval" / "labels.npz"  # with the predictions, lets `edgeq compare` pair two runs
+    if not labels.exists():
+        labels.parent.mkdir(exist_ok=True)
+        with atomic_path(labels) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, labels=ev.labels.astype(np.int32), fingerprint=np.array(fp))
     for a in artifacts:
         k = f"{a.sha256}:{fp}"
         cached = ctx.results["evaluations"].get(k)
@@ -342,7 +350,7 @@ def evaluate_artifacts(ctx: RunContext, artifacts: list[Artifact]) -> None:
         else:
             pred = open_predictor(a.abspath(ctx.run_dir), a.format, threads=os.cpu_count(),
                                   **({"optimization": ort_level(ctx, a)} if a.format == "onnx" else {}))
-        r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size)
+        r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size, label=f"evaluate {a.name}")
         pf = f"eval/{a.name}.npz"
         (ctx.run_dir / "eval").mkdir(exist_ok=True)
         with atomic_path(ctx.run_dir / pf) as tmp:
@@ -400,35 +408,9 @@ def per_layer_errors(ctx: RunContext, artifacts: list[Artifact], images: int = 8
 
 def ort_level(ctx: RunContext, a: Artifact) -> str:
     """The ONNX Runtime graph-optimisation level an artifact runs at: its own if it names one, else the config's."""
-    return a.notes.get("ort_graph_optimization") or ctx.cfg.stages.onnx_ptq.graph_optimization
+    from .targets.host import ort_level as level
 
-
-def benchmark_host(ctx: RunContext, artifacts: list[Artifact]) -> None:
-    from .targets.host import HostTarget
-
-    b = ctx.cfg.benchmark
-    sample = ctx.sample_input()
-    cpu = cpu_info()["model"]
-    for a in artifacts:
-        host = HostTarget(sample, onnx_optimization=ort_level(ctx, a))
-        comp = host.check(a, ctx.run_dir)
-        k = f"host:{a.sha256}:{b.runs}:{b.warmup}:{b.threads}"
-        skip = a.notes.get("host_benchmark_skip")  # e.g. a TensorRT-only artifact: its latency is the device's
-        if not comp.ok or skip:
-            ctx.results["latency"][k] = {"artifact": a.name, "sha256": a.sha256, "target": "host", "stats": None,
-                                         "reason": skip or "; ".join(comp.problems)}
-            continue
-        old = ctx.results["latency"].get(k)
-        if old and old.get("stats") and old.get("cpu") == cpu:
-            ctx.log(f"  = {a.name}: host median {old['stats']['median']:.3f} ms (reused)")
-            continue
-        stats = host.benchmark(host.prepare(a, ctx.run_dir), b.runs, b.warmup, b.threads)
-        ctx.results["latency"][k] = {"artifact": a.name, "sha256": a.sha256, "target": "host", "stats": stats.to_dict(),
-                                     "cpu": cpu}
-        ctx.save_results()
-        ctx.log(f"  * {a.name}: host median {stats.median:.3f} ms, p90 {stats.p90:.3f} ms "
-                f"({b.runs} runs, {b.threads} thread{'s' if b.threads > 1 else ''})")
-    ctx.save_results()
+    return level(a, ctx.cfg.stages.onnx_ptq.graph_optimization)
 
 
 def _warn_if_chance(ctx: RunContext) -> None:
@@ -510,6 +492,8 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
             _resolve(AFTER_EVALUATE[name])(ctx)
         if cfg.benchmark.enabled:
             log("[benchmark: host]")
+            from .targets.host import benchmark_host
+
             benchmark_host(ctx, arts)
         if cfg.targets:
             log("[benchmark: devices]")

@@ -5,15 +5,17 @@ Every figure comes from this run's results.json; one that could not be measured 
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 import time
+
+import numpy as np
 
 from .artifacts import write_bytes_atomic, write_json_atomic
 from .sysinfo import cpu_info
+from .verdicts import accuracy_interval, int8_method_tests, ship, vs_reference
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+LATENCY_KEYS = ("median", "median_ci95", "ci_coverage", "p90", "p99", "mean", "min", "max", "runs", "rounds", "warmup",
+                "threads", "runtime", "device", "noisy", "noisy_reason", "ratio_to_fp32", "round_medians", "quantiles")
 
 
 def _accuracy(ctx, a) -> dict:
@@ -22,8 +24,39 @@ def _accuracy(ctx, a) -> dict:
     if r is None:
         why = ("evaluation disabled (evaluate.enabled: false)" if not ctx.cfg.evaluate.enabled
                else "Keras baseline evaluation disabled (evaluate.keras_baseline: false)")
-        return {"top1": None, "top5": None, "n": 0, "dataset": ctx.splits.dataset, "reason": why}
-    return {"top1": r["top1"], "top5": r["top5"], "n": r["n"], "dataset": r["dataset"]}
+        return {"top1": None, "top5": None, "n": 0, "dataset": ctx.splits.dataset, "ci95": None, "reason": why}
+    return {"top1": r["top1"], "top5": r["top5"], "n": r["n"], "dataset": r["dataset"],
+            "ci95": accuracy_interval(r["top1"], r["n"]), "top5_ci95": accuracy_interval(r["top5"], r["n"])}
+
+
+def _correct(ctx, arts) -> dict:
+    """artifact name -> boolean array: was eval image i classified right (from the evaluation's predictions)."""
+    fp = ctx.splits.eval.fingerprint()
+    labels = ctx.splits.eval.labels
+    out = {}
+    for a in arts:
+        r = ctx.results["evaluations"].get(f"{a.sha256}:{fp}")
+        if r is None or not (ctx.run_dir / r["predictions_file"]).exists():
+            continue
+        with np.load(ctx.run_dir / r["predictions_file"], allow_pickle=False) as z:
+            pred = z["predictions"]
+        if len(pred) == len(labels):
+            out[a.name] = pred == labels
+    return out
+
+
+def _vs_fp32(ctx, arts, correct: dict) -> dict:
+    """artifact name -> report.json `vs_fp32`: each non-reference artifact against the FP32 of its format."""
+    fp32_by_fmt = {a.format: a.name for a in arts if a.precision == "fp32" and a.name in correct}
+    base = ctx.fp32.name if ctx.fp32 and ctx.fp32.name in correct else next(iter(fp32_by_fmt.values()), None)
+    out = {}
+    for a in arts:
+        ref = fp32_by_fmt.get(a.format, base)
+        if a.name not in correct or ref is None or ref == a.name or (a.precision == "fp32" and a.format in fp32_by_fmt
+                                                                      and fp32_by_fmt[a.format] == a.name):
+            continue
+        out[a.name] = vs_reference(ref, correct[ref], correct[a.name], ctx.cfg.max_accuracy_drop)
+    return out
 
 
 def _agreement(ctx, a):
@@ -41,8 +74,7 @@ def _latency(ctx, a) -> dict:
     for v in rows:
         s = v.get("stats")
         if s:
-            out[v["target"]] = {k: s[k] for k in ("median", "p90", "p99", "mean", "min", "max", "runs", "warmup",
-                                                  "threads", "runtime", "device")}
+            out[v["target"]] = {k: s.get(k) for k in LATENCY_KEYS}
         else:
             out[v["target"]] = {"median": None, "p90": None, "p99": None, "runs": 0, "threads": None,
                                 "reason": v.get("reason", "not measured")}
@@ -51,13 +83,18 @@ def _latency(ctx, a) -> dict:
 
 
 def build_report(ctx) -> dict:
+    """The report.json dict of a run: every artifact with its measured figures, verdicts and conditions."""
     arts = list(ctx.manifest.artifacts.values())
     entries = []
     fp = ctx.splits.eval.fingerprint()
+    correct = _correct(ctx, arts)
+    vs = _vs_fp32(ctx, arts, correct)
+    budget = ctx.cfg.max_accuracy_drop
     for a in arts:
         e = {"name": a.name, "format": a.format, "precision": a.precision, "method": a.method, "path": a.path,
              "size_bytes": a.size_bytes, "sha256": a.sha256, "parent": a.parent, "stage": a.stage,
              "params": a.params, "accuracy": _accuracy(ctx, a), "agreement_with_fp32": _agreement(ctx, a),
+             **({"vs_fp32": vs[a.name]} if a.name in vs else {}),
              "latency_ms": _latency(ctx, a),
              "compatibility": {t: c for t, c in ctx.results["compatibility"].get(a.name, {}).items()}}
         pl = [v for k, v in ctx.results.get("per_layer", {}).items() if k.split(":")[1:3] == [a.sha256, fp]]
@@ -68,6 +105,11 @@ def build_report(ctx) -> dict:
         entries.append(e)
     checks = derive_checks(entries)
     cpu = cpu_info()
+    sections = dict(ctx.results["sections"])
+    tests, lines = int8_method_tests(entries, correct, budget)
+    if "comparison" in sections or tests:
+        sections["comparison"] = _comparison_with_tests(sections.get("comparison"), tests, lines, budget)
+    targets = list(dict.fromkeys(t for e in entries for t, s in e["latency_ms"].items() if s.get("median") is not None))
     return {
         "schema_version": SCHEMA_VERSION,
         "model": ctx.cfg.name,
@@ -78,15 +120,33 @@ def build_report(ctx) -> dict:
         "seed": ctx.cfg.seed,
         "wall_seconds": ctx.results.get("wall_seconds"),  # the last run that made something
         "wall_seconds_last_run": ctx.results.get("wall_seconds_last_run"),  # this run (a rerun may reuse all)
-        "dataset": {"eval": ctx.splits.dataset, "n_eval": len(ctx.splits.eval),
+        "dataset": {"eval": ctx.splits.dataset, "n_eval": len(ctx.splits.eval), "eval_fingerprint": fp,
                     "calibration": ctx.splits.calibration.source, "n_calibration": len(ctx.splits.calibration),
                     "full_test_set": ctx.splits.full_test_set},
         "host": {"cpu": cpu, "benchmark": ctx.cfg.benchmark.model_dump()},
+        "conditions": ctx.results.get("conditions", {}),
+        "budget": {"max_accuracy_drop_pt": budget},
+        "ship": {t: ship(entries, t, budget) for t in targets},
         "artifacts": entries,
         "checks": checks,
-        **{k: v for k, v in ctx.results["sections"].items()},
+        **sections,
         "versions": ctx.manifest.header.get("versions", {}),
     }
+
+
+def _comparison_with_tests(section: dict | None, tests: list[dict], lines: list[str], budget: float) -> dict:
+    """The comparison section with INT8 verdicts derived from paired tests, for every INT8 format of the run."""
+    section = dict(section or {"markdown": "## PTQ vs QAT"})
+    low = [v for v in section.get("verdict_lines", []) if not v.startswith("INT8")]
+    low = [v + " (simulated weights, unpaired point estimates)" if "simulated" in v else v for v in low]
+    verdict_lines = lines + low
+    md = section.get("markdown", "")
+    md = md.split("\n\n- ", 1)[0] if "\n\n- " in md else md  # drop the stage's own point-estimate verdicts
+    md += (f"\n\nVerdicts (paired exact McNemar tests on the same images, 95 % intervals, budget {budget:g} pt):\n\n"
+           + "\n".join(f"- {v}" for v in verdict_lines))
+    section.update(verdict=" ".join(verdict_lines), verdict_lines=verdict_lines, tests=tests,
+                   budget_pt=budget, markdown=md)
+    return section
 
 
 def _top1(e):
@@ -126,49 +186,115 @@ def _fmt(v, spec=".4f", none="—"):
     return none if v is None else format(v, spec)
 
 
-def summary_rows(rep: dict) -> list[list[str]]:
-    rows = []
-    checks = rep["checks"]
-    for e in rep["artifacts"]:
-        h = e["latency_ms"].get("host", {})
-        c = checks.get(e["name"], {})
-        acc = e["accuracy"]
-        rows.append([
-            e["name"], e["format"], e["precision"], e["method"], f"{e['size_bytes'] / 1e6:.2f}",
-            _fmt(c.get("size_ratio"), ".3f"), _fmt(acc.get("top1")), _fmt(acc.get("top5")),
-            _fmt(c.get("top1_drop_points"), "+.2f"),
-            _fmt((e.get("agreement_with_fp32") or {}).get("top1_agreement"), ".4f"),
-            _fmt(h.get("median"), ".3f", none="n/a"), _fmt(h.get("p90"), ".3f"),
-            _fmt(c.get("latency_ratio", {}).get("host"), ".3f"),
-        ])
-    return rows
+def _ci(v, ci, spec: str, scale: float = 1.0) -> str:
+    if v is None:
+        return "—"
+    text = format(v * scale, spec)
+    lo_spec = spec.lstrip("+")
+    return text + (f" [{format(ci[0] * scale, lo_spec)},{format(ci[1] * scale, lo_spec)}]" if ci else "")
 
 
-HEADERS = ["artifact", "format", "precision", "method", "size MB", "size ×FP32", "top-1", "top-5",
-           "drop pt", "agree FP32", "host median ms", "host p90 ms", "latency ×FP32"]
+def _flags(rep: dict, e: dict, target: str = "host") -> str:
+    s = e["latency_ms"].get(target) or {}
+    flags = []
+    if (rep.get("ship", {}).get(target) or {}).get("artifact") == e["name"]:
+        flags.append("ship")
+    if s.get("noisy"):
+        flags.append("noisy")
+    return ",".join(flags)
+
+
+def artifact_cells(rep: dict, e: dict, target: str = "host") -> dict:
+    """The figures of one artifact as display strings (shared by the terminal, report.md and compare)."""
+    acc, v = e["accuracy"], e.get("vs_fp32") or {}
+    s = e["latency_ms"].get(target) or {}
+    r = s.get("ratio_to_fp32") or {}
+    drop = "—"
+    if v:
+        drop = _ci(v["drop_pt"], v["drop_ci95_pt"], "+.2f") + ("*" if v["mcnemar"]["p"] < 0.05 else "")
+    return {"artifact": e["name"], "format": e["format"], "precision": e["precision"], "method": e["method"],
+            "MB": f"{e['size_bytes'] / 1e6:.2f}",
+            "size ×FP32": _fmt(rep["checks"].get(e["name"], {}).get("size_ratio"), ".3f"),
+            "top-1 % [95% CI]": _ci(acc.get("top1"), acc.get("ci95"), ".2f", 100), "n": str(acc.get("n") or "—"),
+            "drop pt [CI]": drop, "McNemar p": _fmt(v.get("mcnemar", {}).get("p"), ".2g"),
+            f"{target} ms [CI]": _ci(s.get("median"), s.get("median_ci95"), ".4g") if s.get("median") is not None
+            else "n/a",
+            "×FP32 [CI]": _ci(r.get("value"), r.get("ci95"), ".2f") if r else "—",
+            "flags": _flags(rep, e, target)}
+
+
+TERMINAL = ["artifact", "MB", "top-1 % [95% CI]", "drop pt [CI]", "host ms [CI]", "×FP32 [CI]", "flags"]
+MARKDOWN = ["artifact", "format", "precision", "method", "MB", "size ×FP32", "top-1 % [95% CI]", "n", "drop pt [CI]",
+            "McNemar p", "host ms [CI]", "×FP32 [CI]", "flags"]
+
+
+def summary_rows(rep: dict, headers=TERMINAL) -> list[list[str]]:
+    return [[artifact_cells(rep, e)[h] for h in headers] for e in rep["artifacts"]]
+
+
+def _conditions_line(rep: dict) -> str:
+    c = (rep.get("conditions") or {}).get("host") or {}
+    if not c:
+        return "- host conditions: not recorded (benchmark not run)"
+    busy = ", ".join(f"{p['name']} {p['cpu_percent']:.0f} %" for p in c.get("busy_processes") or []) or "none seen"
+    return (f"- host conditions: load average {c.get('loadavg_before')} before, {c.get('loadavg_after')} after; "
+            f"busy processes at start: {busy}; {c.get('threads')} thread(s); {c.get('rounds')} interleaved rounds "
+            f"of {c.get('warmup_per_round')} warm-up + {c.get('runs_per_round')} timed runs per artifact")
 
 
 def markdown(rep: dict) -> str:
     cpu = rep["host"]["cpu"]
-    b = rep["host"]["benchmark"]
+    budget = rep.get("budget", {}).get("max_accuracy_drop_pt")
     lines = [f"# edgeq report: {rep['model']}", "",
              f"- evaluation set: {rep['dataset']['eval']}; calibration: {rep['dataset']['n_calibration']} images "
              f"from {rep['dataset']['calibration']}",
              f"- host: {cpu['model']} ({cpu['machine']}, {cpu['cores']} cores; SIMD: {', '.join(cpu['simd']) or 'none'}; "
              f"int8 dot-product: {'yes' if cpu['int8_dot_product'] else 'no'})",
-             f"- benchmark: {b['runs']} runs after {b['warmup']} warm-up, {b['threads']} thread(s), batch 1",
-             f"- wall time: {rep.get('wall_seconds')} s", "",
-             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(r) + " |" for r in summary_rows(rep)]
+             _conditions_line(rep),
+             f"- accuracy budget: {budget} pt of top-1 (max_accuracy_drop)",
+             f"- wall time: {rep.get('wall_seconds')} s", ""]
+    lines += ["## What to ship", ""] + [f"- **{t}**: {v['artifact'] or 'nothing'} — {v['why']}"
+                                        for t, v in (rep.get("ship") or {}).items()] + [""]
+    lines += ["## Artifacts", "",
+              "Intervals are 95 %: Wilson for top-1, Newcombe paired for the drop (\\* = significant, exact McNemar "
+              "p < 0.05), order statistics over interleaved rounds for latency and its ratio to the FP32 artifact of "
+              "the same format.", "",
+              "| " + " | ".join(MARKDOWN) + " |", "|" + "---|" * len(MARKDOWN)]
+    lines += ["| " + " | ".join(r) + " |" for r in summary_rows(rep, MARKDOWN)]
+    verdicts = [(e["name"], e["vs_fp32"]["verdict"]) for e in rep["artifacts"] if e.get("vs_fp32")]
+    if verdicts:
+        lines += ["", "## Against FP32", ""] + [f"- {n}: {v}" for n, v in verdicts]
+    notes = [(e["name"], t, s["reason"]) for e in rep["artifacts"] for t, s in e["latency_ms"].items() if s.get("reason")]
+    notes += [(e["name"], t, s["noisy_reason"]) for e in rep["artifacts"] for t, s in e["latency_ms"].items()
+              if s.get("noisy")]
+    if notes:
+        lines += ["", "## Not measured or noisy", ""] + [f"- {n} on {t}: {r}" for n, t, r in notes]
+    lines += _device_lines(rep) + _per_layer_lines(rep)
+    for name, section in rep.items():
+        if isinstance(section, dict) and section.get("markdown"):
+            lines += ["", section["markdown"]]
+    lines += ["", "Full figures: report.json. Artifacts and hashes: manifest.json."]
+    return "\n".join(lines) + "\n"
+
+
+def _device_lines(rep: dict) -> list[str]:
     devices = sorted({t for e in rep["artifacts"] for t in e["latency_ms"] if t != "host"})
-    if devices:
-        lines += ["", "## Devices", "", "| artifact | device | median ms | p90 ms | runtime / reason |", "|---|---|---|---|---|"]
-        for e in rep["artifacts"]:
-            for t in devices:
-                s = e["latency_ms"].get(t)
-                if s:
-                    lines.append(f"| {e['name']} | {t} | {_fmt(s.get('median'), '.3f')} | {_fmt(s.get('p90'), '.3f')} | "
-                                 f"{s.get('runtime') or s.get('reason', '')} |")
+    if not devices:
+        return []
+    lines = ["", "## Devices", "", "| artifact | device | median ms [CI] | ×FP32 [CI] | p90 ms | runtime / reason |",
+             "|---|---|---|---|---|---|"]
+    for e in rep["artifacts"]:
+        for t in devices:
+            s = e["latency_ms"].get(t)
+            if s:
+                c = artifact_cells(rep, e, t)
+                lines.append(f"| {e['name']} | {t} | {c[t + ' ms [CI]']} | {c['×FP32 [CI]']} | "
+                             f"{_fmt(s.get('p90'), '.3f')} | {s.get('runtime') or s.get('reason', '')} |")
+    return lines
+
+
+def _per_layer_lines(rep: dict) -> list[str]:
+    lines = []
     for e in rep["artifacts"]:
         pl = e.get("per_layer_error") or {}
         if pl.get("layers"):
@@ -179,82 +305,7 @@ def markdown(rep: dict) -> str:
             lines += [f"| {r['op']} | {r['layers']} | {r['sqnr_db']:.1f} | {r['max_abs_err']:.4g} |" for r in worst]
         elif pl.get("reason"):
             lines += ["", f"Per-layer error of {e['name']}: {pl['reason']}"]
-    for name, section in rep.items():
-        if isinstance(section, dict) and section.get("markdown"):
-            lines += ["", section["markdown"]]
-    lines += ["", "Full figures: report.json. Artifacts and hashes: manifest.json."]
-    return "\n".join(lines) + "\n"
-
-
-def _plot_png(rep: dict) -> str | None:
-    pts = [(e["name"], e["latency_ms"].get("host", {}).get("median"), (e["accuracy"] or {}).get("top1"),
-            e["size_bytes"]) for e in rep["artifacts"]]
-    pts = [p for p in pts if p[1] is not None and p[2] is not None]
-    if not pts:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    smax = max(p[3] for p in pts)
-    for name, lat, acc, size in pts:
-        ax.scatter(lat, acc * 100, s=40 + 400 * size / smax, alpha=0.6)
-        ax.annotate(name, (lat, acc * 100), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("host median latency (ms, batch 1)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{rep['model']}: accuracy vs latency (marker area ∝ size)")
-    return _png_base64(fig, ax)
-
-
-def _per_layer_png(rep: dict) -> str | None:
-    series = [(e["name"], e["per_layer_error"]["layers"]) for e in rep["artifacts"]
-              if (e.get("per_layer_error") or {}).get("layers")]
-    if not series:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    for name, layers in series:
-        ax.plot([min(r["sqnr_db"], 60) for r in layers], marker=".", label=name)
-    ax.set_xlabel("op index (graph order)")
-    ax.set_ylabel("SQNR vs FP32 (dB)")
-    ax.set_title("per-layer quantisation error")
-    ax.legend(fontsize=8)
-    return _png_base64(fig, ax)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png_base64(fig, ax) -> str:
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=105)
-    _pyplot().close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def html_report(rep: dict, md: str) -> str:
-    esc = html.escape
-    rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in summary_rows(rep))
-    png = _plot_png(rep)
-    img = f'<img alt="accuracy vs latency" src="data:image/png;base64,{png}">' if png else "<p>No plot: no artifact has both accuracy and host latency.</p>"
-    pl_png = _per_layer_png(rep)
-    if pl_png:
-        img += f'<img alt="per-layer SQNR" src="data:image/png;base64,{pl_png}">'
-    cpu = rep["host"]["cpu"]
-    extra = "".join(f"<h2>{esc(k)}</h2><pre>{esc(v['markdown'])}</pre>" for k, v in rep.items()
-                    if isinstance(v, dict) and v.get("markdown"))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgeq: {esc(rep['model'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}</style>
-</head><body><h1>edgeq report: {esc(rep['model'])}</h1>
-<p>Evaluation: {esc(rep['dataset']['eval'])}. Host: {esc(cpu['model'])}, SIMD {esc(', '.join(cpu['simd']))}.</p>
-<table><tr>{''.join(f'<th>{esc(h)}</th>' for h in HEADERS)}</tr>{rows}</table>
-{img}{extra}<p>Machine-readable: report.json, manifest.json.</p></body></html>"""
+    return lines
 
 
 def write_report(ctx) -> dict:
@@ -262,17 +313,26 @@ def write_report(ctx) -> dict:
     write_json_atomic(ctx.run_dir / "report.json", rep)
     md = markdown(rep)
     write_bytes_atomic(ctx.run_dir / "report.md", md.encode())
-    write_bytes_atomic(ctx.run_dir / "report.html", html_report(rep, md).encode())
+    from .report_html import render_html
+
+    write_bytes_atomic(ctx.run_dir / "report.html", render_html(rep).encode())
     return rep
 
 
 def print_summary(rep: dict) -> None:
+    """The artifact table on the terminal, within 120 columns (the wide figures are in report.md/html)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"edgeq: {rep['model']} — {rep['dataset']['eval']}")
-    for h in HEADERS:
-        t.add_column(h, justify="left" if h == "artifact" else "right")
+    t = Table(title=f"edgeq: {rep['model']} — {rep['dataset']['eval']}", box=box.SIMPLE_HEAD, padding=(0, 1),
+              pad_edge=False)
+    for h in TERMINAL:
+        t.add_column(h, justify="left" if h in ("artifact", "flags") else "right", overflow="fold")
     for r in summary_rows(rep):
         t.add_row(*r)
-    Console(width=200).print(t)
+    console = Console(width=120)
+    console.print(t)
+    console.print("drop * = significant loss/gain (exact McNemar p < 0.05); intervals 95 %", style="dim")
+    for target, v in (rep.get("ship") or {}).items():
+        console.print(f"ship on {target}: [bold]{v['artifact'] or 'nothing'}[/bold] — {v['why']}", soft_wrap=False)

@@ -47,3 +47,48 @@ def cpu_info(cpuinfo_text: str | None = None) -> dict:
 def host_identity() -> str:
     c = cpu_info()
     return f"{platform.node()} ({c['model']}, {c['cores']} cores)"
+
+
+def loadavg() -> list[float] | None:
+    """1, 5 and 15 minute load averages (None where the OS does not say)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def _proc_times() -> dict[int, tuple[str, int]]:
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = raw[raw.find("(") + 1:raw.rfind(")")]
+        fields = raw[raw.rfind(")") + 2:].split()
+        out[int(d)] = (name, int(fields[11]) + int(fields[12]))  # utime + stime, in clock ticks
+    return out
+
+
+def busy_processes(interval: float = 0.5, min_percent: float = 10.0, exclude_pid: int | None = None) -> list[dict] | None:
+    """Other processes using at least `min_percent` of a core over `interval` seconds (None where /proc is absent)."""
+    import time
+
+    if not os.path.isdir("/proc"):
+        return None
+    exclude = {exclude_pid or os.getpid()}
+    before = _proc_times()
+    time.sleep(interval)
+    after = _proc_times()
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, (name, t1) in after.items():
+        if pid in exclude or pid not in before:
+            continue
+        pct = 100.0 * (t1 - before[pid][1]) / tick / interval
+        if pct >= min_percent:
+            busy.append({"pid": pid, "name": name, "cpu_percent": round(pct, 1)})
+    return sorted(busy, key=lambda p: -p["cpu_percent"])[:10]

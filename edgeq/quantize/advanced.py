@@ -27,8 +27,9 @@ class AdvancedReport:
                 "not_corrected": self.uncorrected}
 
 
-def input_channel_means(model, batches) -> dict[str, np.ndarray]:
+def input_channel_means(model, batches, label: str = "advanced PTQ") -> dict[str, np.ndarray]:
     """Per-input-channel mean of every quantisable layer's input over the calibration batches."""
+    from ..progress import track
     from ..tfcompat import keras, tf
 
     layers = weight_layers(model)
@@ -38,7 +39,7 @@ def input_channel_means(model, batches) -> dict[str, np.ndarray]:
     fn = tf().function(lambda x: probe(x, training=False), reduce_retracing=True)
     sums = [np.zeros(int(t.shape[-1]), np.float64) for t in probe_inputs]
     n = 0
-    for x, _ in batches:
+    for x, _ in track(batches, None, f"{label}: input means on calibration images", "batches"):
         outs = fn(tf().constant(x))
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for i, o in enumerate(outs):
@@ -79,16 +80,21 @@ def _absorb_shift(layer, shift: np.ndarray) -> bool:
     return False
 
 
-def quantize_weights_advanced(model, bits: int, calibration_batches, clipping: bool = True):
+def quantize_weights_advanced(model, bits: int, calibration_batches, clipping: bool = True,
+                              label: str | None = None):
     """A copy of `model` with per-channel `bits`-bit kernels, MSE-clipped (optional) and bias-corrected.
 
     With clipping=False the grid is max|w|/qmax per channel, exactly the one the TFLite converter
-    uses, so a real INT8 export keeps these values bit for bit.
+    uses, so a real INT8 export keeps these values bit for bit. `label` names the progress display.
     """
-    means = input_channel_means(model, calibration_batches)
+    from ..progress import track
+
+    label = label or f"advanced PTQ INT{bits}"
+    means = input_channel_means(model, calibration_batches, label)
     m = clone_model(model)
     rep = AdvancedReport(bits, clipping)
-    for wl in weight_layers(m):
+    what = ("MSE clipping + " if clipping else "") + "bias correction"
+    for wl in track(weight_layers(m), None, f"{label}: {what} of weight layers", "layers"):
         w = wl.kernel.numpy()
         s = mse_scales(w, bits, wl.reduce_axes) if clipping else max_scales(w, bits, wl.reduce_axes)
         wq = fake_quant(w, s, bits)

@@ -82,9 +82,11 @@ def _int8_advanced(ctx, opts: ComparisonSpec, model) -> Artifact:
         # No clipping at 8 bits: the converter recomputes each channel's scale from max|w|, so only
         # values already on that grid survive conversion unchanged.
         cal_batches = _calibration_batches(ctx, opts.calibration_images)
-        corrected, rep = advanced.quantize_weights_advanced(model, 8, cal_batches, clipping=False)
+        corrected, rep = advanced.quantize_weights_advanced(model, 8, cal_batches, clipping=False,
+                                                            label="int8_tflite_ptq_adv: advanced PTQ")
         blob = tflite_ptq.convert_int8(corrected, representative_dataset(cal, ctx.pre, n_rep),
-                                       input_type=ptq.input_type, output_type=ptq.output_type, per_channel=True)
+                                       input_type=ptq.input_type, output_type=ptq.output_type, per_channel=True,
+                                       name="int8_tflite_ptq_adv", calibration_images=n_rep)
         tmp.write_bytes(blob)
         return {**rep.to_dict(), **tflite_ptq.tensor_summary(blob), "float_ops": tflite_ptq.float_ops(blob),
                 "size_floor": tflite_ptq.param_floor_bytes(model)}
@@ -97,7 +99,8 @@ def _int8_advanced(ctx, opts: ComparisonSpec, model) -> Artifact:
 def _advanced_model(ctx, opts: ComparisonSpec, model, bits: int, cache: dict):
     if bits not in cache:
         cal_batches = _calibration_batches(ctx, opts.calibration_images)
-        cache[bits] = advanced.quantize_weights_advanced(model, bits, cal_batches)
+        cache[bits] = advanced.quantize_weights_advanced(model, bits, cal_batches,
+                                                         label=f"INT{bits} advanced PTQ (simulated)")
     return cache[bits]
 
 
@@ -133,7 +136,8 @@ def _simulated_cell(ctx, opts: ComparisonSpec, model, bits: int, method: str, ev
         cell["how"] = (f"straight-through fine-tune of {bits}-bit kernels, {steps} steps of {q.batch_size}, "
                        "starting from the advanced-PTQ model (same fixed MSE-clipped scales)")
         cell["fine_tune_steps"] = steps
-    r = evaluate(KerasPredictor(m), ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size)
+    r = evaluate(KerasPredictor(m), ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size,
+                 label=f"evaluate INT{bits} {LABELS[method]} (simulated)")
     cell.update(top1=r.top1, n=r.n, seconds=round(time.perf_counter() - t, 1),
                 kernel_parameters=fakequant.kernel_parameter_count(model))
     return cell
@@ -162,7 +166,7 @@ def _fp32_top1(ctx, opts: ComparisonSpec, idx: np.ndarray) -> float:
 
         ev, _ = _eval_subset(ctx, opts)
         top1 = evaluate(KerasPredictor(ctx.keras_model()), ev, ctx.pre, ctx.splits.dataset,
-                        ctx.cfg.evaluate.batch_size).top1
+                        ctx.cfg.evaluate.batch_size, label=f"evaluate {ctx.fp32.name} (comparison baseline)").top1
     return top1
 
 

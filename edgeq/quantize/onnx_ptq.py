@@ -88,7 +88,7 @@ def resolve_host_scheme(opts: OnnxPtqSpec, cpu: dict) -> tuple[Int8Scheme, dict]
 
 
 # ------------------------------------------------------------------------------------------ export
-def keras_to_onnx(model, out_path: Path, opset: int = 17) -> dict:
+def keras_to_onnx(model, out_path: Path, opset: int = 17, *, name: str = "fp32_onnx") -> dict:
     """Export a Keras model (FP32 or tfmot QAT) to ONNX with an NCHW input named "input"; returns notes.
 
     NCHW input lets tf2onnx's transpose optimiser remove every layout Transpose (ONNX Conv is NCHW), so no
@@ -97,6 +97,7 @@ def keras_to_onnx(model, out_path: Path, opset: int = 17) -> dict:
     import onnx
     import tf2onnx
 
+    from ..progress import spinner
     from ..tfcompat import tf
 
     shape = tuple(model.input_shape)
@@ -104,7 +105,9 @@ def keras_to_onnx(model, out_path: Path, opset: int = 17) -> dict:
         raise ModelError(f"model input shape {shape}: edgeq exports 4-D image inputs (N, H, W, C) only")
     spec = (tf().TensorSpec((None, *shape[1:]), tf().float32, name=INPUT_NAME),)
     try:
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset, inputs_as_nchw=[INPUT_NAME])
+        with spinner(f"export {name} (tf2onnx, opset {opset})"):
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset,
+                                                  inputs_as_nchw=[INPUT_NAME])
     except Exception as e:  # tf2onnx raises many types for an unsupported op
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else e.__class__.__name__
         raise QuantizationError(f"tf2onnx could not export the model to ONNX opset {opset} ({msg})") from None
@@ -288,9 +291,11 @@ def _calibration_reader(images: np.ndarray, input_name: str, nchw: bool, batch: 
 
 def quantize_onnx(prepared: Path, out: Path, scheme: Int8Scheme, calibration: np.ndarray, *, input_name: str,
                   nchw: bool, batch: int | None, calibration_method: str, exclude_nodes: list[str],
-                  op_types: list[str]) -> dict:
+                  op_types: list[str], name: str = "int8_onnx") -> dict:
     """ORT static quantization of `prepared` (already through quant_pre_process) into `out`; returns notes."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from ..progress import spinner
 
     check_node_names(prepared, exclude_nodes)
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -299,13 +304,15 @@ def quantize_onnx(prepared: Path, out: Path, scheme: Int8Scheme, calibration: np
              # Dense layers export as MatMul: per-channel on the output axis like Conv's
              "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}
     try:
-        quantize_static(str(prepared), str(out), _calibration_reader(calibration, input_name, nchw, batch),
-                        quant_format=QuantFormat.QDQ if scheme.quant_format == "qdq" else QuantFormat.QOperator,
-                        op_types_to_quantize=op_types, per_channel=scheme.per_channel,
-                        reduce_range=scheme.reduce_range, activation_type=qtype[scheme.activation_type],
-                        weight_type=qtype[scheme.weight_type], nodes_to_exclude=list(exclude_nodes),
-                        calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration_method]),
-                        extra_options=extra)
+        with spinner(f"quantize {name} (ORT quantize_static, {calibration_method} calibration on "
+                     f"{len(calibration)} images)"):
+            quantize_static(str(prepared), str(out), _calibration_reader(calibration, input_name, nchw, batch),
+                            quant_format=QuantFormat.QDQ if scheme.quant_format == "qdq" else QuantFormat.QOperator,
+                            op_types_to_quantize=op_types, per_channel=scheme.per_channel,
+                            reduce_range=scheme.reduce_range, activation_type=qtype[scheme.activation_type],
+                            weight_type=qtype[scheme.weight_type], nodes_to_exclude=list(exclude_nodes),
+                            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration_method]),
+                            extra_options=extra)
     except (ValueError, RuntimeError, KeyError, IndexError) as e:
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else e.__class__.__name__
         raise QuantizationError(f"onnxruntime static quantization failed ({msg})") from None
@@ -368,6 +375,7 @@ def ort_kernel_summary(path: Path, optimization: str) -> dict:
 
 # ----------------------------------------------------------------------------------------- stage
 def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
+    from ..progress import spinner
     from ..sysinfo import cpu_info
     from ..targets.tensorrt_check import check_tensorrt_qdq
 
@@ -388,7 +396,7 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
         check_x = ctx.pre(ctx.splits.calibration.images[:64])
 
         def make_fp32(tmp: Path) -> dict:
-            notes = keras_to_onnx(model, tmp, opts.opset)
+            notes = keras_to_onnx(model, tmp, opts.opset, name="fp32_onnx")
             notes["max_abs_diff_vs_keras"] = max_abs_diff_vs_keras(model, tmp, check_x)
             notes["checked_on"] = f"{len(check_x)} calibration images"
             return notes
@@ -422,7 +430,8 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
                 fix_spatial_dims(fp32_path, info, hwc, src)
             dst = Path(work.name) / "prepared.onnx"
             try:
-                quant_pre_process(str(src), str(dst))
+                with spinner(f"prepare {fp32.name} for quantization (ORT quant_pre_process)"):
+                    quant_pre_process(str(src), str(dst))
             except ImportError as e:
                 from ..errors import RuntimeUnavailable
                 raise RuntimeUnavailable(f"onnxruntime's quant_pre_process needs {e.name}: "
@@ -430,12 +439,12 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
             prepared_path.append(dst)
         return prepared_path[0]
 
-    def quantize_to(scheme: Int8Scheme, op_types: list[str], runs_in_ort: bool, extra_notes: dict):
+    def quantize_to(name: str, scheme: Int8Scheme, op_types: list[str], runs_in_ort: bool, extra_notes: dict):
         def make(tmp: Path) -> dict:
             notes = quantize_onnx(prepared(), tmp, scheme, calibration, input_name=info.name,
                                   nchw=info.layout == "NCHW", batch=info.batch,
                                   calibration_method=opts.calibration_method, exclude_nodes=opts.exclude_nodes,
-                                  op_types=op_types)
+                                  op_types=op_types, name=name)
             notes.update(input_layout=info.layout, cpu=cpu_notes, **extra_notes)
             if runs_in_ort:  # what ORT's CPU optimiser makes of it: the evidence that every Conv runs as an int8 kernel
                 notes["ort_kernels"] = ort_kernel_summary(tmp, opts.graph_optimization)
@@ -446,7 +455,7 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
         host_params = {**opts.model_dump(include={"quant_format", "per_channel", "calibration_method",
                                                   "exclude_nodes", "calibration_images"}),
                        "scheme": host.to_dict(), "chosen_by": chosen}
-        make = quantize_to(host, host_op_types(host.quant_format), True, {})
+        make = quantize_to("int8_onnx_ptq", host, host_op_types(host.quant_format), True, {})
         out.append(ctx.produce("int8_onnx_ptq", "int8_ptq.onnx", {**cal_key, "level": opts.graph_optimization}, make,
                                fmt="onnx", precision="int8", method="ptq", stage="onnx_ptq", params=host_params,
                                parent=fp32.name))
@@ -461,7 +470,7 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
                                               "the int8 arithmetic TensorRT performs",
                 "host_benchmark_skip": "built for TensorRT (Jetson target); ONNX Runtime on this CPU is not where it "
                                        "runs, see int8_onnx_ptq for the host"}
-            make = quantize_to(TENSORRT_SCHEME, tensorrt_op_types(), False, trt_notes)
+            make = quantize_to("int8_onnx_trt", TENSORRT_SCHEME, tensorrt_op_types(), False, trt_notes)
             out.append(ctx.produce("int8_onnx_trt", "int8_trt.onnx", cal_key, make, fmt="onnx", precision="int8",
                                    method="ptq", stage="onnx_ptq", params=trt_params, parent=fp32.name))
     finally:

@@ -147,6 +147,8 @@ def calibrate_ranges(qmodel, x: np.ndarray, batch_size: int = 64) -> None:
     weights other than the ranges are left as they were.
     """
     is_range = [v.name.endswith(("_min:0", "_max:0")) for v in qmodel.weights]
+    from ..progress import track
+
     is_min = [v.name.endswith("_min:0") for v in qmodel.weights]
     before = qmodel.get_weights()
     bns = _batch_norms(qmodel)
@@ -156,7 +158,9 @@ def calibrate_ranges(qmodel, x: np.ndarray, batch_size: int = 64) -> None:
         for bn in bns:
             bn.trainable = False  # a frozen Keras batch norm normalises with its moving statistics
         with _ranges_from_last_batch():
-            for s in range(0, len(x), batch_size):
+            starts = range(0, len(x), batch_size)
+            for s in track(starts, len(starts), f"QAT: calibrate ranges of {qmodel.name} on {len(x)} images",
+                           "batches"):
                 qmodel(x[s:s + batch_size], training=True)
                 now = qmodel.get_weights()
                 seen = now if seen is None else [np.minimum(a, b) if m else np.maximum(a, b)
@@ -282,18 +286,24 @@ def _teacher(model):
 def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarray, opts: QatSpec,
                   log=print) -> QatResult:
     """Wrap `model` with tfmot, initialise its ranges on `calibration` and fine-tune it."""
+    from ..progress import keras_progress, spinner
     from ..tfcompat import keras, set_seed
 
     k = keras()
     set_seed(opts.seed)
-    qmodel = wrap_for_qat(model, opts.passthrough_layers)
+    with spinner(f"QAT: wrap {model.name} (tfmot quantize_model)"):
+        qmodel = wrap_for_qat(model, opts.passthrough_layers)
     if opts.calibrate_ranges:
         calibrate_ranges(qmodel, calibration)
         logit_range = fit_softmax_input_range(qmodel, model, calibration) if opts.narrow_logits_range else None
         if logit_range and logit_range[1] != logit_range[0]:
             log(f"  QAT: logits range min {logit_range[0]:.2f} -> {logit_range[1]:.2f} (int8 softmax output)")
     xv, yv = (pre(data.val.images), data.val.labels) if data.val is not None else (None, None)
-    before = _top1(qmodel, xv, yv) if xv is not None else None
+    if xv is not None:
+        with spinner(f"QAT: validation top-1 before fine-tuning ({len(xv)} images)"):
+            before = _top1(qmodel, xv, yv)
+    else:
+        before = None
     stream = batch_stream(data.train, pre, opts.batch_size, opts.seed)
     from_logits = not outputs_probabilities(model)
     if opts.distill:
@@ -316,8 +326,13 @@ def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarr
     t = time.perf_counter()
     hist = {}
     if opts.epochs > 0:
-        h = qmodel.fit(stream, epochs=opts.epochs, steps_per_epoch=data.steps_per_epoch, verbose=0,
-                       callbacks=callbacks, validation_data=val)
+        bar = keras_progress(f"QAT fine-tune {model.name} ({len(data.train)} images, batch {opts.batch_size})",
+                             opts.epochs, data.steps_per_epoch)
+        try:
+            h = qmodel.fit(stream, epochs=opts.epochs, steps_per_epoch=data.steps_per_epoch, verbose=0,
+                           callbacks=[*callbacks, bar], validation_data=val)
+        finally:
+            bar.close()  # Keras skips on_train_end when fit raises
         hist = {key: [round(float(v), 5) for v in vals] for key, vals in h.history.items()}
     seconds = round(time.perf_counter() - t, 1)
     epochs_run = len(next(iter(hist.values()), []))
@@ -327,7 +342,11 @@ def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarr
         # from the validation target than it started is not kept.
         qmodel.set_weights(start_weights)
         kept = False
-    after = _top1(qmodel, xv, yv) if xv is not None else None
+    if xv is not None:
+        with spinner(f"QAT: validation top-1 after fine-tuning ({len(xv)} images)"):
+            after = _top1(qmodel, xv, yv)
+    else:
+        after = None
     log(f"  QAT fine-tune: {epochs_run} epoch(s) x {data.steps_per_epoch} steps of {opts.batch_size} "
         f"on {len(data.train)} images in {seconds} s"
         + (f"; validation loss {start_loss:.4f} -> {min(hist['val_loss']):.4f}" if start_loss is not None and
@@ -390,7 +409,8 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
         t = time.perf_counter()
         blob = tflite_ptq.convert_int8(r.model, representative_dataset(cal, ctx.pre, n_rep),
                                        input_type=ptq.input_type, output_type=ptq.output_type,
-                                       per_channel=True, allow_float_ops=False)
+                                       per_channel=True, allow_float_ops=False, name="int8_tflite_qat",
+                                       calibration_images=n_rep)
         tmp.write_bytes(blob)
         return {**notes_of(r), "convert_seconds": round(time.perf_counter() - t, 1),
                 **tflite_ptq.tensor_summary(blob), "float_ops": tflite_ptq.float_ops(blob),
@@ -413,7 +433,7 @@ def run_stage(ctx, opts: QatSpec) -> list[Artifact]:
                 r = fine_tuned()
                 # tf2onnx turns tfmot's activation FakeQuant nodes into QuantizeLinear/DequantizeLinear
                 # pairs; add_weight_qdq stores the weights as int8 too
-                info = keras_to_onnx(r.model, tmp, opset) or {}
+                info = keras_to_onnx(r.model, tmp, opset, name="int8_onnx_qat") or {}
                 return {**notes_of(r), **info, **add_weight_qdq(tmp)}
 
             onnx_params = {**params, "opset": opset, "weights": "int8 per-channel (DequantizeLinear)"}
@@ -433,6 +453,7 @@ def fine_tune_fake_quant(model, bits: int, batches, steps: int, learning_rate: f
     held fixed. `start` (same architecture, e.g. the bias-corrected PTQ model) supplies every other
     weight, so step 0 is that PTQ model. Returns the copy with its kernels at their quantised values.
     """
+    from ..progress import track
     from ..tfcompat import keras, set_seed, tf
     from .fakequant import clone_model, fake_quant, mse_scales, qmax, weight_layers
 
@@ -465,7 +486,8 @@ def fine_tune_fake_quant(model, bits: int, batches, steps: int, learning_rate: f
         opt.apply_gradients(zip(grads, masters + others))
         return loss
 
-    for _, (x, y) in zip(range(steps), batches):
+    for _, (x, y) in zip(track(range(steps), steps, f"straight-through fine-tune of {bits}-bit kernels", "steps"),
+                         batches):
         step(t.constant(x), t.constant(y))
     project()
     for wl, mv, s in zip(wls, masters, scales):  # exact numpy grid, as the other simulated cells use

@@ -20,13 +20,14 @@ def _converter(model):
     return tf().lite.TFLiteConverter.from_keras_model(model)
 
 
-def _convert(conv, what: str) -> bytes:
+def _convert(conv, what: str, name: str) -> bytes:
     import warnings
 
+    from ..progress import spinner
     from ..tfcompat import quiet_stderr
 
     try:
-        with quiet_stderr(), warnings.catch_warnings():
+        with spinner(f"convert {name} (TFLite converter)"), quiet_stderr(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return conv.convert()
     except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
@@ -34,18 +35,27 @@ def _convert(conv, what: str) -> bytes:
         raise QuantizationError(f"TFLite converter failed on {what}: {lines[0][:400]}") from None
 
 
-def convert_fp32(model) -> bytes:
-    return _convert(_converter(model), "the FP32 export")
+def convert_fp32(model, *, name: str = "fp32_tflite") -> bytes:
+    return _convert(_converter(model), "the FP32 export", name)
+
+
+def _tracked(representative_dataset, images: int | None, name: str):
+    """The representative dataset with a progress display over its images (the converter's calibration)."""
+    from ..progress import track
+
+    return lambda: track(representative_dataset(), images, f"calibrate {name} (representative images)", "images")
 
 
 def convert_int8(model, representative_dataset, *, input_type: str = "int8", output_type: str = "int8",
-                 per_channel: bool = True, allow_float_ops: bool = False) -> bytes:
+                 per_channel: bool = True, allow_float_ops: bool = False, name: str = "int8_tflite",
+                 calibration_images: int | None = None) -> bytes:
+    """Full-integer INT8 TFLite; `name` labels the progress display, `calibration_images` sizes its bar."""
     from ..tfcompat import tf
 
     t = tf()
     conv = _converter(model)
     conv.optimizations = [t.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative_dataset
+    conv.representative_dataset = _tracked(representative_dataset, calibration_images, name)
     if allow_float_ops:
         conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8, t.lite.OpsSet.TFLITE_BUILTINS]
     else:
@@ -53,7 +63,7 @@ def convert_int8(model, representative_dataset, *, input_type: str = "int8", out
     conv.inference_input_type = getattr(t, _TYPES[input_type])
     conv.inference_output_type = getattr(t, _TYPES[output_type])
     conv._experimental_disable_per_channel = not per_channel
-    data = _convert(conv, "the INT8 full-integer quantisation")
+    data = _convert(conv, "the INT8 full-integer quantisation", name)
     if not allow_float_ops:
         floats = float_ops(data, allow_io=input_type == "float32" or output_type == "float32")
         if floats:

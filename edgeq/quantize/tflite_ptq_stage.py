@@ -13,7 +13,7 @@ def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
     parent = ctx.fp32.name
     if opts.export_fp32:
         def make_fp32(tmp):
-            tmp.write_bytes(tflite_ptq.convert_fp32(model))
+            tmp.write_bytes(tflite_ptq.convert_fp32(model, name="fp32_tflite"))
         out.append(ctx.produce("fp32_tflite", "fp32.tflite", {}, make_fp32, fmt="tflite", precision="fp32",
                                method="none", stage="tflite_export", params={}, parent=parent))
     n = opts.representative_images
@@ -26,7 +26,8 @@ def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
     def make_int8(tmp):
         data = tflite_ptq.convert_int8(model, representative_dataset(ctx.splits.calibration, ctx.pre, n),
                                        input_type=opts.input_type, output_type=opts.output_type,
-                                       per_channel=opts.per_channel, allow_float_ops=opts.allow_float_ops)
+                                       per_channel=opts.per_channel, allow_float_ops=opts.allow_float_ops,
+                                       name="int8_tflite_ptq", calibration_images=n)
         tmp.write_bytes(data)
         return {**tflite_ptq.tensor_summary(data), "float_ops": tflite_ptq.float_ops(data),
                 "size_floor": tflite_ptq.param_floor_bytes(model)}

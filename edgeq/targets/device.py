@@ -14,7 +14,7 @@ from ..artifacts import sha256_of
 from ..errors import RuntimeUnavailable, TargetError
 from .base import LatencyStats
 from .inventory import Device
-from .ssh import CommandResult, stderr_tail
+from .ssh import CommandResult, LocalTransport, stderr_tail
 
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent.py"
 
@@ -77,7 +77,15 @@ class DeviceSession:
         return self.device.name
 
     def upload(self, local: Path, sha256: str | None = None) -> str:
-        return self.transport.put(Path(local), sha256 or sha256_of(local), self.subdir)
+        from ..progress import spinner
+
+        local = Path(local)
+        sha256 = sha256 or sha256_of(local)
+        if isinstance(self.transport, LocalTransport):  # a host device reads the file where it is: no copy
+            return self.transport.put(local, sha256, self.subdir)
+        size = local.stat().st_size
+        with spinner(f"upload {local.name} ({size / 1e6:.2f} MB) to {self.name}"):
+            return self.transport.put(local, sha256, self.subdir)
 
     def agent_path(self) -> str:
         if self._agent_remote is None:

@@ -1,15 +1,29 @@
-"""The host target: this CPU, in-process, through the same Predictor as evaluation."""
+"""The host target: this CPU, in-process, through the same Predictor as evaluation.
+
+`benchmark_host` times every runnable artifact of a run side by side (interleaved rounds, see
+edgeq.targets.interleave) and records the conditions it ran under.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import EdgeqError
 from ..runtime import open_predictor
-from ..sysinfo import host_identity
+from ..sysinfo import busy_processes, cpu_info, host_identity, loadavg
 from .base import Compatibility, Deployable, LatencyStats
+from .interleave import add_ratios, fp32_references, interleave, summarise
 
 RUNNABLE = ("tflite", "onnx")
+
+
+def ort_level(artifact, default: str) -> str:
+    """The ONNX Runtime graph-optimisation level an artifact runs at: its own if it names one, else `default`."""
+    return artifact.notes.get("ort_graph_optimization") or default
 
 
 class HostTarget:
@@ -19,21 +33,107 @@ class HostTarget:
     def __init__(self, sample: np.ndarray, onnx_optimization: str = "all"):
         self.sample = np.asarray(sample, np.float32)[:1]  # one preprocessed real image, NHWC
         self.onnx_optimization = onnx_optimization
+        self._predictors: dict[str, object] = {}
 
     def check(self, artifact, run_dir: Path) -> Compatibility:
-        ok = artifact.format in RUNNABLE
-        problems = [] if ok else [f"format {artifact.format} is not a deployment format; benchmark its "
-                                  "TFLite/ONNX export instead"]
-        return Compatibility(ok, self.name, artifact.name, problems)
+        problems = []
+        if artifact.format not in RUNNABLE:
+            problems.append(f"format {artifact.format} is not a deployment format; benchmark its TFLite/ONNX "
+                            "export instead")
+        elif artifact.notes.get("host_benchmark_skip"):  # e.g. a TensorRT-only artifact: its latency is the device's
+            problems.append(artifact.notes["host_benchmark_skip"])
+        return Compatibility(not problems, self.name, artifact.name, problems)
 
     def prepare(self, artifact, run_dir: Path) -> Deployable:
         rt = {"tflite": "tflite", "onnx": "onnxruntime"}[artifact.format]
-        return Deployable(artifact.name, artifact.abspath(run_dir), rt, self.name)
+        return Deployable(artifact.name, artifact.abspath(run_dir), rt, self.name,
+                          {"ort_optimization": ort_level(artifact, self.onnx_optimization)})
 
-    def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None) -> LatencyStats:
-        fmt = "tflite" if deployable.runtime == "tflite" else "onnx"
-        kw = {"optimization": self.onnx_optimization} if fmt == "onnx" else {}
-        pred = open_predictor(deployable.path, fmt, threads=threads, **kw)
+    def _predictor(self, d: Deployable, threads: int | None):
+        if d.artifact not in self._predictors:  # opened once, kept across rounds
+            fmt = "tflite" if d.runtime == "tflite" else "onnx"
+            kw = {"optimization": d.details.get("ort_optimization", self.onnx_optimization)} if fmt == "onnx" else {}
+            self._predictors[d.artifact] = open_predictor(d.path, fmt, threads=threads, **kw)
+        return self._predictors[d.artifact]
+
+    def time_round(self, d: Deployable, runs: int, warmup: int, threads: int | None
+                   ) -> tuple[LatencyStats, list[float]]:
+        """One round: `warmup` untimed then `runs` timed single-image inferences."""
+        pred = self._predictor(d, threads)
         samples = pred.time_runs(self.sample, runs=runs, warmup=warmup)
         return LatencyStats.from_samples(samples, warmup=warmup, threads=threads, runtime=pred.runtime,
-                                         device=f"host: {host_identity()}")
+                                         device=f"host: {host_identity()}"), samples
+
+    def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None) -> LatencyStats:
+        return self.time_round(deployable, runs, warmup, threads)[0]
+
+
+def conditions(threads: int, cpu: dict | None = None) -> dict:
+    """What the machine was doing when a benchmark started: load, busy processes, CPU."""
+    cpu = cpu or cpu_info()
+    return {"cpu": cpu["model"], "simd": cpu["simd"], "cores": cpu["cores"], "threads": threads,
+            "loadavg_before": loadavg(), "busy_processes": busy_processes(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _set_key(cpu: dict, b, shas: list[str]) -> str:
+    """What must match for an earlier interleaved set to be reused (--reuse-benchmarks)."""
+    raw = json.dumps([cpu["model"], cpu["simd"], b.threads, b.runs, b.rounds, b.warmup, sorted(shas)])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def benchmark_host(ctx, artifacts) -> None:
+    """Time every host-runnable artifact interleaved; write latency rows and `conditions.host` into ctx.results."""
+    b = ctx.cfg.benchmark
+    host = HostTarget(ctx.sample_input(), ctx.cfg.stages.onnx_ptq.graph_optimization)
+    rows = ctx.results["latency"]
+    runnable = []
+    for a in artifacts:
+        comp = host.check(a, ctx.run_dir)
+        if comp.ok:
+            runnable.append(a)
+        else:
+            rows[f"host:{a.sha256}"] = {"artifact": a.name, "sha256": a.sha256, "target": "host", "stats": None,
+                                        "reason": "; ".join(comp.problems)}
+    cpu = cpu_info()
+    key = _set_key(cpu, b, [a.sha256 for a in runnable])
+    old = [rows.get(f"host:{a.sha256}") or {} for a in runnable]
+    if b.reuse and runnable and all(r.get("stats") and r.get("set_key") == key for r in old):
+        ctx.log(f"  = {len(runnable)} artifacts: host figures reused (--reuse-benchmarks; same CPU, threads, "
+                "rounds and artifacts)")
+        return
+    cond = conditions(b.threads, cpu)
+    ctx.log(f"  {len(runnable)} artifacts interleaved: {b.rounds} rounds x ({b.warmup} warm-up + {b.runs} timed), "
+            f"{b.threads} thread(s); load {cond['loadavg_before']}")
+    deps = {a.name: host.prepare(a, ctx.run_dir) for a in runnable}
+
+    def time_round(name: str, r: int):
+        try:
+            return host.time_round(deps[name], b.runs, b.warmup, b.threads)
+        except (RuntimeError, ValueError) as e:  # a runtime refusing a model mid-benchmark
+            raise EdgeqError(f"{name}: {str(e).splitlines()[0][:200]}") from None
+
+    per_round, pooled, failed = interleave(list(deps), time_round, b.rounds, lambda m: ctx.log(f"    {m}"),
+                                           label="benchmark host (interleaved)")
+    stats = {n: summarise(per_round[n], pooled[n], b.noisy_limit) for n in deps if per_round[n]}
+    add_ratios(stats, per_round, fp32_references(runnable), b.noisy_limit)
+    cond.update(loadavg_after=loadavg(), rounds=b.rounds, runs_per_round=b.runs, warmup_per_round=b.warmup,
+                set_key=key)
+    ctx.results.setdefault("conditions", {})["host"] = cond
+    for a in runnable:
+        row = {"artifact": a.name, "sha256": a.sha256, "target": "host", "cpu": cpu["model"], "set_key": key}
+        if a.name in stats:
+            rows[f"host:{a.sha256}"] = {**row, "stats": stats[a.name].to_dict()}
+            _log_stats(ctx.log, a.name, stats[a.name])
+        else:
+            rows[f"host:{a.sha256}"] = {**row, "stats": None, "reason": f"not measured: {failed.get(a.name)}"}
+    ctx.save_results()
+
+
+def _log_stats(log, name: str, s: LatencyStats) -> None:
+    ci = f" [{s.median_ci95[0]:.4g}, {s.median_ci95[1]:.4g}]" if s.median_ci95 else ""
+    r = s.ratio_to_fp32
+    ratio = ""
+    if r:
+        ratio = f", {r['value']:.2f}x {r['reference']}" + (f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]" if r["ci95"] else "")
+    log(f"  * {name}: host median {s.median:.4g} ms{ci}{ratio}" + (f"  NOISY: {s.noisy_reason}" if s.noisy else ""))

@@ -35,7 +35,8 @@ class Device(BaseModel):
     workdir: str = "edgeq-work"  # relative paths are under the login user's home directory
     python: str = "python3"  # interpreter that runs the agent
     threads: Optional[int] = Field(None, ge=1)
-    runs: Optional[int] = Field(None, ge=1)
+    runs: Optional[int] = Field(None, ge=1)  # timed runs per artifact per interleaved round
+    rounds: Optional[int] = Field(None, ge=1)
     warmup: Optional[int] = Field(None, ge=0)
     # edgetpu
     delegate: str = "libedgetpu.so.1"

@@ -17,6 +17,7 @@ import numpy as np
 from ..artifacts import atomic_path
 from ..errors import ConfigError, EdgeqError
 from .device import AGENT_SOURCE, DeviceSession
+from .interleave import add_ratios, fp32_references, interleave, summarise
 from .inventory import Device, load_inventory
 from .ssh import DeviceUnreachable, open_transport
 
@@ -29,9 +30,10 @@ FORMATS_BY_KIND = {"host": ("tflite", "onnx"), "rpi": ("tflite", "onnx"), "edget
 @dataclass
 class Plan:
     device: Device
-    runs: int
-    warmup: int
+    runs: int  # per round
+    warmup: int  # per round
     threads: int | None
+    rounds: int = 1
 
 
 @dataclass
@@ -78,7 +80,8 @@ def plans_for(ctx, refs, inventory_path: Path | None) -> list[Plan]:
             continue
         seen.add(d.name)
         warmup = r.warmup if r.warmup is not None else (d.warmup if d.warmup is not None else b.warmup)
-        plans.append(Plan(d, r.runs or d.runs or b.runs, warmup, r.threads or d.threads or b.threads))
+        plans.append(Plan(d, r.runs or d.runs or b.runs, warmup, r.threads or d.threads or b.threads,
+                          r.rounds or d.rounds or b.rounds))
     return plans
 
 
@@ -129,7 +132,7 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
         return f"{d.name}:{a.sha256}:{plan.runs}:{plan.warmup}:{plan.threads}"
 
     out = DeviceOutcome({"name": d.name, "kind": d.kind, "address": d.address, "status": "ok",
-                         "runs": plan.runs, "warmup": plan.warmup, "threads": plan.threads})
+                         "runs": plan.runs, "warmup": plan.warmup, "threads": plan.threads, "rounds": plan.rounds})
     t0 = time.perf_counter()
     done: set[str] = set()
 
@@ -142,6 +145,43 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
 
     try:
         transport = open_transport(d, log)
+    except DeviceUnreachable as e:
+        fail_rest("unreachable", str(e))
+        return out
+    except EdgeqError as e:  # host key refused, missing key file, ...
+        fail_rest("refused", str(e))
+        return out
+    try:
+        session = DeviceSession(d, transport, ctx.run_dir, log, agent_source)
+        info = session.hello()
+        out.summary.update(identity=info.get("device", {}), runtimes=info.get("runtimes", {}),
+                           agent_protocol=info.get("protocol"), agent_version=info.get("agent_version"))
+        log(f"agent ok: {session.identity()}; runtimes {info.get('runtimes')}")
+        target = make_target(session, ctx.cfg.stages.onnx_ptq.graph_optimization)
+        x = np.load(inputs, allow_pickle=False)
+        uses_agent = d.kind != "jetson"  # trtexec times the engine itself, on its own inputs
+        inputs_remote = session.upload(inputs) if uses_agent else None
+        want_outputs = d.check_outputs > 0 and uses_agent
+        deps = {}
+        for a in arts:
+            try:
+                comp = target.check(a, ctx.run_dir)
+                out.compatibility[a.name] = comp.to_dict()
+                if not comp.ok:
+                    more = f" (and {len(comp.problems) - 1} more: see compatibility)" if len(comp.problems) > 1 else ""
+                    out.latency[key(a)] = _row(a, d.name, reason=f"not measured: not compatible with {d.name}: "
+                                               f"{comp.problems[0]}{more}")
+                    done.add(a.name)
+                    continue
+                deps[a.name] = (a, target.prepare(a, ctx.run_dir))
+            except DeviceUnreachable:
+                raise
+            except EdgeqError as e:
+                out.latency[key(a)] = _row(a, d.name, reason=f"not measured: {e}")
+                log(f"- {a.name}: not measured: {e}")
+                done.add(a.name)
+        _time_interleaved(ctx, plan, target, deps, inputs_remote, x if want_outputs else None, out, key, log)
+        done.update(deps)
     except DeviceUnreachable as e:
         fail_rest("unreachable", str(e))
         return out
@@ -197,6 +237,38 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
         out.summary["seconds"] = round(time.perf_counter() - t0, 2)
         transport.close()
     return out
+
+
+def _time_interleaved(ctx, plan: Plan, target, deps: dict, inputs_remote, x_check, out: DeviceOutcome, key,
+                      log) -> None:
+    """Time a device's prepared artifacts in interleaved rounds; record rows (and an outputs check) in `out`."""
+    details: dict[str, dict] = {n: dict(dep.details) for n, (_, dep) in deps.items()}
+    log(f"{len(deps)} artifacts interleaved: {plan.rounds} rounds x ({plan.warmup} warm-up + {plan.runs} timed), "
+        f"{plan.threads} thread(s)")
+
+    def time_round(name: str, r: int):
+        a, dep = deps[name]
+        want = x_check is not None and r == 0
+        stats = target.benchmark(dep, plan.runs, plan.warmup, plan.threads, inputs_remote, return_outputs=want)
+        if want and "outputs" in target.last_answer:
+            details[name]["outputs_check"] = outputs_check(a, ctx.run_dir, x_check, target.last_answer["outputs"])
+        return stats, (target.last_answer.get("timing") or {}).get("samples_ms")
+
+    per_round, pooled, failed = interleave(list(deps), time_round, plan.rounds, log, fatal=(DeviceUnreachable,),
+                                           label=f"benchmark {plan.device.name} (interleaved)")
+    noisy_limit = ctx.cfg.benchmark.noisy_limit
+    stats = {n: summarise(per_round[n], pooled[n], noisy_limit) for n in deps if per_round[n]}
+    add_ratios(stats, per_round, fp32_references([a for a, _ in deps.values()]), noisy_limit)
+    for name, (a, _) in deps.items():
+        if name not in stats:
+            out.latency[key(a)] = _row(a, plan.device.name, reason=f"not measured: {failed.get(name)}")
+            continue
+        s = stats[name]
+        out.latency[key(a)] = _row(a, plan.device.name, s.to_dict(), details=details[name])
+        out.summary.setdefault("runtime", s.runtime)
+        ci = f" [{s.median_ci95[0]:.3f}, {s.median_ci95[1]:.3f}]" if s.median_ci95 else ""
+        log(f"* {name}: median {s.median:.3f} ms{ci}, p90 {_f(s.p90)} ms ({s.rounds} x {plan.runs} runs, "
+            f"{plan.threads} thread(s), {s.runtime})" + (" NOISY" if s.noisy else ""))
 
 
 def benchmark_devices(ctx, arts, refs=None, inventory: Path | None = None,

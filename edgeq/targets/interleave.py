@@ -1,0 +1,125 @@
+"""Side-by-side timing: the artifacts compared on one target are timed in alternating rounds.
+
+A figure taken minutes after another, under a different load, says little about which is faster. So
+every artifact on a target is timed in rounds (A B C, B C A, C A B, ...), each round with its own
+warm-up; an artifact's figure is the median of its round medians with an order-statistic interval, and
+its ratio to the FP32 artifact of the same format is computed per round (both timed seconds apart) and
+summarised the same way. A figure whose interval is too wide to decide on is marked `noisy`, with why.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+
+from ..errors import EdgeqError
+from ..stats import median_interval, ratio_interval, relative_width
+from .base import QUANTILES, LatencyStats, sig
+
+
+def round_orders(names: list[str], rounds: int) -> list[list[str]]:
+    """The order of each round: a rotation, so every artifact takes every position equally often."""
+    n = len(names)
+    return [[names[(r + i) % n] for i in range(n)] for r in range(rounds)] if n else []
+
+
+def interleave(names: list[str], time_round: Callable[[str, int], tuple[LatencyStats, list[float] | None]],
+               rounds: int, log: Callable[[str], None] = lambda m: None, fatal: tuple[type, ...] = (),
+               label: str = "benchmark") -> tuple[dict[str, list[LatencyStats]], dict[str, list[float]], dict[str, str]]:
+    """Run `time_round(name, round)` for every name in rotating order, `rounds` times.
+
+    time_round returns one round's LatencyStats and, where the runtime gives them, its raw samples.
+    An artifact whose round fails with an EdgeqError leaves the rotation and the reason is returned;
+    an exception of a `fatal` type (e.g. the device went away) ends the whole set."""
+    per_round: dict[str, list[LatencyStats]] = {n: [] for n in names}
+    pooled: dict[str, list[float]] = {n: [] for n in names}
+    failed: dict[str, str] = {}
+    from ..progress import track
+
+    for r, order in enumerate(track(round_orders(names, rounds), rounds, label, unit="rounds")):
+        for name in order:
+            if name in failed:
+                continue
+            try:
+                stats, samples = time_round(name, r)
+            except fatal:
+                raise
+            except EdgeqError as e:
+                failed[name] = str(e)
+                log(f"- {name}: not measured: {e}")
+                continue
+            per_round[name].append(stats)
+            pooled[name].extend(samples or [])
+        if rounds > 1:
+            log(f"round {r + 1}/{rounds}: " + ", ".join(
+                f"{n} {per_round[n][-1].median:.4g}" for n in order if n not in failed and per_round[n]) + " ms")
+    return per_round, pooled, failed
+
+
+def summarise(rounds: list[LatencyStats], pooled: list[float] | None, noisy_limit: float) -> LatencyStats:
+    """One LatencyStats from an artifact's rounds: median of round medians, its 95 % interval, pooled spread."""
+    first = rounds[0]
+    meds = [r.median for r in rounds]
+    med, lo, hi, cov = median_interval(meds) if len(meds) > 1 else (meds[0], None, None, None)
+    if pooled:
+        a = np.asarray(pooled, np.float64)
+        pct = {p: sig(float(np.percentile(a, p))) for p in (*QUANTILES, 90, 99)}
+        lo_all, hi_all, mean = float(a.min()), float(a.max()), float(a.mean())
+    else:  # a tool that reports summaries only (trtexec): the median over rounds of each round's figure
+        pct = {p: float(np.median([r.quantiles.get(f"p{p}", r.median) for r in rounds])) for p in QUANTILES}
+        pct.update({90: _median_of(rounds, "p90"), 99: _median_of(rounds, "p99")})
+        lo_all, hi_all, mean = min(r.min for r in rounds), max(r.max for r in rounds), float(np.mean([r.mean for r in rounds]))
+    s = replace(first, min=sig(lo_all), median=sig(float(med)), mean=sig(mean), p90=pct[90], p99=pct[99],
+                max=sig(hi_all), runs=sum(r.runs for r in rounds), rounds=len(rounds),
+                median_ci95=[sig(float(lo)), sig(float(hi))] if lo is not None else None,
+                ci_coverage=sig(cov) if cov is not None else None, round_medians=[sig(m) for m in meds],
+                quantiles={f"p{p}": pct[p] for p in QUANTILES})
+    s.noisy, s.noisy_reason = _noisy(s, noisy_limit)
+    return s
+
+
+def _median_of(rounds: list[LatencyStats], attr: str) -> float | None:
+    v = [getattr(r, attr) for r in rounds if getattr(r, attr) is not None]
+    return float(np.median(v)) if v else None
+
+
+def _noisy(s: LatencyStats, limit: float) -> tuple[bool, str | None]:
+    if s.median_ci95 is None:
+        return True, ("one round only: no interval; set benchmark.rounds >= 6 for a 95 % interval of the median")
+    width = relative_width(*s.median_ci95, s.median)
+    if width > limit:
+        return True, (f"the 95 % interval of the median spans {width * 100:.0f} % of it (limit "
+                      f"{limit * 100:.0f} %, benchmark.noisy_limit): the machine was busy or the rounds too few; "
+                      "rerun on an idle machine or raise benchmark.rounds")
+    return False, None
+
+
+def add_ratios(stats: dict[str, LatencyStats], per_round: dict[str, list[LatencyStats]],
+               reference_of: dict[str, str], noisy_limit: float) -> None:
+    """Each artifact's latency ratio to its FP32 reference, computed round by round (same round = same load)."""
+    for name, ref in reference_of.items():
+        if name == ref or name not in stats or ref not in stats:
+            continue
+        pairs = list(zip(per_round[name], per_round[ref]))
+        ratios = [a.median / b.median for a, b in pairs if b.median > 0]
+        if not ratios:
+            continue
+        if len(ratios) > 1:
+            value, lo, hi, cov = ratio_interval(ratios)
+            ci = [sig(float(lo)), sig(float(hi))]
+        else:
+            value, ci, cov = ratios[0], None, None
+        stats[name].ratio_to_fp32 = {"value": sig(float(value)), "ci95": ci, "reference": ref,
+                                     "rounds": len(ratios), "coverage": sig(cov) if cov is not None else None}
+        if ci and not stats[name].noisy and relative_width(*ci, value) > 2 * noisy_limit:
+            stats[name].noisy = True
+            stats[name].noisy_reason = (f"the 95 % interval of its ratio to {ref} spans "
+                                        f"{relative_width(*ci, value) * 100:.0f} % of it: too wide to decide; "
+                                        "rerun on an idle machine or raise benchmark.rounds")
+
+
+def fp32_references(artifacts) -> dict[str, str]:
+    """artifact name -> the FP32 artifact of the same format among `artifacts` (itself for an FP32 one)."""
+    fp32 = {a.format: a.name for a in artifacts if a.precision == "fp32"}
+    return {a.name: fp32[a.format] for a in artifacts if a.format in fp32}
