@@ -13,21 +13,30 @@ from . import __version__
 from .errors import EdgeqError
 
 
-def _cmd_run(args) -> int:
+def _selected(args):
+    """The config with the command line's --no-benchmark / --reuse-benchmarks / --stages applied, and the stage
+    selection."""
     from .config import load_config
+    from .pipeline import parse_stages
+
+    cfg = load_config(args.config)
+    wanted = parse_stages(args.stages) if args.stages is not None else None
+    if getattr(args, "no_benchmark", False):
+        cfg.benchmark.enabled = False
+    if getattr(args, "reuse_benchmarks", False):
+        cfg.benchmark.reuse = True
+    if wanted is not None:
+        for name in ("tflite_ptq", "onnx_ptq", "qat", "comparison"):
+            getattr(cfg.stages, name).enabled = name in wanted
+    return cfg, wanted
+
+
+def _cmd_run(args) -> int:
     from .pipeline import run_pipeline
     from .report import print_summary
 
-    cfg = load_config(args.config)
-    if args.no_benchmark:
-        cfg.benchmark.enabled = False
-    if args.reuse_benchmarks:
-        cfg.benchmark.reuse = True
-    if args.stages is not None:
-        wanted = set(args.stages.split(","))
-        for name in ("tflite_ptq", "onnx_ptq", "qat", "comparison"):
-            getattr(cfg.stages, name).enabled = name in wanted
-    run_dir = run_pipeline(cfg, Path(args.out) if args.out else None)
+    cfg, _ = _selected(args)
+    run_dir = run_pipeline(cfg, Path(args.out) if args.out else None, wait=not args.no_wait)
     rep = json.loads((run_dir / "report.json").read_text())
     print_summary(rep)
     print(f"report: {run_dir / 'report.md'} | {run_dir / 'report.html'} | {run_dir / 'report.json'}")
@@ -35,10 +44,14 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from .config import load_config
+    """Every check `edgeq run` makes before converting (model, data, counts, output dir, targets); writes nothing."""
+    from .pipeline import preflight
 
-    cfg = load_config(args.config)
-    print(f"{args.config}: ok ({cfg.name}, model {cfg.model.path}, {cfg.model.format})")
+    cfg, wanted = _selected(args)
+    pf = preflight(cfg, Path(args.out) if args.out else None, wanted)
+    print(f"{args.config}: ok ({cfg.name}, model {cfg.model.path}, {cfg.model.format}; "
+          f"{len(pf.splits.calibration)} calibration / {len(pf.splits.eval)} eval images; "
+          f"stages {', '.join(pf.stages) or 'none'}; run directory {pf.run_dir})")
     return 0
 
 
@@ -113,9 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-benchmark", action="store_true", help="skip latency benchmarks")
     r.add_argument("--reuse-benchmarks", action="store_true", help="keep earlier host latency figures when the CPU, "
                    "threads, rounds and artifacts are unchanged (default: re-measure)")
+    r.add_argument("--no-wait", action="store_true", help="refuse, instead of waiting, when another run holds --out")
     r.set_defaults(fn=_cmd_run)
-    v = sub.add_parser("validate", help="validate a config file")
+    v = sub.add_parser("validate", help="check a config as `edgeq run` would (model, data, counts, output "
+                       "directory), without converting or writing anything")
     v.add_argument("config")
+    v.add_argument("--out", help="the run directory the run would use")
+    v.add_argument("--stages", help="the stages the run would use")
     v.set_defaults(fn=_cmd_validate)
     t = sub.add_parser("train-reference", help="train an embedded default FP32 model (Fashion-MNIST)")
     t.add_argument("name", help="mobilenet_v2 | resnet50")
@@ -150,16 +167,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import errno
+    import os
+
+    from .interrupt import Interrupted, stop_on_signals
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.fn(args)
+        with stop_on_signals():
+            return args.fn(args)
     except EdgeqError as e:
-        print(f"edgeq: error: {e}", file=sys.stderr)
+        print(f"edgeq: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("edgeq: interrupted; finished artifacts are kept and a rerun resumes", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        status = e.exit_status if isinstance(e, Interrupted) else 130
+        name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
+        print(f"edgeq: interrupted ({name}); finished artifacts are kept and the same command resumes the run",
+              file=sys.stderr)
+        return status
+    except OSError as e:  # disk full, read-only or vanished paths mid-run: what, where, what to do
+        where = f"{e.filename}: " if e.filename else ""
+        hint = {errno.ENOSPC: "the disk is full; free space and rerun (finished artifacts are kept)",
+                errno.EROFS: "the file system is read-only; choose a writable --out",
+                errno.EACCES: "permission denied; choose a writable --out or fix the permissions"}.get(
+            e.errno, "check the path and rerun (finished artifacts are kept)")
+        print(f"edgeq: error: {where}{e.strerror or e}; {hint}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: still one line; EDGEQ_DEBUG=1 shows the traceback
+        if os.environ.get("EDGEQ_DEBUG"):
+            raise
+        msg = " ".join(str(e).split())[:300]
+        print(f"edgeq: error: unexpected {e.__class__.__name__}: {msg} (an edgeq bug: please report it with the "
+              "output of the same command run with EDGEQ_DEBUG=1)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

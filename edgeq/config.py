@@ -6,10 +6,14 @@ directory (model and data) or the current directory (output).
 """
 from __future__ import annotations
 
+import math
+import os
+import re
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
 
@@ -21,7 +25,7 @@ class Strict(BaseModel):
 class ModelSpec(Strict):
     path: Path
     format: Optional[Literal["keras", "h5", "savedmodel", "onnx"]] = None  # inferred from the path if omitted
-    input_shape: tuple[int, int, int]  # H, W, C of one image
+    input_shape: tuple[PositiveInt, PositiveInt, PositiveInt]  # H, W, C of one image
     num_classes: int = Field(gt=1)
     family: str = "custom"  # mobilenet_v2 | resnet50 | custom: informational, recorded in the report
     trust_lambda_layers: bool = False  # .h5 with Lambda layers runs Python from the file: opt in explicitly
@@ -45,10 +49,14 @@ class PreprocessSpec(Strict):
     mean: list[float] = [127.5]
     std: list[float] = [127.5]
 
-    @field_validator("std")
+    @field_validator("mean", "std")
     @classmethod
-    def _nonzero(cls, v):
-        if any(s == 0 for s in v):
+    def _finite(cls, v, info):
+        if not v:
+            raise ValueError(f"{info.field_name} needs 1 value (all channels) or one per channel")
+        if any(not math.isfinite(x) for x in v):
+            raise ValueError(f"{info.field_name} must hold finite numbers")
+        if info.field_name == "std" and any(x == 0 for x in v):
             raise ValueError("std must not contain 0")
         return v
 
@@ -63,12 +71,22 @@ class DataSpec(Strict):
     eval_size: Optional[int] = Field(None, ge=1)  # None: all available evaluation images
     train_size: Optional[int] = Field(None, ge=1)
     prefer_full_dataset: bool = True  # fashion_mnist: the Debian package when installed, else the shipped sample
-    seed: int = 0
+    seed: int = Field(0, ge=0)
+    # image_folder class map, in the model's output order: folder name -> index. Without one, folder names that
+    # are all numbers are the indices themselves, else sorted folder names (their count must be num_classes).
+    classes: Optional[list[str]] = None
+    labels_file: Optional[Path] = None  # the same as a text file: one class name per line, model order
 
     @model_validator(mode="after")
     def _paths(self):
         if self.kind != "fashion_mnist" and self.path is None and (self.calibration_path is None or self.eval_path is None):
             raise ValueError(f"data.kind={self.kind} needs data.path, or both data.calibration_path and data.eval_path")
+        if self.classes is not None and self.labels_file is not None:
+            raise ValueError("give the class map once: data.classes or data.labels_file, not both")
+        if self.classes is not None:
+            dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            if dup:
+                raise ValueError(f"data.classes names {dup} more than once; each class name once, in model order")
         return self
 
 
@@ -121,7 +139,7 @@ class QatSpec(Strict):
     narrow_logits_range: bool = False
     passthrough_layers: list[str] = []  # layer names or classes left unquantised during fine-tuning
     export_onnx: bool = True  # INT8 QDQ ONNX of the QAT model when stages.onnx_ptq is enabled
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class ComparisonSpec(Strict):
@@ -184,9 +202,9 @@ class OutputSpec(Strict):
 
 
 class RunConfig(Strict):
-    name: str
+    name: str  # also the run directory runs/<name>: a plain name, never a path
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     # the accuracy budget: the most top-1 (percentage points) an artifact may lose against FP32 and still
     # be shipped; verdicts and the "what to ship" line per target follow from it
     max_accuracy_drop: float = Field(1.0, ge=0)
@@ -201,12 +219,54 @@ class RunConfig(Strict):
     output: OutputSpec = OutputSpec()
     source: Optional[Path] = Field(None, exclude=True)  # the file this came from
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str):
+        if not v.strip():
+            raise ValueError("name must not be empty")
+        if "/" in v or "\\" in v or "\x00" in v or v.strip() in (".", "..") or v.startswith("~"):
+            raise ValueError("name must be a plain name (it names the run directory runs/<name>), not a path; "
+                             "use output.dir or --out to choose where the run goes")
+        if len(v.encode()) > 200:
+            raise ValueError(f"name is {len(v.encode())} bytes long; a directory name must be at most 200")
+        return v
+
     def run_dir(self, override: Path | None = None) -> Path:
         return Path(override or self.output.dir or Path("runs") / self.name)
 
 
 def _loc(err: dict) -> str:
     return ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int) or True)
+
+
+SECRET_KEYS = re.compile(r"key_file|password|passphrase|secret|token|private", re.I)
+
+
+def looks_like_secret(value) -> bool:
+    """True for text that could be key material: a PEM block, or a long run of base64 that is no existing file.
+
+    A missing file that merely looks like base64 is refused either way; the test only decides what is echoed."""
+    if not isinstance(value, str):
+        return False
+    v = value.strip()
+    if "PRIVATE KEY" in v or "-----BEGIN" in v or "\n" in v:
+        return True
+    if len(v) < 40 or not re.fullmatch(r"[A-Za-z0-9+/=\s]+", v):
+        return False
+    mixed = all(re.search(p, v) for p in ("[a-z]", "[A-Z]", "[0-9]"))
+    try:
+        is_file = Path(v).is_file()
+    except (OSError, ValueError):
+        is_file = False
+    return mixed and not is_file
+
+
+def _shown(err: dict) -> str:
+    """' (got ...)' for a scalar input that is safe to echo; nothing for mappings, lists or possible secrets."""
+    value = err.get("input")
+    if isinstance(value, (dict, list, tuple)) or SECRET_KEYS.search(_loc(err)) or looks_like_secret(value):
+        return ""
+    return " (got " + " ".join(f"{value!r:.60}".split()) + ")"
 
 
 def format_validation_error(e: ValidationError, where: str) -> str:
@@ -218,8 +278,37 @@ def format_validation_error(e: ValidationError, where: str) -> str:
         elif err["type"] == "missing":
             parts.append(f"missing key '{key}'")
         else:
-            parts.append(f"'{key}': {err['msg']} (got {err.get('input')!r:.60})")
+            msg = " ".join(str(err["msg"]).removeprefix("Value error, ").split())
+            parts.append(f"'{key}': {msg}{_shown(err)}")
     return f"{where}: " + "; ".join(parts)
+
+
+MAX_YAML_BYTES = 1 << 20  # a config or inventory is a few KB; anything near this is not one
+MAX_YAML_NODES = 100_000  # after alias expansion: an alias bomb fails here, in milliseconds
+
+
+def _expanded_nodes(node, memo: dict, open_: set) -> int:
+    """How many nodes the document holds once every alias is expanded (linear time, via memo)."""
+    import yaml
+
+    k = id(node)
+    if k in memo:
+        return memo[k]
+    if k in open_:
+        raise ConfigError("a YAML alias refers to itself")
+    open_.add(k)
+    if isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_expanded_nodes(c, memo, open_) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_expanded_nodes(a, memo, open_) + _expanded_nodes(b, memo, open_) for a, b in node.value)
+    else:
+        n = 1
+    open_.discard(k)
+    memo[k] = n
+    if n > MAX_YAML_NODES:
+        raise ConfigError(f"expands to more than {MAX_YAML_NODES:,} values through aliases (&anchor/*alias); "
+                          "write the values out or use fewer aliases")
+    return n
 
 
 def read_yaml_mapping(path: Path | str, what: str = "config file", expect: str = "a mapping of keys") -> dict:
@@ -228,16 +317,49 @@ def read_yaml_mapping(path: Path | str, what: str = "config file", expect: str =
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found")
+        raise ConfigError(f"{path}: {what} not found" + (" (it is a directory)" if path.is_dir() else ""))
     try:
-        raw = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {what} is {size:,} bytes, over the {MAX_YAML_BYTES:,}-byte limit; "
+                              f"is this the right file?")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                          "save it as UTF-8") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _expanded_nodes(node, {}, set())
+        raw = yaml.safe_load(text)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: {what} is nested too deeply to be a {what}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{at} not valid YAML ({getattr(e, 'problem', e)})") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{path}:{at} not valid YAML ({problem})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected {expect} at the top level")
     return raw
+
+
+def expand_path(p: Path, key: str, where: str) -> Path:
+    """`~` and `$VARS` expanded; a variable that is not set is an error, not a literal '$X' directory."""
+    s = str(p)
+    if "$" in s:
+        s = os.path.expandvars(s)
+        m = re.search(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", s)
+        if m:
+            raise ConfigError(f"{where}: '{key}' uses ${m.group(1)}, which is not set in the environment; "
+                              "set it or write the path out")
+    return Path(os.path.expanduser(s))
 
 
 def load_config(path: Path | str) -> RunConfig:
@@ -252,12 +374,41 @@ def config_from_dict(raw: dict, base_dir: Path = Path("."), where: str = "config
         raise ConfigError(format_validation_error(e, where)) from None
     base = Path(base_dir)
 
-    def rel(p: Path | None) -> Path | None:
-        return None if p is None else (p if p.is_absolute() else (base / p))
+    def rel(p: Path | None, key: str) -> Path | None:
+        if p is None:
+            return None
+        p = expand_path(p, key, where)
+        return p if p.is_absolute() else (base / p)
 
-    cfg.model.path = rel(cfg.model.path)
-    for f in ("path", "calibration_path", "eval_path", "train_path"):
-        setattr(cfg.data, f, rel(getattr(cfg.data, f)))
-    cfg.inventory = rel(cfg.inventory)
+    cfg.model.path = rel(cfg.model.path, "model.path")
+    for f in ("path", "calibration_path", "eval_path", "train_path", "labels_file"):
+        setattr(cfg.data, f, rel(getattr(cfg.data, f), f"data.{f}"))
+    cfg.inventory = rel(cfg.inventory, "inventory")
+    if cfg.output.dir is not None:
+        cfg.output.dir = expand_path(cfg.output.dir, "output.dir", where)
     cfg.source = Path(where) if where != "config" else None
+    check_consistency(cfg, where)
     return cfg
+
+
+def check_consistency(cfg: RunConfig, where: str) -> None:
+    """Rules across sections (pydantic checks one field at a time): a ConfigError naming the keys."""
+    c = cfg.model.input_shape[2]
+    for key in ("mean", "std"):
+        v = getattr(cfg.preprocess, key)
+        if len(v) not in (1, c):
+            raise ConfigError(f"{where}: preprocess.{key} has {len(v)} values but the model has {c} channels "
+                              f"(model.input_shape {list(cfg.model.input_shape)}); give 1 value or {c}")
+    d, s = cfg.data, cfg.stages
+    keras_input = cfg.model.format != "onnx"
+    counts = [("stages.onnx_ptq.calibration_images", s.onnx_ptq.calibration_images, s.onnx_ptq.enabled)]
+    if keras_input:
+        counts.insert(0, ("stages.tflite_ptq.representative_images", s.tflite_ptq.representative_images,
+                          s.tflite_ptq.enabled))
+    for key, n, on in counts:
+        if on and n > d.calibration_size:
+            raise ConfigError(f"{where}: {key} is {n} but the calibration split has {d.calibration_size} images "
+                              f"(data.calibration_size); lower {key.rsplit('.', 1)[1]} or raise data.calibration_size")
+    if d.classes is not None and len(d.classes) != cfg.model.num_classes:
+        raise ConfigError(f"{where}: data.classes lists {len(d.classes)} names but model.num_classes is "
+                          f"{cfg.model.num_classes}; list every class of the model, in its output order")

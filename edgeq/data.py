@@ -122,6 +122,7 @@ class Splits:
     eval: LabelledImages
     train: LabelledImages | None
     dataset: str  # what the evaluation set is, for the report
+    full_test_set: bool = False  # the evaluation set is a whole test set, not a split or a sample of one
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -156,6 +157,7 @@ def load_fashion_mnist_full() -> tuple[LabelledImages, LabelledImages]:
 
 
 def load_npz(path: Path, prefix: str = "") -> LabelledImages:
+    """uint8 images (N,H,W[,C]) and integer labels (N,) from an .npz; every refusal names the file."""
     try:
         with np.load(path, allow_pickle=False) as z:
             images, labels = z[prefix + "images"], z[prefix + "labels"]
@@ -164,9 +166,33 @@ def load_npz(path: Path, prefix: str = "") -> LabelledImages:
         raise DataError(f"{path}: no such file") from None
     except KeyError as e:
         raise DataError(f"{path}: missing array {e}; expected '{prefix}images' and '{prefix}labels'") from None
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npz of arrays ({e})") from None
+    except Exception as e:  # BadZipFile, zlib.error, EOFError, pickled arrays (ValueError), ...: one line
+        why = " ".join(str(e).split())[:120] or e.__class__.__name__
+        raise DataError(f"{path}: not a readable .npz of arrays ({why}); write it with "
+                        f"np.savez(path, {prefix}images=uint8_array, {prefix}labels=int_array)") from None
+    check_arrays(images, labels, str(path), prefix)
     return LabelledImages(images, labels, f"{path.name}:{prefix or 'all'}", names)
+
+
+def check_arrays(images: np.ndarray, labels: np.ndarray, where: str, prefix: str = "") -> None:
+    """uint8 pixels (N,H,W) or (N,H,W,1|3) and non-negative integer class indices (N,), or a DataError."""
+    im, lb = prefix + "images", prefix + "labels"
+    if images.dtype != np.uint8:
+        nan = " and holds NaN" if images.dtype.kind == "f" and np.isnan(images).any() else ""
+        raise DataError(f"{where}: '{im}' is {images.dtype}{nan}; edgeq reads uint8 pixels 0-255: convert with "
+                        "np.clip(np.nan_to_num(x) * 255, 0, 255).astype(np.uint8) (x in [0, 1])")
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)) or 0 in images.shape[1:3]:
+        raise DataError(f"{where}: '{im}' has shape {images.shape}; expected (N, H, W) or (N, H, W, 1|3)")
+    if len(images) == 0:
+        raise DataError(f"{where}: '{im}' holds no images")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        onehot = "; one-hot? store labels.argmax(1)" if labels.ndim == 2 else ""
+        raise DataError(f"{where}: '{lb}' is {labels.dtype} with shape {labels.shape}; expected integer class "
+                        f"indices of shape (N,){onehot}")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{where}: '{lb}' holds {int(labels.min())}; class indices run from 0 to num_classes - 1")
+    if len(labels) != len(images):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
 
 
 def fashion_mnist_splits(calibration_size: int, eval_size: int | None, train_size: int | None,
@@ -181,7 +207,7 @@ def fashion_mnist_splits(calibration_size: int, eval_size: int | None, train_siz
         tr_idx = rng.permutation(FASHION_MNIST_TRAIN_END)[: train_size or FASHION_MNIST_TRAIN_END]
         return Splits(train.take(cal_idx[:calibration_size], "fashion-mnist train[55000:] (held out)"),
                       ev, train.take(tr_idx, "fashion-mnist train[:55000]"),
-                      f"fashion-mnist test ({len(ev)} images)")
+                      f"fashion-mnist test ({len(ev)} images)", full_test_set=len(ev) == len(test))
     if not SHIPPED_SAMPLE.exists():
         raise DataError(f"neither the Debian package dataset-fashion-mnist nor {SHIPPED_SAMPLE} is present")
     cal = load_npz(SHIPPED_SAMPLE, "calibration_")
@@ -207,53 +233,159 @@ def _need(n: int, have: int, what: str) -> int:
 
 
 # ---------------------------------------------------------------- ImageFolder
-def load_image_folder(root: Path, pre: Preprocess | None = None) -> LabelledImages:
-    """root/<class_name>/<image files>; class index = sorted class-name order."""
+@dataclass
+class FolderListing:
+    """An ImageFolder tree, listed (not decoded): every image file and its class index."""
+
+    root: Path
+    files: list[Path]
+    labels: list[int]
+    class_names: list[str]  # index -> name, as far as the folder names tell
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def _check_link(p: Path) -> None:
+    """A symlink that loops or dangles is an error naming it (os.walk and iterdir would skip it silently)."""
+    if not p.is_symlink():
+        return
+    try:
+        target = p.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise DataError(f"{p}: symlink loop or broken symlink; remove it or point it at an image") from None
+    if target.is_dir() and (target == p.parent.resolve() or target in p.parent.resolve().parents):
+        raise DataError(f"{p}: symlink loop (it points back to {target}); remove it")
+
+
+def _entries(d: Path) -> list[Path]:
+    try:
+        return sorted(d.iterdir())
+    except OSError as e:
+        raise DataError(f"{d}: cannot list the directory ({e.strerror or e})") from None
+
+
+def list_image_folder(root: Path, classes: list[str] | None = None, num_classes: int | None = None) -> FolderListing:
+    """root/<class_name>/<image files>, checked without decoding an image.
+
+    Class index: the position in `classes` (the model's class names in output order) when given, and a
+    folder not in it is refused; else the folder name itself when every name is a number (ImageNet-style
+    `021`, `978`); else sorted folder-name order, which needs exactly `num_classes` folders."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory; expected an ImageFolder tree root/<class>/<images>")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    subdirs = []
+    for p in _entries(root):
+        if p.name.startswith("."):
+            continue
+        _check_link(p)
+        if p.is_dir():
+            subdirs.append(p)
+    names = [p.name for p in subdirs]
+    if not names:
         raise DataError(f"{root}: no class sub-directories; expected root/<class>/<images>")
-    from PIL import Image, UnidentifiedImageError
-
-    images, labels = [], []
-    for ci, cname in enumerate(classes):
-        for f in sorted((root / cname).iterdir()):
-            if f.name.startswith(".") or not f.is_file():
+    files, folders = [], []
+    for d in subdirs:
+        for f in _entries(d):
+            if f.name.startswith("."):
+                continue
+            _check_link(f)
+            if not f.is_file():
                 continue
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError(f"{f}: not an image file (suffix {f.suffix or 'none'}); "
                                 f"only {', '.join(sorted(IMAGE_SUFFIXES))} are read")
-            try:
-                with Image.open(f) as im:
-                    mode = "L" if (pre and pre.channels == 1) else "RGB"
-                    im = im.convert(mode)
-                    if pre is not None:
-                        im = im.resize((pre.size[1], pre.size[0]), Image.BILINEAR)
-                    arr = np.asarray(im, np.uint8)
-            except (UnidentifiedImageError, OSError) as e:
-                raise DataError(f"{f}: cannot be read as an image ({e.__class__.__name__})") from None
-            images.append(arr if arr.ndim == 3 else arr[..., None])
-            labels.append(ci)
-    if not images:
+            files.append(f)
+            folders.append(d.name)
+    if not files:
         raise DataError(f"{root}: no images found under its class directories")
+    if classes is not None:
+        unknown = [n for n in names if n not in classes]
+        if unknown:
+            raise DataError(f"{root}: class folder(s) {unknown[:5]} are not in the class map (data.classes / "
+                            f"data.labels_file, {len(classes)} names); rename the folders or fix the map")
+        index = {n: classes.index(n) for n in names}
+        class_names = list(classes)
+    elif all(n.isascii() and n.isdigit() for n in names):
+        index = {n: int(n) for n in names}
+        class_names = []
+    else:
+        if num_classes is not None and len(names) != num_classes:
+            raise DataError(f"{root}: {len(names)} class folders ({', '.join(names[:5])}"
+                            f"{', ...' if len(names) > 5 else ''}) but the model has {num_classes} classes "
+                            "(model.num_classes), so sorted folder order cannot be the model's class order; "
+                            "list the model's class names in output order in data.classes (or data.labels_file)")
+        index = {n: i for i, n in enumerate(names)}
+        class_names = names
+    labels = [index[n] for n in folders]
+    return FolderListing(root, files, labels, class_names)
+
+
+def decode_image_folder(listing: FolderListing, pre: Preprocess | None = None) -> LabelledImages:
+    """Decode (and resize to the model's input) every image of a listing; a bad file is named."""
+    from PIL import Image
+
+    images = []
+    mode = "L" if (pre and pre.channels == 1) else "RGB"
+    for f in listing.files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                if pre is not None:
+                    im = im.resize((pre.size[1], pre.size[0]), Image.BILINEAR)
+                arr = np.asarray(im, np.uint8)
+        except Image.DecompressionBombError as e:
+            raise DataError(f"{f}: image too large to decode safely ({' '.join(str(e).split())[:120]}); "
+                            "shrink or remove it") from None
+        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, EOFError... for a bad file
+            raise DataError(f"{f}: cannot be read as an image ({e.__class__.__name__}); replace or remove it") from None
+        images.append(arr if arr.ndim == 3 else arr[..., None])
     shapes = {a.shape for a in images}
     if len(shapes) > 1:
-        raise DataError(f"{root}: images have different sizes {sorted(shapes)[:3]}; "
+        raise DataError(f"{listing.root}: images have different sizes {sorted(shapes)[:3]}; "
                         "give the model input size in the config so they are resized")
-    return LabelledImages(np.stack(images), np.asarray(labels), str(root), classes)
+    return LabelledImages(np.stack(images), np.asarray(listing.labels), str(listing.root), listing.class_names)
+
+
+def load_image_folder(root: Path, pre: Preprocess | None = None, classes: list[str] | None = None,
+                      num_classes: int | None = None) -> LabelledImages:
+    """root/<class_name>/<image files>; class index as in list_image_folder."""
+    return decode_image_folder(list_image_folder(root, classes, num_classes), pre)
+
+
+def read_labels_file(path: Path) -> list[str]:
+    """One class name per line, in the model's output order (blank lines and # comments skipped)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: labels file not found (data.labels_file)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the labels file as UTF-8 text ({e.__class__.__name__})") from None
+    names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if not names:
+        raise DataError(f"{path}: labels file lists no class names; one name per line, in model output order")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{path}: class names {dup[:5]} appear more than once; each class once, in model order")
+    return names
+
+
+def split_sizes(n: int, calibration_size: int, eval_size: int | None, source: str) -> tuple[int, int]:
+    """(calibration, eval) image counts of one set of n images, or a DataError (checked before decoding)."""
+    _need(calibration_size, n, f"{source} (calibration)")
+    rest = n - calibration_size
+    n_eval = rest // 2 if eval_size is None else _need(eval_size, rest, f"{source} (eval after calibration)")
+    if n_eval == 0:
+        raise DataError(f"{source}: no images left for evaluation after {calibration_size} calibration images; "
+                        "lower data.calibration_size or add images")
+    return calibration_size, n_eval
 
 
 def split_one(data: LabelledImages, calibration_size: int, eval_size: int | None, seed: int) -> Splits:
     """Deterministic disjoint split of one labelled set: calibration | eval | train (the rest)."""
     n = len(data)
-    _need(calibration_size, n, f"{data.source} (calibration)")
+    _, n_eval = split_sizes(n, calibration_size, eval_size, data.source)
     perm = np.random.default_rng(seed).permutation(n)
-    rest = n - calibration_size
-    n_eval = rest // 2 if eval_size is None else _need(eval_size, rest, f"{data.source} (eval after calibration)")
-    if n_eval == 0:
-        raise DataError(f"{data.source}: no images left for evaluation after {calibration_size} calibration images")
     cal = data.take(perm[:calibration_size], f"{data.source} (calibration split)")
     ev = data.take(perm[calibration_size:calibration_size + n_eval], f"{data.source} (eval split)")
     tr_idx = perm[calibration_size + n_eval:]

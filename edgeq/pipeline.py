@@ -6,6 +6,7 @@ benchmarks whose inputs hash the same as a finished result are reused, so a kill
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -17,12 +18,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__
-from .artifacts import Artifact, Manifest, atomic_path, sha256_of, stage_key, write_json_atomic
-from .config import RunConfig
-from .data import (LabelledImages, Preprocess, Splits, fashion_mnist_splits, load_image_folder, load_npz,
-                   split_one)
-from .errors import DataError, EdgeqError
+from . import __version__, interrupt
+from .artifacts import Artifact, Manifest, atomic_path, sha256_of, size_of, stage_key, write_json_atomic
+from .config import RunConfig, check_consistency
+from .data import (FolderListing, LabelledImages, Preprocess, Splits, decode_image_folder, fashion_mnist_splits,
+                   list_image_folder, load_npz, read_labels_file, split_one, split_sizes)
+from .errors import ConfigError, DataError, EdgeqError
 from .sysinfo import package_versions
 
 # stage name -> "module:function"; each function is run_stage(ctx, options) -> list[Artifact]
@@ -124,41 +125,168 @@ def preprocess_of(cfg: RunConfig) -> Preprocess:
     return Preprocess((h, w), c, tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std))
 
 
+def class_map(cfg: RunConfig) -> list[str] | None:
+    """The model's class names in output order (data.classes or data.labels_file), or None."""
+    d = cfg.data
+    if d.classes is not None:
+        return list(d.classes)
+    if d.labels_file is None:
+        return None
+    names = read_labels_file(d.labels_file)
+    if len(names) != cfg.model.num_classes:
+        raise DataError(f"{d.labels_file}: lists {len(names)} class names but model.num_classes is "
+                        f"{cfg.model.num_classes}; list every class of the model, one per line, in output order")
+    return names
+
+
 def load_splits(cfg: RunConfig, pre: Preprocess) -> Splits:
     d = cfg.data
     if d.kind == "fashion_mnist":
         return fashion_mnist_splits(d.calibration_size, d.eval_size, d.train_size, d.seed, d.prefer_full_dataset)
+    separate = d.calibration_path is not None and d.eval_path is not None
+    listings: dict[Path, FolderListing] = {}
+    if d.kind == "image_folder":  # list (cheap) and check every count before decoding any image
+        classes = class_map(cfg)
+        for p in ([d.calibration_path, d.eval_path] if separate else [d.path]) + ([d.train_path] if d.train_path else []):
+            listings[p] = list_image_folder(p, classes, cfg.model.num_classes)
+        if separate:
+            _check_calibration_count(d, len(listings[d.calibration_path]))
+        else:
+            split_sizes(len(listings[d.path]), d.calibration_size, d.eval_size, str(d.path))
 
     def load(p: Path) -> LabelledImages:
         if d.kind == "npz":
             return load_npz(p)
-        return load_image_folder(p, pre)
+        return decode_image_folder(listings[p], pre)
 
-    if d.calibration_path is not None and d.eval_path is not None:
-        cal, ev = load(d.calibration_path), load(d.eval_path)
-        if len(cal) < d.calibration_size:
-            raise DataError(f"{d.calibration_path}: {d.calibration_size} calibration images asked for "
-                            f"(data.calibration_size) but only {len(cal)} found")
+    if separate:
+        cal = load(d.calibration_path)
+        _check_calibration_count(d, len(cal))
+        ev = load(d.eval_path)
         if cal.fingerprint() == ev.fingerprint():
             raise DataError("data.calibration_path and data.eval_path hold the same images; "
                             "calibration and evaluation images must not overlap")
         rng = np.random.default_rng(d.seed)
         cal = cal.take(rng.permutation(len(cal))[:d.calibration_size])
-        if d.eval_size is not None:
-            ev = ev.take(rng.permutation(len(ev))[:min(d.eval_size, len(ev))])
+        whole = d.eval_size is None or d.eval_size >= len(ev)
+        if not whole:
+            ev = ev.take(rng.permutation(len(ev))[:d.eval_size])
         tr = load(d.train_path) if d.train_path else None
-        return Splits(cal, ev, tr, f"{d.eval_path} ({len(ev)} images)")
+        return Splits(cal, ev, tr, f"{d.eval_path} ({len(ev)} images)", full_test_set=whole)
     splits = split_one(load(d.path), d.calibration_size, d.eval_size, d.seed)
     if d.train_path:
         splits.train = load(d.train_path)
     return splits
 
 
+def _check_calibration_count(d, have: int) -> None:
+    if have < d.calibration_size:
+        raise DataError(f"{d.calibration_path}: {d.calibration_size} calibration images asked for "
+                        f"(data.calibration_size) but only {have} found; lower it or add images")
+
+
 def _check_classes(cfg: RunConfig, splits: Splits) -> None:
     for part in (splits.calibration, splits.eval):
         if len(part) and part.labels.max() >= cfg.model.num_classes:
             raise DataError(f"{part.source}: label {int(part.labels.max())} but the model has "
-                            f"{cfg.model.num_classes} classes (model.num_classes)")
+                            f"{cfg.model.num_classes} classes (model.num_classes); fix the labels, "
+                            "or map class names to the model's indices with data.classes")
+
+
+def parse_stages(text: str) -> set[str]:
+    """`--stages a,b` -> {"a", "b"}; an unknown or empty name is an error listing the stages."""
+    names = [n.strip() for n in text.split(",")]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown or not names:
+        raise ConfigError(f"--stages: unknown stage {', '.join(repr(n) for n in unknown)}; choose from "
+                          f"{', '.join(STAGES)} (comma-separated), or disable stages in the config")
+    return set(names)
+
+
+def planned_stages(cfg: RunConfig, only_stages: set[str] | None = None) -> list[str]:
+    """The stages a run will execute, in order: enabled, selected, and applicable to the input model."""
+    onnx = cfg.model.format == "onnx"
+    return [n for n in STAGES if getattr(cfg.stages, n).enabled and (only_stages is None or n in only_stages)
+            and not (onnx and n in KERAS_ONLY_STAGES)]
+
+
+# artifacts each stage writes (for the free-space estimate)
+_STAGE_ARTIFACTS = {"tflite_ptq": 2, "onnx_ptq": 3, "qat": 2, "comparison": 1}
+
+
+def check_output_dir(run_dir: Path, need_bytes: int) -> None:
+    """The run directory can be created and written, with room for the planned artifacts (nothing is left)."""
+    import tempfile
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: the run directory (--out / output.dir) is an existing file; "
+                          "give a directory path")
+    base = run_dir
+    while not base.exists():
+        if base.is_symlink():
+            raise ConfigError(f"{base}: broken symlink in the run directory's path; fix it or choose another --out")
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"{run_dir}: cannot create the run directory because {base} is a file; "
+                          "choose another --out")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".edgeq-write-test-", dir=base))
+    except OSError as e:
+        raise ConfigError(f"{run_dir}: cannot write the run directory there ({e.strerror or e}); "
+                          "choose a writable --out") from None
+    free = shutil.disk_usage(base).free
+    if free < need_bytes:
+        raise ConfigError(f"{run_dir}: {free / 1e6:.0f} MB free on its disk but about {need_bytes / 1e6:.0f} MB "
+                          "are needed (FP32 model size x planned artifacts); free space or choose another --out")
+
+
+@dataclass
+class Preflight:
+    """What a run checked before writing anything; `edgeq validate` stops here."""
+
+    run_dir: Path
+    pre: Preprocess
+    splits: Splits
+    stages: list[str]
+    model: Any = None  # the loaded Keras model (None for ONNX input)
+
+
+def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | None = None) -> Preflight:
+    """Every check a run can make without converting: output dir, targets, model, data, counts. Writes nothing."""
+    where = str(cfg.source or "config")
+    check_consistency(cfg, where)
+    stages = planned_stages(cfg, only_stages)
+    run_dir = cfg.run_dir(out)
+    m = cfg.model
+    if not m.path.exists():
+        raise ConfigError(f"{m.path}: model file not found (model.path in {where}); fix the path")
+    n_artifacts = 1 + sum(_STAGE_ARTIFACTS[s] for s in stages)
+    check_output_dir(run_dir, size_of(m.path) * n_artifacts)
+    if cfg.targets:  # a wrong inventory or device name fails now, not after the quantisation
+        from .targets.remote import check_targets
+
+        check_targets(cfg)
+    model = None
+    if m.format == "onnx":
+        from .quantize.onnx_ptq import check_onnx_outputs, read_onnx_input
+
+        read_onnx_input(m.path, tuple(m.input_shape))
+        check_onnx_outputs(m.path, m.num_classes)
+    else:
+        from .models import check_input_shape, check_num_classes, load_keras_model
+
+        model = load_keras_model(m.path, m.format, m.trust_lambda_layers)
+        check_input_shape(model, m.input_shape, str(m.path))
+        check_num_classes(model, m.num_classes, str(m.path))
+    pre = preprocess_of(cfg)
+    splits = load_splits(cfg, pre)
+    _check_classes(cfg, splits)
+    if "qat" in stages:
+        from .quantize.qat import training_split
+
+        training_split(splits.train, cfg.stages.qat)
+    return Preflight(run_dir, pre, splits, stages, model)
 
 
 def _import_fp32(ctx: RunContext) -> Artifact:
@@ -171,17 +299,17 @@ def _import_fp32(ctx: RunContext) -> Artifact:
         raise EdgeqError(f"{src}: model file not found")
     filename = "fp32" + ({"keras": src.suffix or ".keras", "savedmodel": "", "onnx": ".onnx"}[fmt])
 
-    def copy(tmp: Path):
+    def copy(tmp: Path) -> dict:
+        # a copy, never a hard link: overwriting the source later must not change the run's artifact
         if src.is_dir():
             shutil.copytree(src, tmp)
         else:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
+            shutil.copyfile(src, tmp)
+        return {"source": str(src)}
 
+    # keyed by the source's content, not its path or mtime: a moved project reuses, an edited model re-imports
     return ctx.produce(f"fp32_{fmt}", filename, {"source_sha256": sha256_of(src)}, copy, fmt=fmt,
-                       precision="fp32", method="none", stage="import", params={"source": str(src)})
+                       precision="fp32", method="none", stage="import", params={})
 
 
 def _resolve(spec: str) -> Callable:
@@ -285,30 +413,57 @@ def ort_level(ctx: RunContext, a: Artifact) -> str:
     return level(a, ctx.cfg.stages.onnx_ptq.graph_optimization)
 
 
+def _warn_if_chance(ctx: RunContext) -> None:
+    """Loud warning when the FP32 reference scores near chance: the labels probably are not the model's classes."""
+    k = ctx.cfg.model.num_classes
+    fp32 = [e for e in ctx.results["evaluations"].values()
+            if ctx.fp32 is not None and e.get("artifact") == ctx.fp32.name and e.get("top1") is not None]
+    if not fp32:
+        return
+    top1 = fp32[-1]["top1"]
+    if top1 <= CHANCE_FACTOR / k:
+        msg = (f"edgeq: warning: the FP32 model's top-1 is {top1:.4f}, near chance for {k} classes ({1 / k:.4f}): "
+               "labels probably do not match the model's classes; give the model's class names in output order "
+               "as data.classes (or data.labels_file)")
+        ctx.log(msg)
+        import sys
+
+        print(msg, file=sys.stderr, flush=True)
+        ctx.set_section("warnings", [msg.removeprefix("edgeq: warning: ")])
+
+
+CHANCE_FACTOR = 1.5  # FP32 top-1 at or below 1.5x chance (1/num_classes) is "near chance"
+
+
 def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], None] = log_print,
-                 only_stages: set[str] | None = None) -> Path:
+                 only_stages: set[str] | None = None, wait: bool = True) -> Path:
     t0 = time.perf_counter()
     from .tfcompat import set_seed
 
-    run_dir = cfg.run_dir(out)
-    pre = preprocess_of(cfg)
-    log(f"edgeq {__version__}: {cfg.name} -> {run_dir}")
-    if cfg.targets:  # a wrong inventory or device name fails now, not after the quantisation
-        from .targets.remote import check_targets
+    def checked_log(msg: str) -> None:  # every progress line is also a point where Ctrl-C stops the run
+        interrupt.check()
+        log(msg)
 
-        check_targets(cfg)
-    splits = load_splits(cfg, pre)  # bad data fails before anything is written
-    _check_classes(cfg, splits)
+    run_dir = cfg.run_dir(out)
+    checked_log(f"edgeq {__version__}: {cfg.name} -> {run_dir}")
+    pf = preflight(cfg, out, only_stages)  # everything checkable fails here, before any write
+    set_seed(cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, wait):
+        return _run_locked(cfg, run_dir, pf, checked_log, only_stages, t0)
+
+
+def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str], None],
+                only_stages: set[str] | None, t0: float) -> Path:
+    splits = pf.splits
     log(f"  data: {len(splits.calibration)} calibration, {len(splits.eval)} eval "
         f"({splits.dataset})" + (f", {len(splits.train)} train" if splits.train is not None else ""))
     header = {"edgeq_version": __version__, "model": cfg.name, "config": str(cfg.source.resolve()) if cfg.source else None,
               "seed": cfg.seed, "versions": package_versions()}
     manifest = Manifest(run_dir, header)
-    ctx = RunContext(cfg, run_dir, manifest, pre, splits, log)
-    set_seed(cfg.seed)
-    if not ctx.is_onnx_input:
-        ctx.keras_model()  # a missing, corrupt or mismatched model fails before anything is written
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(cfg, run_dir, manifest, pf.pre, splits, log)
+    ctx._model = pf.model  # loaded and checked by the preflight
+    before = _work_done(ctx)
     try:
         ctx.fp32 = _import_fp32(ctx)
         produced: list[Artifact] = [ctx.fp32]
@@ -332,6 +487,7 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
         if cfg.evaluate.enabled:
             log("[evaluate]")
             evaluate_artifacts(ctx, arts)
+            _warn_if_chance(ctx)
         for name in (n for n in ran if n in AFTER_EVALUATE):
             _resolve(AFTER_EVALUATE[name])(ctx)
         if cfg.benchmark.enabled:
@@ -348,9 +504,51 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
         ctx.save_results()
     from .report import write_report
 
-    ctx.results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    # wall_seconds: the last run that made something; a rerun that reused everything keeps it and adds its own
+    seconds = round(time.perf_counter() - t0, 1)
+    if _work_done(ctx) != before or "wall_seconds" not in ctx.results:
+        ctx.results["wall_seconds"] = seconds
+    ctx.results["wall_seconds_last_run"] = seconds
+    ctx.save_results()
+    interrupt.check()  # a Ctrl-C swallowed inside TensorFlow still stops the run before the report
     write_report(ctx)
     return run_dir
+
+
+def _work_done(ctx: RunContext) -> tuple:
+    """What the run directory holds (artifacts by key, evaluation and latency entries): changes if a run made something."""
+    return (sorted((a.name, a.key, a.sha256) for a in ctx.manifest.artifacts.values()),
+            sorted(ctx.results["evaluations"]), sorted(k for k, v in ctx.results["latency"].items() if v.get("stats")))
+
+
+LOCK_NAME = ".edgeq.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, wait: bool = True):
+    """One run at a time per run directory: flock on run_dir/.edgeq.lock (released by the kernel if the holder
+    dies, so a stale lock never blocks); the holder's pid is written in it for the message."""
+    import fcntl
+    import sys
+
+    path = Path(run_dir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            if not wait:
+                raise EdgeqError(f"{run_dir}: another edgeq run (pid {holder}) is writing this run directory; "
+                                 "wait for it to finish, or choose another --out") from None
+            print(f"edgeq: {run_dir} is in use by another edgeq run (pid {holder}); waiting for it to finish "
+                  "(--no-wait refuses instead)", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def open_run(run_dir: Path, config: Path | None = None, log: Callable[[str], None] = log_print) -> RunContext:

@@ -118,10 +118,11 @@ def build_report(ctx) -> dict:
         "config": str(ctx.cfg.source) if ctx.cfg.source else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seed": ctx.cfg.seed,
-        "wall_seconds": ctx.results.get("wall_seconds"),
+        "wall_seconds": ctx.results.get("wall_seconds"),  # the last run that made something
+        "wall_seconds_last_run": ctx.results.get("wall_seconds_last_run"),  # this run (a rerun may reuse all)
         "dataset": {"eval": ctx.splits.dataset, "n_eval": len(ctx.splits.eval), "eval_fingerprint": fp,
                     "calibration": ctx.splits.calibration.source, "n_calibration": len(ctx.splits.calibration),
-                    "full_test_set": "shipped" not in ctx.splits.dataset},
+                    "full_test_set": ctx.splits.full_test_set},
         "host": {"cpu": cpu, "benchmark": ctx.cfg.benchmark.model_dump()},
         "conditions": ctx.results.get("conditions", {}),
         "budget": {"max_accuracy_drop_pt": budget},

@@ -226,6 +226,32 @@ def read_onnx_input(path: Path, input_shape_hwc: tuple[int, int, int], where: Pa
     return OnnxInput(i.name, dims, layout, dims[0])
 
 
+def check_onnx_outputs(path: Path, num_classes: int) -> None:
+    """One output whose last axis is num_classes (from the file's shapes, else shape inference)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    outputs = list(model.graph.output)
+    if len(outputs) != 1:
+        raise ModelError(f"{path}: model has {len(outputs)} outputs; edgeq handles single-output classifiers "
+                         "(one output of num_classes scores)")
+
+    def last_dim(vi):
+        dims = vi.type.tensor_type.shape.dim
+        return dims[-1].dim_value if len(dims) and dims[-1].HasField("dim_value") else None
+
+    got = last_dim(outputs[0])
+    if got is None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+            got = last_dim(inferred.graph.output[0])
+        except Exception:  # shape inference is best effort; evaluation still checks the real output
+            got = None
+    if got is not None and got != num_classes:
+        raise ModelError(f"{path}: model outputs {got} classes (output '{outputs[0].name}') but config "
+                         f"model.num_classes is {num_classes}; fix model.num_classes or the model")
+
+
 def fix_spatial_dims(path: Path, info: OnnxInput, input_shape_hwc: tuple[int, int, int], out: Path) -> None:
     """Copy of the model with dynamic H/W of its input set from model.input_shape (batch left as is)."""
     import onnx

@@ -10,6 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..config import looks_like_secret
 from ..errors import ConfigError
 
 KINDS = ("host", "rpi", "edgetpu", "jetson")
@@ -50,8 +51,9 @@ class Device(BaseModel):
     def _needs_host(self):
         if self.kind != "host" and not self.host:
             raise ValueError(f"device '{self.name}' of kind {self.kind} needs 'host' (its SSH address)")
-        if self.key_file is not None and ("PRIVATE KEY" in str(self.key_file) or "\n" in str(self.key_file)):
-            raise ValueError(f"device '{self.name}': key_file must be the path of a key file, never the key itself")
+        if self.key_file is not None and looks_like_secret(str(self.key_file)):
+            raise ValueError(f"device '{self.name}': key_file holds what looks like a key itself (not shown); "
+                             "put the key in a file (chmod 600) and give its path")
         return self
 
     @property

@@ -138,7 +138,7 @@ class SSHTransport:
         client.set_missing_host_key_policy(_TrustOnFirstUse(kh, self.log) if d.trust_on_first_use
                                            else paramiko.RejectPolicy())
         if d.key_file is not None and not Path(d.key_file).is_file():
-            raise TargetError(f"{where}: key_file {d.key_file} not found")
+            raise TargetError(f"{where}: key_file {d.key_file} not found; give the path of the private key file")
         t = d.connect_timeout
         try:
             client.connect(d.host, port=d.port, username=d.user,
