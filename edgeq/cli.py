@@ -84,7 +84,8 @@ def _cmd_bench(args) -> int:
     names = args.device or [t.device for t in ctx.cfg.targets]
     if not names:
         raise EdgeqError("name the devices to benchmark on: --device NAME (or list them under `targets:` in the config)")
-    refs = [TargetRef(device=d, runs=args.runs, warmup=args.warmup, threads=args.threads) for d in names]
+    refs = [TargetRef(device=d, runs=args.runs, warmup=args.warmup, threads=args.threads, rounds=args.rounds)
+            for d in names]
     ctx.log(f"[benchmark: devices] {ctx.run_dir}")
     benchmark_devices(ctx, list(ctx.manifest.artifacts.values()), refs,
                       Path(args.inventory) if args.inventory else None)
@@ -92,6 +93,12 @@ def _cmd_bench(args) -> int:
     print_summary(rep)
     print_device_table(rep)
     print(f"report: {ctx.run_dir / 'report.md'} | {ctx.run_dir / 'report.json'}")
+    measured = {t for e in rep["artifacts"] for t, s in e["latency_ms"].items() if s.get("median") is not None}
+    missing = [d for d in dict.fromkeys(names) if d not in measured]
+    if missing:
+        print(f"edgeq: nothing measured on {', '.join(missing)} (reasons in the devices table and report.md); "
+              "exit status 3", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -152,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int)
     b.add_argument("--warmup", type=int)
     b.add_argument("--threads", type=int)
+    b.add_argument("--rounds", type=int, help="interleaved rounds per artifact (default: the config's benchmark.rounds)")
     b.set_defaults(fn=_cmd_bench)
     c = sub.add_parser("compare", help="finished runs side by side (the first is the baseline); a CI gate with "
                        "--fail-on-regression")

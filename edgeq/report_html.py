@@ -10,25 +10,19 @@ import html
 import io
 import math
 
-CSS = """*{box-sizing:border-box}
-body{margin:0;background:#eef1f5;color:#1d2330;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
-main{max-width:1240px;margin:0 auto;padding:14px 22px 36px;background:#fff}
-h1{font-size:25px;margin:6px 0 2px}h2{font-size:19px;margin:26px 0 8px;padding-bottom:3px;border-bottom:1px solid #d8dee6}
-h3{font-size:15px;margin:16px 0 6px}p{margin:6px 0}small,.sub{color:#5b6577;font-size:12px}
-table{border-collapse:collapse;max-width:100%;margin:8px 0;font-size:13px}
+CSS = """*{box-sizing:border-box}body{margin:0;background:#eef1f5;color:#1d2330;font:14px/1.45 system-ui,sans-serif}
+main{max-width:1240px;margin:0 auto;padding:14px 22px 36px;background:#fff}h1{font-size:25px;margin:6px 0 2px}
+h2{font-size:19px;margin:26px 0 8px;padding-bottom:3px;border-bottom:1px solid #d8dee6}h3{font-size:15px;margin:16px 0 6px}
+p{margin:6px 0}small,.sub,figcaption,footer{color:#5b6577;font-size:12px}figure{margin:6px 0}footer{margin-top:30px}
+table{border-collapse:collapse;max-width:100%;margin:8px 0;font-size:13px}table.main{width:100%}.v{white-space:nowrap}
 th,td{border:1px solid #d3d9e1;padding:4px 7px;vertical-align:top;text-align:left;overflow-wrap:break-word}
-.md td,.devs td{overflow-wrap:anywhere}
-th{background:#eef2f7;font-weight:600}tr:nth-child(even) td{background:#fafbfc}
-table.main{width:100%}.v{white-space:nowrap}
-img{max-width:100%;height:auto;display:block}
+.md td,.devs td,pre,code{overflow-wrap:anywhere}pre,code{white-space:pre-wrap}th{background:#eef2f7}
+tr:nth-child(even) td{background:#fafbfc}img{max-width:100%;height:auto;display:block}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(580px,1fr));gap:10px 18px}
-figure{margin:6px 0}figcaption{color:#5b6577;font-size:12px}
-dl.meta{display:grid;grid-template-columns:150px 1fr;gap:3px 14px;margin:10px 0}dt{font-weight:600;color:#3a4456}dd{margin:0}
-.ship{background:#edf8f0;border:1px solid #9fd3ab;border-radius:6px;padding:4px 18px 10px}
-.ship h2{border:0;margin-top:8px}.ship li{font-size:15px;margin:4px 0}.ship .art{font-size:16px}
-.none{color:#8a5a00}.noisy{color:#9a5300;font-weight:600}.nm{color:#b3261e}
-ul.notes{list-style:none;padding-left:0;font-size:12px;color:#4a5264}ul.notes li{margin:2px 0}
-pre,code{white-space:pre-wrap;overflow-wrap:anywhere}footer{margin-top:30px;color:#5b6577;font-size:12px}"""
+dl.meta{display:grid;grid-template-columns:150px 1fr;gap:3px 14px;margin:10px 0}dt{font-weight:600}dd{margin:0}
+.ship{background:#edf8f0;border:1px solid #9fd3ab;border-radius:6px;padding:4px 18px 10px}.ship h2{border:0}
+.ship li{font-size:15px;margin:4px 0}.ship .art{font-size:16px}.none{color:#8a5a00}.ok{color:#1e7b34}
+.noisy{color:#9a5300;font-weight:600}.nm{color:#b3261e}ul.notes{list-style:none;padding-left:0;font-size:12px}"""
 
 
 def _e(v) -> str:
@@ -55,19 +49,22 @@ def _ci(ci, scale: float = 1.0, spec: str = ".2f") -> str:
     return f' <span class="v sub">[{p[0] * scale:{spec}}, {p[1] * scale:{spec}}]</span>' if p else ""
 
 
+def _nm(reason) -> str:
+    text = str(reason or "not measured")
+    return text if "not measured" in text.lower() else f"not measured: {text}"
+
+
 class _Notes:
-    """Reasons for missing figures: each distinct one numbered once, cited in the cell, listed below."""
+    """Long texts (why not measured, why noisy): each numbered once, cited in the cell, listed under the table."""
 
     def __init__(self):
         self.items: list[str] = []
 
-    def ref(self, reason=None) -> str:
-        text = str(reason or "not measured")
-        text = text if text.lower().startswith("not measured") else f"not measured: {text}"
+    def ref(self, text: str, label: str = "not measured", cls: str = "nm") -> str:
         if text not in self.items:
             self.items.append(text)
         n = self.items.index(text) + 1
-        return f'<span class="nm" title="{_e(text)}">not measured <a href="#nm{n}">[{n}]</a></span>'
+        return f'<span class="{cls} v" title="{_e(text)}">{label} <a href="#nm{n}">[{n}]</a></span>'
 
     def html(self) -> str:
         li = "".join(f'<li id="nm{i}">[{i}] {_e(t)}</li>' for i, t in enumerate(self.items, 1))
@@ -75,49 +72,52 @@ class _Notes:
 
 
 # ------------------------------------------------------------------ header, ship
-def _conditions(c: dict) -> str:
-    c, parts = _d(c), []
-    la, lb = c.get("loadavg_before"), c.get("loadavg_after")
-    if la or lb:
-        f = lambda v: "/".join(f"{x:.2f}" for x in v) if isinstance(v, list) and None not in map(_num, v) else "?"
-        parts.append(f"load avg (1/5/15 min) {f(la)} before → {f(lb)} after")
+def _words(v) -> str:
+    return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def _conditions(c: dict, cpu: dict) -> str:
+    """One target's run conditions: load, rounds, threads, busy processes, CPU and SIMD if not the host's, others."""
+    la = lambda v: "/".join(f"{x:.2f}" for x in v) if isinstance(v, list) and None not in map(_num, v) else "?"
+    parts = [f"load avg (1/5/15 min) {la(c.get('loadavg_before'))} before → {la(c.get('loadavg_after'))} after"]
+    parts = parts if c.get("loadavg_before") or c.get("loadavg_after") else []
     if c.get("rounds") is not None:
-        parts.append(f"{c['rounds']} rounds × {c.get('runs_per_round', '?')} runs")
-    for k in ("threads", "cpu"):
-        if c.get(k) is not None:
-            parts.append(f"{k}: {c[k]}")
-    if c.get("simd"):
-        parts.append("SIMD: " + (", ".join(map(str, c["simd"])) if isinstance(c["simd"], list) else str(c["simd"])))
-    busy = [b for b in c.get("busy_processes") or [] if isinstance(b, dict)]
-    parts.append("busy processes: " + (", ".join(f"{b.get('name')} (pid {b.get('pid')}, {b.get('cpu_percent')} % CPU)"
-                                                  for b in busy) or "none"))
-    known = {"loadavg_before", "loadavg_after", "rounds", "runs_per_round", "threads", "cpu", "simd", "busy_processes"}
+        warm = f"{c['warmup_per_round']} warm-up + " if c.get("warmup_per_round") is not None else ""
+        parts.append(f"{c['rounds']} interleaved rounds × ({warm}{c.get('runs_per_round', '?')} timed runs)")
+    parts += [f"{k}: {_words(c[k])}" for k, same in (("threads", None), ("cpu", cpu.get("model")),
+                                                     ("simd", cpu.get("simd"))) if c.get(k) not in (None, "", [], same)]
+    if "busy_processes" in c:
+        busy = [b for b in c["busy_processes"] or [] if isinstance(b, dict)]
+        parts.append("busy processes: " + (", ".join(f"{b.get('name')} (pid {b.get('pid')}, {b.get('cpu_percent')} % "
+                                                      "CPU)" for b in busy) or "none"))
+    known = {"loadavg_before", "loadavg_after", "rounds", "runs_per_round", "warmup_per_round", "threads", "cpu",
+             "simd", "busy_processes", "set_key"}
     parts += [f"{k}: {v}" for k, v in c.items() if k not in known and isinstance(v, (str, int, float))]
-    return " · ".join(_e(p) for p in parts)
+    return " · ".join(parts) or "nothing recorded"
 
 
 def _header(rep: dict) -> str:
-    ds, cpu, b = _d(rep.get("dataset")), _d(_d(rep.get("host")).get("cpu")), _d(_d(rep.get("host")).get("benchmark"))
-    rows = [("Evaluation set", f"{ds.get('eval') or 'unknown'} · n = {ds.get('n_eval', '?')}"
-             + {True: " · full test set", False: " · subset, not the full test set"}.get(ds.get("full_test_set"), "")
-             + (f" · fingerprint {ds['eval_fingerprint']}" if ds.get("eval_fingerprint") else "")),
-            ("Calibration", f"{ds.get('n_calibration', '?')} images from {ds.get('calibration') or 'unknown'}"),
-            ("Host CPU", f"{cpu.get('model') or 'unknown'} ({cpu.get('machine', '?')}, {cpu.get('cores', '?')} cores) · "
-             f"SIMD: {', '.join(map(str, cpu.get('simd') or [])) or 'none reported'} · int8 dot product: "
-             + {True: "yes", False: "no"}.get(cpu.get("int8_dot_product"), "unknown")),
-            ("Benchmark", ", ".join(f"{k} {b[k]}" for k in ("runs", "warmup", "threads", "rounds") if b.get(k) is not None)
-             + ", batch 1")]
-    out = [(k, _e(v)) for k, v in rows]
-    conds = _d(rep.get("conditions"))
-    out += [(f"Conditions: {t}", _conditions(c)) for t, c in conds.items()] or [("Conditions", "not recorded")]
+    ds, host = _d(rep.get("dataset")), _d(rep.get("host"))
+    cpu, b = _d(host.get("cpu")), _d(host.get("benchmark"))
+    full = {True: " · full test set", False: " · subset, not the full test set"}.get(ds.get("full_test_set"), "")
+    fp = f" · fingerprint {ds['eval_fingerprint']}" if ds.get("eval_fingerprint") else ""
+    dot = {True: "yes", False: "no"}.get(cpu.get("int8_dot_product"), "unknown")
     budget = _num(_d(rep.get("budget")).get("max_accuracy_drop_pt"))
     bt = None if budget is None else f"{budget:.1f}" if round(budget, 1) == budget else f"{budget:g}"
-    out.append(("Accuracy budget", _e(f"at most {bt} pt top-1 drop vs FP32" if bt else "not set")))
     run = {"created": "{}", "seed": "seed {}", "wall_seconds": "wall {} s", "config": "config {}"}
-    out.append(("Run", _e(" · ".join(f.format(rep[k]) for k, f in run.items() if rep.get(k) is not None))))
-    dl = "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in out)
+    rows = [("Evaluation set", f"{ds.get('eval') or 'unknown'} · n = {ds.get('n_eval', '?')}{full}{fp}"),
+            ("Calibration", f"{ds.get('n_calibration', '?')} images from {ds.get('calibration') or 'unknown'}"),
+            ("Host CPU", f"{cpu.get('model') or 'unknown'} ({cpu.get('machine', '?')}, {cpu.get('cores', '?')} cores)"
+             f" · SIMD: {_words(cpu.get('simd') or []) or 'none reported'} · int8 dot product: {dot}"),
+            ("Benchmark", ", ".join([f"{k} {b[k]}" for k in ("runs", "warmup", "threads", "rounds")
+                                    if b.get(k) is not None] + ["batch 1"]))]
+    conds = {t: c for t, c in _d(rep.get("conditions")).items() if isinstance(c, dict)}
+    rows += [(f"Conditions: {t}", _conditions(c, cpu)) for t, c in conds.items()] or [("Conditions", "not recorded")]
+    rows += [("Accuracy budget", f"at most {bt} pt top-1 drop vs FP32" if bt else "not set"),
+             ("Run", " · ".join(f.format(rep[k]) for k, f in run.items() if rep.get(k) is not None))]
+    dl = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
     desc = f'<p class="sub">{_e(rep.get("description"))}</p>' if rep.get("description") else ""
-    return f"<header><h1>edgeq report: {_e(rep.get('model'))}</h1>{desc}<dl class=\"meta\">{dl}</dl></header>"
+    return f'<header><h1>edgeq report: {_e(rep.get("model"))}</h1>{desc}<dl class="meta">{dl}</dl></header>'
 
 
 def _ship(rep: dict) -> str:
@@ -136,15 +136,10 @@ def _baseline(e: dict, check: dict) -> str:
     return "FP32 baseline" if not check and str(e.get("precision")).lower() == "fp32" else "—"
 
 
-def _pval(p) -> str:
-    p = _num(p)
-    return "—" if p is None else ("p &lt; 0.001" if p < 0.001 else f"p = {p:.3g}")
-
-
 def _acc_cell(acc: dict, notes: _Notes) -> str:
     t = _num(acc.get("top1"))
     if t is None:
-        return notes.ref(acc.get("reason"))
+        return notes.ref(_nm(acc.get("reason")))
     return f'<span class="v">{t * 100:.2f} %</span>{_ci(acc.get("ci95"), 100)}<br><small>n = {_e(acc.get("n"))}</small>'
 
 
@@ -154,25 +149,27 @@ def _drop_cell(e: dict, check: dict) -> str:
     if d is None:
         d = _num(check.get("top1_drop_points"))
         return _baseline(e, check) if d is None else f'<span class="v">{d:+.2f} pt</span>'
-    mc = _d(v.get("mcnemar"))
-    return (f'<span class="v">{d:+.2f} pt</span>{_ci(v.get("drop_ci95_pt"))}<br><small>McNemar {_pval(mc.get("p"))}'
-            f"</small><br>{_e(v.get('verdict') or '')}")
+    badge = {True: '<b class="ok">✓ within budget</b>', False: '<b class="nm">✗ over budget</b>',
+             None: '<b class="none">? undecided</b>'}.get(v.get("within_budget"), "") if "within_budget" in v else ""
+    p = _num(_d(v.get("mcnemar")).get("p"))
+    p = "p —" if p is None else ("p &lt; 0.001" if p < 0.001 else f"p = {p:.3g}")
+    return (f'<span class="v">{d:+.2f} pt</span>{_ci(v.get("drop_ci95_pt"))}<br><small>McNemar {p}</small> {badge}'
+            f'<br><small>{_e(v.get("verdict") or "")}</small>')
 
 
 def _lat_cells(e: dict, target: str, check: dict, notes: _Notes) -> list[str]:
     """[median with interval, ratio to FP32 with interval, noisy marker] for one target."""
     s = _d(_d(e.get("latency_ms")).get(target))
     med = _num(s.get("median"))
-    if med is None:  # no entry at all: the target was not tried for this format
-        return [notes.ref(s.get("reason")) if s else "—", "—", "—"]
+    if med is None:  # no entry at all: not tried on that target (e.g. Keras on a device), so "—"
+        return [notes.ref(_nm(s.get("reason"))) if s else "—", "—", "—"]
     r = _d(s.get("ratio_to_fp32"))
     rv = _num(r.get("value"))
     rv = _num(_d(check.get("latency_ratio")).get(target)) if rv is None else rv
     ratio = _baseline(e, check) if rv is None else f'<span class="v">{rv:.3f}×</span>'
     ratio += _ci(r.get("ci95"), 1, ".3f") if rv is not None else ""
-    why = s.get("noisy_reason") or "flagged noisy"
-    noisy = {True: f'<span class="noisy" title="{_e(why)}">⚠ noisy</span><br><small>{_e(why)}</small>',
-             False: "no"}.get(s.get("noisy"), "—")
+    why = f"{e.get('name')} on {target} is noisy: {s.get('noisy_reason') or 'no reason given'}"
+    noisy = notes.ref(why, "⚠ noisy", "noisy") if s.get("noisy") is True else {False: "no"}.get(s.get("noisy"), "—")
     return [f'<span class="v">{med:.3f} ms</span>{_ci(s.get("median_ci95"), 1, ".3f")}', ratio, noisy]
 
 
@@ -188,7 +185,7 @@ def _main_table(rep: dict, arts: list[dict], targets: list[str]) -> str:
         c, size = _d(checks.get(e.get("name"))), _num(e.get("size_bytes"))
         sr = _num(c.get("size_ratio"))
         rows.append([f"<b>{_e(e.get('name'))}</b>", _e(e.get("format")), _e(e.get("precision")), _e(e.get("method")),
-                     f"{size / 1e6:.2f}" if size is not None else notes.ref("size unknown"),
+                     f"{size / 1e6:.2f}" if size is not None else notes.ref(_nm("size unknown")),
                      f'<span class="v">{sr:.3f}×</span>' if sr is not None else _baseline(e, c),
                      _acc_cell(_d(e.get("accuracy")), notes), _drop_cell(e, c), *_lat_cells(e, "host", c, notes)])
         for t in targets[1:] if targets[:1] == ["host"] else targets:
@@ -207,16 +204,18 @@ def _devices(rep: dict) -> str:
     devs = {k: v for k, v in _d(rep.get("devices")).items() if isinstance(v, dict)}
     if not devs:
         return ""
-    rows = [[_e(n), _e(d.get("kind")), _e(d.get("address")), _e(d.get("status")), _e(d.get("error") or ""),
-             _e(d.get("runtime") or ""), _e(d.get("seconds") or "")] for n, d in devs.items()]
-    return "<h2>Devices</h2>" + _table(["device", "kind", "address", "status", "error", "runtime", "seconds"], rows, "devs")
+    head = ["device", "kind", "address", "status", "error", "runtime", "seconds"]
+    rows = [[_e(n)] + [_e(d.get(k) if d.get(k) is not None else "") for k in head[1:]] for n, d in devs.items()]
+    return "<h2>Devices</h2>" + _table(head, rows, "devs")
 
 
 # ------------------------------------------------------------------ plots
 def _fig(w: float, h: float):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no backend choice
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global state, no backend choice
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(w, h), dpi=100)
+    FigureCanvasAgg(fig)
     return fig, fig.subplots()
 
 
@@ -237,40 +236,53 @@ def pareto_front(pts: list[tuple]) -> list[tuple]:
     return sorted((p for p in pts if not beaten(p)), key=lambda p: p[1])
 
 
-def _acc_lat_plot(rep: dict, arts: list[dict], target: str) -> str:
-    pts = []
+def _errs(v: float, ci, scale: float = 1.0) -> list[list[float]]:
+    lo, hi = _pair(ci) or (v, v)
+    return [[max(v - lo, 0) * scale], [max(hi - v, 0) * scale]]
+
+
+def _label(fig, ax, pts: list[tuple]) -> None:
+    """Name each point at the first offset around it where the label overlaps no earlier label."""
+    offsets = [(6, 4), (6, -11), (-6, 4), (-6, -11), (6, 15), (6, -22), (-6, 15), (-6, -22), (6, 26), (-6, -33)]
+    fig.tight_layout()
+    renderer, placed, box_style = fig.canvas.get_renderer(), [], {"boxstyle": "round,pad=0.1", "fc": "w", "ec": "none"}
+    for p in pts:
+        for dx, dy in offsets:
+            t = ax.annotate(p[0], (p[1], p[2]), xytext=(dx, dy), textcoords="offset points", fontsize=7.5, zorder=5,
+                            ha="left" if dx > 0 else "right", bbox=box_style)
+            box = t.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in placed) or (dx, dy) == offsets[-1]:
+                placed.append(box)
+                break
+            t.remove()
+
+
+def _acc_lat_plot(arts: list[dict], target: str, w: float = 6.2) -> str:
+    pts = []  # (name, median ms, top-1 %, x error bars, y error bars, noisy)
     for e in arts:
         s, a = _d(_d(e.get("latency_ms")).get(target)), _d(e.get("accuracy"))
         x, y = _num(s.get("median")), _num(a.get("top1"))
         if x is not None and y is not None:
-            xl, xh = _pair(s.get("median_ci95")) or (x, x)
-            yl, yh = _pair(a.get("ci95")) or (y, y)
-            pts.append((str(e.get("name")), x, y * 100, max(x - xl, 0), max(xh - x, 0), max(y - yl, 0) * 100,
-                        max(yh - y, 0) * 100))
+            pts.append((str(e.get("name")), x, y * 100, _errs(x, s.get("median_ci95")), _errs(y, a.get("ci95"), 100),
+                        s.get("noisy") is True))
     if not pts:
         return ""
-    fig, ax = _fig(6.2, 4.3)
-    for i, p in enumerate(sorted(pts, key=lambda p: p[1])):
-        ax.errorbar(p[1], p[2], xerr=[[p[3]], [p[4]]], yerr=[[p[5]], [p[6]]], fmt="o", ms=5, capsize=3, alpha=0.85)
-        ax.annotate(p[0], (p[1], p[2]), fontsize=7.5, xytext=(6, 5 if i % 2 == 0 else -12), textcoords="offset points",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75})
+    fig, ax = _fig(w, 4.4 + (w - 6.2) / 4)
+    for i, p in enumerate(pts):
+        ax.errorbar(p[1], p[2], xerr=p[3], yerr=p[4], fmt="o", ms=6, capsize=3, color=f"C{i % 10}", elinewidth=1,
+                    alpha=0.7, mfc="white" if p[5] else f"C{i % 10}")
     front = pareto_front(pts)
-    ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="#c0392b", lw=1.4, ls="--",
-            marker="o", mfc="none", ms=11, label="Pareto front")
+    ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="#c0392b", lw=1.8, ls="--", zorder=4,
+            marker="o", mfc="none", ms=12, label="Pareto front")
     ax.legend(fontsize=8, loc="lower right")
-    ax.margins(x=0.15, y=0.12)
+    ax.margins(x=0.2, y=0.12)
     ax.set(xlabel=f"{target} median latency (ms, batch 1)", ylabel="top-1 (%)", title=f"accuracy vs latency: {target}")
-    return _img(fig, ax, f"accuracy vs latency on {target}", "error bars: 95 % intervals (latency median, top-1)")
+    _label(fig, ax, sorted(pts, key=lambda p: (p not in front, p[1])))
+    return _img(fig, ax, f"accuracy vs latency on {target}",
+                "error bars: 95 % intervals (latency median, top-1); hollow marker: noisy latency")
 
 
-def _bxp(ax, stats: list[dict]) -> None:
-    try:
-        ax.bxp(stats, orientation="horizontal", showfliers=False, patch_artist=True)
-    except TypeError:  # matplotlib < 3.10
-        ax.bxp(stats, vert=False, showfliers=False, patch_artist=True)
-
-
-def _latency_dist_plot(arts: list[dict], target: str) -> str:
+def _latency_dist_plot(arts: list[dict], target: str, w: float = 6.2) -> str:
     stats, dots = [], []
     for e in arts:
         s = _d(_d(e.get("latency_ms")).get(target))
@@ -280,47 +292,53 @@ def _latency_dist_plot(arts: list[dict], target: str) -> str:
             dots.append([m for m in map(_num, s.get("round_medians") or []) if m is not None])
     if not stats:
         return ""
-    fig, ax = _fig(6.2, 1.2 + 0.42 * len(stats))
-    _bxp(ax, stats)
+    fig, ax = _fig(w, 1.2 + 0.42 * len(stats))
+    try:
+        ax.bxp(stats, orientation="horizontal", showfliers=False, patch_artist=True)
+    except TypeError:  # matplotlib < 3.10
+        ax.bxp(stats, vert=False, showfliers=False, patch_artist=True)
     for i, ms in enumerate(dots, 1):
         ax.plot(ms, [i + 0.14 * ((j % 3) - 1) for j in range(len(ms))], "o", color="#c0392b", ms=3.5, alpha=0.8)
+    if max(st["whishi"] for st in stats) > 8 * max(min(st["whislo"] for st in stats), 1e-9):
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.invert_yaxis()  # same order as the table
     ax.tick_params(axis="y", labelsize=8)
     ax.set(xlabel=f"{target} latency (ms)", title=f"latency distribution: {target}")
-    return _img(fig, ax, f"latency distribution on {target}", "box p25–p75, line median, whiskers p5–p95; red dots: per-round medians")
+    return _img(fig, ax, f"latency distribution on {target}",
+                "box p25–p75, line median, whiskers p5–p95; red dots: per-round medians")
 
 
-def _per_layer(arts: list[dict]) -> str:
-    out = []
-    for e in arts:
-        pl = e.get("per_layer_error")
-        if not isinstance(pl, dict):
-            continue
-        name = _e(e.get("name"))
-        rows = [r for r in pl.get("layers") or [] if isinstance(r, dict)]
-        if not rows:
-            why = str(pl.get("reason") or "no per-layer figures")
-            why = why if why.lower().startswith("not measured") else f"not measured: {why}"
-            out.append(f'<h3>{name}</h3><p class="nm">{_e(why)}</p>')
-            continue
-        key = lambda r: _num(r.get("sqnr_db")) if _num(r.get("sqnr_db")) is not None else math.inf
-        worst = sorted(rows, key=key)[:25]
-        fig, ax = _fig(11, 1.0 + 0.27 * len(worst))
-        labels = [f"{r.get('op')} · {r.get('layers') or ''}"[:70] for r in worst]
-        vals = [max(min(key(r), 80), -20) for r in worst]
-        ax.barh(range(len(worst)), vals, color="#4a7fb5")
-        for i, v in enumerate(vals):
-            ax.text(v, i, f" {v:.1f}", va="center", fontsize=7)
-        ax.set_yticks(range(len(worst)), labels, fontsize=7.5)
-        ax.invert_yaxis()
-        ax.set(xlabel="SQNR vs FP32 (dB, higher is better; capped at 80)",
-               title=f"{e.get('name')}: worst {len(worst)} of {len(rows)} ops by SQNR")
-        img = _img(fig, ax, f"per-layer SQNR of {e.get('name')}")
-        t8 = [[_e(r.get("op")), _e(r.get("layers")), _e(f"{key(r):.1f}"), _e(f"{_num(r.get('max_abs_err')) or 0:.4g}")]
-              for r in worst[:8]]
-        out.append(f"<h3>{name} vs {_e(pl.get('reference'))} ({_e(pl.get('images', '?'))} eval images)</h3>{img}"
-                   + _table(["op (worst 8)", "layers", "SQNR dB", "max abs err"], t8))
-    return "<h2>Per-layer quantisation error</h2>" + "".join(out) if out else ""
+def _sqnr(r: dict) -> float:  # Infinity (identical outputs), None or junk sort last
+    v = _num(r.get("sqnr_db"))
+    return math.inf if v is None else v
+
+
+def _per_layer(e: dict, pl: dict) -> str:
+    rows = [r for r in pl.get("layers") or [] if isinstance(r, dict)]
+    if not rows:
+        why = str(pl.get("reason") or "no per-layer figures")
+        return f'<h3>{_e(e.get("name"))}</h3><p class="nm">{_e(_nm(why))}</p>'
+    worst = sorted(rows, key=_sqnr)[:25]
+    fig, ax = _fig(11, 1.0 + 0.27 * len(worst))
+    vals = [max(min(_sqnr(r), 80), -20) for r in worst]
+    ax.barh(range(len(worst)), vals, color="#4a7fb5")
+    for i, v in enumerate(vals):
+        ax.text(v, i, f" {v:.1f}", va="center", fontsize=7)
+    names = [f"{r.get('op')} · {r.get('layers') or ''}" for r in worst]
+    ax.set_yticks(range(len(worst)), [n if len(n) <= 72 else n[:71] + "…" for n in names], fontsize=7.5)
+    ax.invert_yaxis()
+    ax.set(xlabel="SQNR vs FP32 (dB, higher is better; shown between -20 and 80)",
+           title=f"{e.get('name')}: worst {len(worst)} of {len(rows)} ops by SQNR")
+    img = _img(fig, ax, f"per-layer SQNR of {e.get('name')}")
+    err = lambda r: "—" if _num(r.get("max_abs_err")) is None else f"{r['max_abs_err']:.4g}"
+    t8 = [[_e(r.get("op")), _e(r.get("layers")), f"{_sqnr(r):.1f}", err(r)] for r in worst[:8]]
+    return (f"<h3>{_e(e.get('name'))} vs {_e(pl.get('reference'))} ({_e(pl.get('images', '?'))} eval images)</h3>"
+            + img + _table(["op (worst 8)", "layers", "SQNR dB", "max abs err"], t8))
 
 
 # ------------------------------------------------------------------ markdown sections, page
@@ -336,36 +354,34 @@ def markdown_html(text: str) -> str:
     return md.renderer.render(tokens, md.options, {})
 
 
-TITLES = {"qat": "QAT", "onnx_ptq": "ONNX Runtime PTQ", "comparison": "PTQ vs QAT", "devices": "Devices"}
-
-
 def _sections(rep: dict) -> str:
-    out = []
+    """Every top-level section with a `markdown` text, rendered; a heading added when the text has none."""
+    titles, out = {"qat": "QAT", "onnx_ptq": "ONNX Runtime PTQ", "comparison": "PTQ vs QAT"}, []
     for key, v in rep.items():
         if isinstance(v, dict) and isinstance(v.get("markdown"), str) and v["markdown"].strip():
-            name = TITLES.get(key) or key.replace("_", " ").capitalize()
+            name = titles.get(key) or key.replace("_", " ").capitalize()
             title = "" if v["markdown"].lstrip().startswith("#") else f"<h2>{_e(name)}</h2>"
             out.append(f'<section class="md" id="sec-{_e(key)}">{title}{markdown_html(v["markdown"])}</section>')
     return "".join(out)
-
-
-def _targets(arts: list[dict]) -> list[str]:
-    ts = {t for e in arts for t in _d(e.get("latency_ms"))}
-    return sorted(ts, key=lambda t: (t != "host", t))
 
 
 def render_html(rep: dict) -> str:
     """The whole report page for one report.json dict."""
     rep = _d(rep)
     arts = [e for e in rep.get("artifacts") or [] if isinstance(e, dict)]
-    targets = _targets(arts)
-    acc_lat = "".join(_acc_lat_plot(rep, arts, t) for t in targets)
-    dist = "".join(_latency_dist_plot(arts, t) for t in targets)
+    targets = sorted({t for e in arts for t in _d(e.get("latency_ms"))}, key=lambda t: (t != "host", t))
+    w = 6.2 if len(targets) > 1 else 9.5  # two plots side by side, or one wider
+    acc_lat = "".join(_acc_lat_plot(arts, t, w) for t in targets)
+    dist = "".join(_latency_dist_plot(arts, t, w) for t in targets)
+    versions = " · ".join(f"{k} {x}" for k, x in _d(rep.get("versions")).items() if isinstance(x, (str, int, float)))
     plots = (f'<h2>Accuracy vs latency</h2><div class="grid">{acc_lat}</div>' if acc_lat else
              "<h2>Accuracy vs latency</h2><p>No plot: no artifact has both top-1 and a latency median.</p>")
     plots += f'<h2>Latency distribution</h2><div class="grid">{dist}</div>' if dist else ""
-    body = (_header(rep) + _ship(rep) + _main_table(rep, arts, targets) + plots + _per_layer(arts) + _sections(rep)
-            + _devices(rep) + "<footer>Machine-readable: report.json, manifest.json.</footer>")
+    pl = "".join(_per_layer(e, e["per_layer_error"]) for e in arts if isinstance(e.get("per_layer_error"), dict))
+    plots += f"<h2>Per-layer quantisation error</h2>{pl}" if pl else ""
+    footer = f"<footer><p>Machine-readable: report.json, manifest.json.</p><p>{_e(versions)}</p></footer>"
+    body = (_header(rep) + _ship(rep) + _main_table(rep, arts, targets) + plots + _sections(rep)
+            + _devices(rep) + footer)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>edgeq: {_e(rep.get("model"))}</title>'
             f"<style>{CSS}</style></head><body><main>{body}</main></body></html>\n")

@@ -129,7 +129,7 @@ def device_run(tiny_project, sshd, silent_port, tmp_path_factory):
     cfg = yaml.safe_load((tiny_project / "tiny.yaml").read_text())
     cfg["model"]["path"] = str(tiny_project / "tiny.keras")
     cfg["data"]["path"] = str(tiny_project / "images")
-    cfg["benchmark"] = {"runs": 50, "warmup": 5, "threads": 1}
+    cfg["benchmark"] = {"runs": 50, "warmup": 5, "threads": 1, "rounds": 3}
     cfg["inventory"] = str(inv)
     cfg["targets"] = [{"device": "loop-rpi"}, {"device": "hung-pi"}, {"device": "local-agent"}]
     (root / "tiny_devices.yaml").write_text(yaml.safe_dump(cfg))
@@ -155,9 +155,12 @@ def test_loopback_rpi_latency_merged_into_report(device_run):
         lat = _art(rep, name)["latency_ms"]
         assert list(lat)[0] == "host"
         s = lat["loop-rpi"]
-        assert s["median"] > 0 and s["runs"] == 50 and s["threads"] == 1
+        assert s["median"] > 0 and s["runs"] == 50 * 3 and s["rounds"] == 3 and s["threads"] == 1
+        assert s["median_ci95"][0] <= s["median"] <= s["median_ci95"][1] and len(s["round_medians"]) == 3
         assert s["runtime"].startswith("ai-edge-litert") and s["device"].startswith("loop-rpi:")
         assert set(lat["host"]) <= set(s) | {"reason"}  # same keys as the host figures
+    ratio = _art(rep, "int8_tflite_ptq")["latency_ms"]["loop-rpi"]["ratio_to_fp32"]
+    assert ratio["reference"] == "fp32_tflite" and ratio["rounds"] == 3  # interleaved on the device itself
     dev = rep["devices"]["loop-rpi"]
     assert dev["status"] == "ok" and dev["kind"] == "rpi" and dev["agent_protocol"] == 1
     assert dev["identity"]["machine"] and dev["identity"]["cpu"] and "litert" in dev["runtimes"]
@@ -197,7 +200,7 @@ def test_bench_cli_second_run_copies_nothing(device_run):
     rep = _report(run)
     dev = rep["devices"]["loop-rpi"]
     assert dev["copied"]["files"] == 0 and dev["copied"]["already_there"] >= 4  # agent, inputs, 2 models
-    assert _art(rep, "int8_tflite_ptq")["latency_ms"]["loop-rpi"]["runs"] == 30
+    assert _art(rep, "int8_tflite_ptq")["latency_ms"]["loop-rpi"]["runs"] == 30 * 3
     assert "devices (batch 1)" in r.stdout and "loop-rpi" in r.stdout
     # the pipeline's first run did copy: content-addressed files under the per-run directory
     files = sorted(p.name for p in Path(sshd_workdir(inv, "loop-rpi")).rglob("*") if p.is_file())
@@ -206,6 +209,12 @@ def test_bench_cli_second_run_copies_nothing(device_run):
 
 def sshd_workdir(inv: Path, name: str) -> str:
     return next(d["workdir"] for d in yaml.safe_load(inv.read_text())["devices"] if d["name"] == name)
+
+
+def test_bench_exits_3_when_a_device_measured_nothing(device_run):
+    r = run_edgeq("bench", device_run["run"], "--inventory", device_run["inventory"], "--device", "hung-pi",
+                  cwd=device_run["root"])
+    assert r.returncode == 3 and "nothing measured on hung-pi" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bench_unknown_device_is_one_line_error(device_run):
