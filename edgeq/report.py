@@ -214,7 +214,7 @@ def artifact_cells(rep: dict, e: dict, target: str = "host") -> dict:
             "size ×FP32": _fmt(rep["checks"].get(e["name"], {}).get("size_ratio"), ".3f"),
             "top-1 % [95% CI]": _ci(acc.get("top1"), acc.get("ci95"), ".2f", 100), "n": str(acc.get("n") or "—"),
             "drop pt [CI]": drop, "McNemar p": _fmt(v.get("mcnemar", {}).get("p"), ".2g"),
-            f"{target} ms [CI]": _ci(s.get("median"), s.get("median_ci95"), ".4g") if s.get("median") is not None
+            f"{target} ms [CI]": _ci(s.get("median"), s.get("median_ci95"), ".3g") if s.get("median") is not None
             else "n/a",
             "×FP32 [CI]": _ci(r.get("value"), r.get("ci95"), ".2f") if r else "—",
             "flags": _flags(rep, e, target)}
@@ -322,7 +322,7 @@ def print_summary(rep: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"edgeq: {rep['model']} — {rep['dataset']['eval']}", box=box.SIMPLE_HEAD, padding=(0, 1),
+    t = Table(title=f"edgeq: {rep['model']} — {rep['dataset']['eval']}", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True,
               pad_edge=False)
     for h in TERMINAL:
         t.add_column(h, justify="left" if h in ("artifact", "flags") else "right", overflow="fold")

@@ -138,6 +138,13 @@ def int8_method_tests(entries: list[dict], correct: dict[str, np.ndarray], budge
 
 
 # ------------------------------------------------------------------ what to ship
+def _tied(a: dict, b: dict) -> bool:
+    """Two latency figures of one target whose 95 % intervals overlap (without intervals: within 2 %)."""
+    if a.get("median_ci95") and b.get("median_ci95"):
+        return a["median_ci95"][0] <= b["median_ci95"][1] and b["median_ci95"][0] <= a["median_ci95"][1]
+    return abs(a["median"] - b["median"]) <= 0.02 * min(a["median"], b["median"])
+
+
 def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
     """The fastest artifact on `target` whose loss is within the budget (FP32 references always qualify)."""
     timed = [e for e in entries if (e["latency_ms"].get(target) or {}).get("median") is not None
@@ -153,7 +160,8 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
     if not eligible:
         return {"artifact": None, "why": f"no artifact measured on {target} is shown to be within the "
                                          f"{budget_pt:g} pt budget"}
-    best = eligible[0]
+    tied = [e for e in eligible if _tied(eligible[0]["latency_ms"][target], e["latency_ms"][target])]
+    best = max(tied, key=lambda e: e["accuracy"]["top1"])  # statistically as fast: the most accurate of them
     s = best["latency_ms"][target]
     ci = s.get("median_ci95")
     why = [f"fastest within the {budget_pt:g} pt budget: median {s['median']:.4g} ms"
@@ -165,6 +173,9 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
         v = best["vs_fp32"]
         why.append(f"loss {v['drop_pt']:.2f} pt [{v['drop_ci95_pt'][0]:.2f}, {v['drop_ci95_pt'][1]:.2f}] "
                    f"(McNemar p = {v['mcnemar']['p']:.2g})")
+    others = [e["name"] for e in tied if e is not best]
+    if others:
+        why.append(f"as fast as {', '.join(others)} within the intervals; chosen as the most accurate of them")
     faster = [e for e in timed if med(e) < med(best) and not ok(e)]
     if faster:
         f = min(faster, key=med)
