@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from edgeq.config import load_config
     from edgeq.errors import EdgeqError
     from edgeq.models import load_keras_model
-    from edgeq.pipeline import load_splits, preprocess_of
+    from edgeq.inputs import load_splits, preprocess_of
     from edgeq.quantize.qat import fine_tune_qat, training_split
     from edgeq.sysinfo import cpu_info
 

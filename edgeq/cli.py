@@ -17,7 +17,7 @@ def _selected(args):
     """The config with the command line's --no-benchmark / --reuse-benchmarks / --stages applied, and the stage
     selection."""
     from .config import load_config
-    from .pipeline import parse_stages
+    from .preflight import parse_stages
 
     cfg = load_config(args.config)
     wanted = parse_stages(args.stages) if args.stages is not None else None
@@ -45,7 +45,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_validate(args) -> int:
     """Every check `edgeq run` makes before converting (model, data, counts, output dir, targets); writes nothing."""
-    from .pipeline import preflight
+    from .preflight import preflight
 
     cfg, wanted = _selected(args)
     pf = preflight(cfg, Path(args.out) if args.out else None, wanted)

@@ -214,7 +214,7 @@ def test_pipeline_image_runs_the_default_mobilenet_config(request, mobilenet_run
 def eval_inputs(n: int) -> np.ndarray:
     """The first n evaluation images of the default MobileNetV2 config, preprocessed as edgeq does."""
     from edgeq.config import load_config
-    from edgeq.pipeline import load_splits, preprocess_of
+    from edgeq.inputs import load_splits, preprocess_of
 
     cfg = load_config(REPO / "models" / "mobilenet_v2.yaml")
     pre = preprocess_of(cfg)

@@ -126,7 +126,7 @@ def test_disk_full_mid_run_is_one_line_and_nothing_claims_success(proj: Proj, ca
 
 
 def test_second_run_into_a_locked_directory_refuses_with_no_wait(proj: Proj, capsys):
-    from edgeq.pipeline import run_lock
+    from edgeq.runlock import run_lock
 
     proj.out.mkdir()
     with run_lock(proj.out):
@@ -136,7 +136,7 @@ def test_second_run_into_a_locked_directory_refuses_with_no_wait(proj: Proj, cap
 
 
 def test_second_run_waits_for_the_first_and_names_its_pid(proj: Proj, capsys):
-    from edgeq.pipeline import run_lock
+    from edgeq.runlock import run_lock
 
     proj.out.mkdir()
     held, release = threading.Event(), threading.Event()

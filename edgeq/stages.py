@@ -1,0 +1,26 @@
+"""The stages of a run, in order: name -> "module:function", imported on first use (heavy imports stay lazy).
+
+Each stage function is `run_stage(ctx, options) -> list[Artifact]`; AFTER_EVALUATE hooks summarise
+evaluated artifacts (e.g. the PTQ-vs-QAT table).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+# stage name -> "module:function"; each function is run_stage(ctx, options) -> list[Artifact]
+STAGES: dict[str, str] = {
+    "tflite_ptq": "edgeq.quantize.tflite_ptq_stage:run_stage",
+    "onnx_ptq": "edgeq.quantize.onnx_ptq:run_stage",
+    "qat": "edgeq.quantize.qat:run_stage",
+    "comparison": "edgeq.quantize.compare:run_stage",
+}
+KERAS_ONLY_STAGES = {"tflite_ptq", "qat", "comparison"}
+# stage name -> "module:function(ctx)" run after [evaluate], for stages that summarise evaluated artifacts
+AFTER_EVALUATE: dict[str, str] = {"comparison": "edgeq.quantize.compare:after_evaluate"}
+
+
+def resolve(spec: str) -> Callable:
+    """'package.module:function' -> the function, imported on first use."""
+    mod, fn = spec.split(":")
+    return getattr(importlib.import_module(mod), fn)
