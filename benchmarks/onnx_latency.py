@@ -72,7 +72,7 @@ def _sample(pred: OnnxPredictor) -> np.ndarray:
 def scheme_study(run_dir: Path, a) -> None:
     from edgeq.config import load_config
     from edgeq.inputs import load_splits, preprocess_of
-    from edgeq.quantize.onnx_ptq import Int8Scheme, host_op_types, ort_kernel_summary, quantize_onnx
+    from edgeq.quantize.ort_int8 import Int8Scheme, host_op_types, ort_kernel_summary, quantize_onnx
 
     man = json.loads((run_dir / "manifest.json").read_text())
     fp32 = next(x for x in man["artifacts"] if x["name"] == "fp32_onnx")

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     from edgeq.errors import EdgeqError
     from edgeq.models import load_keras_model
     from edgeq.inputs import load_splits, preprocess_of
-    from edgeq.quantize.qat import fine_tune_qat, training_split
+    from edgeq.quantize.fine_tune import fine_tune_qat, training_split
     from edgeq.sysinfo import cpu_info
 
     try:

@@ -50,30 +50,35 @@ class AgentError(Exception):
 
 
 # ----------------------------------------------------------------------------- machine identity
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        text = ""
-    model = ""
-    for line in text.splitlines():
+def cpu_model_and_flags(cpuinfo_text: str | None = None) -> tuple[str, set[str]]:
+    """The CPU model and its feature flags from /proc/cpuinfo (or the text given); edgeq.sysinfo reads it too."""
+    if cpuinfo_text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo_text = f.read()
+        except OSError:
+            cpuinfo_text = ""
+    model, flags = "", set()
+    for line in cpuinfo_text.splitlines():
         key, _, val = line.partition(":")
-        if key.strip().lower() in ("model name", "hardware", "cpu model") and val.strip():
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and val.strip():
             model = val.strip()
+        elif key in ("flags", "features"):
+            flags.update(val.split())
     if not model:
         try:  # Raspberry Pi and other device-tree boards
             with open("/proc/device-tree/model", "rb") as f:
                 model = f.read().rstrip(b"\0").decode(errors="replace")
         except OSError:
             model = platform.processor() or platform.machine()
-    return model
+    return model, flags
 
 
 def identity() -> dict:
     import numpy as np
 
-    return {"hostname": platform.node(), "machine": platform.machine(), "cpu": cpu_model(),
+    return {"hostname": platform.node(), "machine": platform.machine(), "cpu": cpu_model_and_flags()[0],
             "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "numpy": np.__version__}
 
@@ -87,23 +92,25 @@ def _version(dist: str) -> str:
         return "?"
 
 
+# runtime name (as --info reports it and --runtime takes it) -> (module, distribution)
+RUNTIMES = {"litert": ("ai_edge_litert", "ai-edge-litert"), "tflite-runtime": ("tflite_runtime", "tflite-runtime"),
+            "onnxruntime": ("onnxruntime", "onnxruntime"), "tensorrt": ("tensorrt", "tensorrt"),
+            "tf": ("tensorflow", "tensorflow")}
+TFLITE_INTERPRETERS = ("litert", "tflite-runtime", "tf")  # tried in this order; edgeq.formats reads it
+
+
 def available_runtimes() -> dict:
     """name -> version of every interpreter importable here (imports are cheap ones only)."""
     import importlib.util
 
-    found = {}
-    for name, module, dist in (("litert", "ai_edge_litert", "ai-edge-litert"),
-                               ("tflite-runtime", "tflite_runtime", "tflite-runtime"),
-                               ("onnxruntime", "onnxruntime", "onnxruntime"),
-                               ("tensorrt", "tensorrt", "tensorrt"),
-                               ("tf", "tensorflow", "tensorflow")):
-        if importlib.util.find_spec(module) is not None:
-            found[name] = _version(dist)
-    return found
+    return {name: _version(dist) for name, (module, dist) in RUNTIMES.items()
+            if importlib.util.find_spec(module) is not None}
 
 
-# ----------------------------------------------------------------------------- quantisation
+# ----------------------------------------------------------------------------- quantisation and layout
+# edgeq.runtime imports these three: one definition for the host and the device
 def quantize(x, dtype, scale: float, zero_point: int):
+    """float -> the model's integer input type with its scale/zero-point (a float type: a plain cast)."""
     import numpy as np
 
     if np.issubdtype(dtype, np.integer):
@@ -120,6 +127,11 @@ def dequantize(y, scale: float, zero_point: int):
     if np.issubdtype(y.dtype, np.integer) and scale:
         return (y.astype(np.float32) - zero_point) * scale
     return y.astype(np.float32)
+
+
+def is_nchw(shape) -> bool:
+    """An image input is NCHW when axis 1 is a channel count (1 or 3) and the last axis is not (unknown dims: -1)."""
+    return len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3)
 
 
 def random_inputs(shape, rng):
@@ -159,7 +171,7 @@ class TFLiteRunner:
     @staticmethod
     def _import(prefer: str):
         tried = []
-        for name in (["litert", "tflite-runtime", "tf"] if prefer == "auto" else [prefer]):
+        for name in (TFLITE_INTERPRETERS if prefer == "auto" else [prefer]):
             try:
                 if name == "litert":
                     from ai_edge_litert.interpreter import Interpreter, load_delegate
@@ -227,9 +239,9 @@ class OnnxRunner:
         self.runtime = f"onnxruntime {ort.__version__} (CPU EP, opt={optimization})"
         i = self.sess.get_inputs()[0]
         self.name, self.out_name = i.name, self.sess.get_outputs()[0].name
-        shape = [d if isinstance(d, int) else 1 for d in i.shape]
-        # NCHW when the channel dim sits at axis 1 (1 or 3) and the last axis is spatial (as edgeq.runtime)
-        self.nchw = len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3)
+        shape = [d if isinstance(d, int) else -1 for d in i.shape]
+        self.nchw = is_nchw(shape)
+        shape = [d if d > 0 else 1 for d in shape]  # random inputs of a dynamic batch: one image
         self.input_shape = [shape[0], shape[2], shape[3], shape[1]] if self.nchw else shape
         self.in_dtype = np.dtype(np.float32)
         self.feed = None
@@ -283,7 +295,8 @@ def load_inputs(path: str | None, runner):
 
 
 def time_runs(runner, x1, runs: int, warmup: int) -> list[float]:
-    """Per-inference wall time in ms; the input is set once, as the host's in-process benchmark does."""
+    """Per-inference wall time in ms of `runs` invocations after `warmup`; the input is set once.
+    `runner` has set_input(x1) and invoke(): an agent runner, or an edgeq.runtime.Predictor on the host."""
     runner.set_input(x1)
     for _ in range(warmup):
         runner.invoke()
@@ -347,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--return-outputs", action="store_true")
     p.add_argument("--delegate")
     p.add_argument("--ort-optimization", default="all", choices=["disable", "basic", "extended", "all"])
-    p.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "tf", "onnxruntime"])
+    p.add_argument("--runtime", default="auto", choices=["auto", *TFLITE_INTERPRETERS, "onnxruntime"])
     return p
 
 

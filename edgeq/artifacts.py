@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-FORMATS = ("keras", "savedmodel", "tflite", "onnx", "engine")
-
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:

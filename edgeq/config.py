@@ -33,13 +33,9 @@ class ModelSpec(Strict):
     @model_validator(mode="after")
     def _infer_format(self):
         if self.format is None:
-            p = self.path
-            fmt = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx"}.get(p.suffix.lower())
-            if fmt is None and (p.suffix == "" or p.is_dir()):
-                fmt = "savedmodel"
-            if fmt is None:
-                raise ValueError(f"cannot tell the model format from '{p.name}'; set model.format")
-            object.__setattr__(self, "format", fmt)
+            from .formats import model_input_format
+
+            object.__setattr__(self, "format", model_input_format(self.path))
         return self
 
 
@@ -403,8 +399,12 @@ def check_consistency(cfg: RunConfig, where: str) -> None:
     keras_input = cfg.model.format != "onnx"
     counts = [("stages.onnx_ptq.calibration_images", s.onnx_ptq.calibration_images, s.onnx_ptq.enabled)]
     if keras_input:
-        counts.insert(0, ("stages.tflite_ptq.representative_images", s.tflite_ptq.representative_images,
-                          s.tflite_ptq.enabled))
+        # QAT and the comparison convert with the TFLite PTQ representative images too
+        needs_rep = s.tflite_ptq.enabled or s.qat.enabled or s.comparison.enabled
+        counts = [("stages.tflite_ptq.representative_images", s.tflite_ptq.representative_images, needs_rep),
+                  *counts,
+                  ("stages.qat.calibration_images", s.qat.calibration_images, s.qat.enabled and s.qat.calibrate_ranges),
+                  ("stages.comparison.calibration_images", s.comparison.calibration_images, s.comparison.enabled)]
     for key, n, on in counts:
         if on and n > d.calibration_size:
             raise ConfigError(f"{where}: {key} is {n} but the calibration split has {d.calibration_size} images "

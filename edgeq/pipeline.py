@@ -109,15 +109,21 @@ class RunContext:
         return self.pre(self.splits.eval.images[:1])
 
 
+def _run_stage(name: str, ctx: RunContext, options) -> list[Artifact]:
+    return resolve(STAGES[name])(ctx, options)
+
+
 def _import_fp32(ctx: RunContext) -> Artifact:
+    from .formats import imported_artifact
+
     m = ctx.cfg.model
     src = Path(m.path)
-    fmt = {"h5": "keras", "keras": "keras", "savedmodel": "savedmodel", "onnx": "onnx"}[m.format]
+    fmt, suffix = imported_artifact(m.format, src)  # e.g. a .h5 input stays .h5 and is a keras artifact
     if m.format != "onnx":
         ctx.keras_model()  # validates the model now: bad input fails before anything is written
     elif not src.exists():
         raise EdgeqError(f"{src}: model file not found")
-    filename = "fp32" + ({"keras": src.suffix or ".keras", "savedmodel": "", "onnx": ".onnx"}[fmt])
+    filename = "fp32" + suffix
 
     def copy(tmp: Path) -> dict:
         # a copy, never a hard link: overwriting the source later must not change the run's artifact
@@ -174,8 +180,10 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
                 ctx.results["sections"].setdefault("skipped", {})[name] = "input model is ONNX"
                 continue
             log(f"[{name}]")
-            produced += resolve(STAGES[name])(ctx, opts)
+            produced += _run_stage(name, ctx, opts)
             ran.append(name)
+        from .targets.offline_checks import check_artifacts
+        check_artifacts(ctx, produced)  # TensorRT readiness of the INT8 ONNX artifacts, from the targets side
         # keep only artifacts of this config (an earlier run in the same dir may have made others)
         keep = {a.name for a in produced}
         manifest.artifacts = {n: a for n, a in manifest.artifacts.items() if n in keep}

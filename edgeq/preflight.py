@@ -86,12 +86,12 @@ def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | N
     n_artifacts = 1 + sum(_STAGE_ARTIFACTS[s] for s in stages)
     check_output_dir(run_dir, size_of(m.path) * n_artifacts)
     if cfg.targets:  # a wrong inventory or device name fails now, not after the quantisation
-        from .targets.remote import check_targets
+        from .targets.remote import checked_inventory
 
-        check_targets(cfg)
+        checked_inventory(cfg)
     model = None
     if m.format == "onnx":
-        from .quantize.onnx_ptq import check_onnx_outputs, read_onnx_input
+        from .quantize.onnx_input import check_onnx_outputs, read_onnx_input
 
         read_onnx_input(m.path, tuple(m.input_shape))
         check_onnx_outputs(m.path, m.num_classes)
@@ -105,7 +105,7 @@ def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | N
     splits = load_splits(cfg, pre)
     check_classes(cfg, splits)
     if "qat" in stages:
-        from .quantize.qat import training_split
+        from .quantize.fine_tune import training_split
 
         training_split(splits.train, cfg.stages.qat)
     return Preflight(run_dir, pre, splits, stages, model)

@@ -2,19 +2,25 @@
 
 Evaluation and benchmarking only ever see `Predictor`: float32 NHWC batches in (already normalised by
 the model's preprocessing), float32 scores out. int8/uint8 input and output quantisation parameters
-and NCHW models are handled here, in one place.
+and NCHW models are handled here, with the on-device agent's own helpers, so host and device agree.
+Which class opens which format is a row of edgeq.formats.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
+# one definition for this machine and the devices: the agent's (it must stay a standalone file)
+from .agent import dequantize as dequantize_output
+from .agent import is_nchw, ort_session_options, time_runs
+from .agent import quantize as quantize_input
 from .errors import ModelError, RuntimeUnavailable
 
 
 class Predictor:
+    """Float32 NHWC batches in, float32 scores out. `set_input` + `invoke` time one image without copies."""
+
     runtime: str = ""  # human-readable runtime and version
     fmt: str = ""
     input_shape: tuple  # NHWC, batch first (may be None/-1)
@@ -23,45 +29,18 @@ class Predictor:
     def predict(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def predict_batches(self, batches, limit: int | None = None) -> np.ndarray:
-        out = [self.predict(x) for x, _ in batches]
-        return np.concatenate(out) if out else np.zeros((0,))
+    def set_input(self, x1: np.ndarray) -> None:
+        self._x1 = x1[:1]
+
+    def invoke(self) -> None:
+        self.predict(self._x1)
 
     def time_runs(self, x1: np.ndarray, runs: int, warmup: int) -> list[float]:
-        """Per-inference wall time in ms of `runs` single-image inferences after `warmup`."""
-        prep = self._prepare_single(x1)
-        for _ in range(warmup):
-            self._invoke_prepared(prep)
-        samples = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            self._invoke_prepared(prep)
-            samples.append((time.perf_counter() - t) * 1e3)
-        return samples
-
-    def _prepare_single(self, x1):
-        return x1
-
-    def _invoke_prepared(self, prep):
-        self.predict(prep)
+        """Per-inference wall time in ms of `runs` single-image inferences after `warmup` (the agent's loop)."""
+        return time_runs(self, x1, runs, warmup)
 
     def describe(self) -> dict:
         return {"runtime": self.runtime, "threads": self.threads}
-
-
-def quantize_input(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
-    if dtype in (np.int8, np.uint8, np.int16):
-        info = np.iinfo(dtype)
-        if scale == 0:
-            raise ModelError("quantized model input has scale 0")
-        return np.clip(np.rint(x / scale + zero_point), info.min, info.max).astype(dtype)
-    return x.astype(dtype)
-
-
-def dequantize_output(y: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    if y.dtype in (np.int8, np.uint8, np.int16, np.int32) and scale:
-        return (y.astype(np.float32) - zero_point) * scale
-    return y.astype(np.float32)
 
 
 # ------------------------------------------------------------------- Keras
@@ -79,6 +58,13 @@ class KerasPredictor(Predictor):
 
     def predict(self, x):
         return np.asarray(self._fn(np.ascontiguousarray(x, np.float32)), np.float32)
+
+
+def open_keras(path: Path, threads: int | None = None) -> KerasPredictor:
+    """A predictor over a Keras, HDF5 or SavedModel file (the format is told by its name)."""
+    from .models import load_keras_model
+
+    return KerasPredictor(load_keras_model(Path(path)))
 
 
 # ------------------------------------------------------------------- TFLite / LiteRT
@@ -134,6 +120,8 @@ class TFLitePredictor(Predictor):
         self.output_dtype = np.dtype(self.out["dtype"])
         self.in_q = self.inp["quantization"]
         self.out_q = self.out["quantization"]
+        if np.issubdtype(self.input_dtype, np.integer) and not self.in_q[0]:
+            raise ModelError(f"{self.path}: quantized model input has scale 0")
         self._batch = 1
         self._dynamic = self.input_shape[0] == -1
         self.batch_size = batch_size if self._dynamic else 1
@@ -159,13 +147,12 @@ class TFLitePredictor(Predictor):
             outs.append(dequantize_output(self._run(xq[s:s + step]), *self.out_q))
         return np.concatenate(outs)
 
-    def _prepare_single(self, x1):
+    def set_input(self, x1):
         self._resize(1)
         xq = quantize_input(np.asarray(x1[:1], np.float32), self.input_dtype, *self.in_q)
         self.interp.set_tensor(self.inp["index"], xq)
-        return None
 
-    def _invoke_prepared(self, prep):
+    def invoke(self):
         self.interp.invoke()
 
     def describe(self):
@@ -187,8 +174,6 @@ class OnnxPredictor(Predictor):
         self.path = Path(path)
         self.threads = threads
         self.optimization = optimization
-        from .agent import ort_session_options
-
         so = ort_session_options(ort, threads, optimization)
         try:
             self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
@@ -199,8 +184,7 @@ class OnnxPredictor(Predictor):
         self.input_name = i.name
         self.output_name = self.sess.get_outputs()[0].name
         shape = [d if isinstance(d, int) else -1 for d in i.shape]
-        # NCHW when the channel dim sits at axis 1 (1 or 3) and the last axis is spatial.
-        self.nchw = len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3)
+        self.nchw = is_nchw(shape)
         self.input_shape = (shape[0], shape[2], shape[3], shape[1]) if self.nchw else tuple(shape)
         self._dynamic = shape[0] == -1
         self.batch_size = batch_size if self._dynamic else 1
@@ -215,11 +199,11 @@ class OnnxPredictor(Predictor):
             outs.append(self.sess.run([self.output_name], self._feed(x[s:s + self.batch_size]))[0])
         return np.concatenate(outs).astype(np.float32)
 
-    def _prepare_single(self, x1):
-        return self._feed(x1[:1])
+    def set_input(self, x1):
+        self._single = self._feed(x1[:1])
 
-    def _invoke_prepared(self, prep):
-        self.sess.run([self.output_name], prep)
+    def invoke(self):
+        self.sess.run([self.output_name], self._single)
 
     def describe(self):
         return {"runtime": self.runtime, "threads": self.threads, "graph_optimization": self.optimization,
@@ -227,13 +211,10 @@ class OnnxPredictor(Predictor):
 
 
 def open_predictor(path: Path, fmt: str, threads: int | None = None, **kw) -> Predictor:
-    """A predictor for an artifact file of the given format."""
-    if fmt == "tflite":
-        return TFLitePredictor(path, threads=threads)
-    if fmt == "onnx":
-        return OnnxPredictor(path, threads=threads, **kw)
-    if fmt in ("keras", "savedmodel", "h5"):
-        from .models import load_keras_model
+    """A predictor for an artifact file of the given format (edgeq.formats names the class)."""
+    from .formats import predictor_factory
 
-        return KerasPredictor(load_keras_model(Path(path)))
-    raise ModelError(f"{path}: no predictor for format {fmt!r}")
+    factory = predictor_factory(fmt)
+    if factory is None:
+        raise ModelError(f"{path}: no predictor for format {fmt!r} on this machine")
+    return factory(Path(path), threads=threads, **kw)

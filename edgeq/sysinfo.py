@@ -5,6 +5,8 @@ import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
+from .agent import cpu_model_and_flags
+
 PACKAGES = ("edgeq", "tensorflow", "tf-keras", "tensorflow-model-optimization", "onnx", "onnxruntime",
             "tf2onnx", "ai-edge-litert", "tflite-runtime", "numpy", "pydantic", "paramiko")
 # /proc/cpuinfo flag -> feature name in the report
@@ -25,20 +27,8 @@ def package_versions() -> dict[str, str | None]:
 
 
 def cpu_info(cpuinfo_text: str | None = None) -> dict:
-    if cpuinfo_text is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo_text = f.read()
-        except OSError:
-            cpuinfo_text = ""
-    model, flags = platform.processor() or platform.machine(), set()
-    for line in cpuinfo_text.splitlines():
-        key, _, val = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware", "cpu model") and val.strip():
-            model = val.strip()
-        elif key in ("flags", "features"):
-            flags.update(val.split())
+    """This machine's CPU (or the one /proc/cpuinfo text describes): model, cores, SIMD features."""
+    model, flags = cpu_model_and_flags(cpuinfo_text)  # the agent's parser: host and device CPUs read alike
     feats = sorted({v for k, v in SIMD_FLAGS.items() if k in flags})
     return {"model": model, "machine": platform.machine(), "cores": os.cpu_count(), "simd": feats,
             "int8_dot_product": any(f in feats for f in ("AVX512-VNNI", "AVX-VNNI", "DOTPROD", "AMX-INT8"))}

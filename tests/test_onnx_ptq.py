@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_edgeq
-from edgeq.quantize.onnx_ptq import TENSORRT_SCHEME, host_int8_scheme, resolve_host_scheme
+from edgeq.quantize.ort_int8 import TENSORRT_SCHEME, host_int8_scheme, resolve_host_scheme
 from edgeq.sysinfo import cpu_info
 
 DATA = "data: {{kind: image_folder, path: {images}, calibration_size: 40}}\n"
@@ -172,7 +172,7 @@ def tiny_onnx(tiny_project) -> Path:
     import tf2onnx
 
     from edgeq.models import load_keras_model
-    from edgeq.quantize.onnx_ptq import keras_to_onnx
+    from edgeq.quantize.onnx_export import keras_to_onnx
     from edgeq.tfcompat import tf
 
     model = load_keras_model(tiny_project / "tiny.keras")
@@ -234,7 +234,7 @@ def test_excluded_nodes_stay_float_and_unknown_names_are_refused(tiny_onnx, tmp_
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgeq.errors import ConfigError
-    from edgeq.quantize.onnx_ptq import host_op_types, quantize_onnx
+    from edgeq.quantize.ort_int8 import host_op_types, quantize_onnx
 
     prepared = tmp_path / "prepared.onnx"
     quant_pre_process(str(tiny_onnx / "tiny_nchw.onnx"), str(prepared))

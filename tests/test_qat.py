@@ -110,7 +110,7 @@ def test_qat_rerun_reuses_the_artifact(qat_run, tiny_project):
 
 
 def test_custom_layer_gives_error_naming_the_layer():
-    from edgeq.quantize.qat import wrap_for_qat
+    from edgeq.quantize.tfmot_qat import wrap_for_qat
 
     with pytest.raises(QuantizationError, match=r"half_scale \(HalfScale\).*passthrough_layers"):
         wrap_for_qat(_custom_layer_model())
@@ -118,7 +118,7 @@ def test_custom_layer_gives_error_naming_the_layer():
 
 def test_passthrough_layer_is_left_unquantised_and_export_stays_integer():
     from edgeq.data import LabelledImages, Preprocess, representative_dataset
-    from edgeq.quantize.qat import calibrate_ranges, wrap_for_qat
+    from edgeq.quantize.tfmot_qat import calibrate_ranges, wrap_for_qat
     from edgeq.quantize.tflite_ptq import convert_int8, float_ops
 
     q = wrap_for_qat(_custom_layer_model(), ["half_scale"])
@@ -131,7 +131,7 @@ def test_passthrough_layer_is_left_unquantised_and_export_stays_integer():
 
 def test_lambda_layer_is_named_as_unsupported():
     import edgeq  # noqa: F401
-    from edgeq.quantize.qat import unsupported_layers
+    from edgeq.quantize.tfmot_qat import unsupported_layers
     from edgeq.tfcompat import keras
 
     k = keras()
@@ -143,7 +143,7 @@ def test_lambda_layer_is_named_as_unsupported():
 
 def test_calibrated_ranges_replace_tfmot_initial_guess():
     import edgeq  # noqa: F401
-    from edgeq.quantize.qat import calibrate_ranges, wrap_for_qat
+    from edgeq.quantize.tfmot_qat import calibrate_ranges, wrap_for_qat
     from edgeq.tfcompat import keras
 
     k = keras()
@@ -159,7 +159,7 @@ def test_calibrated_ranges_replace_tfmot_initial_guess():
 
 def test_softmax_logits_range_stops_ln256_below_the_lowest_best_logit():
     import edgeq  # noqa: F401
-    from edgeq.quantize.qat import calibrate_ranges, fit_softmax_input_range, wrap_for_qat
+    from edgeq.quantize.tfmot_qat import calibrate_ranges, fit_softmax_input_range, wrap_for_qat
     from edgeq.tfcompat import keras
 
     k = keras()
@@ -179,7 +179,7 @@ def test_softmax_logits_range_stops_ln256_below_the_lowest_best_logit():
 
 
 def test_qat_without_training_split_says_how_to_get_one():
-    from edgeq.quantize.qat import training_split
+    from edgeq.quantize.fine_tune import training_split
 
     with pytest.raises(DataError, match="data.train_path"):
         training_split(None, QatSpec())

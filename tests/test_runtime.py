@@ -1,6 +1,6 @@
 import numpy as np
 
-from edgeq.runtime import dequantize_output, quantize_input
+from edgeq.runtime import dequantize_output, is_nchw, quantize_input
 from edgeq.sysinfo import cpu_info
 from edgeq.targets.base import LatencyStats
 
@@ -14,12 +14,17 @@ def test_quantize_roundtrip_int8_and_uint8():
     assert u.dtype == np.uint8 and u[0] == 0
 
 
+def test_nchw_is_told_by_the_channel_axis_even_with_dynamic_dims():
+    assert is_nchw([1, 3, 224, 224]) and is_nchw([-1, 3, -1, -1]) and is_nchw([-1, 1, 28, 28])
+    assert not is_nchw([1, 224, 224, 3]) and not is_nchw([-1, -1, -1, 3]) and not is_nchw([1, 3, 3])
+
+
 def test_cpu_info_parses_flags():
     info = cpu_info("model name : Test CPU\nflags : fpu avx2 fma avx512f avx512_vnni\n")
     assert info["model"] == "Test CPU"
     assert {"AVX2", "AVX-512F", "AVX512-VNNI"} <= set(info["simd"]) and info["int8_dot_product"]
     arm = cpu_info("Features : fp asimd asimddp\nCPU part : 0xd0b\n")
-    assert {"NEON", "DOTPROD"} <= set(arm["simd"])
+    assert {"NEON", "DOTPROD"} <= set(arm["simd"]) and arm["model"]  # no model line: the board or machine
 
 
 def test_latency_stats_percentiles():

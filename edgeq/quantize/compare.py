@@ -1,24 +1,28 @@
 """The `comparison` stage: PTQ naive vs PTQ advanced vs QAT at each bit width, against FP32.
 
-INT8 cells are real INT8 TFLite artifacts, evaluated by the pipeline like every other artifact:
-naive PTQ is the `tflite_ptq` stage (round-to-nearest, per-channel), advanced PTQ is made here
-(bias-corrected kernels on the converter's own grid), QAT is the `qat` stage. Cells below 8 bits are
-simulated: kernels fake-quantised in the Keras model (activations float), evaluated here, and
-labelled "simulated". The table is assembled after the evaluation step (`after_evaluate`), so every
-cell is measured on the same evaluation images, and the verdict is derived from those numbers.
+INT8 cells are real INT8 TFLite artifacts, evaluated by the pipeline like every other artifact and found in
+the manifest by format and method: naive PTQ (method `ptq`, the `tflite_ptq` stage), advanced PTQ (made here:
+bias-corrected kernels on the converter's own grid), QAT (the `qat` stage). Cells below 8 bits are
+simulated: kernels fake-quantised in the Keras model (activations float), evaluated here, and labelled
+"simulated". The table is assembled after the evaluation step (`after_evaluate`), so every cell is measured
+on the same evaluation images, and the verdict is derived from those numbers.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import report_sections
 from ..artifacts import Artifact, stage_key
-from ..config import ComparisonSpec
+from ..config import ComparisonSpec, QatSpec
 from ..data import LabelledImages, representative_dataset
+from ..report_sections import METHOD_LABELS
 from . import advanced, fakequant, tflite_ptq
+from .calibration import calibration_count
+from .fine_tune import batch_stream, fine_tune_fake_quant, training_split
+from .stage_inputs import ComparisonInputs, comparison_inputs
 
 METHODS = ("ptq_naive", "ptq_advanced", "qat")
-LABELS = {"fp32": "FP32", "ptq_naive": "PTQ naive", "ptq_advanced": "PTQ advanced", "qat": "QAT"}
-INT8_ARTIFACTS = {"ptq_naive": "int8_tflite_ptq", "ptq_advanced": "int8_tflite_ptq_adv", "qat": "int8_tflite_qat"}
+INT8_METHOD = {"ptq_naive": "ptq", "ptq_advanced": "ptq_advanced", "qat": "qat"}  # -> Artifact.method
 ADVANCED_DESC = "MSE-clipped per-channel scales + empirical bias correction"
 
 
@@ -28,68 +32,72 @@ def _eval_subset(ctx, opts: ComparisonSpec) -> tuple[LabelledImages, np.ndarray]
     return ev.take(idx), idx
 
 
-def _calibration_batches(ctx, n: int):
+def _calibration_batches(ctx, opts: ComparisonSpec):
     cal = ctx.splits.calibration
-    return cal.take(np.arange(min(n, len(cal)))).batches(ctx.pre, 32)
+    n = calibration_count(cal, opts.calibration_images, "stages.comparison.calibration_images")
+    return cal.take(np.arange(n)).batches(ctx.pre, 32)
 
 
-def _cell_key(ctx, opts: ComparisonSpec, bits: int, method: str) -> str:
-    qat = ctx.cfg.stages.qat
+def _cell_key(ctx, opts: ComparisonSpec, fine_tune: QatSpec, bits: int, method: str) -> str:
     parts = {"bits": bits, "method": method, "eval": _eval_subset(ctx, opts)[0].fingerprint(),
              "calibration": ctx.splits.calibration.fingerprint(), "calibration_images": opts.calibration_images}
     if method == "qat":
         parts.update(steps=opts.low_bit_qat_steps, lr=opts.low_bit_qat_learning_rate,
-                     qat=qat.model_dump(exclude={"enabled", "export_onnx"}),
+                     qat=fine_tune.model_dump(exclude={"enabled", "export_onnx"}),
                      train=ctx.splits.train.fingerprint() if ctx.splits.train is not None else None)
     return stage_key("comparison", ctx.fp32.sha256, parts, ctx.cfg.seed)
 
 
 # ------------------------------------------------------------------ the stage
-def run_stage(ctx, opts: ComparisonSpec) -> list[Artifact]:
+def run_stage(ctx, opts: ComparisonSpec, inputs: ComparisonInputs | None = None) -> list[Artifact]:
+    """The advanced-PTQ INT8 TFLite (at 8 bits) and the simulated low-bit cells, evaluated here.
+
+    `inputs`: the TFLite conversion and fine-tune settings shared with the tflite_ptq and qat stages; by
+    default resolved from the run's config (`stage_inputs.comparison_inputs`)."""
+    inputs = inputs or comparison_inputs(ctx.cfg)
+    calibration_count(ctx.splits.calibration, opts.calibration_images, "stages.comparison.calibration_images")
     model = ctx.keras_model()
     out = []
     if 8 in opts.bits:
-        out.append(_int8_advanced(ctx, opts, model))
+        out.append(_int8_advanced(ctx, opts, inputs, model))
     cells = ctx.results.setdefault("comparison_cells", {})
     ev, _ = _eval_subset(ctx, opts)
     ev_resized = None
     adv_models: dict = {}  # bits -> advanced-PTQ model, also the low-bit QAT starting point
     for bits in (b for b in opts.bits if b < 8):
         for method in METHODS:
-            key = _cell_key(ctx, opts, bits, method)
+            key = _cell_key(ctx, opts, inputs.fine_tune, bits, method)
             if key in cells:
-                ctx.log(f"  = INT{bits} {LABELS[method]} (simulated): reused")
+                ctx.log(f"  = INT{bits} {METHOD_LABELS[method]} (simulated): reused")
                 continue
             if ev_resized is None:  # resize once; each simulated model is evaluated on the same pixels
                 ev_resized = LabelledImages(ctx.pre.resize(ev.images), ev.labels, ev.source, ev.class_names)
-            cells[key] = _simulated_cell(ctx, opts, model, bits, method, ev_resized, adv_models)
+            cells[key] = _simulated_cell(ctx, opts, inputs, model, bits, method, ev_resized, adv_models)
             ctx.save_results()
             c = cells[key]
-            ctx.log(f"  * INT{bits} {LABELS[method]} (simulated): "
+            ctx.log(f"  * INT{bits} {METHOD_LABELS[method]} (simulated): "
                     + (f"top-1 {c['top1']:.4f} ({c['seconds']} s)" if c["top1"] is not None else c["reason"]))
     return out
 
 
-def _int8_advanced(ctx, opts: ComparisonSpec, model) -> Artifact:
-    ptq = ctx.cfg.stages.tflite_ptq
+def _int8_advanced(ctx, opts: ComparisonSpec, inputs: ComparisonInputs, model) -> Artifact:
     cal = ctx.splits.calibration
-    n_rep = min(ptq.representative_images, len(cal))
+    conv = inputs.tflite
+    n_rep = calibration_count(cal, conv.representative_images, "stages.tflite_ptq.representative_images")
     params = {"bits": 8, "weights": "bias-corrected, on the converter's per-channel max grid",
               "calibration_images": opts.calibration_images, "representative_images": n_rep,
-              "input_type": ptq.input_type, "output_type": ptq.output_type}
+              "input_type": conv.input_type, "output_type": conv.output_type}
 
     def make(tmp):
         # No clipping at 8 bits: the converter recomputes each channel's scale from max|w|, so only
         # values already on that grid survive conversion unchanged.
-        cal_batches = _calibration_batches(ctx, opts.calibration_images)
-        corrected, rep = advanced.quantize_weights_advanced(model, 8, cal_batches, clipping=False,
+        corrected, rep = advanced.quantize_weights_advanced(model, 8, _calibration_batches(ctx, opts), clipping=False,
                                                             label="int8_tflite_ptq_adv: advanced PTQ")
         blob = tflite_ptq.convert_int8(corrected, representative_dataset(cal, ctx.pre, n_rep),
-                                       input_type=ptq.input_type, output_type=ptq.output_type, per_channel=True,
+                                       input_type=conv.input_type, output_type=conv.output_type, per_channel=True,
                                        name="int8_tflite_ptq_adv", calibration_images=n_rep)
         tmp.write_bytes(blob)
-        return {**rep.to_dict(), **tflite_ptq.tensor_summary(blob), "float_ops": tflite_ptq.float_ops(blob),
-                "size_floor": tflite_ptq.param_floor_bytes(model)}
+        return {**rep.to_dict(), **tflite_ptq.int8_notes(blob, model)}
 
     return ctx.produce("int8_tflite_ptq_adv", "int8_ptq_adv.tflite", {"calibration": cal.fingerprint()}, make,
                        fmt="tflite", precision="int8", method="ptq_advanced", stage="comparison", params=params,
@@ -98,14 +106,13 @@ def _int8_advanced(ctx, opts: ComparisonSpec, model) -> Artifact:
 
 def _advanced_model(ctx, opts: ComparisonSpec, model, bits: int, cache: dict):
     if bits not in cache:
-        cal_batches = _calibration_batches(ctx, opts.calibration_images)
-        cache[bits] = advanced.quantize_weights_advanced(model, bits, cal_batches,
+        cache[bits] = advanced.quantize_weights_advanced(model, bits, _calibration_batches(ctx, opts),
                                                          label=f"INT{bits} advanced PTQ (simulated)")
     return cache[bits]
 
 
-def _simulated_cell(ctx, opts: ComparisonSpec, model, bits: int, method: str, ev: LabelledImages,
-                    adv_models: dict) -> dict:
+def _simulated_cell(ctx, opts: ComparisonSpec, inputs: ComparisonInputs, model, bits: int, method: str,
+                    ev: LabelledImages, adv_models: dict) -> dict:
     import time
 
     from ..evaluate import evaluate
@@ -121,32 +128,40 @@ def _simulated_cell(ctx, opts: ComparisonSpec, model, bits: int, method: str, ev
         cell["how"] = ADVANCED_DESC
         cell["advanced"] = rep.to_dict()
     else:
-        from .qat import batch_stream, fine_tune_fake_quant, training_split
-
-        q = ctx.cfg.stages.qat
         if not opts.low_bit_qat:
             return {**cell, "top1": None, "reason": "not run (stages.comparison.low_bit_qat: false)"}
         if ctx.splits.train is None:
             return {**cell, "top1": None, "reason": "no training split to fine-tune on"}
-        data = training_split(ctx.splits.train, q)
-        steps = opts.low_bit_qat_steps or data.steps_per_epoch * max(q.epochs, 1)
-        start, _ = _advanced_model(ctx, opts, model, bits, adv_models)
-        m = fine_tune_fake_quant(model, bits, batch_stream(data.train, ctx.pre, q.batch_size, q.seed), steps,
-                                 opts.low_bit_qat_learning_rate, q.seed, start=start)
-        cell["how"] = (f"straight-through fine-tune of {bits}-bit kernels, {steps} steps of {q.batch_size}, "
-                       "starting from the advanced-PTQ model (same fixed MSE-clipped scales)")
-        cell["fine_tune_steps"] = steps
+        m = _low_bit_qat(ctx, opts, inputs.fine_tune, model, bits, adv_models, cell)
     r = evaluate(KerasPredictor(m), ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size,
-                 label=f"evaluate INT{bits} {LABELS[method]} (simulated)")
+                 label=f"evaluate INT{bits} {METHOD_LABELS[method]} (simulated)")
     cell.update(top1=r.top1, n=r.n, seconds=round(time.perf_counter() - t, 1),
                 kernel_parameters=fakequant.kernel_parameter_count(model))
     return cell
 
 
+def _low_bit_qat(ctx, opts: ComparisonSpec, q: QatSpec, model, bits: int, adv_models: dict, cell: dict):
+    """Straight-through fine-tune of `bits`-bit kernels from the advanced-PTQ model, with QAT's settings `q`."""
+    data = training_split(ctx.splits.train, q)
+    steps = opts.low_bit_qat_steps or data.steps_per_epoch * max(q.epochs, 1)
+    start, _ = _advanced_model(ctx, opts, model, bits, adv_models)
+    m = fine_tune_fake_quant(model, bits, batch_stream(data.train, ctx.pre, q.batch_size, q.seed), steps,
+                             opts.low_bit_qat_learning_rate, q.seed, start=start)
+    cell["how"] = (f"straight-through fine-tune of {bits}-bit kernels, {steps} steps of {q.batch_size}, "
+                   "starting from the advanced-PTQ model (same fixed MSE-clipped scales)")
+    cell["fine_tune_steps"] = steps
+    return m
+
+
 # ------------------------------------------------------------------ the table, after evaluation
-def _artifact_top1(ctx, name: str, idx: np.ndarray) -> tuple[float | None, str | None]:
+def _int8_tflite(ctx, method: str) -> Artifact | None:
+    """The run's INT8 TFLite artifact made by `method` (a comparison method), found by format and method."""
+    return next((a for a in ctx.manifest.artifacts.values()
+                 if a.format == "tflite" and a.precision == "int8" and a.method == INT8_METHOD[method]), None)
+
+
+def _artifact_top1(ctx, a: Artifact | None, idx: np.ndarray) -> tuple[float | None, str | None]:
     """Top-1 of an evaluated artifact on the comparison's images, from the evaluation step's predictions."""
-    a = ctx.manifest.artifacts.get(name)
     if a is None:
         return None, "artifact not produced"
     r = ctx.results["evaluations"].get(f"{a.sha256}:{ctx.splits.eval.fingerprint()}")
@@ -159,7 +174,7 @@ def _artifact_top1(ctx, name: str, idx: np.ndarray) -> tuple[float | None, str |
 
 
 def _fp32_top1(ctx, opts: ComparisonSpec, idx: np.ndarray) -> float:
-    top1, _ = _artifact_top1(ctx, ctx.fp32.name, idx)
+    top1, _ = _artifact_top1(ctx, ctx.fp32, idx)
     if top1 is None:  # Keras baseline not evaluated by the pipeline: measure it here
         from ..evaluate import evaluate
         from ..runtime import KerasPredictor
@@ -170,25 +185,26 @@ def _fp32_top1(ctx, opts: ComparisonSpec, idx: np.ndarray) -> float:
     return top1
 
 
-def build_rows(ctx, opts: ComparisonSpec) -> tuple[list[dict], int]:
+def build_rows(ctx, opts: ComparisonSpec, fine_tune: QatSpec) -> tuple[list[dict], int]:
+    """The table's rows (FP32, then each bit width x method) and the number of evaluation images."""
     ev, idx = _eval_subset(ctx, opts)
     fp32 = _fp32_top1(ctx, opts, idx)
-    fp32_art = ctx.manifest.artifacts.get("fp32_tflite") or ctx.fp32
+    fp32_art = next((a for a in ctx.manifest.artifacts.values() if a.format == "tflite" and a.precision == "fp32"),
+                    ctx.fp32)
     rows = [{"bits": 32, "method": "fp32", "simulated": False, "top1": fp32, "drop": 0.0,
              "size_bytes": fp32_art.size_bytes, "artifact": fp32_art.name}]
-    naive8 = ctx.manifest.artifacts.get(INT8_ARTIFACTS["ptq_naive"])
+    naive8 = _int8_tflite(ctx, "ptq_naive")
     for bits in opts.bits:
         for method in METHODS:
             if bits == 8:
-                name = INT8_ARTIFACTS[method]
-                top1, reason = _artifact_top1(ctx, name, idx)
-                a = ctx.manifest.artifacts.get(name)
+                a = _int8_tflite(ctx, method)
+                top1, reason = _artifact_top1(ctx, a, idx)
                 row = {"bits": 8, "method": method, "simulated": False, "top1": top1,
-                       "size_bytes": a.size_bytes if a else None, "artifact": name if a else None}
+                       "size_bytes": a.size_bytes if a else None, "artifact": a.name if a else None}
                 if method == "qat" and a is None:
                     reason = "not produced: enable stages.qat"
             else:
-                c = ctx.results.get("comparison_cells", {}).get(_cell_key(ctx, opts, bits, method), {})
+                c = ctx.results.get("comparison_cells", {}).get(_cell_key(ctx, opts, fine_tune, bits, method), {})
                 top1, reason = c.get("top1"), c.get("reason", None if c else "not measured")
                 size = (fakequant.packed_size_bytes(naive8.size_bytes, ctx.keras_model(), bits) if naive8 else None)
                 row = {"bits": bits, "method": method, "simulated": True, "top1": top1, "size_bytes": size,
@@ -236,51 +252,21 @@ def verdict_for(bits: int, cells: dict[str, dict], tolerance: float) -> str:
         order = [top["ptq_naive"], top["ptq_advanced"], top["qat"]]
         if not (order[0] <= order[1] <= order[2]):
             parts.append("the expected ordering naive PTQ <= advanced PTQ <= QAT does not hold here ("
-                         + ", ".join(f"{LABELS[m]} {top[m] * 100:.2f} %" for m in METHODS) + ")")
+                         + ", ".join(f"{METHOD_LABELS[m]} {top[m] * 100:.2f} %" for m in METHODS) + ")")
     return "; ".join(parts) + "."
 
 
-def _size(b: int | None, estimated: bool) -> str:
-    if not b:
-        return "size ?"
-    text = f"{b / 1e6:.2f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
-    return text + ("*" if estimated else "")
-
-
-def markdown_table(rows: list[dict], n: int, verdict: list[str]) -> str:
-    fp32 = rows[0]
-    bits = sorted({r["bits"] for r in rows if r["bits"] != 32}, reverse=True)
-    head = ["bits", "FP32"] + [LABELS[m] for m in METHODS]
-    lines = ["## PTQ vs QAT", "",
-             f"Top-1 on {n} evaluation images (drop from FP32 in points; size). INT8: real INT8 TFLite "
-             f"artifacts. Fewer bits: simulated = per-channel fake-quantised kernels in Keras, float "
-             f"activations, size estimated. PTQ advanced = {ADVANCED_DESC} (at INT8 bias correction only, on "
-             f"the converter's own grid). QAT = tfmot fine-tune at INT8; straight-through fine-tune of the "
-             f"simulated kernels below 8 bits.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for b in bits:
-        cells = [f"INT{b}" + (" (simulated)" if b < 8 else ""), f"{fp32['top1'] * 100:.2f} %"]
-        for m in METHODS:
-            r = next(x for x in rows if x["bits"] == b and x["method"] == m)
-            if r["top1"] is None:
-                cells.append(f"— ({r.get('reason', 'not measured')})")
-            else:
-                cells.append(f"{r['top1'] * 100:.2f} % ({0 - r['drop']:+.2f}; "
-                             f"{_size(r['size_bytes'], r.get('size_estimated', False))})")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "\\* estimated packed size.", ""] + [f"- {v}" for v in verdict]
-    return "\n".join(lines)
-
-
-def after_evaluate(ctx) -> None:
+def after_evaluate(ctx, inputs: ComparisonInputs | None = None) -> None:
     """Assemble the comparison table from the evaluated INT8 artifacts and the simulated cells."""
     opts = ctx.cfg.stages.comparison
-    rows, n = build_rows(ctx, opts)
+    inputs = inputs or comparison_inputs(ctx.cfg)
+    rows, n = build_rows(ctx, opts, inputs.fine_tune)
     verdict = [verdict_for(b, {r["method"]: r for r in rows if r["bits"] == b}, opts.tolerance_points)
                for b in opts.bits]
-    ctx.set_section("comparison", {
-        "rows": rows, "verdict": " ".join(verdict), "verdict_lines": verdict, "eval_images": n,
-        "drop_unit": "percentage points of top-1 below FP32", "tolerance_points": opts.tolerance_points,
-        "advanced_ptq": ADVANCED_DESC, "markdown": markdown_table(rows, n, verdict)})
+    section = {"rows": rows, "verdict": " ".join(verdict), "verdict_lines": verdict, "eval_images": n,
+               "drop_unit": "percentage points of top-1 below FP32", "tolerance_points": opts.tolerance_points,
+               "advanced_ptq": ADVANCED_DESC}
+    section["markdown"] = report_sections.comparison_markdown(section)
+    ctx.set_section("comparison", section)
     for v in verdict:
         ctx.log(f"  {v}")

@@ -23,20 +23,25 @@ class WeightLayer:
     reduce_axes: tuple[int, ...]
 
 
-def weight_layers(model) -> list[WeightLayer]:
-    """Quantisable kernels of `model`, in layer order."""
+def kernel_of(layer) -> WeightLayer | None:
+    """The quantisable kernel of one layer, or None: edgeq's one definition of a weight layer.
+
+    Conv2D, DepthwiseConv2D and Dense, with the axes reduced per output channel."""
     from ..tfcompat import keras
 
     k = keras()
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, k.layers.DepthwiseConv2D):  # before Conv2D: it subclasses it
-            out.append(WeightLayer(layer, layer.depthwise_kernel, (0, 1)))
-        elif isinstance(layer, k.layers.Conv2D) and not isinstance(layer, k.layers.SeparableConv2D):
-            out.append(WeightLayer(layer, layer.kernel, (0, 1, 2)))
-        elif isinstance(layer, k.layers.Dense):
-            out.append(WeightLayer(layer, layer.kernel, (0,)))
-    return out
+    if isinstance(layer, k.layers.DepthwiseConv2D):  # before Conv2D: it subclasses it
+        return WeightLayer(layer, layer.depthwise_kernel, (0, 1))
+    if isinstance(layer, k.layers.Conv2D) and not isinstance(layer, k.layers.SeparableConv2D):
+        return WeightLayer(layer, layer.kernel, (0, 1, 2))
+    if isinstance(layer, k.layers.Dense):
+        return WeightLayer(layer, layer.kernel, (0,))
+    return None
+
+
+def weight_layers(model) -> list[WeightLayer]:
+    """Quantisable kernels of `model`, in layer order."""
+    return [wl for wl in map(kernel_of, model.layers) if wl is not None]
 
 
 def qmax(bits: int) -> int:

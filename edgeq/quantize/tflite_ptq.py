@@ -5,13 +5,9 @@ stage fails and names the ops (unless `allow_float_ops` is set).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..errors import QuantizationError
-
-_TYPES = {"int8": "int8", "uint8": "uint8", "float32": "float32"}
 
 
 def _converter(model):
@@ -60,8 +56,8 @@ def convert_int8(model, representative_dataset, *, input_type: str = "int8", out
         conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8, t.lite.OpsSet.TFLITE_BUILTINS]
     else:
         conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = getattr(t, _TYPES[input_type])
-    conv.inference_output_type = getattr(t, _TYPES[output_type])
+    conv.inference_input_type = getattr(t, input_type)  # int8 | uint8 | float32: tf dtype names
+    conv.inference_output_type = getattr(t, output_type)
     conv._experimental_disable_per_channel = not per_channel
     data = _convert(conv, "the INT8 full-integer quantisation", name)
     if not allow_float_ops:
@@ -116,17 +112,19 @@ def float_ops(data: bytes, allow_io: bool = False) -> list[str]:
 def param_floor_bytes(model) -> dict:
     """Lower bound of an INT8 model's size: kernel weights x 1 byte + one int32 bias per output
     channel of every conv/dense layer x 4 bytes (batch norm folds into those)."""
+    from .fakequant import kernel_of
+
     weights = biases = 0
-    for layer in _leaf_layers(model):
-        kernel = getattr(layer, "depthwise_kernel", None)
-        if kernel is None:
-            kernel = getattr(layer, "kernel", None)
-        if kernel is None or kernel.shape.rank < 2:
-            continue
-        weights += int(np.prod(kernel.shape))
-        out_ch = kernel.shape[-1] * (kernel.shape[-2] if hasattr(layer, "depthwise_kernel") else 1)
-        biases += int(out_ch)
+    for wl in filter(None, map(kernel_of, _leaf_layers(model))):
+        shape = wl.kernel.shape
+        weights += int(np.prod(shape))
+        biases += int(shape[-1] * (shape[-2] if wl.reduce_axes == (0, 1) else 1))  # depthwise: C_in x multiplier
     return {"weights": weights, "biases": biases, "floor_bytes": weights + 4 * biases}
+
+
+def int8_notes(data: bytes, model) -> dict:
+    """The notes every INT8 TFLite artifact records: tensor dtypes and ops, float ops, the size floor."""
+    return {**tensor_summary(data), "float_ops": float_ops(data), "size_floor": param_floor_bytes(model)}
 
 
 def _leaf_layers(model):

@@ -5,9 +5,11 @@ from ..artifacts import Artifact
 from ..config import TflitePtqSpec
 from ..data import representative_dataset
 from . import tflite_ptq
+from .calibration import calibration_count
 
 
 def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
+    """The FP32 TFLite export (`export_fp32`) and the full-integer INT8 TFLite of the run's Keras model."""
     model = ctx.keras_model()
     out = []
     parent = ctx.fp32.name
@@ -16,11 +18,8 @@ def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
             tmp.write_bytes(tflite_ptq.convert_fp32(model, name="fp32_tflite"))
         out.append(ctx.produce("fp32_tflite", "fp32.tflite", {}, make_fp32, fmt="tflite", precision="fp32",
                                method="none", stage="tflite_export", params={}, parent=parent))
-    n = opts.representative_images
-    if n > len(ctx.splits.calibration):
-        from ..errors import DataError
-        raise DataError(f"stages.tflite_ptq.representative_images is {n} but the calibration split has only "
-                        f"{len(ctx.splits.calibration)} images (data.calibration_size)")
+    n = calibration_count(ctx.splits.calibration, opts.representative_images,
+                          "stages.tflite_ptq.representative_images")
     params = opts.model_dump(exclude={"enabled", "export_fp32"})
 
     def make_int8(tmp):
@@ -29,8 +28,7 @@ def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
                                        per_channel=opts.per_channel, allow_float_ops=opts.allow_float_ops,
                                        name="int8_tflite_ptq", calibration_images=n)
         tmp.write_bytes(data)
-        return {**tflite_ptq.tensor_summary(data), "float_ops": tflite_ptq.float_ops(data),
-                "size_floor": tflite_ptq.param_floor_bytes(model)}
+        return tflite_ptq.int8_notes(data, model)
 
     out.append(ctx.produce("int8_tflite_ptq", "int8_ptq.tflite",
                            {"calibration": ctx.splits.calibration.fingerprint()}, make_int8,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RuntimeUnavailable, TargetError
+from ..formats import format_refusal
 from .base import Compatibility, Deployable, LatencyStats
 from .edgetpu_ops import (CONSTANT_DTYPES, INSTALL_COMPILER, INSTALL_RUNTIME, MAX_NON_UNIT_DIMS, QUANTIZED_DTYPES,
                           SUPPORTED_OPS)
@@ -154,18 +155,17 @@ def compile_edgetpu(tflite: Path, out_dir: Path, compiler: str = "edgetpu_compil
 class EdgeTpuTarget:
     """check on the host, compile on the host, run on the device with the libedgetpu delegate."""
 
-
-    def __init__(self, session, compiler: str = "edgetpu_compiler"):
-        self.session = session
+    def __init__(self, session, onnx_optimization: str = "all", compiler: str | None = None):
+        self.session = session  # onnx_optimization: the DeviceTarget constructor; no ONNX runs here
         self.name = session.name
         self.kind = "edgetpu"
-        self.compiler = compiler
+        self.compiler = compiler or session.device.edgetpu_compiler
         self.last_answer: dict = {}
 
     def check(self, artifact, run_dir: Path) -> Compatibility:
-        if artifact.format != "tflite":
-            return Compatibility(False, self.name, artifact.name,
-                                 [f"format {artifact.format}: the Edge TPU runs .tflite models only"])
+        refused = format_refusal(artifact.format, self.kind)
+        if refused:
+            return Compatibility(False, self.name, artifact.name, [refused])
         return check_edgetpu(artifact.abspath(run_dir), artifact.name, self.name)
 
     def prepare(self, artifact, run_dir: Path) -> Deployable:
@@ -178,7 +178,7 @@ class EdgeTpuTarget:
         else:
             compiled, parsed = compile_edgetpu(src, out_dir, self.compiler)
         remote = self.session.upload(compiled)
-        return Deployable(artifact.name, compiled, "edgetpu", self.name,
+        return Deployable(artifact.name, compiled, artifact.format, "edgetpu", self.name,
                           {"remote_path": remote, "compiler": parsed})
 
     def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None,

@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
+from ..formats import FORMATS, host_benchmark_formats
 from ..runtime import open_predictor
 from ..sysinfo import busy_processes, cpu_info, host_identity, loadavg
 from .base import Compatibility, Deployable, LatencyStats
 from .interleave import add_ratios, fp32_references, interleave, summarise
-
-RUNNABLE = ("tflite", "onnx")
 
 
 def ort_level(artifact, default: str) -> str:
@@ -27,6 +26,8 @@ def ort_level(artifact, default: str) -> str:
 
 
 class HostTarget:
+    """base.Target on this CPU, in-process; `time_round` gives interleaved rounds their raw samples too."""
+
     name = "host"
     kind = "host"
 
@@ -37,23 +38,25 @@ class HostTarget:
 
     def check(self, artifact, run_dir: Path) -> Compatibility:
         problems = []
-        if artifact.format not in RUNNABLE:
-            problems.append(f"format {artifact.format} is not a deployment format; benchmark its TFLite/ONNX "
-                            "export instead")
+        fmt = FORMATS.get(artifact.format)
+        if fmt is None or not fmt.host_benchmark:
+            timed = " or ".join(host_benchmark_formats())
+            problems.append(f"format {artifact.format} is not a deployment format; the host times {timed} "
+                            "artifacts: benchmark its export instead")
         elif artifact.notes.get("host_benchmark_skip"):  # e.g. a TensorRT-only artifact: its latency is the device's
             problems.append(artifact.notes["host_benchmark_skip"])
         return Compatibility(not problems, self.name, artifact.name, problems)
 
     def prepare(self, artifact, run_dir: Path) -> Deployable:
-        rt = {"tflite": "tflite", "onnx": "onnxruntime"}[artifact.format]
-        return Deployable(artifact.name, artifact.abspath(run_dir), rt, self.name,
+        return Deployable(artifact.name, artifact.abspath(run_dir), artifact.format,
+                          FORMATS[artifact.format].runtime, self.name,
                           {"ort_optimization": ort_level(artifact, self.onnx_optimization)})
 
     def _predictor(self, d: Deployable, threads: int | None):
         if d.artifact not in self._predictors:  # opened once, kept across rounds
-            fmt = "tflite" if d.runtime == "tflite" else "onnx"
-            kw = {"optimization": d.details.get("ort_optimization", self.onnx_optimization)} if fmt == "onnx" else {}
-            self._predictors[d.artifact] = open_predictor(d.path, fmt, threads=threads, **kw)
+            opt = d.details.get("ort_optimization", self.onnx_optimization)
+            kw = {"optimization": opt} if d.format == "onnx" else {}
+            self._predictors[d.artifact] = open_predictor(d.path, d.format, threads=threads, **kw)
         return self._predictors[d.artifact]
 
     def time_round(self, d: Deployable, runs: int, warmup: int, threads: int | None

@@ -6,21 +6,20 @@ are resolved against the inventory file's directory. Example: models/devices.exa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import looks_like_secret
 from ..errors import ConfigError
-
-KINDS = ("host", "rpi", "edgetpu", "jetson")
+from ..formats import KINDS
 
 
 class Device(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    kind: Literal["host", "rpi", "edgetpu", "jetson"]
+    kind: str  # a row of edgeq.formats.KINDS
     # SSH; a `host` kind device without `host:` runs the agent on this machine, no SSH
     host: Optional[str] = None
     port: int = Field(22, ge=1, le=65535)
@@ -47,9 +46,16 @@ class Device(BaseModel):
     # checking outputs: this many eval images are run on the device and compared with the host
     check_outputs: int = Field(16, ge=0)
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in KINDS:
+            raise ValueError(f"unknown device kind {v!r}; kinds: {', '.join(KINDS)}")
+        return v
+
     @model_validator(mode="after")
     def _needs_host(self):
-        if self.kind != "host" and not self.host:
+        if KINDS[self.kind].needs_address and not self.host:
             raise ValueError(f"device '{self.name}' of kind {self.kind} needs 'host' (its SSH address)")
         if self.key_file is not None and looks_like_secret(str(self.key_file)):
             raise ValueError(f"device '{self.name}': key_file holds what looks like a key itself (not shown); "

@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 
 from ..errors import RuntimeUnavailable, TargetError
+from ..formats import FORMATS, format_refusal
 from .base import Compatibility, Deployable, LatencyStats
 from .ssh import remote_workdir, stderr_tail
 
 TRTEXEC_FALLBACKS = ("/usr/src/tensorrt/bin/trtexec",)
-INSTALL_TRTEXEC = ("it ships with JetPack's TensorRT (sudo apt-get install tensorrt, or nvidia-jetpack); "
-                   "trtexec is then /usr/src/tensorrt/bin/trtexec — set `trtexec:` in the inventory if it lives elsewhere")
 TIMING_CACHE = "trt-timing.cache"  # one per device, in its workdir: reused by every engine build there
 
 _STAT = r"([0-9.eE+-]+) ms"
@@ -81,9 +80,10 @@ def stats_from_trtexec(parsed: dict, runs: int, warmup: int, device: str) -> Lat
 
 
 class JetsonTarget:
+    """check the QDQ ONNX here, build the engine with trtexec on the device, time it with trtexec there."""
 
-    def __init__(self, session):
-        self.session = session
+    def __init__(self, session, onnx_optimization: str = "all"):
+        self.session = session  # onnx_optimization: the DeviceTarget constructor; TensorRT optimises itself
         self.name = session.name
         self.kind = "jetson"
         self._trtexec: str | None = None
@@ -91,9 +91,9 @@ class JetsonTarget:
 
     # -- check
     def check(self, artifact, run_dir: Path) -> Compatibility:
-        if artifact.format != "onnx":
-            return Compatibility(False, self.name, artifact.name,
-                                 [f"format {artifact.format}: TensorRT builds engines from ONNX; use the ONNX export"])
+        refused = format_refusal(artifact.format, self.kind)
+        if refused:
+            return Compatibility(False, self.name, artifact.name, [refused])
         if artifact.precision != "int8":
             return Compatibility(True, self.name, artifact.name, [],
                                  {"note": f"{artifact.precision} ONNX: the engine is built with --fp16"})
@@ -115,7 +115,7 @@ class JetsonTarget:
             r = self.session.transport.run(["sh", "-c", script], timeout=60)
             if r.returncode != 0 or not r.stdout.strip():
                 raise RuntimeUnavailable(f"trtexec not found on {self.name} (looked for {', '.join(cands)}); "
-                                         f"{INSTALL_TRTEXEC}")
+                                         f"{FORMATS['engine'].install}")
             self._trtexec = r.stdout.strip().splitlines()[0]
         return self._trtexec
 
@@ -150,8 +150,8 @@ class JetsonTarget:
                                   f"(exit {r.returncode}): {why}")
             build["build_seconds"] = round(r.seconds, 1)
             build["tensorrt_version"] = parsed.get("tensorrt_version")
-        return Deployable(artifact.name, artifact.abspath(run_dir), "tensorrt", self.name,
-                          {"remote_path": engine, "build": build})
+        return Deployable(artifact.name, artifact.abspath(run_dir), artifact.format, FORMATS["engine"].runtime,
+                          self.name, {"remote_path": engine, "build": build})
 
     def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None,
                   inputs_remote: str | None = None, return_outputs: bool = False) -> LatencyStats:

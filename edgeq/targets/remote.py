@@ -16,6 +16,8 @@ import numpy as np
 
 from ..artifacts import atomic_path
 from ..errors import ConfigError, EdgeqError
+from ..formats import KINDS, formats_for_kind, target_class
+from .base import DeviceTarget
 from .device import AGENT_SOURCE, DeviceSession
 from .interleave import add_ratios, fp32_references, interleave, summarise
 from .inventory import Device, load_inventory
@@ -23,8 +25,6 @@ from .ssh import DeviceUnreachable, open_transport
 
 
 _LOG_LOCK = threading.Lock()  # devices log from their own threads, one whole line at a time
-# artifact formats each kind of device takes; other artifacts get no row for that device
-FORMATS_BY_KIND = {"host": ("tflite", "onnx"), "rpi": ("tflite", "onnx"), "edgetpu": ("tflite",), "jetson": ("onnx",)}
 
 
 @dataclass
@@ -43,22 +43,12 @@ class DeviceOutcome:
     compatibility: dict = field(default_factory=dict)  # artifact name -> Compatibility dict
 
 
-def make_target(session: DeviceSession, onnx_optimization: str = "all"):
-    kind = session.device.kind
-    if kind in ("host", "rpi"):
-        from .rpi import CpuTarget
-
-        return CpuTarget(session, onnx_optimization)
-    if kind == "edgetpu":
-        from .edgetpu import EdgeTpuTarget
-
-        return EdgeTpuTarget(session, session.device.edgetpu_compiler)
-    from .jetson import JetsonTarget
-
-    return JetsonTarget(session)
+def make_target(session: DeviceSession, onnx_optimization: str = "all") -> DeviceTarget:
+    """The target for the session's device: the class its kind's row in edgeq.formats.KINDS names."""
+    return target_class(session.device.kind)(session, onnx_optimization)
 
 
-def check_targets(cfg, refs=None, inventory_path: Path | None = None):
+def checked_inventory(cfg, refs=None, inventory_path: Path | None = None):
     """The inventory, with every device the config (or `refs`) names present in it."""
     path = inventory_path or cfg.inventory
     if path is None:
@@ -71,7 +61,7 @@ def check_targets(cfg, refs=None, inventory_path: Path | None = None):
 
 
 def plans_for(ctx, refs, inventory_path: Path | None) -> list[Plan]:
-    inv = check_targets(ctx.cfg, refs, inventory_path)
+    inv = checked_inventory(ctx.cfg, refs, inventory_path)
     b = ctx.cfg.benchmark
     plans, seen = [], set()
     for r in refs:
@@ -122,7 +112,8 @@ def _f(v) -> str:
 def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_SOURCE) -> DeviceOutcome:
     """Everything on one device; a device-side problem is recorded in the outcome, never raised."""
     d = plan.device
-    arts = [a for a in arts if a.format in FORMATS_BY_KIND[d.kind]]
+    takes = formats_for_kind(d.kind)  # other artifacts get no row for this device
+    arts = [a for a in arts if a.format in takes]
 
     def log(msg: str) -> None:
         with _LOG_LOCK:
@@ -159,7 +150,7 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
         log(f"agent ok: {session.identity()}; runtimes {info.get('runtimes')}")
         target = make_target(session, ctx.cfg.stages.onnx_ptq.graph_optimization)
         x = np.load(inputs, allow_pickle=False)
-        uses_agent = d.kind != "jetson"  # trtexec times the engine itself, on its own inputs
+        uses_agent = KINDS[d.kind].timed_by_agent  # else e.g. trtexec times the engine itself, on its own inputs
         inputs_remote = session.upload(inputs) if uses_agent else None
         want_outputs = d.check_outputs > 0 and uses_agent
         deps = {}

@@ -123,8 +123,12 @@ class SSHTransport:
         return Path(self.device.known_hosts or Path("~/.ssh/known_hosts")).expanduser()
 
     def connect(self) -> "SSHTransport":
+        import logging
+
         import paramiko
 
+        # paramiko logs a failed handshake with a traceback from its own thread; we report it as one line
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
         d = self.device
         where = f"device '{d.name}' ({d.address})"
         client = paramiko.SSHClient()
@@ -192,10 +196,6 @@ class SSHTransport:
         except (paramiko.SSHException, OSError) as e:
             raise DeviceUnreachable(f"{self.device.name}: connection lost running `{cmd[:80]}` ({e})") from None
         return CommandResult(argv, rc, stdout, stderr, time.perf_counter() - t)
-
-    def shell(self, script: str, timeout: float | None = None) -> CommandResult:
-        """A fixed script of ours run by `sh -c`; values in it must already be shlex-quoted."""
-        return self.run(["sh", "-c", script], timeout)
 
     # -- files
     def _sftp(self):

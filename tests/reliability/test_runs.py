@@ -100,7 +100,7 @@ def test_data_counts_are_checked_before_any_image_is_decoded(proj: Proj, capsys,
     def no_decoding(*a, **k):
         raise AssertionError("images decoded before the counts were checked")
     monkeypatch.setattr(edgeq.data, "decode_image_folder", no_decoding)
-    monkeypatch.setattr("edgeq.pipeline.decode_image_folder", no_decoding)
+    monkeypatch.setattr("edgeq.inputs.decode_image_folder", no_decoding)
     cfg = proj.config({"data": {"calibration_size": 5000}, "stages": {"tflite_ptq": {"representative_images": 5}}})
     code, _, err = cli(capsys, "validate", cfg)
     assert_one_error(code, err, "5000 images asked for but only 120")

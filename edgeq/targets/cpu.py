@@ -1,22 +1,20 @@
-"""A device's CPU through the agent: Raspberry Pi (LiteRT with XNNPACK on ARM), or any Linux box.
+"""A device's CPU through the agent: a Raspberry Pi (LiteRT with XNNPACK on ARM, ONNX Runtime), any Linux box
+over SSH, or this machine (a `host`-kind inventory device: the agent as a local subprocess).
 
-Also used for a `host`-kind inventory device, where the agent runs on this machine as a subprocess.
+Which formats it takes and which agent runtimes run them are rows of edgeq.formats.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..formats import FORMATS, format_refusal
 from .base import Compatibility, Deployable, LatencyStats
 from .device import DeviceSession
-
-# artifact format -> agent runtimes that run it, and how to install one on the device
-RUNTIMES = {
-    "tflite": (("litert", "tflite-runtime", "tf"), "pip install ai-edge-litert (or tflite-runtime)"),
-    "onnx": (("onnxruntime",), "pip install onnxruntime"),
-}
+from .host import ort_level
 
 
-class CpuTarget:
+class AgentCpuTarget:
+    """check here (format, then the device's runtimes), copy the artifact, time it with the agent there."""
 
     def __init__(self, session: DeviceSession, onnx_optimization: str = "all"):
         self.session = session
@@ -26,28 +24,26 @@ class CpuTarget:
         self.last_answer: dict = {}
 
     def check(self, artifact, run_dir: Path) -> Compatibility:
-        if artifact.format not in RUNTIMES:
-            return Compatibility(False, self.name, artifact.name,
-                                 [f"format {artifact.format} does not run on a device CPU; its TFLite/ONNX export does"])
+        refused = format_refusal(artifact.format, self.kind)
+        if refused:
+            return Compatibility(False, self.name, artifact.name, [refused])
         skip = artifact.notes.get("host_benchmark_skip")  # made for another target, e.g. TensorRT
         if skip:
             return Compatibility(False, self.name, artifact.name, [f"a device CPU is not where it runs: {skip}"])
-        wanted, install = RUNTIMES[artifact.format]
+        fmt = FORMATS[artifact.format]
         have = self.session.runtimes()
-        if not any(r in have for r in wanted):
+        if not any(r in have for r in fmt.agent_runtimes):
             return Compatibility(False, self.name, artifact.name,
-                                 [f"no {artifact.format} runtime on {self.name} ({', '.join(wanted)} missing); "
-                                  f"{install} with {self.session.device.python}"], {"runtimes": have})
+                                 [f"no {fmt.name} runtime on {self.name} ({', '.join(fmt.agent_runtimes)} missing); "
+                                  f"{fmt.install} with {self.session.device.python}"], {"runtimes": have})
         return Compatibility(True, self.name, artifact.name, [], {"runtimes": have})
 
     def prepare(self, artifact, run_dir: Path) -> Deployable:
         local = artifact.abspath(run_dir)
-        remote = self.session.upload(local, artifact.sha256)
-        details = {"remote_path": remote}
+        details = {"remote_path": self.session.upload(local, artifact.sha256)}
         if artifact.format == "onnx":  # the same graph-optimisation level as the host figure of this artifact
-            details["ort_optimization"] = artifact.notes.get("ort_graph_optimization") or self.onnx_optimization
-        rt = "tflite" if artifact.format == "tflite" else "onnxruntime"
-        return Deployable(artifact.name, local, rt, self.name, details)
+            details["ort_optimization"] = ort_level(artifact, self.onnx_optimization)
+        return Deployable(artifact.name, local, artifact.format, FORMATS[artifact.format].runtime, self.name, details)
 
     def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None,
                   inputs_remote: str | None = None, return_outputs: bool = False) -> LatencyStats:
