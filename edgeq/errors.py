@@ -27,3 +27,9 @@ class RuntimeUnavailable(EdgeqError):
 
 class TargetError(EdgeqError):
     pass
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line, bounded: what a one-line message quotes from a library's error."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .data import LabelledImages, Preprocess
+from .errors import first_line
+from .results import Evaluation, PerLayer, per_layer_key
 from .runtime import Predictor
 
 
@@ -135,12 +137,11 @@ def evaluate_artifacts(ctx, artifacts) -> None:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, labels=ev.labels.astype(np.int32), fingerprint=np.array(fp))
     for a in artifacts:
-        k = f"{a.sha256}:{fp}"
-        cached = ctx.results["evaluations"].get(k)
-        if cached is not None and (ctx.run_dir / cached["predictions_file"]).exists():
-            with np.load(ctx.run_dir / cached["predictions_file"], allow_pickle=False) as z:
+        cached = ctx.results.evaluation(a.sha256, fp)
+        if cached is not None and (ctx.run_dir / cached.predictions_file).exists():
+            with np.load(ctx.run_dir / cached.predictions_file, allow_pickle=False) as z:
                 preds[a.name] = z["predictions"]
-            ctx.log(f"  = {a.name}: top-1 {cached['top1']:.4f} (reused)")
+            ctx.log(f"  = {a.name}: top-1 {cached.top1:.4f} (reused)")
             continue
         if a.format in ("keras", "savedmodel"):
             if not ctx.cfg.evaluate.keras_baseline:
@@ -157,9 +158,8 @@ def evaluate_artifacts(ctx, artifacts) -> None:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, predictions=r.predictions)
         preds[a.name] = r.predictions
-        ctx.results["evaluations"][k] = {**r.to_dict(), "artifact": a.name, "predictions_file": pf,
-                                         "predictor": pred.describe()}
-        ctx.save_results()
+        ctx.results.put_evaluation(a.sha256, fp, Evaluation(a.name, r.top1, r.top5, r.n, r.dataset, r.seconds, pf,
+                                                            pred.describe()))
         ctx.log(f"  * {a.name}: top-1 {r.top1:.4f} top-5 {r.top5} on {r.n} images ({r.seconds} s)")
     # agreement of every artifact's top-1 with its FP32 reference (the FP32 of the same format if any)
     fp32_by_fmt = {a.format: a.name for a in artifacts if a.precision == "fp32" and a.name in preds}
@@ -168,9 +168,9 @@ def evaluate_artifacts(ctx, artifacts) -> None:
         if a.name not in preds or base is None:
             continue
         ref = fp32_by_fmt.get(a.format, base)
-        k = f"{a.sha256}:{fp}"
-        ctx.results["evaluations"][k]["agreement"] = {"reference": ref, "top1_agreement": agreement(preds[a.name], preds[ref])}
-    ctx.save_results()
+        ctx.results.evaluation(a.sha256, fp).agreement = {"reference": ref,
+                                                          "top1_agreement": agreement(preds[a.name], preds[ref])}
+    ctx.results.save()
     per_layer_errors(ctx, artifacts)
 
 
@@ -180,27 +180,26 @@ def per_layer_errors(ctx, artifacts, images: int = 8) -> None:
     if fp32 is None:
         return
     x = ctx.pre(ctx.splits.eval.images[:images])
-    store = ctx.results.setdefault("per_layer", {})
+    store = ctx.results.per_layer
     for a in artifacts:
         if a.format != "tflite" or a.precision == "fp32":
             continue
-        k = f"{fp32.sha256}:{a.sha256}:{ctx.splits.eval.fingerprint()}:{images}"
+        k = per_layer_key(fp32.sha256, a.sha256, ctx.splits.eval.fingerprint(), images)
         if k not in store:
             try:
                 layers, n_ops = per_layer_error(fp32.abspath(ctx.run_dir), a.abspath(ctx.run_dir), x)
-                store[k] = {"artifact": a.name, "reference": fp32.name, "images": len(x), "layers": layers,
-                            "ops_matched": len(layers), "ops_total": n_ops}
+                store[k] = PerLayer(a.name, fp32.name, layers, len(x), len(layers), n_ops)
                 if len(layers) < n_ops / 2:
-                    store[k].update(layers=None, reason=(
-                        f"per-layer error not measured: only {len(layers)} of {n_ops} ops line up by name with "
-                        f"{fp32.name} (a re-wrapped graph, e.g. QAT); compare at the model output instead"))
+                    store[k].layers = None
+                    store[k].reason = (f"per-layer error not measured: only {len(layers)} of {n_ops} ops line up by "
+                                       f"name with {fp32.name} (a re-wrapped graph, e.g. QAT); compare at the model "
+                                       "output instead")
             except (ValueError, RuntimeError, ImportError) as e:
-                store[k] = {"artifact": a.name, "reference": fp32.name, "layers": None,
-                            "reason": f"per-layer error not measured: {str(e).splitlines()[0][:200]}"}
-            ctx.save_results()
-        worst = sorted(store[k]["layers"] or [], key=lambda r: r["sqnr_db"])[:1]
+                store[k] = PerLayer(a.name, fp32.name, None, reason=f"per-layer error not measured: {first_line(e)}")
+            ctx.results.save()
+        worst = sorted(store[k].layers or [], key=lambda r: r["sqnr_db"])[:1]
         if worst:
-            ctx.log(f"  * {a.name}: per-layer SQNR over {len(store[k]['layers'])} ops, worst "
+            ctx.log(f"  * {a.name}: per-layer SQNR over {len(store[k].layers)} ops, worst "
                     f"{worst[0]['sqnr_db']:.1f} dB at {worst[0]['op']} ({worst[0]['layers'][:60]})")
 
 
@@ -209,11 +208,11 @@ def per_layer_errors(ctx, artifacts, images: int = 8) -> None:
 def warn_if_chance(ctx) -> None:
     """Loud warning when the FP32 reference scores near chance: the labels probably are not the model's classes."""
     k = ctx.cfg.model.num_classes
-    fp32 = [e for e in ctx.results["evaluations"].values()
-            if ctx.fp32 is not None and e.get("artifact") == ctx.fp32.name and e.get("top1") is not None]
+    fp32 = [e for e in ctx.results.evaluations.values()
+            if ctx.fp32 is not None and e.artifact == ctx.fp32.name and e.top1 is not None]
     if not fp32:
         return
-    top1 = fp32[-1]["top1"]
+    top1 = fp32[-1].top1
     if top1 <= CHANCE_FACTOR / k:
         msg = (f"edgeq: warning: the FP32 model's top-1 is {top1:.4f}, near chance for {k} classes ({1 / k:.4f}): "
                "labels probably do not match the model's classes; give the model's class names in output order "
@@ -222,7 +221,7 @@ def warn_if_chance(ctx) -> None:
         import sys
 
         print(msg, file=sys.stderr, flush=True)
-        ctx.set_section("warnings", [msg.removeprefix("edgeq: warning: ")])
+        ctx.results.set_section("warnings", [msg.removeprefix("edgeq: warning: ")])
 
 
 CHANCE_FACTOR = 1.5  # FP32 top-1 at or below 1.5x chance (1/num_classes) is "near chance"

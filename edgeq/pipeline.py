@@ -16,12 +16,13 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__, interrupt
-from .artifacts import Artifact, Manifest, atomic_path, sha256_of, stage_key, write_json_atomic
+from .artifacts import Artifact, Manifest, atomic_path, sha256_of, stage_key
 from .config import RunConfig
 from .data import Preprocess, Splits
 from .errors import EdgeqError
 from .inputs import load_splits, preprocess_of
 from .preflight import Preflight, preflight
+from .results import Results
 from .runlock import run_lock
 from .stages import AFTER_EVALUATE, KERAS_ONLY_STAGES, STAGES, resolve
 from .sysinfo import package_versions
@@ -43,19 +44,10 @@ class RunContext:
     log: Callable[[str], None] = log_print
     fp32: Artifact | None = None  # the FP32 source artifact (keras or onnx)
     _model: Any = None
-    results_path: Path = field(init=False)
-    results: dict = field(init=False)
+    results: Results = field(init=False)
 
     def __post_init__(self):
-        self.results_path = self.run_dir / "results.json"
-        try:
-            self.results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
-        except ValueError:
-            self.results = {}
-        self.results.setdefault("evaluations", {})
-        self.results.setdefault("latency", {})
-        self.results.setdefault("sections", {})
-        self.results.setdefault("compatibility", {})
+        self.results = Results.load(self.run_dir / "results.json")
 
     # -- the FP32 Keras model, loaded once
     def keras_model(self):
@@ -97,13 +89,6 @@ class RunContext:
         self.manifest.add(a)
         self.log(f"  + {name}: {a.path} ({a.size_bytes / 1e6:.2f} MB, {a.notes['seconds']} s)")
         return a
-
-    def set_section(self, name: str, value: Any) -> None:
-        self.results["sections"][name] = value
-        self.save_results()
-
-    def save_results(self) -> None:
-        write_json_atomic(self.results_path, self.results)
 
     def sample_input(self) -> np.ndarray:
         return self.pre(self.splits.eval.images[:1])
@@ -177,7 +162,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
                 continue
             if ctx.is_onnx_input and name in KERAS_ONLY_STAGES:
                 log(f"[{name}] skipped: the input model is ONNX; only ONNX stages apply")
-                ctx.results["sections"].setdefault("skipped", {})[name] = "input model is ONNX"
+                ctx.results.sections.setdefault("skipped", {})[name] = "input model is ONNX"
                 continue
             log(f"[{name}]")
             produced += _run_stage(name, ctx, opts)
@@ -208,15 +193,15 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
 
             benchmark_devices(ctx, arts)
     finally:
-        ctx.save_results()
+        ctx.results.save()
     from .report import write_report
 
     # wall_seconds: the last run that made something; a rerun that reused everything keeps it and adds its own
     seconds = round(time.perf_counter() - t0, 1)
-    if _work_done(ctx) != before or "wall_seconds" not in ctx.results:
-        ctx.results["wall_seconds"] = seconds
-    ctx.results["wall_seconds_last_run"] = seconds
-    ctx.save_results()
+    if _work_done(ctx) != before or ctx.results.wall_seconds is None:
+        ctx.results.wall_seconds = seconds
+    ctx.results.wall_seconds_last_run = seconds
+    ctx.results.save()
     interrupt.check()  # a Ctrl-C swallowed inside TensorFlow still stops the run before the report
     write_report(ctx)
     return run_dir
@@ -225,7 +210,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
 def _work_done(ctx: RunContext) -> tuple:
     """What the run directory holds (artifacts by key, evaluation and latency entries): changes if a run made something."""
     return (sorted((a.name, a.key, a.sha256) for a in ctx.manifest.artifacts.values()),
-            sorted(ctx.results["evaluations"]), sorted(k for k, v in ctx.results["latency"].items() if v.get("stats")))
+            sorted(ctx.results.evaluations), ctx.results.measured_latency_keys())
 
 
 def open_run(run_dir: Path, config: Path | None = None, log: Callable[[str], None] = log_print) -> RunContext:

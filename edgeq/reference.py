@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 
 from .artifacts import atomic_path, write_json_atomic
 from .data import Preprocess, fashion_mnist_splits

@@ -6,6 +6,7 @@ Every figure comes from this run's results.json; one that could not be measured 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import numpy as np
 
@@ -19,14 +20,13 @@ LATENCY_KEYS = ("median", "median_ci95", "ci_coverage", "p90", "p99", "mean", "m
 
 
 def _accuracy(ctx, a) -> dict:
-    fp = ctx.splits.eval.fingerprint()
-    r = ctx.results["evaluations"].get(f"{a.sha256}:{fp}")
+    r = ctx.results.evaluation(a.sha256, ctx.splits.eval.fingerprint())
     if r is None:
         why = ("evaluation disabled (evaluate.enabled: false)" if not ctx.cfg.evaluate.enabled
                else "Keras baseline evaluation disabled (evaluate.keras_baseline: false)")
         return {"top1": None, "top5": None, "n": 0, "dataset": ctx.splits.dataset, "ci95": None, "reason": why}
-    return {"top1": r["top1"], "top5": r["top5"], "n": r["n"], "dataset": r["dataset"],
-            "ci95": accuracy_interval(r["top1"], r["n"]), "top5_ci95": accuracy_interval(r["top5"], r["n"])}
+    return {"top1": r.top1, "top5": r.top5, "n": r.n, "dataset": r.dataset,
+            "ci95": accuracy_interval(r.top1, r.n), "top5_ci95": accuracy_interval(r.top5, r.n)}
 
 
 def _correct(ctx, arts) -> dict:
@@ -35,10 +35,10 @@ def _correct(ctx, arts) -> dict:
     labels = ctx.splits.eval.labels
     out = {}
     for a in arts:
-        r = ctx.results["evaluations"].get(f"{a.sha256}:{fp}")
-        if r is None or not (ctx.run_dir / r["predictions_file"]).exists():
+        r = ctx.results.evaluation(a.sha256, fp)
+        if r is None or not (ctx.run_dir / r.predictions_file).exists():
             continue
-        with np.load(ctx.run_dir / r["predictions_file"], allow_pickle=False) as z:
+        with np.load(ctx.run_dir / r.predictions_file, allow_pickle=False) as z:
             pred = z["predictions"]
         if len(pred) == len(labels):
             out[a.name] = pred == labels
@@ -60,24 +60,22 @@ def _vs_fp32(ctx, arts, correct: dict) -> dict:
 
 
 def _agreement(ctx, a):
-    r = ctx.results["evaluations"].get(f"{a.sha256}:{ctx.splits.eval.fingerprint()}") or {}
-    return r.get("agreement")
+    r = ctx.results.evaluation(a.sha256, ctx.splits.eval.fingerprint())
+    return r.agreement if r else None
 
 
 def _latency(ctx, a) -> dict:
     out = {}
-    rows = [v for v in ctx.results["latency"].values() if v["artifact"] == a.name and v.get("sha256") == a.sha256]
-    rows.sort(key=lambda v: (v["target"] != "host", v["target"]))
-    if not any(v["target"] == "host" for v in rows):
+    rows = sorted(ctx.results.latency_of(a.name, a.sha256), key=lambda v: (v.target != "host", v.target))
+    if not any(v.target == "host" for v in rows):
         why = "benchmark disabled (benchmark.enabled: false)" if not ctx.cfg.benchmark.enabled else "not measured"
         out["host"] = {"median": None, "p90": None, "p99": None, "runs": 0, "threads": None, "reason": why}
     for v in rows:
-        s = v.get("stats")
-        if s:
-            out[v["target"]] = {k: s.get(k) for k in LATENCY_KEYS}
+        if v.stats:
+            out[v.target] = {k: v.stats.get(k) for k in LATENCY_KEYS}
         else:
-            out[v["target"]] = {"median": None, "p90": None, "p99": None, "runs": 0, "threads": None,
-                                "reason": v.get("reason", "not measured")}
+            out[v.target] = {"median": None, "p90": None, "p99": None, "runs": 0, "threads": None,
+                             "reason": v.reason or "not measured"}
     # host first, as the contract says
     return dict(sorted(out.items(), key=lambda kv: kv[0] != "host"))
 
@@ -96,16 +94,16 @@ def build_report(ctx) -> dict:
              "params": a.params, "accuracy": _accuracy(ctx, a), "agreement_with_fp32": _agreement(ctx, a),
              **({"vs_fp32": vs[a.name]} if a.name in vs else {}),
              "latency_ms": _latency(ctx, a),
-             "compatibility": {t: c for t, c in ctx.results["compatibility"].get(a.name, {}).items()}}
-        pl = [v for k, v in ctx.results.get("per_layer", {}).items() if k.split(":")[1:3] == [a.sha256, fp]]
+             "compatibility": dict(ctx.results.compatibility.get(a.name, {}))}
+        pl = [v for k, v in ctx.results.per_layer.items() if k.split(":")[1:3] == [a.sha256, fp]]
         if pl:
-            e["per_layer_error"] = pl[-1]
+            e["per_layer_error"] = asdict(pl[-1])
         if a.notes:
             e["notes"] = {k: v for k, v in a.notes.items() if k not in ("ops",)}
         entries.append(e)
     checks = derive_checks(entries)
     cpu = cpu_info()
-    sections = dict(ctx.results["sections"])
+    sections = dict(ctx.results.sections)
     tests, lines = int8_method_tests(entries, correct, budget)
     if "comparison" in sections or tests:
         sections["comparison"] = _comparison_with_tests(sections.get("comparison"), tests, lines, budget)
@@ -118,13 +116,13 @@ def build_report(ctx) -> dict:
         "config": str(ctx.cfg.source) if ctx.cfg.source else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seed": ctx.cfg.seed,
-        "wall_seconds": ctx.results.get("wall_seconds"),  # the last run that made something
-        "wall_seconds_last_run": ctx.results.get("wall_seconds_last_run"),  # this run (a rerun may reuse all)
+        "wall_seconds": ctx.results.wall_seconds,  # the last run that made something
+        "wall_seconds_last_run": ctx.results.wall_seconds_last_run,  # this run (a rerun may reuse all)
         "dataset": {"eval": ctx.splits.dataset, "n_eval": len(ctx.splits.eval), "eval_fingerprint": fp,
                     "calibration": ctx.splits.calibration.source, "n_calibration": len(ctx.splits.calibration),
                     "full_test_set": ctx.splits.full_test_set},
         "host": {"cpu": cpu, "benchmark": ctx.cfg.benchmark.model_dump()},
-        "conditions": ctx.results.get("conditions", {}),
+        "conditions": ctx.results.conditions,
         "budget": {"max_accuracy_drop_pt": budget},
         "ship": {t: ship(entries, t, budget) for t in targets},
         "artifacts": entries,

@@ -60,7 +60,7 @@ def run_stage(ctx, opts: ComparisonSpec, inputs: ComparisonInputs | None = None)
     out = []
     if 8 in opts.bits:
         out.append(_int8_advanced(ctx, opts, inputs, model))
-    cells = ctx.results.setdefault("comparison_cells", {})
+    cells = ctx.results.comparison_cells
     ev, _ = _eval_subset(ctx, opts)
     ev_resized = None
     adv_models: dict = {}  # bits -> advanced-PTQ model, also the low-bit QAT starting point
@@ -73,7 +73,7 @@ def run_stage(ctx, opts: ComparisonSpec, inputs: ComparisonInputs | None = None)
             if ev_resized is None:  # resize once; each simulated model is evaluated on the same pixels
                 ev_resized = LabelledImages(ctx.pre.resize(ev.images), ev.labels, ev.source, ev.class_names)
             cells[key] = _simulated_cell(ctx, opts, inputs, model, bits, method, ev_resized, adv_models)
-            ctx.save_results()
+            ctx.results.save()
             c = cells[key]
             ctx.log(f"  * INT{bits} {METHOD_LABELS[method]} (simulated): "
                     + (f"top-1 {c['top1']:.4f} ({c['seconds']} s)" if c["top1"] is not None else c["reason"]))
@@ -164,11 +164,11 @@ def _artifact_top1(ctx, a: Artifact | None, idx: np.ndarray) -> tuple[float | No
     """Top-1 of an evaluated artifact on the comparison's images, from the evaluation step's predictions."""
     if a is None:
         return None, "artifact not produced"
-    r = ctx.results["evaluations"].get(f"{a.sha256}:{ctx.splits.eval.fingerprint()}")
+    r = ctx.results.evaluation(a.sha256, ctx.splits.eval.fingerprint())
     if r is None:
         return None, ("evaluation disabled (evaluate.enabled: false)" if not ctx.cfg.evaluate.enabled
                       else "not evaluated")
-    with np.load(ctx.run_dir / r["predictions_file"], allow_pickle=False) as z:
+    with np.load(ctx.run_dir / r.predictions_file, allow_pickle=False) as z:
         pred = z["predictions"]
     return round(float((pred[idx] == ctx.splits.eval.labels[idx]).mean()), 5), None
 
@@ -204,7 +204,7 @@ def build_rows(ctx, opts: ComparisonSpec, fine_tune: QatSpec) -> tuple[list[dict
                 if method == "qat" and a is None:
                     reason = "not produced: enable stages.qat"
             else:
-                c = ctx.results.get("comparison_cells", {}).get(_cell_key(ctx, opts, fine_tune, bits, method), {})
+                c = ctx.results.comparison_cells.get(_cell_key(ctx, opts, fine_tune, bits, method), {})
                 top1, reason = c.get("top1"), c.get("reason", None if c else "not measured")
                 size = (fakequant.packed_size_bytes(naive8.size_bytes, ctx.keras_model(), bits) if naive8 else None)
                 row = {"bits": bits, "method": method, "simulated": True, "top1": top1, "size_bytes": size,
@@ -267,6 +267,6 @@ def after_evaluate(ctx, inputs: ComparisonInputs | None = None) -> None:
                "drop_unit": "percentage points of top-1 below FP32", "tolerance_points": opts.tolerance_points,
                "advanced_ptq": ADVANCED_DESC}
     section["markdown"] = report_sections.comparison_markdown(section)
-    ctx.set_section("comparison", section)
+    ctx.results.set_section("comparison", section)
     for v in verdict:
         ctx.log(f"  {v}")

@@ -17,7 +17,6 @@ from ..config import OnnxPtqSpec
 from .calibration import calibration_count
 from .onnx_export import INPUT_NAME, keras_to_onnx, max_abs_diff_vs_keras
 from .onnx_input import OnnxInput, read_onnx_input
-from .onnx_input import check_onnx_outputs  # noqa: F401  (edgeq.preflight imports it from here)
 from .ort_int8 import (TENSORRT_SCHEME, Int8Scheme, host_op_types, ort_kernel_summary, prepare, quantize_onnx,
                        resolve_host_scheme, tensorrt_op_types)
 
@@ -64,7 +63,7 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
                     "tensorrt_scheme": TENSORRT_SCHEME.to_dict() if opts.tensorrt_artifact else None,
                     "cpu": cpu_notes})
     section["markdown"] = report_sections.onnx_ptq_markdown(section, out, {})
-    ctx.set_section("onnx_ptq", section)
+    ctx.results.set_section("onnx_ptq", section)
     return out
 
 

@@ -83,7 +83,7 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
         out.append(ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
                                method="qat", stage="qat", params=onnx_params, parent=parent))
     notes = out[0].notes
-    ctx.set_section("qat", {"markdown": report_sections.qat_markdown(notes, opts, n_cal, onnx_note),
+    ctx.results.set_section("qat", {"markdown": report_sections.qat_markdown(notes, opts, n_cal, onnx_note),
                             **{k: notes.get(k) for k in SECTION_KEYS}, "artifacts": [a.name for a in out],
                             "onnx": onnx_note})
     return out

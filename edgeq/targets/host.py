@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeqError
+from ..errors import EdgeqError, first_line
 from ..formats import FORMATS, host_benchmark_formats
+from ..results import LatencyRow, latency_key
 from ..runtime import open_predictor
 from ..sysinfo import busy_processes, cpu_info, host_identity, loadavg
 from .base import Compatibility, Deployable, LatencyStats
@@ -89,19 +90,17 @@ def benchmark_host(ctx, artifacts) -> None:
     """Time every host-runnable artifact interleaved; write latency rows and `conditions.host` into ctx.results."""
     b = ctx.cfg.benchmark
     host = HostTarget(ctx.sample_input(), ctx.cfg.stages.onnx_ptq.graph_optimization)
-    rows = ctx.results["latency"]
     runnable = []
     for a in artifacts:
         comp = host.check(a, ctx.run_dir)
         if comp.ok:
             runnable.append(a)
         else:
-            rows[f"host:{a.sha256}"] = {"artifact": a.name, "sha256": a.sha256, "target": "host", "stats": None,
-                                        "reason": "; ".join(comp.problems)}
+            ctx.results.put_latency(LatencyRow(a.name, a.sha256, "host", reason="; ".join(comp.problems)))
     cpu = cpu_info()
     key = _set_key(cpu, b, [a.sha256 for a in runnable])
-    old = [rows.get(f"host:{a.sha256}") or {} for a in runnable]
-    if b.reuse and runnable and all(r.get("stats") and r.get("set_key") == key for r in old):
+    old = [ctx.results.latency.get(latency_key("host", a.sha256)) for a in runnable]
+    if b.reuse and runnable and all(r and r.stats and r.set_key == key for r in old):
         ctx.log(f"  = {len(runnable)} artifacts: host figures reused (--reuse-benchmarks; same CPU, threads, "
                 "rounds and artifacts)")
         return
@@ -114,7 +113,7 @@ def benchmark_host(ctx, artifacts) -> None:
         try:
             return host.time_round(deps[name], b.runs, b.warmup, b.threads)
         except (RuntimeError, ValueError) as e:  # a runtime refusing a model mid-benchmark
-            raise EdgeqError(f"{name}: {str(e).splitlines()[0][:200]}") from None
+            raise EdgeqError(f"{name}: {first_line(e)}") from None
 
     per_round, pooled, failed = interleave(list(deps), time_round, b.rounds, lambda m: ctx.log(f"    {m}"),
                                            label="benchmark host (interleaved)")
@@ -122,15 +121,16 @@ def benchmark_host(ctx, artifacts) -> None:
     add_ratios(stats, per_round, fp32_references(runnable), b.noisy_limit)
     cond.update(loadavg_after=loadavg(), rounds=b.rounds, runs_per_round=b.runs, warmup_per_round=b.warmup,
                 set_key=key)
-    ctx.results.setdefault("conditions", {})["host"] = cond
+    ctx.results.conditions["host"] = cond
     for a in runnable:
-        row = {"artifact": a.name, "sha256": a.sha256, "target": "host", "cpu": cpu["model"], "set_key": key}
+        row = LatencyRow(a.name, a.sha256, "host", cpu=cpu["model"], set_key=key)
         if a.name in stats:
-            rows[f"host:{a.sha256}"] = {**row, "stats": stats[a.name].to_dict()}
+            row.stats = stats[a.name].to_dict()
             _log_stats(ctx.log, a.name, stats[a.name])
         else:
-            rows[f"host:{a.sha256}"] = {**row, "stats": None, "reason": f"not measured: {failed.get(a.name)}"}
-    ctx.save_results()
+            row.reason = f"not measured: {failed.get(a.name)}"
+        ctx.results.put_latency(row)
+    ctx.results.save()
 
 
 def _log_stats(log, name: str, s: LatencyStats) -> None:

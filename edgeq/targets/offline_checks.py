@@ -1,7 +1,7 @@
 """Compatibility checks that need no device, run over a run's artifacts once the stages have made them.
 
 Today: TensorRT readiness of every INT8 ONNX artifact (`tensorrt_check`), recorded as
-results["compatibility"][artifact]["tensorrt"], the form device checks use too.
+the artifact's "tensorrt" compatibility record, the form device checks use too.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def check_artifacts(ctx, artifacts: list) -> None:
     checked = [a for a in artifacts if a.format == "onnx" and a.precision == "int8"]
     for a in checked:
         c = check_tensorrt_qdq(a.abspath(ctx.run_dir), a.name)
-        ctx.results["compatibility"].setdefault(a.name, {})["tensorrt"] = c.to_dict()
+        ctx.results.put_compatibility(a.name, "tensorrt", c.to_dict())
     if checked:
-        report_sections.refresh_compatibility(ctx.results["sections"], artifacts, ctx.results["compatibility"])
-    ctx.save_results()
+        report_sections.refresh_compatibility(ctx.results.sections, artifacts, ctx.results.compatibility)
+    ctx.results.save()

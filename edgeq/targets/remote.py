@@ -17,6 +17,7 @@ import numpy as np
 from ..artifacts import atomic_path
 from ..errors import ConfigError, EdgeqError
 from ..formats import KINDS, formats_for_kind, target_class
+from ..results import LatencyRow
 from .base import DeviceTarget
 from .device import AGENT_SOURCE, DeviceSession
 from .interleave import add_ratios, fp32_references, interleave, summarise
@@ -39,7 +40,7 @@ class Plan:
 @dataclass
 class DeviceOutcome:
     summary: dict
-    latency: dict = field(default_factory=dict)  # results["latency"] rows by key
+    latency: dict[str, LatencyRow] = field(default_factory=dict)  # artifact name -> its row
     compatibility: dict = field(default_factory=dict)  # artifact name -> Compatibility dict
 
 
@@ -96,13 +97,8 @@ def outputs_check(artifact, run_dir: Path, x: np.ndarray, device_out) -> dict:
             "max_abs_diff": round(float(np.max(np.abs(y_dev - y_host))), 6)}
 
 
-def _row(a, device: str, stats=None, reason: str | None = None, details: dict | None = None) -> dict:
-    row = {"artifact": a.name, "sha256": a.sha256, "target": device, "stats": stats}
-    if reason is not None:
-        row["reason"] = reason
-    if details:
-        row["details"] = details
-    return row
+def _row(a, device: str, stats=None, reason: str | None = None, details: dict | None = None) -> LatencyRow:
+    return LatencyRow(a.name, a.sha256, device, stats=stats, reason=reason, details=details or None)
 
 
 def _f(v) -> str:
@@ -120,7 +116,7 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
             ctx.log(f"  [{d.name}] {msg.strip()}")
 
     def key(a) -> str:
-        return f"{d.name}:{a.sha256}:{plan.runs}:{plan.warmup}:{plan.threads}"
+        return a.name
 
     out = DeviceOutcome({"name": d.name, "kind": d.kind, "address": d.address, "status": "ok",
                          "runs": plan.runs, "warmup": plan.warmup, "threads": plan.threads, "rounds": plan.rounds})
@@ -231,15 +227,14 @@ def benchmark_devices(ctx, arts, refs=None, inventory: Path | None = None,
         futures = [ex.submit(run_device, ctx, p, arts, inputs[max(1, p.device.check_outputs)], agent_source)
                    for p in plans]
         outcomes = [f.result() for f in futures]
-    section = dict(ctx.results["sections"].get("devices") or {})
+    section = dict(ctx.results.sections.get("devices") or {})
     for o in outcomes:
         name = o.summary["name"]
-        for k in [k for k, v in ctx.results["latency"].items() if v["target"] == name]:
-            del ctx.results["latency"][k]  # this device's new figures replace all of its older ones
-        ctx.results["latency"].update(o.latency)
+        ctx.results.drop_latency(name)  # this device's new figures replace all of its older ones
+        for row in o.latency.values():
+            ctx.results.put_latency(row)
         for art, comp in o.compatibility.items():
-            ctx.results["compatibility"].setdefault(art, {})[name] = comp
+            ctx.results.put_compatibility(art, name, comp)
         section[name] = o.summary
-    ctx.results["sections"]["devices"] = dict(sorted(section.items()))
-    ctx.save_results()
+    ctx.results.set_section("devices", dict(sorted(section.items())))
     return {o.summary["name"]: o.summary for o in outcomes}
