@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
-from .data import (FolderListing, LabelledImages, Preprocess, Splits, decode_image_folder, fashion_mnist_splits,
-                   list_image_folder, load_npz, read_labels_file, split_one, split_sizes)
+from .data import LabelledImages, Preprocess, Splits, fashion_mnist_splits, load_npz, split_one, split_sizes
+from .image_folder import FolderListing, decode_image_folder, list_image_folder, read_labels_file
 from .errors import DataError
 
 

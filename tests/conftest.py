@@ -1,13 +1,17 @@
-"""Shared fixtures: tiny real Keras models and ImageFolder data built on the spot (never downloaded)."""
+"""Shared fixtures: tiny real Keras models and ImageFolder data built on the spot (never downloaded), the one
+run-config factory (`make_config`) and the shipped model configs it starts from."""
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -65,6 +69,81 @@ data: {{kind: image_folder, path: {images}, calibration_size: 40}}
 stages: {{tflite_ptq: {{representative_images: 40}}}}
 benchmark: {{runs: 20, warmup: 2}}
 """
+
+
+# ------------------------------------------------------------------ run configs
+STAGE_NAMES = ("tflite_ptq", "onnx_ptq", "qat", "comparison")  # what `edgeq run --stages` accepts, in run order
+
+
+def shipped_model_configs() -> dict[str, Path]:
+    """Every run config under models/ (name -> file): a new models/*.yaml is picked up by every test using this."""
+    found = {}
+    for p in sorted((REPO / "models").glob("*.yaml")):
+        raw = yaml.safe_load(p.read_text())
+        if isinstance(raw, dict) and "model" in raw:  # devices.example.yaml is an inventory, not a run config
+            found[p.stem] = p
+    return found
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _base_config(model: str | Path) -> dict:
+    if isinstance(model, Path) and model.is_dir():  # a tiny project: tiny.keras + images/
+        return yaml.safe_load(TINY_CONFIG.format(model=model / "tiny.keras", images=model / "images"))
+    src = shipped_model_configs()[model] if isinstance(model, str) else Path(model)
+    raw = yaml.safe_load(src.read_text())
+    raw["model"]["path"] = str((src.parent / raw["model"]["path"]).resolve())
+    return raw
+
+
+def make_config(directory: Path, model: str | Path, *, stages: list[str] | dict[str, dict] | None = None,
+                filename: str = "config.yaml", **overrides) -> Path:
+    """Write a run config YAML into `directory` and return its path.
+
+    model: a shipped model's name ("mobilenet_v2"), a config file, or a tiny project directory (`tiny_project`).
+    stages: enable exactly these, as names or {name: options merged into the base's} (None: as the base has them).
+    overrides: other top-level sections merged key by key, e.g. data={"eval_size": 200}, benchmark={"rounds": 2}.
+    """
+    cfg = _base_config(model)
+    if stages is not None:
+        options = stages if isinstance(stages, dict) else {n: {} for n in stages}
+        unknown = set(options) - set(STAGE_NAMES)
+        assert not unknown, f"unknown stages {sorted(unknown)}; choose from {sorted(STAGE_NAMES)}"
+        base = cfg.get("stages", {})
+        cfg["stages"] = {n: _merge({**base.get(n, {}), "enabled": n in options}, options.get(n, {}))
+                         for n in STAGE_NAMES}
+    cfg = _merge(cfg, overrides)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / filename
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return path
+
+
+# ------------------------------------------------------------------ recorded device tools
+def fake_edgetpu_compiler(directory: Path, log: str, exit_code: int = 0) -> Path:
+    """An `edgetpu_compiler` that prints a recorded log and, when it exits 0, writes `<stem>_edgetpu.tflite`
+    into its -o directory as the real compiler does (a copy of the input: nothing here runs it on a TPU)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "compiler.log").write_text(log)
+    exe = directory / "edgetpu_compiler"
+    exe.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import shutil, sys
+        from pathlib import Path
+        args = sys.argv[1:]
+        out, model = Path(args[args.index("-o") + 1]), Path(args[-1])
+        sys.stdout.write((Path(__file__).parent / "compiler.log").read_text())
+        if {exit_code} == 0:
+            shutil.copyfile(model, out / (model.stem + "_edgetpu.tflite"))
+        sys.exit({exit_code})
+        """))
+    exe.chmod(0o755)
+    return exe
 
 
 @pytest.fixture(scope="session")

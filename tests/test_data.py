@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from edgeq.data import (SHIPPED_SAMPLE, FASHION_MNIST_TRAIN_END, Preprocess, fashion_mnist_dir,
-                        fashion_mnist_splits, load_image_folder, load_npz, split_one)
+                        fashion_mnist_splits, load_npz, split_one)
+from edgeq.image_folder import load_image_folder
 from edgeq.errors import DataError
 from conftest import write_image_folder
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_edgeq
+from conftest import fake_edgetpu_compiler, make_config, run_edgeq
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = [pytest.mark.ssh,
@@ -306,26 +306,60 @@ def test_remote_arguments_are_shell_quoted(sshd, tmp_path):
     assert r.returncode == 0 and r.stdout == "a b|$(touch pwned)|'q'; ls|"
 
 
-def test_edgetpu_device_without_compiler_or_runtime_says_what_is_missing(sshd, tmp_path, device_run):
-    """Everything up to the hardware: check passes/fails per artifact, then the missing tool is named."""
-    from edgeq.targets.device import AGENT_SOURCE
+def _edgetpu_target(sshd, tmp_path, compiler: Path):
     from edgeq.targets.edgetpu import EdgeTpuTarget
 
-    s = _session(sshd, tmp_path, kind="edgetpu")
+    s = _session(sshd, tmp_path, kind="edgetpu", edgetpu_compiler=str(compiler))
     s.hello()
-    t = EdgeTpuTarget(s, compiler="edgetpu_compiler")
+    return EdgeTpuTarget(s)
+
+
+def test_edgetpu_check_passes_int8_and_refuses_fp32_before_any_tool_runs(sshd, tmp_path, device_run):
     from edgeq.artifacts import Manifest
 
+    t = _edgetpu_target(sshd, tmp_path, tmp_path / "not-installed" / "edgetpu_compiler")
     arts = Manifest(device_run["run"]).artifacts
-    assert not t.check(arts["fp32_tflite"], device_run["run"]).ok
-    assert t.check(arts["int8_tflite_ptq"], device_run["run"]).ok
-    with pytest.raises(Exception) as e:
-        dep = t.prepare(arts["int8_tflite_ptq"], device_run["run"])
-        t.benchmark(dep, 5, 1, 1)  # only where edgetpu_compiler exists: then the delegate is missing
+    fp32, int8 = t.check(arts["fp32_tflite"], device_run["run"]), t.check(arts["int8_tflite_ptq"], device_run["run"])
+    t.session.transport.close()
+    assert not fp32.ok and int8.ok, (fp32.problems, int8.problems)
+
+
+def test_edgetpu_device_without_compiler_here_names_it_and_how_to_install(sshd, tmp_path, device_run):
+    from edgeq.artifacts import Manifest
+    from edgeq.errors import RuntimeUnavailable
+
+    missing = tmp_path / "not-installed" / "edgetpu_compiler"
+    t = _edgetpu_target(sshd, tmp_path, missing)
+    with pytest.raises(RuntimeUnavailable, match=f"{missing} not found on this machine .*apt-get install edgetpu-compiler"):
+        t.prepare(Manifest(device_run["run"]).artifacts["int8_tflite_ptq"], device_run["run"])
+    t.session.transport.close()
+
+
+def test_edgetpu_device_without_libedgetpu_says_the_delegate_is_missing(sshd, tmp_path, device_run):
+    """Compiled here (recorded edgetpu_compiler output), copied over SSH, then the device lacks the runtime."""
+    from edgeq.artifacts import Manifest
+    from edgeq.errors import RuntimeUnavailable
+
+    data = Path(__file__).parent / "data"
+    compiler = fake_edgetpu_compiler(tmp_path / "bin", (data / "edgetpu_compiler_all_mapped.log").read_text())
+    run = tmp_path / "run_copy"  # prepare writes the compiled model into the run directory
+    shutil.copytree(device_run["run"] / "artifacts", run / "artifacts")
+    t = _edgetpu_target(sshd, tmp_path, compiler)
+    dep = t.prepare(Manifest(device_run["run"]).artifacts["int8_tflite_ptq"], run)
+    assert Path(dep.details["remote_path"]).read_bytes() == dep.path.read_bytes()  # loopback: the device's disk
+    with pytest.raises(RuntimeUnavailable, match="delegate libedgetpu.so.1 could not be loaded on .*libedgetpu1-std"):
+        t.benchmark(dep, 5, 1, 1)
+    t.session.transport.close()
+
+
+def test_the_agent_run_on_the_device_is_edgeqs_agent_byte_for_byte(sshd, tmp_path):
+    from edgeq.targets.device import AGENT_SOURCE
+
+    s = _session(sshd, tmp_path)
+    s.hello()
+    remote = s.agent_path()
     s.transport.close()
-    assert ("edgetpu_compiler not found on this machine" in str(e.value)
-            or "libedgetpu.so.1 could not be loaded" in str(e.value)), str(e.value)
-    assert AGENT_SOURCE.exists()
+    assert Path(remote).is_absolute() and Path(remote).read_bytes() == AGENT_SOURCE.read_bytes()
 
 
 def test_jetson_device_without_trtexec_says_so(sshd, tmp_path):

@@ -98,7 +98,8 @@ class Inventory(BaseModel):
 
 def load_inventory(path: Path | str) -> Inventory:
     """Read and validate an inventory file; a problem is one ConfigError naming the file and key."""
-    from ..config import format_validation_error, read_yaml_mapping
+    from ..config import format_validation_error
+    from ..yamlfile import read_yaml_mapping
 
     path = Path(path)
     raw = read_yaml_mapping(path, "inventory file", "a mapping with a 'devices:' list")

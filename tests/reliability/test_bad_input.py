@@ -445,7 +445,8 @@ def data_calibration_equals_eval(p: Proj):
 def qat_without_training_split(p: Proj):
     d = p.folder("ev", 30)
     return p.config({"data": {"path": DELETE, "calibration_path": str(p.images), "eval_path": str(d)},
-                     "stages": {"tflite_ptq": {"enabled": False}, "qat": {"enabled": True}}})
+                     "stages": {"tflite_ptq": {"enabled": False, "representative_images": 20},
+                                "qat": {"enabled": True, "calibration_images": 20}}})
 
 
 # ------------------------------------------------------------------------------ the run directory

@@ -95,11 +95,11 @@ def test_validate_of_a_good_config_writes_nothing(proj: Proj, capsys):
 
 
 def test_data_counts_are_checked_before_any_image_is_decoded(proj: Proj, capsys, monkeypatch):
-    import edgeq.data
+    import edgeq.image_folder
 
     def no_decoding(*a, **k):
         raise AssertionError("images decoded before the counts were checked")
-    monkeypatch.setattr(edgeq.data, "decode_image_folder", no_decoding)
+    monkeypatch.setattr(edgeq.image_folder, "decode_image_folder", no_decoding)
     monkeypatch.setattr("edgeq.inputs.decode_image_folder", no_decoding)
     cfg = proj.config({"data": {"calibration_size": 5000}, "stages": {"tflite_ptq": {"representative_images": 5}}})
     code, _, err = cli(capsys, "validate", cfg)
