@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgeq.pipeline import open_run  # noqa: E402
 from edgeq.runtime import open_predictor  # noqa: E402
 from edgeq.targets.device import DeviceSession  # noqa: E402
+from edgeq.targets.host import graph_optimization_of  # noqa: E402
 from edgeq.targets.inventory import load_inventory  # noqa: E402
 from edgeq.targets.remote import inputs_file  # noqa: E402
 from edgeq.targets.ssh import open_transport  # noqa: E402
@@ -52,9 +53,9 @@ def main() -> int:
     for art in ctx.manifest.artifacts.values():
         if art.format not in ("tflite", "onnx"):
             continue
-        opt = art.notes.get("ort_graph_optimization") or ctx.cfg.stages.onnx_ptq.graph_optimization
-        kw = {"optimization": opt} if art.format == "onnx" else {}
-        extra = ["--ort-optimization", opt] if art.format == "onnx" else None
+        opt = graph_optimization_of(art, ctx.cfg.stages.onnx_ptq.graph_optimization)
+        kw = {"graph_optimization": opt} if art.format == "onnx" else {}
+        extra = ["--graph-optimization", opt] if art.format == "onnx" else None
         pred = open_predictor(art.abspath(ctx.run_dir), art.format, threads=a.threads, **kw)
         remote = session.upload(art.abspath(ctx.run_dir), art.sha256)
         local_s: list[float] = []

@@ -49,7 +49,7 @@ def side_by_side(run_dir: Path, a) -> None:
     if not any(x["name"] == "fp32_onnx" for x in arts):
         sys.exit(f"{run_dir}: no fp32_onnx artifact; run with stages.onnx_ptq.enabled: true")
     preds = {x["name"]: OnnxPredictor(run_dir / x["path"], threads=a.threads,
-                                      optimization=x["notes"].get("ort_graph_optimization", "all")) for x in arts}
+                                      graph_optimization=x["notes"].get("graph_optimization", "all")) for x in arts}
     x1 = _sample(preds["fp32_onnx"])
     s = interleaved(preds, x1, a.rounds, a.runs, a.warmup)
     cpu = cpu_info()
@@ -60,7 +60,7 @@ def side_by_side(run_dir: Path, a) -> None:
     print(f"{'artifact':<16}{'ORT opt':>9}{'median ms':>11}{'p90 ms':>9}{'x FP32':>8}{'size x FP32':>13}")
     for x in arts:
         n = x["name"]
-        print(f"{n:<16}{preds[n].optimization:>9}{np.median(s[n]):>11.3f}{np.percentile(s[n], 90):>9.3f}"
+        print(f"{n:<16}{preds[n].graph_optimization:>9}{np.median(s[n]):>11.3f}{np.percentile(s[n], 90):>9.3f}"
               f"{np.median(s[n]) / ref:>8.3f}{size[n] / size['fp32_onnx']:>13.3f}")
 
 
@@ -99,7 +99,7 @@ def scheme_study(run_dir: Path, a) -> None:
                           calibration_method=cfg.stages.onnx_ptq.calibration_method, exclude_nodes=[],
                           op_types=host_op_types("qdq"))
             top1 = float((OnnxPredictor(out, threads=a.threads).predict(x).argmax(1) == y).mean())
-            off = OnnxPredictor(out, threads=a.threads, optimization="disable")
+            off = OnnxPredictor(out, threads=a.threads, graph_optimization="disable")
             top1_off = float((off.predict(x).argmax(1) == y).mean())
             rows.append((label, top1, top1_off, ort_kernel_summary(out, "all")["float_convs"], out))
         preds = {r[0]: OnnxPredictor(r[4], threads=a.threads) for r in rows}

@@ -11,7 +11,7 @@ Usage (stable; scripts and the Docker images rely on it):
     python3 agent.py --model m.tflite [--runs 100] [--warmup 10] [--threads 4]
                      [--inputs x.npy] [--outputs-out y.npy | --return-outputs]
                      [--delegate libedgetpu.so.1] [--runtime auto|litert|tflite-runtime|tf|onnxruntime]
-                     [--ort-optimization disable|basic|extended|all]
+                     [--graph-optimization disable|basic|extended|all]
 
     --model         .tflite (LiteRT/TFLite interpreter) or .onnx (ONNX Runtime, CPU)
     --inputs        float32 NHWC batch, already normalised (a .npy, loaded with allow_pickle=False);
@@ -21,7 +21,7 @@ Usage (stable; scripts and the Docker images rely on it):
     --outputs-out   run every input image once and save the dequantised float32 outputs there
     --return-outputs  the same, but put the outputs in the JSON (small batches only)
     --delegate      a TFLite external delegate library, e.g. libedgetpu.so.1 for the Coral Edge TPU
-    --ort-optimization  ONNX Runtime graph-optimisation level (default all), as edgeq's host figures use
+    --graph-optimization  ONNX Runtime graph-optimisation level (default all), as edgeq's host figures use
 
 Output: exactly one JSON object on stdout, always with "protocol" (PROTOCOL below) and "ok".
 On success: "runtime", "device", "model", "timing": {"samples_ms": [...], "runs", "warmup",
@@ -205,7 +205,7 @@ class TFLiteRunner:
                 "output_dtype": str(np.dtype(self.out["dtype"]))}
 
 
-def ort_session_options(ort, threads: int | None = None, optimization: str = "all"):
+def ort_session_options(ort, threads: int | None = None, graph_optimization: str = "all"):
     """ONNX Runtime session options: threads (one inter-op thread) and graph optimisation level by name.
     Also used by edgeq.runtime and edgeq.quantize.onnx_ptq, so host and device sessions match."""
     so = ort.SessionOptions()
@@ -218,12 +218,12 @@ def ort_session_options(ort, threads: int | None = None, optimization: str = "al
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
+    }[graph_optimization]
     return so
 
 
 class OnnxRunner:
-    def __init__(self, path: str, threads: int | None, optimization: str = "all"):
+    def __init__(self, path: str, threads: int | None, graph_optimization: str = "all"):
         import numpy as np
 
         try:
@@ -231,12 +231,12 @@ class OnnxRunner:
         except ImportError:
             raise AgentError("runtime_missing", "onnxruntime is not installed on this machine; "
                              "install it with: pip install onnxruntime") from None
-        so = ort_session_options(ort, threads, optimization)
+        so = ort_session_options(ort, threads, graph_optimization)
         try:
             self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise AgentError("model", f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
-        self.runtime = f"onnxruntime {ort.__version__} (CPU EP, opt={optimization})"
+        self.runtime = f"onnxruntime {ort.__version__} (CPU EP, opt={graph_optimization})"
         i = self.sess.get_inputs()[0]
         self.name, self.out_name = i.name, self.sess.get_outputs()[0].name
         shape = [d if isinstance(d, int) else -1 for d in i.shape]
@@ -269,7 +269,7 @@ def open_runner(args):
     if args.model.endswith(".onnx") or args.runtime == "onnxruntime":
         if args.delegate:
             raise AgentError("usage", "--delegate applies to .tflite models only")
-        return OnnxRunner(args.model, args.threads, args.ort_optimization)
+        return OnnxRunner(args.model, args.threads, args.graph_optimization)
     if args.model.endswith((".engine", ".plan")):
         raise AgentError("runtime_missing", "TensorRT engines are timed with trtexec on the device, "
                          "not by this agent")
@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--outputs-out")
     out.add_argument("--return-outputs", action="store_true")
     p.add_argument("--delegate")
-    p.add_argument("--ort-optimization", default="all", choices=["disable", "basic", "extended", "all"])
+    p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
     p.add_argument("--runtime", default="auto", choices=["auto", *TFLITE_INTERPRETERS, "onnxruntime"])
     return p
 

@@ -125,7 +125,7 @@ def evaluate_artifacts(ctx, artifacts) -> None:
     """Top-1/top-5 of every artifact on the eval split (predictions kept), agreement with FP32, per-layer error."""
     from .artifacts import atomic_path
     from .runtime import KerasPredictor, open_predictor
-    from .targets.host import ort_level
+    from .targets.host import graph_optimization_of
 
     ev = ctx.splits.eval
     fp = ev.fingerprint()
@@ -149,7 +149,7 @@ def evaluate_artifacts(ctx, artifacts) -> None:
             pred = KerasPredictor(ctx.keras_model())
         else:
             pred = open_predictor(a.abspath(ctx.run_dir), a.format, threads=os.cpu_count(),
-                                  **({"optimization": ort_level(a, ctx.cfg.stages.onnx_ptq.graph_optimization)}
+                                  **({"graph_optimization": graph_optimization_of(a, ctx.cfg.stages.onnx_ptq.graph_optimization)}
                                      if a.format == "onnx" else {}))
         r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size, label=f"evaluate {a.name}")
         pf = f"eval/{a.name}.npz"

@@ -5,7 +5,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 
 def _h5_layer_classes(path: Path) -> list[tuple[str, str]]:
@@ -50,7 +50,7 @@ def load_keras_model(path: Path, fmt: str | None = None, trust_lambda_layers: bo
         with quiet_stderr():
             model = _load(k, path, fmt)
     except Exception as e:  # Keras raises many types for a bad file; the user needs one line
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else e.__class__.__name__
+        msg = first_line(e, 300)
         raise ModelError(f"{path}: cannot load the {fmt} model ({msg})") from None
     if not isinstance(model, (k.Model,)):
         raise ModelError(f"{path}: loaded object is not a Keras model")

@@ -52,11 +52,12 @@ def _ort_lines(name: str, notes: dict) -> list[str]:
         lines.append(f"- {name} in ORT (optimisation {k['graph_optimization']}): {k['integer_convs']} integer / "
                      f"{k['float_convs']} float Conv, {k['integer_adds']} integer / {k['float_adds']} float Add, "
                      f"{k['transposes']} Transpose")
-    if notes.get("ort_graph_optimization"):
-        lines.append(f"- {name}: evaluated at ORT optimisation '{notes['ort_graph_optimization']}': "
-                     f"{notes.get('ort_graph_optimization_why', '')}")
-    if notes.get("host_benchmark_skip"):
-        lines.append(f"- {name}: host latency not measured: {notes['host_benchmark_skip']}")
+    if notes.get("graph_optimization"):
+        lines.append(f"- {name}: evaluated at ORT graph optimisation '{notes['graph_optimization']}': "
+                     f"{notes.get('graph_optimization_why', '')}")
+    if notes.get("only_for"):
+        lines.append(f"- {name}: made for {', '.join(notes['only_for']['kinds'])} only; host latency not "
+                     f"measured: {notes['only_for']['why']}")
     return lines
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from .agent import dequantize as dequantize_output
 from .agent import is_nchw, ort_session_options, time_runs
 from .agent import quantize as quantize_input
-from .errors import ModelError, RuntimeUnavailable
+from .errors import ModelError, RuntimeUnavailable, first_line
 
 
 class Predictor:
@@ -91,7 +91,7 @@ def load_tflite_interpreter(path: Path | None = None, content: bytes | None = No
             interp = Interpreter(model_path=str(path), **kw) if path is not None else Interpreter(model_content=content, **kw)
             interp.allocate_tensors()  # XNNPACK announces itself here
     except (ValueError, RuntimeError) as e:
-        raise ModelError(f"{path or 'tflite model'}: not a loadable .tflite model ({str(e).splitlines()[0]})") from None
+        raise ModelError(f"{path or 'tflite model'}: not a loadable .tflite model ({first_line(e)})") from None
     return interp, rt
 
 
@@ -165,7 +165,7 @@ class TFLitePredictor(Predictor):
 class OnnxPredictor(Predictor):
     fmt = "onnx"
 
-    def __init__(self, path: Path, threads: int | None = None, optimization: str = "all",
+    def __init__(self, path: Path, threads: int | None = None, graph_optimization: str = "all",
                  batch_size: int = 32):
         try:
             import onnxruntime as ort
@@ -173,13 +173,13 @@ class OnnxPredictor(Predictor):
             raise RuntimeUnavailable("onnxruntime is not installed: pip install onnxruntime") from None
         self.path = Path(path)
         self.threads = threads
-        self.optimization = optimization
-        so = ort_session_options(ort, threads, optimization)
+        self.graph_optimization = graph_optimization
+        so = ort_session_options(ort, threads, graph_optimization)
         try:
             self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
-            raise ModelError(f"{self.path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
-        self.runtime = f"onnxruntime {ort.__version__} (CPU EP, opt={optimization})"
+            raise ModelError(f"{self.path}: onnxruntime cannot load it ({first_line(e)})") from None
+        self.runtime = f"onnxruntime {ort.__version__} (CPU EP, opt={graph_optimization})"
         i = self.sess.get_inputs()[0]
         self.input_name = i.name
         self.output_name = self.sess.get_outputs()[0].name
@@ -206,7 +206,7 @@ class OnnxPredictor(Predictor):
         self.sess.run([self.output_name], self._single)
 
     def describe(self):
-        return {"runtime": self.runtime, "threads": self.threads, "graph_optimization": self.optimization,
+        return {"runtime": self.runtime, "threads": self.threads, "graph_optimization": self.graph_optimization,
                 "layout": "NCHW" if self.nchw else "NHWC"}
 
 

@@ -115,7 +115,7 @@ def int8_method_tests(entries: list[dict], correct: dict[str, np.ndarray], budge
     tests, lines = [], []
     for fmt in sorted({e["format"] for e in entries if e["precision"] == "int8"}):
         int8 = [e for e in entries if e["format"] == fmt and e["precision"] == "int8" and e["name"] in correct
-                and e.get("vs_fp32") and not (e.get("notes") or {}).get("host_benchmark_skip")]
+                and e.get("vs_fp32") and not (e.get("notes") or {}).get("only_for")]
         ptqs = [e for e in int8 if e["method"].startswith("ptq")]
         qats = [e for e in int8 if e["method"] == "qat"]
         if not ptqs:

@@ -149,5 +149,5 @@ def test_agent_missing_model_file_names_it(agent):
 
 
 def test_agent_uses_the_onnx_optimisation_level_it_is_given(agent, models):
-    rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--runs", 3, "--ort-optimization", "basic")
+    rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--runs", 3, "--graph-optimization", "basic")
     assert rc == 0 and ans["runtime"].endswith("(CPU EP, opt=basic)")

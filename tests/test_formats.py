@@ -248,7 +248,7 @@ def test_a_new_format_row_is_read_by_every_part(monkeypatch, run_dir, sessions):
 class TrialTarget:
     """A device target class, as a new kind's row names it."""
 
-    def __init__(self, session, onnx_optimization: str = "all"):
+    def __init__(self, session, graph_optimization: str = "all"):
         self.session, self.name, self.kind, self.last_answer = session, session.name, "hailo", {}
 
 

@@ -106,7 +106,7 @@ def test_host_scheme_and_its_reason_are_in_the_report(keras_run):
 def test_tensorrt_artifact_is_evaluated_with_qdq_as_written(keras_run):
     rep, out, _ = keras_run
     trt = by_name(rep)["int8_onnx_trt"]
-    assert trt["notes"]["ort_graph_optimization"] == "basic"
+    assert trt["notes"]["graph_optimization"] == "basic"
     results = json.loads((out / "results.json").read_text())
     ev = [v for v in results["evaluations"].values() if v["artifact"] == "int8_onnx_trt"]
     assert ev and ev[0]["predictor"]["graph_optimization"] == "basic"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError, QuantizationError
+from ..errors import ModelError, QuantizationError, first_line
 from ..onnx_ops import INT8_COMPUTE_OPS, weight_axis
 
 INPUT_NAME = "input"
@@ -42,13 +42,13 @@ def keras_to_onnx(model, out_path: Path, opset: int = 17, *, name: str = "fp32_o
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset,
                                                   inputs_as_nchw=[INPUT_NAME])
     except Exception as e:  # tf2onnx raises many types for an unsupported op
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else e.__class__.__name__
+        msg = first_line(e, 300)
         raise QuantizationError(f"tf2onnx could not export the model to ONNX opset {opset} ({msg})") from None
     removed = drop_identity_reshapes(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:
-        msg = str(e).splitlines()[0][:300]
+        msg = first_line(e, 300)
         hint = ("; tf2onnx converts FakeQuant ops only when their min/max ranges are set: train or calibrate the "
                 "QAT model first") if "FakeQuant" in msg else ""
         raise QuantizationError(f"exported ONNX model fails onnx.checker ({msg}){hint}") from None
@@ -96,7 +96,7 @@ def max_abs_diff_vs_keras(model, onnx_path: Path, x: np.ndarray) -> float:
     from ..runtime import KerasPredictor, OnnxPredictor
 
     ref = KerasPredictor(model).predict(x)
-    got = OnnxPredictor(onnx_path, threads=None, optimization="all").predict(x)
+    got = OnnxPredictor(onnx_path, threads=None, graph_optimization="all").predict(x)
     return float(np.max(np.abs(ref - got)))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError, ModelError
+from ..errors import DataError, ModelError, first_line
 
 
 @dataclass
@@ -36,7 +36,7 @@ def read_onnx_input(path: Path, input_shape_hwc: tuple[int, int, int], where: Pa
     try:
         onnx.checker.check_model(model)
     except Exception as e:
-        raise ModelError(f"{shown_path}: invalid ONNX model ({str(e).splitlines()[0][:200]})") from None
+        raise ModelError(f"{shown_path}: invalid ONNX model ({first_line(e)})") from None
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:

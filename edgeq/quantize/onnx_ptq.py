@@ -25,11 +25,12 @@ EXPORT_NOTES = ("exporter", "opset", "input_layout", "onnx_checker", "max_abs_di
 # evaluate what TensorRT computes (int8 Q/DQ, int32 accumulation), not what ORT's fused CPU kernels make of a
 # symmetric int8 graph: at the basic level ORT runs the Q/DQ nodes as written
 TENSORRT_NOTES = {
-    "ort_graph_optimization": "basic",
-    "ort_graph_optimization_why": "TensorRT artifact: ORT runs its Q/DQ nodes as written (basic level), "
-                                  "the int8 arithmetic TensorRT performs",
-    "host_benchmark_skip": "built for TensorRT (Jetson target); ONNX Runtime on this CPU is not where it "
-                           "runs, see int8_onnx_ptq for the host"}
+    "graph_optimization": "basic",
+    "graph_optimization_why": "TensorRT artifact: ORT runs its Q/DQ nodes as written (basic level), "
+                              "the int8 arithmetic TensorRT performs",
+    # the device kinds it is made for; the host and device CPUs refuse it with `why`
+    "only_for": {"kinds": ["jetson"], "why": "built for TensorRT (Jetson target); ONNX Runtime on a CPU is not "
+                                             "where it runs, see int8_onnx_ptq for CPUs"}}
 
 
 def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:

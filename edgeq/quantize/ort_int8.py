@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import OnnxPtqSpec
-from ..errors import QuantizationError
+from ..errors import QuantizationError, first_line
 from ..onnx_ops import INT8_CAPABLE_OPS
 from .onnx_input import OnnxInput, fix_spatial_dims
 
@@ -135,7 +135,7 @@ def quantize_onnx(prepared: Path, out: Path, scheme: Int8Scheme, calibration: np
                             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration_method]),
                             extra_options=extra)
     except (ValueError, RuntimeError, KeyError, IndexError) as e:
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else e.__class__.__name__
+        msg = first_line(e, 300)
         raise QuantizationError(f"onnxruntime static quantization failed ({msg})") from None
     return {"scheme": scheme.to_dict(), "calibration_method": calibration_method,
             "calibration_images": int(len(calibration)), "nodes_excluded": list(exclude_nodes),
@@ -173,7 +173,7 @@ def tensorrt_op_types() -> list[str]:
     return sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) & INT8_CAPABLE_OPS - {"QuantizeLinear"})
 
 
-def ort_kernel_summary(path: Path, optimization: str) -> dict:
+def ort_kernel_summary(path: Path, graph_optimization: str) -> dict:
     """What ORT's CPU graph optimiser makes of a model at the given level: integer vs float convolutions."""
     import onnx
     import onnxruntime as ort
@@ -181,11 +181,11 @@ def ort_kernel_summary(path: Path, optimization: str) -> dict:
     from ..agent import ort_session_options
 
     with tempfile.TemporaryDirectory() as d:
-        so = ort_session_options(ort, optimization=optimization)  # logs errors only: the saving warning is expected
+        so = ort_session_options(ort, graph_optimization=graph_optimization)  # logs errors only: the saving warning is expected
         so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
-    return {"graph_optimization": optimization,
+    return {"graph_optimization": graph_optimization,
             "integer_convs": sum(ops.get(o, 0) for o in INT_CONV_OPS),
             "float_convs": sum(ops.get(o, 0) for o in FLOAT_CONV_OPS),
             "transposes": ops.get("Transpose", 0),

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ..errors import QuantizationError
+from ..errors import QuantizationError, first_line
 from .fakequant import kernel_of
 
 UNSUPPORTED_HINT = ("give each a QuantizeConfig via tfmot quantize_annotate_layer, replace it with a "
@@ -95,7 +95,7 @@ def wrap_for_qat(model, passthrough: list[str] = ()):
         with q.quantize_scope(scope):
             return q.quantize_apply(annotated)
     except (RuntimeError, ValueError, TypeError) as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        first = first_line(e, 300)
         raise QuantizationError(f"QAT: tfmot could not wrap the model ({first}); " + UNSUPPORTED_HINT) from None
 
 

@@ -105,7 +105,7 @@ class Target(Protocol):
 @runtime_checkable
 class DeviceTarget(Target, Protocol):
     """A target on an inventory device, reached through a DeviceSession and constructed by
-    edgeq.targets.remote.make_target as Class(session, onnx_optimization) from its edgeq.formats.KINDS row.
+    edgeq.targets.remote.make_target as Class(session, graph_optimization) from its edgeq.formats.KINDS row.
 
     `benchmark` times on the device's own inputs file (`inputs_remote`, image 0 is timed) and may ask for
     its outputs; the device's whole answer to the last call (per-run samples, outputs) is `last_answer`.

@@ -10,15 +10,15 @@ from pathlib import Path
 from ..formats import FORMATS, format_refusal
 from .base import Compatibility, Deployable, LatencyStats
 from .device import DeviceSession
-from .host import ort_level
+from .host import graph_optimization_of, made_for_elsewhere
 
 
 class AgentCpuTarget:
     """check here (format, then the device's runtimes), copy the artifact, time it with the agent there."""
 
-    def __init__(self, session: DeviceSession, onnx_optimization: str = "all"):
+    def __init__(self, session: DeviceSession, graph_optimization: str = "all"):
         self.session = session
-        self.onnx_optimization = onnx_optimization  # the run's default; an artifact may name its own
+        self.graph_optimization = graph_optimization  # the run's default; an artifact may name its own
         self.name = session.name
         self.kind = session.device.kind
         self.last_answer: dict = {}
@@ -27,9 +27,9 @@ class AgentCpuTarget:
         refused = format_refusal(artifact.format, self.kind)
         if refused:
             return Compatibility(False, self.name, artifact.name, [refused])
-        skip = artifact.notes.get("host_benchmark_skip")  # made for another target, e.g. TensorRT
-        if skip:
-            return Compatibility(False, self.name, artifact.name, [f"a device CPU is not where it runs: {skip}"])
+        elsewhere = made_for_elsewhere(artifact, self.kind)
+        if elsewhere:
+            return Compatibility(False, self.name, artifact.name, [elsewhere])
         fmt = FORMATS[artifact.format]
         have = self.session.runtimes()
         if not any(r in have for r in fmt.agent_runtimes):
@@ -42,13 +42,13 @@ class AgentCpuTarget:
         local = artifact.abspath(run_dir)
         details = {"remote_path": self.session.upload(local, artifact.sha256)}
         if artifact.format == "onnx":  # the same graph-optimisation level as the host figure of this artifact
-            details["ort_optimization"] = ort_level(artifact, self.onnx_optimization)
+            details["graph_optimization"] = graph_optimization_of(artifact, self.graph_optimization)
         return Deployable(artifact.name, local, artifact.format, FORMATS[artifact.format].runtime, self.name, details)
 
     def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None,
                   inputs_remote: str | None = None, return_outputs: bool = False) -> LatencyStats:
-        opt = deployable.details.get("ort_optimization")
+        opt = deployable.details.get("graph_optimization")
         stats, self.last_answer = self.session.benchmark(deployable.details["remote_path"], runs, warmup, threads,
                                                          inputs_remote, return_outputs=return_outputs,
-                                                         extra=["--ort-optimization", opt] if opt else None)
+                                                         extra=["--graph-optimization", opt] if opt else None)
         return stats

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RuntimeUnavailable, TargetError
+from ..errors import RuntimeUnavailable, TargetError, first_line
 from ..formats import format_refusal
 from .base import Compatibility, Deployable, LatencyStats
 from .edgetpu_ops import (CONSTANT_DTYPES, INSTALL_COMPILER, INSTALL_RUNTIME, MAX_NON_UNIT_DIMS, QUANTIZED_DTYPES,
@@ -30,7 +30,7 @@ def _graph(path: Path):
 
         interp, _ = load_tflite_interpreter(Path(path))
     except (ValueError, RuntimeError) as e:
-        raise TargetError(f"{path}: not a loadable .tflite model ({str(e).splitlines()[0]})") from None
+        raise TargetError(f"{path}: not a loadable .tflite model ({first_line(e)})") from None
     return interp, [op for op in interp._get_ops_details() if op["op_name"] != "DELEGATE"]
 
 
@@ -155,8 +155,8 @@ def compile_edgetpu(tflite: Path, out_dir: Path, compiler: str = "edgetpu_compil
 class EdgeTpuTarget:
     """check on the host, compile on the host, run on the device with the libedgetpu delegate."""
 
-    def __init__(self, session, onnx_optimization: str = "all", compiler: str | None = None):
-        self.session = session  # onnx_optimization: the DeviceTarget constructor; no ONNX runs here
+    def __init__(self, session, graph_optimization: str = "all", compiler: str | None = None):
+        self.session = session  # graph_optimization: the DeviceTarget constructor; no ONNX runs here
         self.name = session.name
         self.kind = "edgetpu"
         self.compiler = compiler or session.device.edgetpu_compiler

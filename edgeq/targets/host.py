@@ -21,9 +21,18 @@ from .base import Compatibility, Deployable, LatencyStats
 from .interleave import add_ratios, fp32_references, interleave, summarise
 
 
-def ort_level(artifact, default: str) -> str:
+def made_for_elsewhere(artifact, kind: str) -> str | None:
+    """Why an artifact made for other device kinds only (notes.only_for) is not run on `kind`, else None."""
+    only = artifact.notes.get("only_for")
+    if not only or kind in only["kinds"]:
+        return None
+    return f"made for {', '.join(only['kinds'])} only: {only['why']}"
+
+
+def graph_optimization_of(artifact, default: str) -> str:
     """The ONNX Runtime graph-optimisation level an artifact runs at: its own if it names one, else `default`."""
-    return artifact.notes.get("ort_graph_optimization") or default
+    notes = artifact.notes  # runs made before the rename recorded it as ort_graph_optimization
+    return notes.get("graph_optimization") or notes.get("ort_graph_optimization") or default
 
 
 class HostTarget:
@@ -32,9 +41,9 @@ class HostTarget:
     name = "host"
     kind = "host"
 
-    def __init__(self, sample: np.ndarray, onnx_optimization: str = "all"):
+    def __init__(self, sample: np.ndarray, graph_optimization: str = "all"):
         self.sample = np.asarray(sample, np.float32)[:1]  # one preprocessed real image, NHWC
-        self.onnx_optimization = onnx_optimization
+        self.graph_optimization = graph_optimization
         self._predictors: dict[str, object] = {}
 
     def check(self, artifact, run_dir: Path) -> Compatibility:
@@ -44,19 +53,19 @@ class HostTarget:
             timed = " or ".join(host_benchmark_formats())
             problems.append(f"format {artifact.format} is not a deployment format; the host times {timed} "
                             "artifacts: benchmark its export instead")
-        elif artifact.notes.get("host_benchmark_skip"):  # e.g. a TensorRT-only artifact: its latency is the device's
-            problems.append(artifact.notes["host_benchmark_skip"])
+        elif made_for_elsewhere(artifact, "host"):  # e.g. a TensorRT-only artifact: its latency is the device's
+            problems.append(made_for_elsewhere(artifact, "host"))
         return Compatibility(not problems, self.name, artifact.name, problems)
 
     def prepare(self, artifact, run_dir: Path) -> Deployable:
         return Deployable(artifact.name, artifact.abspath(run_dir), artifact.format,
                           FORMATS[artifact.format].runtime, self.name,
-                          {"ort_optimization": ort_level(artifact, self.onnx_optimization)})
+                          {"graph_optimization": graph_optimization_of(artifact, self.graph_optimization)})
 
     def _predictor(self, d: Deployable, threads: int | None):
         if d.artifact not in self._predictors:  # opened once, kept across rounds
-            opt = d.details.get("ort_optimization", self.onnx_optimization)
-            kw = {"optimization": opt} if d.format == "onnx" else {}
+            opt = d.details.get("graph_optimization", self.graph_optimization)
+            kw = {"graph_optimization": opt} if d.format == "onnx" else {}
             self._predictors[d.artifact] = open_predictor(d.path, d.format, threads=threads, **kw)
         return self._predictors[d.artifact]
 

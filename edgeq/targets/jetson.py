@@ -82,8 +82,8 @@ def stats_from_trtexec(parsed: dict, runs: int, warmup: int, device: str) -> Lat
 class JetsonTarget:
     """check the QDQ ONNX here, build the engine with trtexec on the device, time it with trtexec there."""
 
-    def __init__(self, session, onnx_optimization: str = "all"):
-        self.session = session  # onnx_optimization: the DeviceTarget constructor; TensorRT optimises itself
+    def __init__(self, session, graph_optimization: str = "all"):
+        self.session = session  # graph_optimization: the DeviceTarget constructor; TensorRT optimises itself
         self.name = session.name
         self.kind = "jetson"
         self._trtexec: str | None = None

@@ -44,9 +44,9 @@ class DeviceOutcome:
     compatibility: dict = field(default_factory=dict)  # artifact name -> Compatibility dict
 
 
-def make_target(session: DeviceSession, onnx_optimization: str = "all") -> DeviceTarget:
+def make_target(session: DeviceSession, graph_optimization: str = "all") -> DeviceTarget:
     """The target for the session's device: the class its kind's row in edgeq.formats.KINDS names."""
-    return target_class(session.device.kind)(session, onnx_optimization)
+    return target_class(session.device.kind)(session, graph_optimization)
 
 
 def checked_inventory(cfg, refs=None, inventory_path: Path | None = None):
