@@ -24,6 +24,8 @@ from .interleave import add_ratios, fp32_references, interleave, summarise
 def made_for_elsewhere(artifact, kind: str) -> str | None:
     """Why an artifact made for other device kinds only (notes.only_for) is not run on `kind`, else None."""
     only = artifact.notes.get("only_for")
+    if not only and artifact.notes.get("host_benchmark_skip"):  # recorded so by runs before only_for
+        only = {"kinds": ["jetson"], "why": artifact.notes["host_benchmark_skip"]}
     if not only or kind in only["kinds"]:
         return None
     return f"made for {', '.join(only['kinds'])} only: {only['why']}"
