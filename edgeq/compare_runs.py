@@ -150,6 +150,7 @@ def _signed(v: float) -> str:
 
 
 def print_comparison(runs: list[Run], rows: list[Row], target: str) -> None:
+    """One table per compared run against the baseline, then the regressions, within 120 columns."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -182,5 +183,6 @@ def print_comparison(runs: list[Run], rows: list[Row], target: str) -> None:
 
 
 def to_json(runs: list[Run], rows: list[Row], target: str) -> dict:
+    """The comparison as a JSON-ready dict (for --json)."""
     return {"baseline": str(runs[0].path), "runs": [str(r.path) for r in runs[1:]], "target": target,
             "rows": [asdict(r) for r in rows], "regressions": sum(len(r.regressions) for r in rows)}

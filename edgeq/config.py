@@ -293,6 +293,7 @@ def expand_path(p: Path, key: str, where: str) -> Path:
 
 
 def load_config(path: Path | str) -> RunConfig:
+    """A validated RunConfig from a YAML file, or one ConfigError line naming the file and the key."""
     path = Path(path)
     return config_from_dict(read_yaml_mapping(path), base_dir=path.parent, where=str(path))
 

@@ -13,6 +13,7 @@ from .errors import DataError
 
 
 def preprocess_of(cfg: RunConfig) -> Preprocess:
+    """The model input transform of a config: resize to H x W, C channels, (pixel - mean) / std."""
     h, w, c = cfg.model.input_shape
     return Preprocess((h, w), c, tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std))
 
@@ -32,6 +33,7 @@ def class_map(cfg: RunConfig) -> list[str] | None:
 
 
 def load_splits(cfg: RunConfig, pre: Preprocess) -> Splits:
+    """The calibration / eval / train splits of a config (counts checked before any image is decoded)."""
     d = cfg.data
     if d.kind == "fashion_mnist":
         return fashion_mnist_splits(d.calibration_size, d.eval_size, d.train_size, d.seed, d.prefer_full_dataset)
@@ -78,6 +80,7 @@ def _check_calibration_count(d, have: int) -> None:
 
 
 def check_classes(cfg: RunConfig, splits: Splits) -> None:
+    """Every label of the calibration and eval splits is a class of the model."""
     for part in (splits.calibration, splits.eval):
         if len(part) and part.labels.max() >= cfg.model.num_classes:
             raise DataError(f"{part.source}: label {int(part.labels.max())} but the model has "

@@ -125,6 +125,7 @@ def _import_fp32(ctx: RunContext) -> Artifact:
 
 def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], None] = log_print,
                  only_stages: set[str] | None = None, wait: bool = True) -> Path:
+    """Run one config end to end into its run directory (checked first, locked, resumable); returns the directory."""
     t0 = time.perf_counter()
     from .tfcompat import set_seed
 

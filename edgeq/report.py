@@ -224,6 +224,7 @@ MARKDOWN = ["artifact", "format", "precision", "method", "MB", "size ×FP32", "t
 
 
 def summary_rows(rep: dict, headers=TERMINAL) -> list[list[str]]:
+    """The artifact table as display strings, one row per artifact, columns `headers`."""
     return [[artifact_cells(rep, e)[h] for h in headers] for e in rep["artifacts"]]
 
 
@@ -238,6 +239,7 @@ def _conditions_line(rep: dict) -> str:
 
 
 def markdown(rep: dict) -> str:
+    """report.md: what to ship, the artifact table with intervals, verdicts, devices, per-layer error, stage sections."""
     cpu = rep["host"]["cpu"]
     budget = rep.get("budget", {}).get("max_accuracy_drop_pt")
     lines = [f"# edgeq report: {rep['model']}", "",
@@ -304,6 +306,7 @@ def _per_layer_lines(rep: dict) -> list[str]:
 
 
 def write_report(ctx) -> dict:
+    """Write report.json, report.md and report.html of a run (atomically); returns the report dict."""
     rep = build_report(ctx)
     write_json_atomic(ctx.run_dir / "report.json", rep)
     md = markdown(rep)
