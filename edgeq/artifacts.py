@@ -110,7 +110,7 @@ class Manifest:
                 old = json.loads(self.path.read_text())
                 for a in old.get("artifacts", []):
                     self.artifacts[a["name"]] = Artifact(**a)
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, AttributeError):  # not JSON, or not a manifest's shape
                 self.artifacts = {}  # unreadable manifest: start over, nothing is reused
 
     def reusable(self, name: str, key: str) -> Artifact | None:

@@ -106,6 +106,10 @@ class LabelledImages:
         for s in range(0, len(self), batch_size):
             yield pre(self.images[s:s + batch_size]), self.labels[s:s + batch_size]
 
+    def image_hashes(self) -> set[bytes]:
+        """One content hash per image: what two sets have in common, whatever their order."""
+        return {hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest() for im in self.images}
+
     def fingerprint(self) -> str:
         """Content hash of images and labels (cache keys of evaluations); computed once per set."""
         if self._fingerprint is None:

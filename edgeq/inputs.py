@@ -57,20 +57,31 @@ def load_splits(cfg: RunConfig, pre: Preprocess) -> Splits:
         cal = load(d.calibration_path)
         _check_calibration_count(d, len(cal))
         ev = load(d.eval_path)
-        if cal.fingerprint() == ev.fingerprint():
-            raise DataError("data.calibration_path and data.eval_path hold the same images; "
-                            "calibration and evaluation images must not overlap")
+        _refuse_overlap(cal, ev, d.calibration_path, d.eval_path, "calibration")
         rng = np.random.default_rng(d.seed)
         cal = cal.take(rng.permutation(len(cal))[:d.calibration_size])
         whole = d.eval_size is None or d.eval_size >= len(ev)
         if not whole:
             ev = ev.take(rng.permutation(len(ev))[:d.eval_size])
         tr = load(d.train_path) if d.train_path else None
+        if tr is not None:
+            _refuse_overlap(tr, ev, d.train_path, d.eval_path, "training")
         return Splits(cal, ev, tr, f"{d.eval_path} ({len(ev)} images)", full_test_set=whole)
     splits = split_one(load(d.path), d.calibration_size, d.eval_size, d.seed)
     if d.train_path:
         splits.train = load(d.train_path)
     return splits
+
+
+def _refuse_overlap(a: LabelledImages, ev: LabelledImages, a_path: Path, ev_path: Path, what: str) -> None:
+    """Evaluation images must be unseen: none may also be a calibration or training image."""
+    if a.fingerprint() == ev.fingerprint():
+        raise DataError(f"{a_path} and {ev_path} hold the same images; {what} and evaluation images must not "
+                        "overlap")
+    shared = len(a.image_hashes() & ev.image_hashes())
+    if shared:
+        raise DataError(f"{ev_path}: {shared} of its {len(ev)} images are also {what} images ({a_path}); {what} "
+                        "and evaluation images must not overlap: remove them from one of the two sets")
 
 
 def _check_calibration_count(d, have: int) -> None:

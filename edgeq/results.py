@@ -86,10 +86,13 @@ class Results:
     def load(cls, path: Path) -> "Results":
         path = Path(path)
         try:
-            raw = json.loads(path.read_text()) if path.exists() else {}
-        except (ValueError, UnicodeDecodeError):
+            return cls._parse(path, json.loads(path.read_text()) if path.exists() else {})
+        except (ValueError, UnicodeDecodeError, TypeError, AttributeError):  # not JSON, or not our shape
             path.replace(path.with_name(path.name + ".corrupt"))  # kept for inspection; the run re-measures
-            raw = {}
+            return cls(path)
+
+    @classmethod
+    def _parse(cls, path: Path, raw: dict) -> "Results":
         r = cls(path)
         r.evaluations = {k: _from_dict(Evaluation, v) for k, v in (raw.get("evaluations") or {}).items()}
         r.latency = {k: _from_dict(LatencyRow, v) for k, v in (raw.get("latency") or {}).items()}

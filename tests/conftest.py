@@ -101,13 +101,13 @@ def _base_config(model: str | Path) -> dict:
     return raw
 
 
-def make_config(directory: Path, model: str | Path, *, stages: list[str] | dict[str, dict] | None = None,
+def make_config(directory: Path, model: str | Path, /, *, stages: list[str] | dict[str, dict] | None = None,
                 filename: str = "config.yaml", **overrides) -> Path:
     """Write a run config YAML into `directory` and return its path.
 
     model: a shipped model's name ("mobilenet_v2"), a config file, or a tiny project directory (`tiny_project`).
     stages: enable exactly these, as names or {name: options merged into the base's} (None: as the base has them).
-    overrides: other top-level sections merged key by key, e.g. data={"eval_size": 200}, benchmark={"rounds": 2}.
+    overrides: top-level sections merged key by key, e.g. data={"eval_size": 200}, model={"path": ...}.
     """
     cfg = _base_config(model)
     if stages is not None:

@@ -54,9 +54,6 @@ def test_separate_calibration_and_eval_sets_are_used_as_given(kind, tmp_path, ti
     assert all(a["accuracy"]["n"] == 30 for a in rep["artifacts"])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: only an eval set identical to the calibration set is refused "
-                   "(whole-set fingerprints compared, edgeq.pipeline.load_splits); an eval set holding some "
-                   "calibration images runs and reports accuracy partly measured on calibration images")
 def test_eval_set_holding_some_calibration_images_is_refused(tmp_path, tiny_project):
     cal = write_image_folder(tmp_path / "cal", 40)  # calibration_size 40: every one of them calibrates
     ev = write_image_folder(tmp_path / "eval", 30, seed=1)

@@ -126,15 +126,11 @@ def device_run(tiny_project, sshd, silent_port, tmp_path_factory):
         sshd.device("hung-pi", port=silent_port, connect_timeout=1.5),
         {"name": "local-agent", "kind": "host", "python": sys.executable, "threads": 1},
     ])
-    cfg = yaml.safe_load((tiny_project / "tiny.yaml").read_text())
-    cfg["model"]["path"] = str(tiny_project / "tiny.keras")
-    cfg["data"]["path"] = str(tiny_project / "images")
-    cfg["benchmark"] = {"runs": 50, "warmup": 5, "threads": 1, "rounds": 3}
-    cfg["inventory"] = str(inv)
-    cfg["targets"] = [{"device": "loop-rpi"}, {"device": "hung-pi"}, {"device": "local-agent"}]
-    (root / "tiny_devices.yaml").write_text(yaml.safe_dump(cfg))
+    cfg = make_config(root, tiny_project, filename="tiny_devices.yaml", inventory=str(inv),
+                      benchmark={"runs": 50, "warmup": 5, "threads": 1, "rounds": 3},
+                      targets=[{"device": "loop-rpi"}, {"device": "hung-pi"}, {"device": "local-agent"}])
     t = time.monotonic()
-    r = run_edgeq("run", root / "tiny_devices.yaml", "--out", root / "run", cwd=root, timeout=600)
+    r = run_edgeq("run", cfg, "--out", root / "run", cwd=root, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     return {"root": root, "run": root / "run", "inventory": inv, "stdout": r.stdout,
             "seconds": time.monotonic() - t}
@@ -385,13 +381,8 @@ def test_agent_overhead_script_prints_both_medians(device_run):
 @pytest.mark.slow
 def test_default_mobilenet_fp32_and_int8_in_one_bench_over_loopback_ssh(sshd, tmp_path):
     """The issue's bar: the committed MobileNetV2's FP32 and INT8 TFLite through one `edgeq bench`."""
-    repo = Path(__file__).resolve().parent.parent
-    cfg = yaml.safe_load((repo / "models" / "mobilenet_v2.yaml").read_text())
-    cfg["model"]["path"] = str(repo / "models" / "mobilenet_v2.keras")
-    cfg["data"]["eval_size"] = 500
-    cfg["stages"] = {"tflite_ptq": cfg["stages"]["tflite_ptq"]}
-    (tmp_path / "m.yaml").write_text(yaml.safe_dump(cfg))
-    r = run_edgeq("run", tmp_path / "m.yaml", "--out", tmp_path / "run", "--no-benchmark", timeout=900)
+    cfg = make_config(tmp_path, "mobilenet_v2", stages=["tflite_ptq"], data={"eval_size": 500})
+    r = run_edgeq("run", cfg, "--out", tmp_path / "run", "--no-benchmark", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     inv = _inventory(tmp_path / "devices.yaml", [sshd.device("loop-rpi", threads=1)])
     r = run_edgeq("bench", tmp_path / "run", "--inventory", inv, "--device", "loop-rpi", timeout=900)

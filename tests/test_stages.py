@@ -7,14 +7,15 @@ default runs are tests/test_reference_models.py (slow).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import make_config, run_edgeq, shipped_model_configs
-from edgeq.artifacts import sha256_of
 
 MODELS = shipped_model_configs()
 # what each stage adds to the run (report.json names, a contract of #10); the FP32 source is always there too
@@ -39,8 +40,6 @@ HEAVY_MODEL_BYTES = 20e6
 
 
 def _weights_bytes(config: Path) -> int:
-    import yaml
-
     p = config.parent / yaml.safe_load(config.read_text())["model"]["path"]
     return p.stat().st_size if p.exists() else 0
 
@@ -60,7 +59,7 @@ INT8_TFLITE = _combos([s for s, names in STAGE_ARTIFACTS.items() if any(n.starts
 
 @pytest.fixture(scope="module")
 def stage_run(tmp_path_factory):
-    """`stage_run(model, stage)` -> (run dir, CompletedProcess, report.json); one run per pair, shared by the tests."""
+    """`stage_run(model, stage)` -> (run dir, report.json); one run per pair, shared by the tests of the pair."""
     cache: dict = {}
 
     def get(model: str, stage: str):
@@ -71,8 +70,8 @@ def stage_run(tmp_path_factory):
             rep = json.loads((root / "run" / "report.json").read_text()) if proc.returncode == 0 else None
             cache[(model, stage)] = (root / "run", proc, rep)
         out, proc, rep = cache[(model, stage)]
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return out, proc, rep
+        assert proc.returncode == 0, proc.stderr[-3000:]  # a failed run fails each of its tests, once run
+        return out, rep
     return get
 
 
@@ -82,7 +81,7 @@ def _by_name(rep: dict) -> dict:
 
 @pytest.mark.parametrize("model,stage", ALL)
 def test_stage_writes_its_artifacts_and_only_those(stage_run, model, stage):
-    out, _, rep = stage_run(model, stage)
+    out, rep = stage_run(model, stage)
     arts = _by_name(rep)
     fp32_source = [n for n, a in arts.items() if a["precision"] == "fp32" and a["format"] in ("keras", "savedmodel")]
     assert set(arts) == {*fp32_source, *STAGE_ARTIFACTS[stage]} and len(fp32_source) == 1
@@ -90,12 +89,12 @@ def test_stage_writes_its_artifacts_and_only_those(stage_run, model, stage):
     for name in STAGE_ARTIFACTS[stage]:
         f = out / arts[name]["path"]
         assert f.is_file() and f.stat().st_size == arts[name]["size_bytes"] > 0
-        assert sha256_of(f) == arts[name]["sha256"] == manifest[name]["sha256"]
+        assert hashlib.sha256(f.read_bytes()).hexdigest() == arts[name]["sha256"] == manifest[name]["sha256"]
 
 
 @pytest.mark.parametrize("model,stage", ALL)
 def test_stage_artifacts_are_evaluated_on_the_eval_subset(stage_run, model, stage):
-    _, _, rep = stage_run(model, stage)
+    _, rep = stage_run(model, stage)
     assert rep["dataset"]["n_eval"] == EVAL_IMAGES
     arts = _by_name(rep)
     for name in STAGE_ARTIFACTS[stage]:
@@ -107,7 +106,7 @@ def test_stage_artifacts_are_evaluated_on_the_eval_subset(stage_run, model, stag
 @pytest.mark.parametrize("model,stage", ALL)
 def test_stage_int8_artifacts_agree_with_fp32(stage_run, model, stage):
     """A trained model's INT8 twin predicts the FP32 top-1 on nearly every image, and loses no significant top-1."""
-    _, _, rep = stage_run(model, stage)
+    _, rep = stage_run(model, stage)
     arts = _by_name(rep)
     int8 = [n for n in STAGE_ARTIFACTS[stage] if arts[n]["precision"] == "int8"]
     assert int8
@@ -121,7 +120,7 @@ def test_stage_int8_artifacts_agree_with_fp32(stage_run, model, stage):
 def test_stage_int8_tflite_is_fully_integer(stage_run, model, stage):
     from ai_edge_litert.interpreter import Interpreter
 
-    out, _, rep = stage_run(model, stage)
+    out, rep = stage_run(model, stage)
     arts = _by_name(rep)
     for name in (n for n in STAGE_ARTIFACTS[stage] if n.startswith("int8_tflite")):
         interp = Interpreter(model_path=str(out / arts[name]["path"]))
@@ -130,12 +129,12 @@ def test_stage_int8_tflite_is_fully_integer(stage_run, model, stage):
         assert rep["checks"][name]["fully_integer"] is True
 
 
-@pytest.mark.parametrize("model,stage", [p for p in ALL if p.values[1] == "onnx_ptq"])
+@pytest.mark.parametrize("model,stage", _combos(["onnx_ptq"]))
 def test_stage_int8_onnx_stores_int8_weights_between_qdq_pairs(stage_run, model, stage):
     import onnx
     from onnx import TensorProto
 
-    out, _, rep = stage_run(model, stage)
+    out, rep = stage_run(model, stage)
     arts = _by_name(rep)
     # the host model's weight type follows this CPU's int8 kernels; TensorRT's is always symmetric int8
     for name, allowed in (("int8_onnx_ptq", {TensorProto.INT8, TensorProto.UINT8}), ("int8_onnx_trt", {TensorProto.INT8})):
@@ -145,17 +144,18 @@ def test_stage_int8_onnx_stores_int8_weights_between_qdq_pairs(stage_run, model,
         assert weights and {i.data_type for i in weights} <= allowed, name
 
 
-@pytest.mark.parametrize("model,stage", [p for p in ALL if p.values[1] == "qat"])
+@pytest.mark.parametrize("model,stage", _combos(["qat"]))
 def test_qat_stage_fine_tunes_the_steps_asked_and_reports_them(stage_run, model, stage):
-    _, _, rep = stage_run(model, stage)
+    _, rep = stage_run(model, stage)
     q = rep["qat"]
-    assert q["steps"] == FAST_STAGES["qat"]["steps_per_epoch"] and q["train_images"] == 256
+    asked = FAST_STAGES["qat"]
+    assert q["steps"] == asked["steps_per_epoch"] and q["train_images"] == asked["train_images"]
     assert q["fine_tune_seconds"] > 0 and "QAT" in q["markdown"]
 
 
-@pytest.mark.parametrize("model,stage", [p for p in ALL if p.values[1] == "comparison"])
+@pytest.mark.parametrize("model,stage", _combos(["comparison"]))
 def test_comparison_stage_alone_fills_its_own_cell_and_says_why_others_are_empty(stage_run, model, stage):
-    _, _, rep = stage_run(model, stage)
+    _, rep = stage_run(model, stage)
     cells = {(r["bits"], r["method"]): r for r in rep["comparison"]["rows"]}
     assert set(cells) == {(32, "fp32"), (8, "ptq_naive"), (8, "ptq_advanced"), (8, "qat")}
     adv = _by_name(rep)["int8_tflite_ptq_adv"]

@@ -142,13 +142,14 @@ class JetsonTarget:
             if r.returncode != 0 and "Unknown option" in out and "skipInference" in out:  # TensorRT < 8.5: --buildOnly
                 r = run([a if a != "--skipInference" else "--buildOnly" for a in argv])
             parsed = parse_trtexec_log(r.stdout + r.stderr)
+            build_seconds = r.seconds
             if r.returncode == 0 and not parsed["failed"]:  # a killed build leaves no engine that looks finished
                 r = run(["mv", f"{engine}.part", engine], timeout=60)
             if r.returncode != 0 or parsed["failed"]:
-                why = "; ".join(parsed.get("errors", [])[-3:]) or stderr_tail(r.stdout + r.stderr, 3)
+                why = "; ".join(parsed.get("errors", [])[-6:]) or stderr_tail(r.stdout + r.stderr, 3)
                 raise TargetError(f"trtexec could not build an engine from {artifact.name} on {self.name} "
                                   f"(exit {r.returncode}): {why}")
-            build["build_seconds"] = round(r.seconds, 1)
+            build["build_seconds"] = round(build_seconds, 1)
             build["tensorrt_version"] = parsed.get("tensorrt_version")
         return Deployable(artifact.name, artifact.abspath(run_dir), artifact.format, FORMATS["engine"].runtime,
                           self.name, {"remote_path": engine, "build": build})

@@ -67,7 +67,8 @@ class Proj:
         return f
 
     def folder(self, name: str, n: int = 60, classes: int = 3) -> Path:
-        return write_image_folder(self.root / name, n, classes)
+        """Another labelled folder; its images differ from the project's (calibration and eval never overlap)."""
+        return write_image_folder(self.root / name, n, classes, seed=1)
 
     def npz(self, name: str = "d.npz", **arrays) -> Path:
         f = self.root / name
