@@ -97,6 +97,17 @@ class Artifact:
         return asdict(self)
 
 
+def _migrated(entry: dict) -> dict:
+    """A manifest entry written by an older edgeq, in today's form (notes renamed since)."""
+    notes = entry.get("notes") or {}
+    if "host_benchmark_skip" in notes:  # before notes.only_for: the TensorRT artifact's "not on a CPU"
+        notes["only_for"] = {"kinds": ["jetson"], "why": notes.pop("host_benchmark_skip")}
+    if "ort_graph_optimization" in notes:
+        notes["graph_optimization"] = notes.pop("ort_graph_optimization")
+        notes["graph_optimization_why"] = notes.pop("ort_graph_optimization_why", "")
+    return entry
+
+
 class Manifest:
     """run_dir/manifest.json: the artifacts of one run, written after every stage."""
 
@@ -109,7 +120,7 @@ class Manifest:
             try:
                 old = json.loads(self.path.read_text())
                 for a in old.get("artifacts", []):
-                    self.artifacts[a["name"]] = Artifact(**a)
+                    self.artifacts[a["name"]] = Artifact(**_migrated(a))
             except (ValueError, TypeError, KeyError, AttributeError):  # not JSON, or not a manifest's shape
                 self.artifacts = {}  # unreadable manifest: start over, nothing is reused
 

@@ -102,8 +102,8 @@ def method_verdict(fmt: str, ptq: tuple[str, PairedTest] | None, qat: tuple[str,
     if qat and qat_vs_ptq is not None:
         g = qat_vs_ptq
         if g.p >= ALPHA:
-            parts.append(f"QAT ({qat[0]}) vs PTQ: no significant difference ({_p(g.p)}; "
-                         f"{_pt(g.drop)} pt {_ci_pt(g.ci95)} in QAT's favour)")
+            parts.append(f"QAT ({qat[0]}) vs PTQ: no significant difference ({_p(g.p)}; QAT − PTQ "
+                         f"{g.drop * 100:+.2f} pt {_ci_pt(g.ci95)})")
         else:
             parts.append(f"QAT ({qat[0]}) vs PTQ: {'better' if g.drop > 0 else 'worse'} by {_pt(abs(g.drop))} pt "
                          f"{_ci_pt(g.ci95)} ({_p(g.p)})")

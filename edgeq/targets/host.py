@@ -24,8 +24,6 @@ from .interleave import add_ratios, fp32_references, interleave, summarise
 def made_for_elsewhere(artifact, kind: str) -> str | None:
     """Why an artifact made for other device kinds only (notes.only_for) is not run on `kind`, else None."""
     only = artifact.notes.get("only_for")
-    if not only and artifact.notes.get("host_benchmark_skip"):  # recorded so by runs before only_for
-        only = {"kinds": ["jetson"], "why": artifact.notes["host_benchmark_skip"]}
     if not only or kind in only["kinds"]:
         return None
     return f"made for {', '.join(only['kinds'])} only: {only['why']}"
@@ -33,8 +31,7 @@ def made_for_elsewhere(artifact, kind: str) -> str | None:
 
 def graph_optimization_of(artifact, default: str) -> str:
     """The ONNX Runtime graph-optimisation level an artifact runs at: its own if it names one, else `default`."""
-    notes = artifact.notes  # runs made before the rename recorded it as ort_graph_optimization
-    return notes.get("graph_optimization") or notes.get("ort_graph_optimization") or default
+    return artifact.notes.get("graph_optimization") or default
 
 
 class HostTarget:
