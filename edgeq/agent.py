@@ -78,9 +78,13 @@ def cpu_model_and_flags(cpuinfo_text: str | None = None) -> tuple[str, set[str]]
 def identity() -> dict:
     import numpy as np
 
+    try:  # how busy the device is, recorded beside its figures
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        load = None
     return {"hostname": platform.node(), "machine": platform.machine(), "cpu": cpu_model_and_flags()[0],
             "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "numpy": np.__version__}
+            "python": platform.python_version(), "numpy": np.__version__, "loadavg": load}
 
 
 def _version(dist: str) -> str:

@@ -229,14 +229,25 @@ def summary_rows(rep: dict, headers=TERMINAL) -> list[list[str]]:
     return [[artifact_cells(rep, e)[h] for h in headers] for e in rep["artifacts"]]
 
 
-def _conditions_line(rep: dict) -> str:
-    c = (rep.get("conditions") or {}).get("host") or {}
-    if not c:
-        return "- host conditions: not recorded (benchmark not run)"
-    busy = ", ".join(f"{p['name']} {p['cpu_percent']:.0f} %" for p in c.get("busy_processes") or []) or "none seen"
-    return (f"- host conditions: load average {c.get('loadavg_before')} before, {c.get('loadavg_after')} after; "
-            f"busy processes at start: {busy}; {c.get('threads')} thread(s); {c.get('rounds')} interleaved rounds "
-            f"of {c.get('warmup_per_round')} warm-up + {c.get('runs_per_round')} timed runs per artifact")
+def _conditions_lines(rep: dict) -> list[str]:
+    """One line per target: how busy it was around its interleaved rounds."""
+    conds = rep.get("conditions") or {}
+    if not conds.get("host"):
+        conds = {"host": None, **conds}
+    lines = []
+    for target, c in conds.items():
+        if not c:
+            lines.append(f"- {target} conditions: not recorded (benchmark not run)")
+            continue
+        busy = ""
+        if "busy_processes" in c:
+            busy = "; busy processes at start: " + (", ".join(f"{p['name']} {p['cpu_percent']:.0f} %"
+                                                              for p in c.get("busy_processes") or []) or "none seen")
+        lines.append(f"- {target} conditions: load average {c.get('loadavg_before')} before, "
+                     f"{c.get('loadavg_after')} after{busy}; {c.get('threads')} thread(s); {c.get('rounds')} "
+                     f"interleaved rounds of {c.get('warmup_per_round')} warm-up + {c.get('runs_per_round')} timed "
+                     "runs per artifact")
+    return lines
 
 
 def markdown(rep: dict) -> str:
@@ -248,7 +259,7 @@ def markdown(rep: dict) -> str:
              f"from {rep['dataset']['calibration']}",
              f"- host: {cpu['model']} ({cpu['machine']}, {cpu['cores']} cores; SIMD: {', '.join(cpu['simd']) or 'none'}; "
              f"int8 dot-product: {'yes' if cpu['int8_dot_product'] else 'no'})",
-             _conditions_line(rep),
+             *_conditions_lines(rep),
              f"- accuracy budget: {budget} pt of top-1 (max_accuracy_drop)",
              f"- wall time: {rep.get('wall_seconds')} s", ""]
     lines += ["## What to ship", ""] + [f"- **{t}**: {v['artifact'] or 'nothing'} — {v['why']}"

@@ -155,6 +155,8 @@ def test_loopback_rpi_latency_merged_into_report(device_run):
         assert s["median_ci95"][0] <= s["median"] <= s["median_ci95"][1] and len(s["round_medians"]) == 3
         assert s["runtime"].startswith("ai-edge-litert") and s["device"].startswith("loop-rpi:")
         assert set(lat["host"]) <= set(s) | {"reason"}  # same keys as the host figures
+    cond = rep["conditions"]["loop-rpi"]  # how busy the device was, before and after its rounds
+    assert len(cond["loadavg_before"]) == 3 and len(cond["loadavg_after"]) == 3 and cond["rounds"] == 3
     ratio = _art(rep, "int8_tflite_ptq")["latency_ms"]["loop-rpi"]["ratio_to_fp32"]
     assert ratio["reference"] == "fp32_tflite" and ratio["rounds"] == 3  # interleaved on the device itself
     dev = rep["devices"]["loop-rpi"]

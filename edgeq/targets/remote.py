@@ -167,8 +167,13 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
                 out.latency[key(a)] = _row(a, d.name, reason=f"not measured: {e}")
                 log(f"- {a.name}: not measured: {e}")
                 done.add(a.name)
+        cond = {"cpu": info.get("device", {}).get("cpu"), "loadavg_before": info.get("device", {}).get("loadavg"),
+                "threads": plan.threads, "rounds": plan.rounds, "runs_per_round": plan.runs,
+                "warmup_per_round": plan.warmup}
         _time_interleaved(ctx, plan, target, deps, inputs_remote, x if want_outputs else None, out, key, log)
         done.update(deps)
+        cond["loadavg_after"] = session.hello().get("device", {}).get("loadavg")
+        out.summary["conditions"] = cond
     except DeviceUnreachable as e:
         fail_rest("unreachable", str(e))
     except EdgeqError as e:  # the agent could not start: wrong protocol, no python, crash
@@ -236,5 +241,7 @@ def benchmark_devices(ctx, arts, refs=None, inventory: Path | None = None,
         for art, comp in o.compatibility.items():
             ctx.results.put_compatibility(art, name, comp)
         section[name] = o.summary
+        if o.summary.get("conditions"):
+            ctx.results.conditions[name] = o.summary["conditions"]
     ctx.results.set_section("devices", dict(sorted(section.items())))
     return {o.summary["name"]: o.summary for o in outcomes}
