@@ -16,8 +16,7 @@ import numpy as np
 
 from .errors import EdgeqError
 from .stats import paired_test
-
-ALPHA = 0.05
+from .verdicts import ALPHA
 
 
 @dataclass

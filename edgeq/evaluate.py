@@ -121,6 +121,15 @@ def per_layer_error(fp32_tflite, int8_tflite, x_batch: np.ndarray) -> tuple[list
 
 
 # ------------------------------------------------------------------ a run's artifacts
+def fp32_reference_of(artifacts, available, source=None) -> dict[str, str]:
+    """artifact name -> the FP32 artifact it is compared with: the FP32 of its own format, else the source
+    model; only among the names in `available` (e.g. those evaluated)."""
+    by_fmt = {a.format: a.name for a in artifacts if a.precision == "fp32" and a.name in available}
+    base = source.name if source is not None and source.name in available else next(iter(by_fmt.values()), None)
+    refs = {a.name: by_fmt.get(a.format, base) for a in artifacts if a.name in available}
+    return {name: ref for name, ref in refs.items() if ref is not None}
+
+
 def evaluate_artifacts(ctx, artifacts) -> None:
     """Top-1/top-5 of every artifact on the eval split (predictions kept), agreement with FP32, per-layer error."""
     from .artifacts import atomic_path
@@ -161,13 +170,12 @@ def evaluate_artifacts(ctx, artifacts) -> None:
         ctx.results.put_evaluation(a.sha256, fp, Evaluation(a.name, r.top1, r.top5, r.n, r.dataset, r.seconds, pf,
                                                             pred.describe()))
         ctx.log(f"  * {a.name}: top-1 {r.top1:.4f} top-5 {r.top5} on {r.n} images ({r.seconds} s)")
-    # agreement of every artifact's top-1 with its FP32 reference (the FP32 of the same format if any)
-    fp32_by_fmt = {a.format: a.name for a in artifacts if a.precision == "fp32" and a.name in preds}
-    base = ctx.fp32.name if ctx.fp32 and ctx.fp32.name in preds else next(iter(fp32_by_fmt.values()), None)
+    # agreement of every artifact's top-1 with its FP32 reference
+    refs = fp32_reference_of(artifacts, preds, ctx.fp32)
     for a in artifacts:
-        if a.name not in preds or base is None:
+        ref = refs.get(a.name)
+        if ref is None:
             continue
-        ref = fp32_by_fmt.get(a.format, base)
         ctx.results.evaluation(a.sha256, fp).agreement = {"reference": ref,
                                                           "top1_agreement": agreement(preds[a.name], preds[ref])}
     ctx.results.save()

@@ -47,16 +47,10 @@ def _correct(ctx, arts) -> dict:
 
 def _vs_fp32(ctx, arts, correct: dict) -> dict:
     """artifact name -> report.json `vs_fp32`: each non-reference artifact against the FP32 of its format."""
-    fp32_by_fmt = {a.format: a.name for a in arts if a.precision == "fp32" and a.name in correct}
-    base = ctx.fp32.name if ctx.fp32 and ctx.fp32.name in correct else next(iter(fp32_by_fmt.values()), None)
-    out = {}
-    for a in arts:
-        ref = fp32_by_fmt.get(a.format, base)
-        if a.name not in correct or ref is None or ref == a.name or (a.precision == "fp32" and a.format in fp32_by_fmt
-                                                                      and fp32_by_fmt[a.format] == a.name):
-            continue
-        out[a.name] = vs_reference(ref, correct[ref], correct[a.name], ctx.cfg.max_accuracy_drop)
-    return out
+    from .evaluate import fp32_reference_of
+
+    return {name: vs_reference(ref, correct[ref], correct[name], ctx.cfg.max_accuracy_drop)
+            for name, ref in fp32_reference_of(arts, correct, ctx.fp32).items() if ref != name}
 
 
 def _agreement(ctx, a):

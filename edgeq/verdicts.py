@@ -68,10 +68,11 @@ def drop_verdict(t: PairedTest, budget_pt: float) -> str:
 def vs_reference(ref_name: str, ref_correct: np.ndarray, cand_correct: np.ndarray, budget_pt: float) -> dict:
     """report.json `vs_fp32` of one artifact: paired drop with interval, exact McNemar, verdict."""
     t = paired_test(ref_correct, cand_correct)
+    status = budget_status(t, budget_pt)
     return {"reference": ref_name, "n": t.n, "drop_pt": round(t.drop * 100, 3),
             "drop_ci95_pt": [round(t.ci95[0] * 100, 3), round(t.ci95[1] * 100, 3)],
-            "mcnemar": {"b": t.b, "c": t.c, "p": round(t.p, 6)}, "within_budget": budget_status(t, budget_pt),
-            "images_to_decide": images_needed(t, budget_pt) if budget_status(t, budget_pt) is None else None,
+            "mcnemar": {"b": t.b, "c": t.c, "p": round(t.p, 6)}, "within_budget": status,
+            "images_to_decide": images_needed(t, budget_pt) if status is None else None,
             "verdict": drop_verdict(t, budget_pt)}
 
 

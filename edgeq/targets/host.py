@@ -52,8 +52,8 @@ class HostTarget:
             timed = " or ".join(host_benchmark_formats())
             problems.append(f"format {artifact.format} is not a deployment format; the host times {timed} "
                             "artifacts: benchmark its export instead")
-        elif made_for_elsewhere(artifact, "host"):  # e.g. a TensorRT-only artifact: its latency is the device's
-            problems.append(made_for_elsewhere(artifact, "host"))
+        elif elsewhere := made_for_elsewhere(artifact, "host"):  # e.g. TensorRT-only: its latency is the device's
+            problems.append(elsewhere)
         return Compatibility(not problems, self.name, artifact.name, problems)
 
     def prepare(self, artifact, run_dir: Path) -> Deployable:
