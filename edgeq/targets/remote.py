@@ -167,13 +167,8 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
                 out.latency[key(a)] = _row(a, d.name, reason=f"not measured: {e}")
                 log(f"- {a.name}: not measured: {e}")
                 done.add(a.name)
-        cond = {"cpu": info.get("device", {}).get("cpu"), "loadavg_before": info.get("device", {}).get("loadavg"),
-                "threads": plan.threads, "rounds": plan.rounds, "runs_per_round": plan.runs,
-                "warmup_per_round": plan.warmup}
         _time_interleaved(ctx, plan, target, deps, inputs_remote, x if want_outputs else None, out, key, log)
         done.update(deps)
-        cond["loadavg_after"] = session.hello().get("device", {}).get("loadavg")
-        out.summary["conditions"] = cond
     except DeviceUnreachable as e:
         fail_rest("unreachable", str(e))
     except EdgeqError as e:  # the agent could not start: wrong protocol, no python, crash
@@ -203,8 +198,13 @@ def _time_interleaved(ctx, plan: Plan, target, deps: dict, inputs_remote, x_chec
             details[name]["outputs_check"] = outputs_check(a, ctx.run_dir, x_check, target.last_answer["outputs"])
         return stats, (target.last_answer.get("timing") or {}).get("samples_ms")
 
+    device = target.session.info.get("device", {})
+    cond = {"cpu": device.get("cpu"), "loadavg_before": device.get("loadavg"), "threads": plan.threads,
+            "rounds": plan.rounds, "runs_per_round": plan.runs, "warmup_per_round": plan.warmup}
     per_round, pooled, failed = interleave(list(deps), time_round, plan.rounds, log, fatal=(DeviceUnreachable,),
                                            label=f"benchmark {plan.device.name} (interleaved)")
+    cond["loadavg_after"] = target.session.hello().get("device", {}).get("loadavg")  # how busy it was meanwhile
+    out.summary["conditions"] = cond
     noisy_limit = ctx.cfg.benchmark.noisy_limit
     stats = {n: summarise(per_round[n], pooled[n], noisy_limit) for n in deps if per_round[n]}
     add_ratios(stats, per_round, fp32_references([a for a, _ in deps.values()]), noisy_limit)
