@@ -7,10 +7,11 @@ CONFIG ?= models/mobilenet_v2.yaml
 .PHONY: setup run test test-fast images clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,torch]'
+	$(BIN)/pip install -q --no-deps 'onnx2tf==1.29.24'  # ONNX -> TFLite; its own pins are too old (pyproject.toml)
 	touch $@
 
 run: setup

@@ -62,13 +62,14 @@ RUN set -eu; mkdir -p edgeq && touch edgeq/__init__.py README.md; \
     python3 -m venv /opt/venv; \
     pip install -q --upgrade pip; \
     pip install -q . ; \
+    pip install -q --no-deps 'onnx2tf==1.29.24'; \
     pip uninstall -q -y edgeq; rm -rf edgeq README.md build *.egg-info
 
 COPY edgeq/ edgeq/
 COPY models/ models/
 COPY calibration_data/ calibration_data/
 # Editable: edgeq finds models/ and calibration_data/ next to its package, as in a checkout.
-RUN pip install -q --no-deps -e . && edgeq --version && python -c "import edgeq.cli"
+RUN pip install -q --no-deps -e . && edgeq --version && python -c "import edgeq.cli, onnx2tf"
 
 WORKDIR /opt/edgeq
 CMD ["edgeq", "--help"]

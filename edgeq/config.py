@@ -25,11 +25,15 @@ class Strict(BaseModel):
 
 class ModelSpec(Strict):
     path: Path
-    format: Optional[Literal["keras", "h5", "savedmodel", "onnx"]] = None  # inferred from the path if omitted
+    format: Optional[Literal["keras", "h5", "savedmodel", "onnx", "pytorch"]] = None  # inferred from the path if omitted
     input_shape: tuple[PositiveInt, PositiveInt, PositiveInt]  # H, W, C of one image
     num_classes: int = Field(gt=1)
     family: str = "custom"  # mobilenet_v2 | resnet50 | custom: informational, recorded in the report
     trust_lambda_layers: bool = False  # .h5 with Lambda layers runs Python from the file: opt in explicitly
+    # pytorch: a TorchScript file, a torch.export .pt2, or a state_dict with `factory` ("package.module:function"
+    # returning the nn.Module; imported from the model file's directory or sys.path); exported to ONNX at `opset`
+    factory: Optional[str] = None
+    opset: int = Field(17, ge=13, le=21)
 
     @model_validator(mode="after")
     def _infer_format(self):
@@ -37,7 +41,14 @@ class ModelSpec(Strict):
             from .formats import model_input_format
 
             object.__setattr__(self, "format", model_input_format(self.path))
+        if self.factory is not None and self.format != "pytorch":
+            raise ValueError(f"model.factory is for PyTorch state_dict files; this model is {self.format}")
         return self
+
+    @property
+    def factory_base(self) -> Path:
+        """Where a `factory` module is looked for first: the model file's directory."""
+        return Path(self.path).resolve().parent
 
 
 class PreprocessSpec(Strict):
@@ -95,6 +106,9 @@ class TflitePtqSpec(Strict):
     per_channel: bool = True
     export_fp32: bool = True  # the FP32 .tflite baseline
     allow_float_ops: bool = False  # True permits a hybrid model (ops that stay float); never the default
+    # ONNX/PyTorch input: the FP32 .tflite (always exported then) must match the FP32 ONNX within this max
+    # |Δlogit| relative to the largest |logit|, or the stage fails: a translation error is not quantisation loss
+    max_translation_error: float = Field(1e-3, gt=0)
 
 
 class OnnxPtqSpec(Strict):
@@ -331,9 +345,11 @@ def check_consistency(cfg: RunConfig, where: str) -> None:
             raise ConfigError(f"{where}: preprocess.{key} has {len(v)} values but the model has {c} channels "
                               f"(model.input_shape {list(cfg.model.input_shape)}); give 1 value or {c}")
     d, s = cfg.data, cfg.stages
-    keras_input = cfg.model.format != "onnx"
-    counts = [("stages.onnx_ptq.calibration_images", s.onnx_ptq.calibration_images, s.onnx_ptq.enabled)]
-    if keras_input:
+    from .formats import runs_from_onnx
+
+    counts = [("stages.onnx_ptq.calibration_images", s.onnx_ptq.calibration_images, s.onnx_ptq.enabled),
+              ("stages.tflite_ptq.representative_images", s.tflite_ptq.representative_images, s.tflite_ptq.enabled)]
+    if not runs_from_onnx(cfg.model.format):
         # QAT and the comparison convert with the TFLite PTQ representative images too
         needs_rep = s.tflite_ptq.enabled or s.qat.enabled or s.comparison.enabled
         counts = [("stages.tflite_ptq.representative_images", s.tflite_ptq.representative_images, needs_rep),

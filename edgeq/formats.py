@@ -42,6 +42,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            agent_runtimes=TFLITE_INTERPRETERS),
     Format("onnx", (".onnx",), "edgeq.runtime:OnnxPredictor", "onnxruntime", "pip install onnxruntime",
            host_benchmark=True, kinds=("host", "rpi", "jetson"), agent_runtimes=("onnxruntime",), model_input=True),
+    # exported to ONNX by edgeq (quantize/torch_import.py); the run's FP32 artifact is that ONNX
+    Format("pytorch", (".pt2", ".pt", ".pth", ".ts"), None, "torch", "pip install 'edgeq[torch]'", model_input=True,
+           imported_as="onnx"),
     # built on a Jetson from the ONNX artifact and tied to its GPU and TensorRT version: no target takes one
     Format("engine", (".engine", ".plan"), None, "tensorrt",
            "trtexec ships with JetPack's TensorRT (sudo apt-get install tensorrt, or nvidia-jetpack); it is then "
@@ -101,6 +104,12 @@ def imported_artifact(fmt: str, src: Path) -> tuple[str, str]:
     row = FORMATS[fmt]
     suffix = "" if row.directory else (src.suffix if src.suffix.lower() in row.suffixes else row.suffixes[0])
     return row.imported_as or row.name, suffix
+
+
+def runs_from_onnx(fmt: str) -> bool:
+    """A run whose input model has format `fmt` works on an FP32 ONNX (given, or exported from PyTorch)."""
+    row = FORMATS[fmt]
+    return (row.imported_as or row.name) == "onnx"
 
 
 def host_benchmark_formats() -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,14 +45,25 @@ class RunContext:
     log: Callable[[str], None] = log_print
     fp32: Artifact | None = None  # the FP32 source artifact (keras or onnx)
     _model: Any = None
+    translation: dict | None = None  # how an ONNX input became the Keras model (onnx_to_tf notes)
     results: Results = field(init=False)
 
     def __post_init__(self):
         self.results = Results.load(self.run_dir / "results.json")
 
-    # -- the FP32 Keras model, loaded once
+    # -- the FP32 Keras model, loaded once (for ONNX and PyTorch input: the FP32 ONNX translated by onnx2tf)
     def keras_model(self):
-        if self._model is None:
+        if self._model is None and self.is_onnx_input:
+            from .quantize.onnx_input import read_onnx_input
+            from .quantize.onnx_to_tf import onnx_to_keras
+
+            hwc = tuple(self.cfg.model.input_shape)
+            src = self.fp32.abspath(self.run_dir)
+            info = read_onnx_input(src, hwc, where=self.cfg.model.path)
+            with tempfile.TemporaryDirectory(prefix=".onnx2tf-", dir=self.run_dir) as work:
+                self._model, self.translation = onnx_to_keras(src, info, self.pre(self.splits.calibration.images[:20]),
+                                                              Path(work), where=self.cfg.model.path)
+        elif self._model is None:
             from .models import check_input_shape, check_num_classes, load_keras_model
 
             m = self.cfg.model
@@ -62,7 +74,10 @@ class RunContext:
 
     @property
     def is_onnx_input(self) -> bool:
-        return self.cfg.model.format == "onnx"
+        """The run's FP32 model is ONNX: given as ONNX, or exported to it from PyTorch."""
+        from .formats import runs_from_onnx
+
+        return runs_from_onnx(self.cfg.model.format)
 
     def artifact_dir(self) -> Path:
         d = self.run_dir / "artifacts"
@@ -103,6 +118,8 @@ def _import_fp32(ctx: RunContext) -> Artifact:
 
     m = ctx.cfg.model
     src = Path(m.path)
+    if m.format == "pytorch":
+        return _export_pytorch(ctx)
     fmt, suffix = imported_artifact(m.format, src)  # e.g. a .h5 input stays .h5 and is a keras artifact
     if m.format != "onnx":
         ctx.keras_model()  # validates the model now: bad input fails before anything is written
@@ -142,6 +159,28 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
         return _run_locked(cfg, run_dir, pf, checked_log, only_stages, t0)
 
 
+def _export_pytorch(ctx: RunContext) -> Artifact:
+    """A PyTorch input becomes the run's FP32 ONNX (`fp32_onnx`), exported by edgeq and checked against PyTorch."""
+    from .quantize import torch_import
+
+    m = ctx.cfg.model
+    src = Path(m.path)
+    module = ctx._model if ctx._model is not None else torch_import.load_torch_model(src, m.factory, m.factory_base)
+    check_x = ctx.pre(ctx.splits.calibration.images[:16])
+
+    def export(tmp: Path) -> dict:
+        notes = torch_import.export_onnx(module, tmp, tuple(m.input_shape), m.opset)
+        notes["max_abs_diff_vs_torch"] = torch_import.max_abs_diff_vs_torch(module, tmp, check_x)
+        notes["checked_on"] = f"{len(check_x)} calibration images"
+        return {"source": str(src), "source_format": "pytorch", **notes}
+
+    key = {"source_sha256": sha256_of(src), "opset": m.opset, "factory": m.factory}
+    fp32 = ctx.produce("fp32_onnx", "fp32.onnx", key, export, fmt="onnx", precision="fp32", method="none",
+                       stage="import", params={"opset": m.opset, "source_format": "pytorch"})
+    ctx._model = None  # the stages' Keras model is the ONNX's translation, made on first use
+    return fp32
+
+
 def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str], None],
                 only_stages: set[str] | None, t0: float) -> Path:
     splits = pf.splits
@@ -162,8 +201,9 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
             if not opts.enabled or (only_stages is not None and name not in only_stages):
                 continue
             if ctx.is_onnx_input and name in KERAS_ONLY_STAGES:
-                log(f"[{name}] skipped: the input model is ONNX; only ONNX stages apply")
-                ctx.results.sections.setdefault("skipped", {})[name] = "input model is ONNX"
+                why = f"the input model is {cfg.model.format}; {KERAS_ONLY_STAGES[name]}"
+                log(f"[{name}] skipped: {why}")
+                ctx.results.sections.setdefault("skipped", {})[name] = why
                 continue
             log(f"[{name}]")
             produced += _run_stage(name, ctx, opts)

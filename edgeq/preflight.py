@@ -27,7 +27,9 @@ def parse_stages(text: str) -> set[str]:
 
 def planned_stages(cfg: RunConfig, only_stages: set[str] | None = None) -> list[str]:
     """The stages a run will execute, in order: enabled, selected, and applicable to the input model."""
-    onnx = cfg.model.format == "onnx"
+    from .formats import runs_from_onnx
+
+    onnx = runs_from_onnx(cfg.model.format)
     return [n for n in STAGES if getattr(cfg.stages, n).enabled and (only_stages is None or n in only_stages)
             and not (onnx and n in KERAS_ONLY_STAGES)]
 
@@ -71,7 +73,7 @@ class Preflight:
     pre: Preprocess
     splits: Splits
     stages: list[str]
-    model: Any = None  # the loaded Keras model (None for ONNX input)
+    model: Any = None  # the loaded Keras model (the nn.Module for PyTorch input, None for ONNX input)
 
 
 def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | None = None) -> Preflight:
@@ -90,7 +92,12 @@ def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | N
 
         checked_inventory(cfg)
     model = None
-    if m.format == "onnx":
+    if m.format == "pytorch":
+        from .quantize.torch_import import check_forward, load_torch_model
+
+        model = load_torch_model(m.path, m.factory, m.factory_base)
+        check_forward(model, tuple(m.input_shape), m.num_classes, m.path)
+    elif m.format == "onnx":
         from .quantize.onnx_input import check_onnx_outputs, read_onnx_input
 
         read_onnx_input(m.path, tuple(m.input_shape))

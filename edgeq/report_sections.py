@@ -45,6 +45,26 @@ def onnx_ptq_markdown(section: dict, artifacts: list[Any], compatibility: dict) 
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ ONNX / PyTorch input -> TFLite
+def tflite_translation_markdown(section: dict) -> str:
+    """The tflite_ptq section of an ONNX (or PyTorch) input: how it became TensorFlow, and how close it stayed."""
+    lines = ["## TFLite from ONNX", ""]
+    src = section.get("source") or {}
+    if src.get("source_format") == "pytorch":
+        lines.append(f"- FP32 ONNX exported from PyTorch ({src['source']}) by {src['exporter']}, opset "
+                     f"{src['settings']['opset_version']}, input {src['settings']['input_shape']}; max |PyTorch - "
+                     f"ONNX| {src['max_abs_diff_vs_torch']:.2e} on {src['checked_on']}")
+    t, v = section.get("translation") or {}, section.get("vs_onnx") or {}
+    if t:
+        lines.append(f"- translated by {t['translator']} after {t['constant_folding']} constant folding "
+                     f"({t['onnx_input_layout']} ONNX input -> NHWC {t['tf_input_shape']}, {t['translate_seconds']} s)")
+    if v:
+        lines.append(f"- FP32 .tflite vs FP32 ONNX on {v['images']} calibration images: max |Δlogit| "
+                     f"{v['max_abs_logit_diff']:.2e} ({v['relative']:.1e} of the largest logit), top-1 agreement "
+                     f"{v['top1_agreement']:.1%}")
+    return "\n".join(lines)
+
+
 def _ort_lines(name: str, notes: dict) -> list[str]:
     lines = []
     k = notes.get("ort_kernels")

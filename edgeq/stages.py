@@ -15,7 +15,11 @@ STAGES: dict[str, str] = {
     "qat": "edgeq.quantize.qat:run_stage",
     "comparison": "edgeq.quantize.compare:run_stage",
 }
-KERAS_ONLY_STAGES = {"tflite_ptq", "qat", "comparison"}
+# stages that need a trainable Keras model (not one translated from ONNX) -> why, for the skip message
+KERAS_ONLY_STAGES = {
+    "qat": "QAT fine-tunes a Keras model (for PyTorch, fine-tune with torchao's QAT and export the result)",
+    "comparison": "the PTQ-vs-QAT comparison needs QAT",
+}
 # stage name -> "module:function(ctx)" run after [evaluate], for stages that summarise evaluated artifacts
 AFTER_EVALUATE: dict[str, str] = {"comparison": "edgeq.quantize.compare:after_evaluate"}
 

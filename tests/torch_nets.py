@@ -1,0 +1,70 @@
+"""PyTorch classifiers written here (random seeded weights, nothing downloaded) with the quirks real exports
+have: depthwise convs, ReLU6 (exported as Clip), explicit F.pad (pads computed in constant subgraphs by the
+exporter), a Linear head (Gemm), NCHW input. Also the `factory` module of the state_dict tests."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        self.expand = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(mid, mid, 3, stride, 0, groups=mid, bias=False),
+                                       nn.BatchNorm2d(mid), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.depthwise(F.pad(self.expand(x), (1, 1, 1, 1)))
+        y = self.project(y)
+        return x + y if self.residual else y
+
+
+class MobileNetLike(nn.Module):
+    """MobileNetV2-style: stem, inverted residual stages (each: one strided block + `repeats` residual ones)."""
+
+    def __init__(self, classes: int = 10, widths=(16, 24, 32, 64), strides=(2, 2, 2, 1), repeats: int = 1,
+                 expand: int = 4, stem: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6())
+        layers, c = [], stem
+        for w, s in zip(widths, strides):
+            layers.append(InvertedResidual(c, w, s, expand))
+            layers += [InvertedResidual(w, w, 1, expand) for _ in range(repeats)]
+            c = w
+        self.blocks = nn.Sequential(*layers)
+        self.head = nn.Linear(c, classes)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def _seeded(model: nn.Module, seed: int) -> nn.Module:
+    """Seeded weights and batch-norm statistics (so BN is not an identity), eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+    return model.eval()
+
+
+def small_net(classes: int = 3, seed: int = 0) -> nn.Module:
+    """The test network: 32x32 input. `factory` for the state_dict tests (model.factory: torch_nets:small_net)."""
+    torch.manual_seed(seed)
+    return _seeded(MobileNetLike(classes), seed)
+
+
+def mobilenet_v2_like(classes: int = 1000, seed: int = 0) -> nn.Module:
+    """An ImageNet-sized (224x224) MobileNetV2-width network, random weights: conversion time and size only."""
+    torch.manual_seed(seed)
+    net = MobileNetLike(classes, widths=(16, 24, 32, 64, 96, 160, 320), strides=(1, 2, 2, 2, 1, 2, 1), repeats=2,
+                        expand=6, stem=32)
+    return _seeded(net, seed)
