@@ -191,9 +191,12 @@ def test_onnx_input_model_is_quantized_as_given(tiny_onnx, tmp_path, layout):
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     arts = by_name(rep)
-    assert set(arts) == {"fp32_onnx", "int8_onnx_ptq", "int8_onnx_trt"}  # no export, no TFLite
+    # no ONNX export; TFLite through onnx2tf, from either layout
+    assert set(arts) == {"fp32_onnx", "int8_onnx_ptq", "int8_onnx_trt", "fp32_tflite", "int8_tflite_ptq"}
     assert arts["fp32_onnx"]["stage"] == "import"
-    assert "[tflite_ptq] skipped" in r.stdout
+    assert rep["tflite_ptq"]["vs_onnx"]["relative"] <= 1e-3
+    assert rep["tflite_ptq"]["translation"]["onnx_input_layout"] == layout.upper()
+    assert arts["int8_tflite_ptq"]["notes"]["float_ops"] == []
     assert rep["onnx_ptq"]["input"]["layout"] == layout.upper()
     assert arts["int8_onnx_trt"]["compatibility"]["tensorrt"]["ok"]
     for a in arts.values():

@@ -36,6 +36,30 @@ def _onnx2tf():
     return onnx2tf, impl
 
 
+def _with_free_batch(src: Path, info: OnnxInput, input_shape_hwc, out: Path) -> None:
+    """`src` with its input's batch axis free and H/W/C set from model.input_shape. onnx2tf mistranslates some
+    graphs with a fixed batch of 1 (GlobalAveragePool + Squeeze squeezes the batch axis away); the TFLite
+    converter fixes batch 1 again."""
+    import onnx
+
+    model = onnx.load(str(src))
+    h, w, c = input_shape_hwc
+    dims = [c, h, w] if info.layout == "NCHW" else [h, w, c]
+    inp = next(i for i in model.graph.input if i.name == info.name)
+    shape = inp.type.tensor_type.shape.dim
+    shape[0].Clear()
+    shape[0].dim_param = "batch"
+    for d, v in zip(list(shape)[1:], dims):
+        d.Clear()
+        d.dim_value = v
+    for o in model.graph.output:
+        if o.type.tensor_type.shape.dim:
+            o.type.tensor_type.shape.dim[0].Clear()
+            o.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del model.graph.value_info[:]  # shapes inferred for batch 1 would contradict the free batch
+    onnx.save(model, str(out))
+
+
 def fold_constants(src: Path, out: Path) -> None:
     """`src` with constant subgraphs folded by ONNX Runtime's basic optimiser (standard ONNX ops only)."""
     import onnxruntime as ort
@@ -64,22 +88,25 @@ def _sample_images(impl, images_nhwc: np.ndarray):
 
 
 def onnx_to_keras(onnx_path: Path, info: OnnxInput, images_nhwc: np.ndarray, workdir: Path, where: Path | None = None):
-    """(tf-keras model with an NHWC batch-1 input, notes). `images_nhwc`: preprocessed images onnx2tf checks on."""
+    """(tf-keras model with an NHWC input, notes). `images_nhwc`: preprocessed images onnx2tf checks on; their
+    H, W, C are the model's input shape."""
     onnx2tf, impl = _onnx2tf()
     from ..progress import spinner
     from ..tfcompat import quiet_stderr
 
     where = where or onnx_path
     workdir.mkdir(parents=True, exist_ok=True)
-    folded = workdir / "folded.onnx"
-    fold_constants(onnx_path, folded)
+    free, folded = workdir / "free_batch.onnx", workdir / "folded.onnx"
+    _with_free_batch(onnx_path, info, images_nhwc.shape[1:], free)
+    fold_constants(free, folded)
+    nhwc = [info.name] if info.layout == "NHWC" else None  # onnx2tf otherwise takes every 4-D input as NCHW
     t = time.perf_counter()
     log = io.StringIO()
     try:
         with spinner(f"translate {Path(where).name} ONNX -> TensorFlow (onnx2tf)"), quiet_stderr(), \
                 _sample_images(impl, images_nhwc[:20]), contextlib.redirect_stdout(log):
             model = onnx2tf.convert(input_onnx_file_path=str(folded), output_folder_path=str(workdir / "tf"),
-                                    batch_size=1, not_use_onnxsim=True, disable_model_save=True, non_verbose=True,
+                                    not_use_onnxsim=True, keep_nwc_or_nhwc_or_ndhwc_input_names=nhwc, disable_model_save=True, non_verbose=True,
                                     copy_onnx_input_output_names_to_tflite=True)
     except SystemExit:  # onnx2tf exits on an op it cannot translate, after printing why
         raise QuantizationError(f"{where}: onnx2tf cannot translate this ONNX model to TensorFlow: "
