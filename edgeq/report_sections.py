@@ -26,7 +26,8 @@ def onnx_ptq_markdown(section: dict, artifacts: list[Any], compatibility: dict) 
                      f"{e['transposes']} Transpose left, {e['identity_reshapes_removed']} identity Reshape removed")
     else:
         i = section["input"]
-        lines.append(f"- input model: {i['source']} (input '{i['input']}', {i['layout']}), quantized as given")
+        how = f"exported by {i['exporter']}" if i.get("exporter") else "as given"
+        lines.append(f"- input model: {i['source']} (input '{i['input']}', {i['layout']}), quantized {how}")
     lines.append(f"- int8_onnx_ptq scheme: {h['activation_type']} activations "
                  f"({'symmetric' if h['activation_symmetric'] else 'with zero-point'}), {h['weight_type']} weights "
                  f"{'per-channel' if h['per_channel'] else 'per-tensor'}, reduce_range={h['reduce_range']}, "

@@ -75,7 +75,7 @@ def _fp32_onnx(ctx, opts: OnnxPtqSpec) -> tuple[Artifact, OnnxInput, dict]:
     if ctx.is_onnx_input:
         info = read_onnx_input(ctx.fp32.abspath(ctx.run_dir), hwc, where=ctx.cfg.model.path)
         return ctx.fp32, info, {"input": {"source": str(ctx.cfg.model.path), "input": info.name, "dims": info.dims,
-                                          "layout": info.layout}}
+                                          "layout": info.layout, "exporter": ctx.fp32.notes.get("exporter")}}
     model = ctx.keras_model()
     check_x = ctx.pre(ctx.splits.calibration.images[:64])
 
