@@ -84,8 +84,8 @@ def _cmd_bench(args) -> int:
     names = args.device or [t.device for t in ctx.cfg.targets]
     if not names:
         raise EdgeqError("name the devices to benchmark on: --device NAME (or list them under `targets:` in the config)")
-    refs = [TargetRef(device=d, runs=args.runs, warmup=args.warmup, threads=args.threads, rounds=args.rounds)
-            for d in names]
+    refs = [TargetRef(device=d, runs=args.runs, warmup=args.warmup, threads=args.threads, rounds=args.rounds,
+                      accuracy=args.accuracy) for d in names]
     ctx.log(f"[benchmark: devices] {ctx.run_dir}")
     benchmark_devices(ctx, list(ctx.manifest.artifacts.values()), refs,
                       Path(args.inventory) if args.inventory else None)
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int)
     b.add_argument("--threads", type=int)
     b.add_argument("--rounds", type=int, help="interleaved rounds per artifact (default: the config's benchmark.rounds)")
+    b.add_argument("--accuracy", type=int, metavar="N", help="also run N eval images through each device's own "
+                   "runtime: on-device top-1, agreement with this host's run, paired test (accuracy_on_device)")
     b.set_defaults(fn=_cmd_bench)
     c = sub.add_parser("compare", help="finished runs side by side (the first is the baseline); a CI gate with "
                        "--fail-on-regression")

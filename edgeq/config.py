@@ -206,6 +206,7 @@ class TargetRef(Strict):
     runs: Optional[int] = None
     warmup: Optional[int] = None
     threads: Optional[int] = None
+    accuracy: Optional[int] = Field(None, ge=1)  # eval images run through the device's own runtime
 
 
 class OutputSpec(Strict):

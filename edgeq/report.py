@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from . import report_sections
 from .artifacts import write_bytes_atomic, write_json_atomic
 from .sysinfo import cpu_info
 from .verdicts import accuracy_interval, int8_method_tests, ship, vs_reference
@@ -272,7 +273,10 @@ def markdown(rep: dict) -> str:
               if s.get("noisy")]
     if notes:
         lines += ["", "## Not measured or noisy", ""] + [f"- {n} on {t}: {r}" for n, t, r in notes]
-    lines += _device_lines(rep) + _per_layer_lines(rep)
+    lines += _device_lines(rep)
+    on_device = report_sections.device_accuracy_markdown(rep.get("accuracy_on_device"))
+    lines += ["", on_device] if on_device else []
+    lines += _per_layer_lines(rep)
     for name, section in rep.items():
         if isinstance(section, dict) and section.get("markdown"):
             lines += ["", section["markdown"]]

@@ -380,8 +380,12 @@ def render_html(rep: dict) -> str:
     pl = "".join(_per_layer(e, e["per_layer_error"]) for e in arts if isinstance(e.get("per_layer_error"), dict))
     plots += f"<h2>Per-layer quantisation error</h2>{pl}" if pl else ""
     footer = f"<footer><p>Machine-readable: report.json, manifest.json.</p><p>{_e(versions)}</p></footer>"
+    from .report_sections import device_accuracy_markdown
+
+    on_device = device_accuracy_markdown(_d(rep.get("accuracy_on_device")))
+    on_device = f'<section class="md" id="sec-accuracy-on-device">{markdown_html(on_device)}</section>' if on_device else ""
     body = (_header(rep) + _ship(rep) + _main_table(rep, arts, targets) + plots + _sections(rep)
-            + _devices(rep) + footer)
+            + _devices(rep) + on_device + footer)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>edgeq: {_e(rep.get("model"))}</title>'
             f"<style>{CSS}</style></head><body><main>{body}</main></body></html>\n")

@@ -140,3 +140,30 @@ def comparison_markdown(section: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "\\* estimated packed size.", ""] + [f"- {v}" for v in section["verdict_lines"]]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ accuracy on the devices
+def device_accuracy_markdown(section: dict | None) -> str:
+    """accuracy_on_device (device -> artifact -> entry) as a table: on-device top-1 against the host's run of
+    the same artifact on the same images, with the paired test."""
+    if not section:
+        return ""
+    lines = ["## Accuracy on the devices", "",
+             "Each device ran the eval images through its own runtime; the host ran the same artifact on the same "
+             "images. Intervals 95 % (Wilson; Newcombe paired for the difference, exact McNemar p).", "",
+             "| artifact | device | n | device top-1 % [CI] | host top-1 % [CI] | agreement | device − host pt [CI] | p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for device, entries in section.items():
+        for name, e in (entries.items() if isinstance(entries, dict) else ()):
+            if not isinstance(e, dict):
+                continue
+            if not e.get("n") or not isinstance(e.get("paired_vs_host"), dict):
+                lines.append(f"| {name} | {device} | 0 | {e.get('reason', 'not measured')} | | | | |")
+                continue
+            t = e["paired_vs_host"]
+            lo, hi = t["ci95"]
+            lines.append(f"| {name} | {device} | {e['n']} | {100 * e['top1']:.2f} [{100 * e['top1_ci95'][0]:.2f}, "
+                         f"{100 * e['top1_ci95'][1]:.2f}] | {100 * e['host_top1']:.2f} [{100 * e['host_top1_ci95'][0]:.2f}, "
+                         f"{100 * e['host_top1_ci95'][1]:.2f}] | {e['top1_agreement_with_host']:.1%} | "
+                         f"{-100 * t['drop']:+.2f} [{-100 * hi:.2f}, {-100 * lo:.2f}] | {t['p']:.2g} |")
+    return "\n".join(lines)

@@ -205,6 +205,26 @@ def test_bench_cli_second_run_copies_nothing(device_run):
     assert any(f.endswith("-agent.py") for f in files) and any(f.endswith("-int8_ptq.tflite") for f in files)
 
 
+def test_bench_accuracy_runs_eval_images_through_each_devices_runtime(device_run):
+    """--accuracy N: on-device top-1 with its interval, agreement with the host's run of the same artifact on the
+    same images, and the paired test; over loopback the runtime is the same, so they agree exactly."""
+    run, inv = device_run["run"], device_run["inventory"]
+    r = run_edgeq("bench", run, "--inventory", inv, "--device", "loop-rpi", "--device", "local-agent",
+                  "--accuracy", "50", "--rounds", "1", "--runs", "5", cwd=device_run["root"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = _report(run)
+    on_device = rep["accuracy_on_device"]
+    for device in ("loop-rpi", "local-agent"):
+        for name in ("fp32_tflite", "int8_tflite_ptq"):
+            e = on_device[device][name]
+            assert e["n"] == min(50, rep["dataset"]["n_eval"]) and e["sha256"] == _art(rep, name)["sha256"]
+            assert e["top1"] == e["host_top1"] and e["top1_agreement_with_host"] == 1.0
+            assert e["paired_vs_host"]["b"] == e["paired_vs_host"]["c"] == 0 and e["paired_vs_host"]["p"] == 1.0
+            assert e["top1_ci95"][0] <= e["top1"] <= e["top1_ci95"][1] and e["max_abs_diff_vs_host"] < 1e-5
+    assert "## Accuracy on the devices" in (run / "report.md").read_text()
+    assert 'id="sec-accuracy-on-device"' in (run / "report.html").read_text()
+
+
 def sshd_workdir(inv: Path, name: str) -> str:
     return next(d["workdir"] for d in yaml.safe_load(inv.read_text())["devices"] if d["name"] == name)
 
@@ -387,9 +407,15 @@ def test_default_mobilenet_fp32_and_int8_in_one_bench_over_loopback_ssh(sshd, tm
     r = run_edgeq("run", cfg, "--out", tmp_path / "run", "--no-benchmark", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     inv = _inventory(tmp_path / "devices.yaml", [sshd.device("loop-rpi", threads=1)])
-    r = run_edgeq("bench", tmp_path / "run", "--inventory", inv, "--device", "loop-rpi", timeout=900)
+    r = run_edgeq("bench", tmp_path / "run", "--inventory", inv, "--device", "loop-rpi", "--accuracy", "500",
+                  timeout=900)
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-2000:]
     rep = _report(tmp_path / "run")
+    # on-device accuracy of 500 eval images (3 chunks) equals the host's LiteRT run of the same images
+    for name in ("fp32_tflite", "int8_tflite_ptq"):
+        e = rep["accuracy_on_device"]["loop-rpi"][name]
+        assert e["n"] == 500 and e["top1"] == e["host_top1"] and e["top1_agreement_with_host"] == 1.0
+        assert e["paired_vs_host"]["n"] == 500 and e["paired_vs_host"]["p"] == 1.0
     for name in ("fp32_tflite", "int8_tflite_ptq"):
         s = _art(rep, name)["latency_ms"]["loop-rpi"]
         assert s["median"] > 0 and s["runs"] > 0, s

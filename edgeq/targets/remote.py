@@ -35,6 +35,7 @@ class Plan:
     warmup: int  # per round
     threads: int | None
     rounds: int = 1
+    accuracy: int | None = None  # eval images run through the device's runtime (accuracy_on_device)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class DeviceOutcome:
     summary: dict
     latency: dict[str, LatencyRow] = field(default_factory=dict)  # artifact name -> its row
     compatibility: dict = field(default_factory=dict)  # artifact name -> Compatibility dict
+    accuracy: dict = field(default_factory=dict)  # artifact name -> accuracy_on_device entry
 
 
 def make_target(session: DeviceSession, graph_optimization: str = "all") -> DeviceTarget:
@@ -72,7 +74,7 @@ def plans_for(ctx, refs, inventory_path: Path | None) -> list[Plan]:
         seen.add(d.name)
         warmup = r.warmup if r.warmup is not None else (d.warmup if d.warmup is not None else b.warmup)
         plans.append(Plan(d, r.runs or d.runs or b.runs, warmup, r.threads or d.threads or b.threads,
-                          r.rounds or d.rounds or b.rounds))
+                          r.rounds or d.rounds or b.rounds, r.accuracy))
     return plans
 
 
@@ -169,6 +171,8 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
                 done.add(a.name)
         _time_interleaved(ctx, plan, target, deps, inputs_remote, x if want_outputs else None, out, key, log)
         done.update(deps)
+        if plan.accuracy:
+            _accuracy(ctx, plan, session, target, deps, uses_agent, out, log)
     except DeviceUnreachable as e:
         fail_rest("unreachable", str(e))
     except EdgeqError as e:  # the agent could not start: wrong protocol, no python, crash
@@ -181,6 +185,19 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
         out.summary["seconds"] = round(time.perf_counter() - t0, 2)
         transport.close()
     return out
+
+
+def _accuracy(ctx, plan: Plan, session, target, deps: dict, uses_agent: bool, out: DeviceOutcome, log) -> None:
+    """accuracy_on_device for the device's measured artifacts (agent-run kinds; others say why not)."""
+    from . import device_accuracy
+
+    if not uses_agent:
+        why = (f"not measured: a {plan.device.kind} device is timed by its own tool, which returns no outputs "
+               "to score; run the artifact through the agent's runtime for on-device accuracy")
+        out.accuracy = {n: {"artifact": n, "sha256": a.sha256, "n": 0, "reason": why} for n, (a, _) in deps.items()}
+        return
+    measured = {n: dep for n, dep in deps.items() if out.latency.get(n) is not None and out.latency[n].stats}
+    out.accuracy = device_accuracy.measure(ctx, session, target, measured, plan.accuracy, plan.threads, log)
 
 
 def _time_interleaved(ctx, plan: Plan, target, deps: dict, inputs_remote, x_check, out: DeviceOutcome, key,
@@ -240,6 +257,10 @@ def benchmark_devices(ctx, arts, refs=None, inventory: Path | None = None,
             ctx.results.put_latency(row)
         for art, comp in o.compatibility.items():
             ctx.results.put_compatibility(art, name, comp)
+        if o.accuracy:
+            on_device = dict(ctx.results.sections.get("accuracy_on_device") or {})
+            on_device[name] = o.accuracy
+            ctx.results.set_section("accuracy_on_device", dict(sorted(on_device.items())))
         section[name] = o.summary
         if o.summary.get("conditions"):
             ctx.results.conditions[name] = o.summary["conditions"]
