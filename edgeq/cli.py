@@ -102,6 +102,35 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _device_from_inventory(ctx_cfg, inventory: str | None, name: str):
+    from .targets.inventory import load_inventory
+
+    path = Path(inventory) if inventory else (ctx_cfg.inventory if ctx_cfg is not None else None)
+    if path is None:
+        raise EdgeqError(f"--device {name}: no inventory; pass --inventory FILE (or set `inventory:` in the run's config)")
+    return load_inventory(path).get(name)
+
+
+def _cmd_bundle(args) -> int:
+    from .bundle import make_bundle, upload_bundle
+    from .pipeline import open_run
+
+    ctx = open_run(Path(args.run_dir), Path(args.config) if args.config else None)
+    tarball = make_bundle(ctx, args.artifact, Path(args.out) if args.out else None)
+    if args.device:
+        device = _device_from_inventory(ctx.cfg, args.inventory, args.device)
+        upload_bundle(ctx, tarball, device, ctx.log)
+    return 0
+
+
+def _cmd_clean(args) -> int:
+    from .targets.remote import clean_device
+
+    device = _device_from_inventory(None, args.inventory, args.device)
+    print(json.dumps(clean_device(device, print)))
+    return 0
+
+
 def _cmd_compare(args) -> int:
     from .artifacts import write_json_atomic
     from .compare_runs import compare_runs, load_runs, print_comparison, to_json
@@ -163,6 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--accuracy", type=int, metavar="N", help="also run N eval images through each device's own "
                    "runtime: on-device top-1, agreement with this host's run, paired test (accuracy_on_device)")
     b.set_defaults(fn=_cmd_bench)
+    bu = sub.add_parser("bundle", help="one artifact as a deployable directory + tarball (model, labels, "
+                        "preprocessing, agent, classify.py, README); --device uploads and checks it there")
+    bu.add_argument("run_dir")
+    bu.add_argument("--artifact", required=True, help="artifact name (see the run's report)")
+    bu.add_argument("--out", help="where to write it (default: RUN_DIR/bundles)")
+    bu.add_argument("--device", help="inventory device to upload it to (unpacked under its workdir's bundles/)")
+    bu.add_argument("--inventory", help="devices YAML (default: the run config's `inventory:`)")
+    bu.add_argument("--config", help="the run's config, if it moved since the run")
+    bu.set_defaults(fn=_cmd_bundle)
+    cl = sub.add_parser("clean", help="remove everything edgeq copied to a device (its workdir)")
+    cl.add_argument("--device", required=True)
+    cl.add_argument("--inventory", required=True, help="devices YAML")
+    cl.set_defaults(fn=_cmd_clean)
     c = sub.add_parser("compare", help="finished runs side by side (the first is the baseline); a CI gate with "
                        "--fail-on-regression")
     c.add_argument("runs", nargs="+", help="run directories, or a directory holding runs")

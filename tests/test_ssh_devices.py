@@ -13,10 +13,12 @@ import os
 import shutil
 import socket
 import subprocess
+import tarfile
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -223,6 +225,43 @@ def test_bench_accuracy_runs_eval_images_through_each_devices_runtime(device_run
             assert e["top1_ci95"][0] <= e["top1"] <= e["top1_ci95"][1] and e["max_abs_diff_vs_host"] < 1e-5
     assert "## Accuracy on the devices" in (run / "report.md").read_text()
     assert 'id="sec-accuracy-on-device"' in (run / "report.html").read_text()
+
+
+def test_bundle_runs_on_the_device_from_its_own_files_and_clean_removes_the_uploads(device_run, tmp_path):
+    run, inv, root = device_run["run"], device_run["inventory"], device_run["root"]
+    r = run_edgeq("bundle", run, "--artifact", "int8_tflite_ptq", "--device", "loop-rpi", "--inventory", inv,
+                  cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "bundle on loop-rpi" in r.stdout and "top-1 agreement 100%" in r.stdout  # its --check ran there
+    tarball = next((run / "bundles").glob("int8_tflite_ptq-*.tar.gz"))
+    name = tarball.name[:-len(".tar.gz")]
+    deployed = Path(sshd_workdir(inv, "loop-rpi")) / "bundles" / name
+    assert {"int8_ptq.tflite", "agent.py", "classify.py", "labels.txt", "preprocess.json", "bundle.json",
+            "README.md", "sample.npy", "sample_outputs.npy"} <= {p.name for p in deployed.iterdir()}
+    # the unpacked tarball alone, outside the repo, in isolated mode: numpy + the interpreter + the bundle
+    with tarfile.open(tarball) as tf:
+        tf.extractall(tmp_path, filter="data")
+    pixels = tmp_path / "pixels.npy"
+    np.save(pixels, np.load(tmp_path / name / "sample.npy")[:3])
+    for argv in (["--check"], [str(pixels), "--top", "2"]):
+        p = subprocess.run([sys.executable, "-I", str(tmp_path / name / "classify.py"), *argv], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        ans = json.loads(p.stdout)
+        assert ans["runtime"].startswith(("ai-edge-litert", "tflite"))
+    assert ans["predictions"][0][0]["label"] and len(ans["predictions"]) == 3 and len(ans["predictions"][0]) == 2
+    info = json.loads((tmp_path / name / "bundle.json").read_text())
+    assert info["manifest_entry"]["sha256"] == _art(_report(run), "int8_tflite_ptq")["sha256"]
+    # clean: everything edgeq copied to the device goes, and says how much
+    r = run_edgeq("clean", "--device", "loop-rpi", "--inventory", inv, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["removed_bytes"] > 0
+    assert not Path(sshd_workdir(inv, "loop-rpi")).exists()
+
+
+def test_bundle_of_an_unknown_artifact_is_one_line(device_run):
+    r = run_edgeq("bundle", device_run["run"], "--artifact", "nope", cwd=device_run["root"])
+    assert r.returncode == 2 and "no artifact named 'nope'; choose from" in r.stderr and "Traceback" not in r.stderr
 
 
 def sshd_workdir(inv: Path, name: str) -> str:

@@ -266,3 +266,27 @@ def benchmark_devices(ctx, arts, refs=None, inventory: Path | None = None,
             ctx.results.conditions[name] = o.summary["conditions"]
     ctx.results.set_section("devices", dict(sorted(section.items())))
     return {o.summary["name"]: o.summary for o in outcomes}
+
+
+def clean_device(device: Device, log) -> dict:
+    """Remove the device's edgeq workdir (every run's uploads and bundles); what was there, in bytes."""
+    from .ssh import quote_argv, remote_workdir, stderr_tail
+
+    if device.is_local:
+        return {"device": device.name, "removed_bytes": 0,
+                "note": "a host-kind device without an address reads files in place: edgeq copied nothing there"}
+    wd = remote_workdir(device)
+    if wd.strip("/. ~") == "" or ".." in wd.split("/"):
+        raise ConfigError(f"{device.name}: workdir {device.workdir!r} is not a directory edgeq owns; set `workdir:` "
+                          "to a dedicated directory (default edgeq-work)")
+    transport = open_transport(device, log)
+    try:
+        du = transport.run(["du", "-sb", wd])
+        size = int(du.stdout.split()[0]) if du.returncode == 0 and du.stdout.strip() else 0
+        r = transport.run(["rm", "-rf", "--", wd])
+        if r.returncode != 0:
+            raise EdgeqError(f"{device.name}: `{quote_argv(['rm', '-rf', '--', wd])}` failed ({stderr_tail(r.stderr, 2)})")
+    finally:
+        transport.close()
+    log(f"{device.name}: removed {wd} ({size / 1e6:.2f} MB)")
+    return {"device": device.name, "workdir": wd, "removed_bytes": size}
