@@ -123,6 +123,21 @@ def _cmd_bundle(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .sweep import sweep
+
+    out = Path(args.out)
+    s = sweep([Path(c) for c in args.configs], Path(args.inventory) if args.inventory else None, args.device, out,
+              jobs=args.jobs, accuracy=args.accuracy, remeasure=args.remeasure)
+    print((out / "sweep.md").read_text())
+    print(f"sweep: {out / 'sweep.md'} | {out / 'sweep.json'}")
+    failed = [m["model"] for m in s["models"] if m["status"] != "ok"]
+    if failed:
+        print(f"edgeq: sweep: {', '.join(failed)} failed (see sweep.md); exit status 3", file=sys.stderr)
+        return 3
+    return 0
+
+
 def _cmd_clean(args) -> int:
     from .targets.remote import clean_device
 
@@ -201,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--inventory", help="devices YAML (default: the run config's `inventory:`)")
     bu.add_argument("--config", help="the run's config, if it moved since the run")
     bu.set_defaults(fn=_cmd_bundle)
+    sw = sub.add_parser("sweep", help="many model configs: every pipeline, then every artifact on every device "
+                        "(one queue per device, devices in parallel), one combined report")
+    sw.add_argument("configs", nargs="+", help="model configs, e.g. models/*.yaml")
+    sw.add_argument("--inventory", help="devices YAML (without it: host only)")
+    sw.add_argument("--device", action="append", help="inventory device (repeatable; default: every device in it)")
+    sw.add_argument("--out", default="runs/sweep", help="sweep directory: one run directory per model + sweep.md/json")
+    sw.add_argument("--jobs", type=int, default=1, help="model pipelines run at once (default 1; each uses the "
+                    "benchmark's threads and TensorFlow's own)")
+    sw.add_argument("--accuracy", type=int, metavar="N", help="also N eval images on each device (accuracy_on_device)")
+    sw.add_argument("--remeasure", action="store_true", help="time devices again even where the runs hold figures")
+    sw.set_defaults(fn=_cmd_sweep)
     cl = sub.add_parser("clean", help="remove everything edgeq copied to a device (its workdir)")
     cl.add_argument("--device", required=True)
     cl.add_argument("--inventory", required=True, help="devices YAML")

@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import fake_edgetpu_compiler, make_config, run_edgeq
+from conftest import REPO, fake_edgetpu_compiler, make_config, run_edgeq
+
+REPO_MODELS = REPO / "models"
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = [pytest.mark.ssh,
@@ -262,6 +264,63 @@ def test_bundle_runs_on_the_device_from_its_own_files_and_clean_removes_the_uplo
 def test_bundle_of_an_unknown_artifact_is_one_line(device_run):
     r = run_edgeq("bundle", device_run["run"], "--artifact", "nope", cwd=device_run["root"])
     assert r.returncode == 2 and "no artifact named 'nope'; choose from" in r.stderr and "Traceback" not in r.stderr
+
+
+def _check_device_queues(jobs: list[dict], devices: list[str], models: list[str]) -> None:
+    """Every (device, model) job ran; one device's jobs never overlap; the devices' jobs overlap in time."""
+    ran = {(j["device"], j["model"]) for j in jobs if j["status"] == "ok"}
+    assert ran == {(d, m) for d in devices for m in models}, jobs
+    spans = {d: sorted((j["start"], j["end"]) for j in jobs if j["device"] == d) for d in devices}
+    for d, s in spans.items():
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(s, s[1:])), f"{d} ran two jobs at once: {s}"
+    (a0, a1), (b0, b1) = (spans[devices[0]][0][0], spans[devices[0]][-1][1]), (spans[devices[1]][0][0], spans[devices[1]][-1][1])
+    assert a0 < b1 and b0 < a1, f"devices did not run in parallel: {spans}"
+
+
+def test_sweep_runs_every_model_then_every_artifact_on_every_device(tiny_project, sshd, tmp_path):
+    inv = _inventory(tmp_path / "devices.yaml", [
+        sshd.device("loop-a", threads=1),
+        {"name": "local-b", "kind": "host", "python": sys.executable, "threads": 1}])
+    bench = {"runs": 40, "warmup": 2, "threads": 1, "rounds": 3}
+    cfgs = [make_config(tmp_path, tiny_project, filename=f"{n}.yaml", name=n, benchmark=bench)
+            for n in ("tiny_a", "tiny_b")]
+    r = run_edgeq("sweep", *cfgs, REPO_MODELS / "devices.example.yaml", "--inventory", inv, "--out", tmp_path / "sw",
+                  "--jobs", "2", "--accuracy", "20", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-2000:]
+    s = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [m["model"] for m in s["models"]] == ["tiny_a", "tiny_b"]  # the inventory example is not a model
+    _check_device_queues(s["device_jobs"], ["loop-a", "local-b"], ["tiny_a", "tiny_b"])
+    for m in s["models"]:
+        rep = _report(tmp_path / "sw" / m["model"])
+        for name in ("fp32_tflite", "int8_tflite_ptq"):
+            for d in ("host", "loop-a", "local-b"):
+                assert _art(rep, name)["latency_ms"][d]["median"] > 0, (m["model"], name, d)
+            assert rep["accuracy_on_device"]["loop-a"][name]["n"] == 20
+        assert set(m["ship"]) == {"host", "loop-a", "local-b"} and m["ship"]["loop-a"]["artifact"]
+    md = (tmp_path / "sw" / "sweep.md").read_text()
+    assert "| tiny_b | int8_tflite_ptq |" in md and "top-1 on device" in md and "## What to ship" in md
+    # resumable: a second sweep reuses every run and every device figure
+    r = run_edgeq("sweep", *cfgs, "--inventory", inv, "--out", tmp_path / "sw", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert {j["status"] for j in again["device_jobs"]} == {"reused"}
+
+
+@pytest.mark.slow
+def test_sweep_over_the_default_models_and_two_loopback_devices(sshd, tmp_path):
+    """The issue's bar: both default models (TFLite PTQ, 300 eval images) on two loopback devices."""
+    inv = _inventory(tmp_path / "devices.yaml", [sshd.device("loop-1", threads=1), sshd.device("loop-2", threads=1)])
+    cfgs = [make_config(tmp_path, m, stages=["tflite_ptq"], filename=f"{m}.yaml", data={"eval_size": 300},
+                        benchmark={"runs": 20, "warmup": 2, "threads": 1, "rounds": 3})
+            for m in ("mobilenet_v2", "resnet50")]
+    r = run_edgeq("sweep", *cfgs, "--inventory", inv, "--out", tmp_path / "sw", "--jobs", "2", timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-2000:]
+    s = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    _check_device_queues(s["device_jobs"], ["loop-1", "loop-2"], ["mobilenet_v2", "resnet50"])
+    for m in s["models"]:
+        rep = _report(tmp_path / "sw" / m["model"])
+        rows = [(a["name"], d) for a in rep["artifacts"] if a["format"] == "tflite" for d in ("loop-1", "loop-2")]
+        assert rows and all(_art(rep, n)["latency_ms"][d]["median"] > 0 for n, d in rows)
 
 
 def sshd_workdir(inv: Path, name: str) -> str:

@@ -249,6 +249,12 @@ def benchmark_devices(ctx, arts, refs=None, inventory: Path | None = None,
         futures = [ex.submit(run_device, ctx, p, arts, inputs[max(1, p.device.check_outputs)], agent_source)
                    for p in plans]
         outcomes = [f.result() for f in futures]
+    merge_outcomes(ctx, outcomes)
+    return {o.summary["name"]: o.summary for o in outcomes}
+
+
+def merge_outcomes(ctx, outcomes: list[DeviceOutcome]) -> None:
+    """Each device's new figures replace all of its older ones in the run's results."""
     section = dict(ctx.results.sections.get("devices") or {})
     for o in outcomes:
         name = o.summary["name"]
@@ -265,7 +271,6 @@ def benchmark_devices(ctx, arts, refs=None, inventory: Path | None = None,
         if o.summary.get("conditions"):
             ctx.results.conditions[name] = o.summary["conditions"]
     ctx.results.set_section("devices", dict(sorted(section.items())))
-    return {o.summary["name"]: o.summary for o in outcomes}
 
 
 def clean_device(device: Device, log) -> dict:
