@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -277,6 +278,41 @@ def test_runtime_image_int8_outputs_on_arm64_match_x86(request, runtime_image, e
                  f"{len(a)} eval images x {a.shape[1]} outputs: max |diff| = {lsb.max()} LSB, "
                  f"{exact:.2%} of outputs bit-exact, top-1 agreement {top1:.2%} (arm64 run {arm_s:.0f} s)")
     assert lsb.max() <= 1, f"arm64 and x86 INT8 outputs differ by up to {lsb.max()} LSB (bar: 1)"
+
+
+def test_bundle_runs_in_the_arm64_runtime_image_from_its_own_files(request, runtime_image, emulated_cpu_sysfs,
+                                                                   mobilenet_run, tmp_path):
+    """`edgeq bundle` of the INT8 MobileNetV2; the runtime image (numpy + LiteRT, no edgeq) runs its check."""
+    from conftest import run_edgeq
+
+    r = run_edgeq("bundle", mobilenet_run, "--artifact", "int8_tflite_ptq", "--config",
+                  REPO / "models" / "mobilenet_v2.yaml", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    bundle = next(p for p in tmp_path.iterdir() if p.is_dir())
+    ans = agent_json(run_arm64(runtime_image, ["python3", f"/bundle/{bundle.name}/classify.py", "--check"],
+                               "the bundle's classify.py --check in the arm64 runtime image", emulated_cpu_sysfs,
+                               mounts=["-v", f"{tmp_path}:/bundle:ro"]))
+    say(request, f"bundle {bundle.name} in {runtime_image}: {ans['check']} ({ans['runtime']})")
+    assert ans["check"]["ok"] and ans["runtime"].startswith("ai-edge-litert"), ans
+
+
+def test_pipeline_image_turns_an_onnx_model_into_full_integer_tflite(request, pipeline_image, tiny_project, tmp_path):
+    """onnx2tf is installed in the pipeline image (with --no-deps, as `make setup` does) and works there."""
+    from edgeq.models import load_keras_model
+    from edgeq.quantize.onnx_export import keras_to_onnx
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_project / "images", project / "images")
+    keras_to_onnx(load_keras_model(tiny_project / "tiny.keras"), project / "tiny.onnx", 17)
+    (project / "tiny_onnx.yaml").write_text((tiny_project / "tiny.yaml").read_text().replace("tiny.keras", "tiny.onnx")
+                                            .replace("benchmark: {", "benchmark: {enabled: false, "))
+    out = edgeq_in_pipeline_image(pipeline_image, ["run", "tiny_onnx.yaml", "--out", "/out/onnx"], tmp_path / "out",
+                                  "edgeq run on an ONNX model inside the pipeline image",
+                                  mounts=["-v", f"{project}:/project:ro"], workdir="/project")
+    rep = json.loads((out / "onnx" / "report.json").read_text())
+    int8 = next(a for a in rep["artifacts"] if a["name"] == "int8_tflite_ptq")
+    assert int8["notes"]["float_ops"] == [] and rep["tflite_ptq"]["vs_onnx"]["relative"] <= 1e-3
+    say(request, f"pipeline image: ONNX -> INT8 TFLite via {rep['tflite_ptq']['translation']['translator']}")
 
 
 # ----------------------------------------------------------------------------- jetson
