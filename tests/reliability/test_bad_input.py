@@ -201,8 +201,14 @@ def model_foreign_file(p: Proj):
     return p.config({"model": {"path": str(p.root / "image.keras")}})
 
 
-@case("model.pt", "cannot tell the model format", "model.format")
+@case("model.caffemodel", "cannot tell the model format", "model.format")
 def model_unknown_suffix(p: Proj):
+    (p.root / "model.caffemodel").write_bytes(b"x")
+    return p.config({"model": {"path": str(p.root / "model.caffemodel")}})
+
+
+@case("model.pt", "not a TorchScript file or torch.export program", "model.factory")
+def model_pytorch_junk(p: Proj):
     (p.root / "model.pt").write_bytes(b"x")
     return p.config({"model": {"path": str(p.root / "model.pt")}})
 
