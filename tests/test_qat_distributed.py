@@ -67,8 +67,9 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _qat_config(directory: Path, tiny_project: Path, strategy: str, epochs: int, backup: Path) -> Path:
-    qat = {"epochs": epochs, "steps_per_epoch": 3, "batch_size": 16, "validation_images": 8,
+def _qat_config(directory: Path, tiny_project: Path, strategy: str, epochs: int, backup: Path,
+                validation_images: int = 8) -> Path:
+    qat = {"epochs": epochs, "steps_per_epoch": 3, "batch_size": 16, "validation_images": validation_images,
            "calibration_images": 32, "early_stop_patience": 0, "learning_rate": 1e-3,
            "distribution": {"strategy": strategy, "checkpoint_dir": str(backup)}}
     return make_config(directory, tiny_project, stages={"qat": qat}, benchmark={"enabled": False})
@@ -112,7 +113,7 @@ def _weights(path: Path) -> list[np.ndarray]:
 
 
 def _qat_entry(run: Path) -> dict:
-    return json.loads((run / "manifest.json").read_text())["artifacts"]["int8_tflite_qat"]
+    return next(a for a in json.loads((run / "manifest.json").read_text())["artifacts"] if a["name"] == "int8_tflite_qat")
 
 
 def _eval_images(project: Path) -> np.ndarray:
@@ -129,20 +130,51 @@ def driver(tmp_path_factory) -> Path:
     return p
 
 
+def _build_cnn_without_batch_norm(classes: int = 3, size: int = 16, seed: int = 0):
+    """The tiny CNN of conftest without its batch norms (conv, depthwise, residual add, pooling, dense)."""
+    from conftest import _colour_image
+    from edgeq.tfcompat import keras, set_seed
+
+    set_seed(seed)
+    k = keras()
+    inp = k.Input((size, size, 3))
+    x = k.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    y = k.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = k.layers.ReLU(6.0)(k.layers.Add()([x, y]))
+    x = k.layers.GlobalAveragePooling2D()(x)
+    m = k.Model(inp, k.layers.Dense(classes, activation="softmax")(x), name="tiny_cnn_no_bn")
+    rng = np.random.default_rng(seed)
+    X = np.stack([_colour_image(rng, i % classes, size) for i in range(300)])
+    m.compile(k.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    m.fit((X.astype(np.float32) - 127.5) / 127.5, np.arange(300) % classes, epochs=3, batch_size=32, verbose=0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def no_bn_project(tiny_project, tmp_path_factory) -> Path:
+    """tiny_project's images with a model that has no batch norm (see the first test's docstring)."""
+    root = tmp_path_factory.mktemp("no_bn")
+    _build_cnn_without_batch_norm().save(root / "tiny.keras")
+    (root / "images").symlink_to(tiny_project / "images")
+    return root
+
+
 @pytest.mark.slow
-def test_two_workers_train_identical_weights_and_only_the_chief_writes(tiny_project, driver, tmp_path):
+def test_two_workers_train_identical_weights_and_only_the_chief_writes(no_bn_project, driver, tmp_path):
     """Two MultiWorkerMirroredStrategy workers (global batch 16 = 8 rows each) against one plain process (batch 16).
 
-    The workers must hold bit-identical weights (TensorFlow all-reduces the gradients; edgeq all-gathers the
-    input quantiser's range). The single-process run cannot match bit for bit: batch norm in training mode
-    normalises with its replica's 8 rows instead of all 16 (Keras' BatchNormalization is per replica), the
-    moving-average activation ranges average two half-batch minima instead of one full-batch minimum, and the
-    gradient sum is reduced in another order. So the float weights are compared with a tolerance of 2 % of
-    each tensor's range, and the INT8 artifacts by their outputs on the evaluation images: within 2 steps of
-    the int8 output scale (1/256 of a probability) and the same top-1 on at least 95 % of the images.
+    The workers must hold bit-identical weights (TensorFlow all-reduces the gradients; edgeq makes tfmot's
+    range quantisers use the global batch's min/max on every replica). Against the single process the match
+    is not bit-exact: the gradient is summed in another order (two 8-row sums all-reduced instead of one
+    16-row sum), which moves weights by float round-off (~1e-7, here amplified at most a little by Adam's
+    division by small second moments over 6 steps). Hence 1e-4 on the float weights and, on the INT8
+    artifacts' outputs, one int8 output step (1/256): round-off can flip a value across a rounding boundary.
+    The model has no batch norm on purpose: Keras' BatchNormalization normalises each replica's 8 rows with
+    their own statistics, which really differs from 16 rows (a model change, not round-off; see the README).
     """
     backup = tmp_path / "backup"
-    cfg = _qat_config(tmp_path / "cfg", tiny_project, "multi_worker", 2, backup)
+    # no validation images: nothing may reset the fine-tuned weights to the calibrated ones
+    cfg = _qat_config(tmp_path / "cfg", no_bn_project, "multi_worker", 2, backup, validation_images=0)
     tfc = _cluster(2)
     outs = [tmp_path / "chief_run", tmp_path / "worker1_run"]
     w = [tmp_path / "w0.npz", tmp_path / "w1.npz"]
@@ -157,24 +189,22 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(tiny_proj
     assert "the chief writes the artifacts" in logs[1].read_text()
     notes = _qat_entry(outs[0])["notes"]
     assert notes["distribution"] == {"strategy": "multi_worker", "workers": 2, "replicas": 2, "resumed_at_epoch": 0}
-    assert notes["epochs_run"] == 2 and notes["steps"] == 6
+    assert notes["epochs_run"] == 2 and notes["steps"] == 6 and notes["fine_tune_kept"]
 
-    single_cfg = _qat_config(tmp_path / "cfg1", tiny_project, "none", 2, tmp_path / "unused")
+    single_cfg = _qat_config(tmp_path / "cfg1", no_bn_project, "none", 2, tmp_path / "unused", validation_images=0)
     single = tmp_path / "single_run"
     p = _start(driver, single_cfg, single, tmp_path / "single.npz", None, tmp_path / "single.log")
     _wait([p], [tmp_path / "single.log"])
     s = _weights(tmp_path / "single.npz")
-    for x, y in zip(a, s):
-        span = max(float(np.ptp(y)), 1e-3)
-        assert np.abs(x - y).max() <= 0.02 * span
+    assert len(s) == len(a) and max(float(np.abs(x - y).max()) for x, y in zip(a, s)) <= 1e-4
 
     from edgeq.runtime import open_predictor
 
-    images = _eval_images(tiny_project)
+    images = _eval_images(no_bn_project)
     pa = open_predictor(outs[0] / "artifacts" / "int8_qat.tflite", "tflite").predict(images)
     ps = open_predictor(single / "artifacts" / "int8_qat.tflite", "tflite").predict(images)
-    assert np.abs(pa - ps).max() <= 2 / 256 + 1e-6
-    assert (pa.argmax(1) == ps.argmax(1)).mean() >= 0.95
+    assert np.abs(pa - ps).max() <= 1 / 256 + 1e-6
+    assert (pa.argmax(1) == ps.argmax(1)).mean() >= 0.98
 
 
 @pytest.mark.slow

@@ -83,15 +83,18 @@ def start(spec: DistributionSpec):
     return s
 
 
+STRATEGY_NAMES = {"mirrored": "MirroredStrategy", "multi_worker": "MultiWorkerMirroredStrategy"}
+
+
 def replicas(strategy) -> int:
     return 1 if strategy is None else int(strategy.num_replicas_in_sync)
 
 
-def check_batch(batch_size: int, strategy) -> None:
+def check_batch(batch_size: int, strategy, spec: DistributionSpec) -> None:
     n = replicas(strategy)
     if batch_size % n:
         raise ConfigError(f"stages.qat.batch_size {batch_size} does not split evenly across the {n} replicas "
-                          f"of the {type(strategy).__name__}; make it a multiple of {n}")
+                          f"of the {STRATEGY_NAMES[spec.strategy]}; make it a multiple of {n}")
 
 
 def dataset(strategy, part_batches, batch_size: int):
@@ -146,36 +149,64 @@ def backup_callback(backup_dir: Path):
 
 # ------------------------------------------------------------------ tfmot under a strategy
 @contextlib.contextmanager
-def global_input_ranges():
-    """tfmot's AllValuesQuantizer (the model-input QuantizeLayer) keeps a running min/max with a plain assign:
-    under a strategy each replica would keep the min/max of its own rows, so workers end with different
-    input ranges and the chief exports its shard's. Here every replica first takes the min/max over all
-    replicas' rows (all_gather), so the range is the global batch's, as in a single process.
+def global_batch_ranges():
+    """tfmot's range quantisers, made to see the whole global batch under a strategy, as in one process.
 
-    (Activation ranges use tfmot's moving averages, whose update TensorFlow already averages across replicas.)
+    The model-input QuantizeLayer (AllValuesQuantize) keeps a running min/max with a plain assign: each
+    replica would keep the min/max of its own rows, so the workers would end with different input ranges and
+    the chief would export its own shard's. The activation quantisers (MovingAvgQuantize) average each
+    replica's own batch min/max across replicas, which is not the min/max of the global batch. Here every
+    replica first takes the min/max over all replicas' rows (all_gather) and tfmot updates its ranges from
+    those; outside a multi-replica fit nothing changes.
     """
     from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
 
     from ..tfcompat import tf
 
     t = tf()
-    original = quant_ops.AllValuesQuantize
+    all_values, moving_avg = quant_ops.AllValuesQuantize, quant_ops.MovingAvgQuantize
 
-    def all_replicas(inputs, min_var, max_var, *args, is_training=True, **kw):
+    def replica_ctx(is_training):
         ctx = t.distribute.get_replica_context()
-        if is_training and ctx is not None and ctx.num_replicas_in_sync > 1:
-            lo = t.reduce_min(ctx.all_gather(t.reshape(t.reduce_min(inputs), [1]), 0))
-            hi = t.reduce_max(ctx.all_gather(t.reshape(t.reduce_max(inputs), [1]), 0))
-            # tfmot then takes min(min_var, its own rows' min) == the global min just stored
+        return ctx if is_training is True and ctx is not None and ctx.num_replicas_in_sync > 1 else None
+
+    def global_min_max(ctx, x, per_channel: bool):
+        axes = list(range(len(x.shape) - 1)) if per_channel and len(x.shape) >= 2 else None
+        lo = ctx.all_gather(t.expand_dims(t.reduce_min(x, axis=axes), 0), 0)
+        hi = ctx.all_gather(t.expand_dims(t.reduce_max(x, axis=axes), 0), 0)
+        return t.reduce_min(lo, axis=0), t.reduce_max(hi, axis=0)
+
+    def all_values_global(inputs, min_var, max_var, *args, is_training=True, **kw):
+        ctx = replica_ctx(is_training)
+        if ctx is not None:
+            lo, hi = global_min_max(ctx, inputs, False)
+            # tfmot then takes min(min_var, its own rows' min), which is the global min stored here
             min_var.assign(t.minimum(min_var, lo))
             max_var.assign(t.maximum(max_var, hi))
-        return original(inputs, min_var, max_var, *args, is_training=is_training, **kw)
+        return all_values(inputs, min_var, max_var, *args, is_training=is_training, **kw)
 
-    quant_ops.AllValuesQuantize = all_replicas
+    def moving_avg_global(inputs, min_var, max_var, *args, is_training=True, ema_decay=0.999, **kw):
+        ctx = replica_ctx(is_training)
+        if ctx is None or args:
+            return moving_avg(inputs, min_var, max_var, *args, is_training=is_training, ema_decay=ema_decay, **kw)
+        lo, hi = global_min_max(ctx, inputs, kw.get("per_channel", False))
+        # tfmot's range update (MovingAvgQuantize) on the global batch's min/max; identical on every replica,
+        # so a local assign keeps them equal (TensorFlow's own cross-replica averaging is not needed)
+        if kw.get("symmetric"):
+            bits = kw.get("num_bits", 8)
+            ratio = -1 if kw.get("narrow_range") else -((1 << bits) - 2) / (1 << bits)
+            lo, hi = t.minimum(lo, hi / ratio), t.maximum(hi, lo * ratio)
+        else:
+            lo, hi = t.minimum(lo, 0.0), t.maximum(hi, 0.0)
+        min_var.assign_sub((min_var - lo) * (1.0 - ema_decay))
+        max_var.assign_sub((max_var - hi) * (1.0 - ema_decay))
+        return moving_avg(inputs, min_var, max_var, is_training=False, ema_decay=ema_decay, **kw)
+
+    quant_ops.AllValuesQuantize, quant_ops.MovingAvgQuantize = all_values_global, moving_avg_global
     try:
         yield
     finally:
-        quant_ops.AllValuesQuantize = original
+        quant_ops.AllValuesQuantize, quant_ops.MovingAvgQuantize = all_values, moving_avg
 
 
 # ------------------------------------------------------------------ non-chief workers

@@ -172,7 +172,7 @@ def _fit_distributed(qmodel, model, data: TrainData, pre: Preprocess, val_xy, op
 
     spec = opts.distribution
     strategy = distribute.start(spec)
-    distribute.check_batch(opts.batch_size, strategy)
+    distribute.check_batch(opts.batch_size, strategy, spec)
     role = distribute.worker_role(spec)
     backup = Path(checkpoint_dir if checkpoint_dir is not None else spec.checkpoint_dir or "qat_backup")
     first = distribute.resumed_epoch(backup)
@@ -190,9 +190,9 @@ def _fit_distributed(qmodel, model, data: TrainData, pre: Preprocess, val_xy, op
         return _objective(model, rows, None, None, opts)[0]
 
     train = distribute.dataset(strategy, part_batches, opts.batch_size)
-    log(f"  QAT: {type(strategy).__name__} ({role.name} of {role.workers} worker(s), "
+    log(f"  QAT: {distribute.STRATEGY_NAMES[spec.strategy]} ({role.name} of {role.workers} worker(s), "
         f"{distribute.replicas(strategy)} replica(s), global batch {opts.batch_size})")
-    with distribute.global_input_ranges():
+    with distribute.global_batch_ranges():
         r = _fit(twin, model.name, data, train, val, loss, opts,
                  extra_callbacks=[distribute.backup_callback(backup)], scope=strategy.scope())
     qmodel.set_weights(twin.get_weights())
