@@ -238,6 +238,7 @@ def test_killed_worker_job_resumes_from_the_epoch_checkpoint(tiny_project, drive
     assert notes["distribution"]["resumed_at_epoch"] == 1
     assert notes["epochs_run"] == 2  # epochs 2 and 3 ran after the restart
     assert (out / "artifacts" / "int8_qat.tflite").is_file()
+    assert resumed_epoch(backup) == 0  # a finished fit deletes its checkpoint: the next run starts afresh
     assert all(np.array_equal(x, y) for x, y in zip(_weights(tmp_path / "w0.npz"), _weights(tmp_path / "w1.npz")))
 
 
