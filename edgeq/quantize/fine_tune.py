@@ -126,12 +126,13 @@ def _objective(model, stream, xv, yv, opts: QatSpec):
 
 
 def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarray | None, opts: QatSpec,
-                  log=print, checkpoint_dir=None) -> QatResult:
+                  log=print, checkpoint_dir=None, callbacks=()) -> QatResult:
     """Wrap `model` with tfmot, initialise its ranges on `calibration` (opts.calibrate_ranges) and fine-tune it.
 
     Under opts.distribution the fit runs on a twin of the wrapped model made in the strategy's scope (from the
     calibrated weights), with BackupAndRestore checkpoints in `checkpoint_dir`; the result is this process's
-    plain model holding the trained weights (what conversion and evaluation take)."""
+    plain model holding the trained weights (what conversion and evaluation take). `callbacks`: extra Keras
+    callbacks for the fit (e.g. a step timer)."""
     from ..progress import spinner
     from ..tfcompat import set_seed
 
@@ -146,11 +147,11 @@ def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarr
     xv, yv = (pre(data.val.images), data.val.labels) if data.val is not None else (None, None)
     before = _top1(qmodel, xv, yv, "before")
     if opts.distribution.strategy != "none":
-        r = _fit_distributed(qmodel, model, data, pre, (xv, yv), opts, checkpoint_dir, log)
+        r = _fit_distributed(qmodel, model, data, pre, (xv, yv), opts, checkpoint_dir, log, callbacks)
     else:
         stream, val, loss = _objective(model, batch_stream(data.train, pre, opts.batch_size, opts.seed), xv, yv,
                                        opts)
-        r = _fit(qmodel, model.name, data, stream, val, loss, opts)
+        r = _fit(qmodel, model.name, data, stream, val, loss, opts, extra_callbacks=callbacks)
     r.val_top1_before, r.val_top1_after = before, _top1(qmodel, xv, yv, "after")
     val_loss = r.history.get("val_loss")
     log(f"  QAT fine-tune: {r.epochs_run} epoch(s) x {data.steps_per_epoch} steps of {opts.batch_size} "
@@ -163,7 +164,7 @@ def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarr
 
 
 def _fit_distributed(qmodel, model, data: TrainData, pre: Preprocess, val_xy, opts: QatSpec, checkpoint_dir,
-                     log) -> QatResult:
+                     log, callbacks=()) -> QatResult:
     """`_fit` under the configured tf.distribute strategy: each worker loads and distils only its rows of every
     global batch; Keras all-reduces the gradients; epochs are checkpointed for BackupAndRestore."""
     from pathlib import Path
@@ -194,7 +195,7 @@ def _fit_distributed(qmodel, model, data: TrainData, pre: Preprocess, val_xy, op
         f"{distribute.replicas(strategy)} replica(s), global batch {opts.batch_size})")
     with distribute.global_batch_ranges():
         r = _fit(twin, model.name, data, train, val, loss, opts,
-                 extra_callbacks=[distribute.backup_callback(backup)], scope=strategy.scope())
+                 extra_callbacks=[distribute.backup_callback(backup), *callbacks], scope=strategy.scope())
     qmodel.set_weights(twin.get_weights())
     r.model = qmodel
     r.distribution = {"strategy": spec.strategy, "workers": role.workers,
