@@ -46,6 +46,10 @@ def worker(args) -> int:
     from edgeq.quantize import distribute
 
     cfg = load_config(args.config)
+    if args.no_range_sync:  # attribution only: tfmot's own per-replica ranges (workers' input ranges diverge)
+        import contextlib
+
+        distribute.global_batch_ranges = contextlib.nullcontext
     spec = cfg.stages.qat.distribution.model_copy(update={"strategy": "multi_worker"})
     strategy = distribute.start(spec)  # before any other TensorFlow op
     from edgeq.inputs import load_splits, preprocess_of
@@ -102,7 +106,7 @@ def worker(args) -> int:
     return 0
 
 
-def cluster(args, n: int) -> dict:
+def cluster(args, n: int, range_sync: bool = True) -> dict:
     """Start an n-worker cluster of this script, wait, return the chief's RESULT."""
     addrs = [f"127.0.0.1:{p}" for p in _ports(n)]
     procs = []
@@ -110,7 +114,8 @@ def cluster(args, n: int) -> dict:
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": addrs}, "task": {"type": "worker", "index": i}}),
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         procs.append(subprocess.Popen([sys.executable, __file__, args.config, "--worker", "--batch", str(args.batch),
-                                       "--steps", str(args.steps)], env=env, stdout=subprocess.PIPE,
+                                       "--steps", str(args.steps), *([] if range_sync else ["--no-range-sync"])],
+                                      env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     outs = []
     try:
@@ -134,19 +139,23 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=6, help="steps per epoch (epoch 1 warms up, epoch 2 is timed)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating 1-worker / 2-worker rounds")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per cluster run")
+    ap.add_argument("--attribute", action="store_true", help="also run 2 workers without edgeq's range "
+                    "synchronisation (tfmot's per-replica ranges) in each round, to attribute the cost")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-range-sync", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
     if args.batch % 2:
         raise SystemExit("--batch must be even (it is split over 2 workers)")
-    runs: dict[int, list[dict]] = {1: [], 2: []}
+    runs: dict = {1: [], 2: [], "2 (no range sync)": []}
     ratios = []
     for r in range(args.rounds):
-        order = (1, 2) if r % 2 == 0 else (2, 1)
+        order = [1, 2, *(["2 (no range sync)"] if args.attribute else [])]
+        order = order if r % 2 == 0 else order[::-1]
         med = {}
         for n in order:
-            res = cluster(args, n)
+            res = cluster(args, 1 if n == 1 else 2, range_sync=n != "2 (no range sync)")
             runs[n].append(res)
             med[n] = statistics.median(res["step_s"])
             print(f"round {r + 1}: {n} worker(s): median step {med[n] * 1e3:.0f} ms over {len(res['step_s'])} "
@@ -154,13 +163,13 @@ def main(argv=None) -> int:
         ratios.append(med[2] / med[1])
     print(f"\n{Path(args.config).stem}: QAT fine-tune, global batch {args.batch}, {os.cpu_count()} cores, "
           f"{args.rounds} interleaved round(s)")
-    print(f"{'workers':>8} {'step ms (median)':>17} {'samples/s':>10} {'all-reduce ms':>14} {'grad MB':>8}")
+    print(f"{'workers':>18} {'step ms (median)':>17} {'samples/s':>10} {'all-reduce ms':>14} {'grad MB':>8}")
     step = {}
-    for n in (1, 2):
+    for n in [k for k in runs if runs[k]]:
         steps = [s for res in runs[n] for s in res["step_s"]]
         step[n] = statistics.median(steps)
         ar = statistics.median(res["all_reduce_s"] for res in runs[n])
-        print(f"{n:>8} {step[n] * 1e3:>17.0f} {args.batch / step[n]:>10.1f} {ar * 1e3:>14.1f} "
+        print(f"{n!s:>18} {step[n] * 1e3:>17.0f} {args.batch / step[n]:>10.1f} {ar * 1e3:>14.1f} "
               f"{runs[n][0]['gradient_mb']:>8}")
     ratio = statistics.median(ratios)
     extra = (step[2] - step[1]) * 1e3
@@ -168,6 +177,10 @@ def main(argv=None) -> int:
     print(f"synchronisation cost: {extra:+.0f} ms per step at the same global batch "
           f"({extra / (step[1] * 1e3) * 100:+.0f} % of the 1-worker step); the bare gradient all-reduce over loopback "
           f"takes {statistics.median(r['all_reduce_s'] for r in runs[2]) * 1e3:.1f} ms of it.")
+    if runs["2 (no range sync)"]:
+        own = (step[2] - step["2 (no range sync)"]) * 1e3
+        print(f"of which edgeq's range synchronisation (one all-reduce per tfmot range quantiser per step): "
+              f"{own:+.0f} ms per step")
     print("what it implies: on one machine the two workers split the same arithmetic over the same cores, so no "
           "speed-up is possible here; across machines each worker brings its own cores, and the 2-worker step "
           "approaches (1-worker step / 2) + this synchronisation cost (plus network latency instead of loopback).")

@@ -156,7 +156,7 @@ def global_batch_ranges():
     replica would keep the min/max of its own rows, so the workers would end with different input ranges and
     the chief would export its own shard's. The activation quantisers (MovingAvgQuantize) average each
     replica's own batch min/max across replicas, which is not the min/max of the global batch. Here every
-    replica first takes the min/max over all replicas' rows (all_gather) and tfmot updates its ranges from
+    replica first takes the min/max over all replicas' rows (one all-reduce) and tfmot updates its ranges from
     those; outside a multi-replica fit nothing changes.
     """
     from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
@@ -172,9 +172,12 @@ def global_batch_ranges():
 
     def global_min_max(ctx, x, per_channel: bool):
         axes = list(range(len(x.shape) - 1)) if per_channel and len(x.shape) >= 2 else None
-        lo = ctx.all_gather(t.expand_dims(t.reduce_min(x, axis=axes), 0), 0)
-        hi = ctx.all_gather(t.expand_dims(t.reduce_max(x, axis=axes), 0), 0)
-        return t.reduce_min(lo, axis=0), t.reduce_max(hi, axis=0)
+        mine = t.stack([t.reduce_min(x, axis=axes), t.reduce_max(x, axis=axes)])
+        # one collective per quantiser: each replica's (min, max) in its own row of a summed table (there is
+        # no min/max all-reduce; an all_gather costs two collectives, a shape and the data)
+        me = t.one_hot(ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync, dtype=mine.dtype)
+        table = ctx.all_reduce(t.distribute.ReduceOp.SUM, t.tensordot(me, mine, axes=0))
+        return t.reduce_min(table[:, 0], axis=0), t.reduce_max(table[:, 1], axis=0)
 
     def all_values_global(inputs, min_var, max_var, *args, is_training=True, **kw):
         ctx = replica_ctx(is_training)
