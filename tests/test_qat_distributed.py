@@ -288,3 +288,30 @@ def test_bad_tf_config_is_one_line_error_naming_the_key(tf_config, words):
 def test_unknown_strategy_is_refused():
     with pytest.raises(ConfigError, match="stages.qat.distribution.strategy"):
         config_from_dict({**BASE, "stages": {"qat": {"distribution": {"strategy": "parameter_server"}}}})
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_fine_tune_equals_the_plain_one(tiny_project, tmp_path):
+    """MirroredStrategy in this process (one CPU replica here; one per GPU on a GPU box): the tf.data path,
+    the twin model made in the strategy's scope and the epoch checkpoints change nothing numerically."""
+    from edgeq.config import load_config
+    from edgeq.inputs import load_splits, preprocess_of
+    from edgeq.models import load_keras_model
+    from edgeq.quantize.fine_tune import fine_tune_qat, training_split
+
+    cfg = load_config(_qat_config(tmp_path, tiny_project, "mirrored", 2, tmp_path / "backup", validation_images=0))
+    pre = preprocess_of(cfg)
+    splits = load_splits(cfg, pre)
+    model = load_keras_model(cfg.model.path, cfg.model.format)
+    cal = pre(splits.calibration.images[:32])
+    weights = {}
+    for strategy in ("none", "mirrored"):
+        opts = cfg.stages.qat.model_copy(update={"distribution": cfg.stages.qat.distribution.model_copy(
+            update={"strategy": strategy})})
+        r = fine_tune_qat(model, training_split(splits.train, opts), pre, cal, opts, log=lambda m: None,
+                          checkpoint_dir=tmp_path / "backup")
+        weights[strategy] = r.model.get_weights()
+        assert r.epochs_run == 2
+    assert r.distribution["strategy"] == "mirrored" and r.distribution["replicas"] >= 1
+    assert max(float(np.abs(x - y).max()) for x, y in zip(weights["none"], weights["mirrored"])) <= 1e-6
+    assert not list((tmp_path / "backup").glob("*/checkpoint"))  # finished: BackupAndRestore deleted its state
