@@ -1,9 +1,9 @@
 """The QAT fine-tune under tf.distribute: which worker this process is, the strategy, each worker's share of
-the training batches, epoch checkpoints (BackupAndRestore), and the one tfmot quantiser that needs help to
-stay identical on every replica.
+the training batches, epoch checkpoints (BackupAndRestore), and tfmot's range quantisers made to see the
+global batch on every replica.
 
-Gradients are exchanged by TensorFlow (Keras `fit` under the strategy all-reduces them); nothing here
-averages or sends tensors itself.
+Gradients are exchanged by TensorFlow (Keras `fit` under the strategy all-reduces them). The one exchange
+edgeq adds, each range quantiser's min/max, is a TensorFlow all-reduce as well.
 """
 from __future__ import annotations
 
