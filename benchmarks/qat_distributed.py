@@ -179,8 +179,9 @@ def main(argv=None) -> int:
           f"takes {statistics.median(r['all_reduce_s'] for r in runs[2]) * 1e3:.1f} ms of it.")
     if runs["2 (no range sync)"]:
         own = (step[2] - step["2 (no range sync)"]) * 1e3
-        print(f"of which edgeq's range synchronisation (one all-reduce per tfmot range quantiser per step): "
-              f"{own:+.0f} ms per step")
+        print(f"edgeq's range synchronisation (one all-reduce per range quantiser per step, global-batch ranges) vs "
+              f"tfmot's own under a strategy (an averaging all-reduce each for min and max; the input range not "
+              f"synchronised at all): {own:+.0f} ms per step")
     print("what it implies: on one machine the two workers split the same arithmetic over the same cores, so no "
           "speed-up is possible here; across machines each worker brings its own cores, and the 2-worker step "
           "approaches (1-worker step / 2) + this synchronisation cost (plus network latency instead of loopback).")
