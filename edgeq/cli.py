@@ -36,10 +36,38 @@ def _cmd_run(args) -> int:
     from .report import print_summary
 
     cfg, _ = _selected(args)
-    run_dir = run_pipeline(cfg, Path(args.out) if args.out else None, wait=not args.no_wait)
+    out = Path(args.out) if args.out else None
+    dist = cfg.stages.qat.distribution
+    if cfg.stages.qat.enabled and dist.strategy != "none":
+        from .quantize import distribute
+
+        distribute.start(dist)  # MultiWorkerMirroredStrategy must come before any other TensorFlow op
+        role = distribute.worker_role(dist)
+        if not role.is_chief:
+            return _run_qat_worker(cfg, out, role)
+    run_dir = run_pipeline(cfg, out, wait=not args.no_wait)
     rep = json.loads((run_dir / "report.json").read_text())
     print_summary(rep)
     print(f"report: {run_dir / 'report.md'} | {run_dir / 'report.html'} | {run_dir / 'report.json'}")
+    return 0
+
+
+def _run_qat_worker(cfg, out: Path | None, role) -> int:
+    """A non-chief worker of a multi-worker QAT: the same fine-tune as the chief's (their collectives pair up),
+    in a scratch run directory that is deleted; only the chief writes artifacts and reports."""
+    from .pipeline import run_pipeline
+    from .quantize import distribute
+
+    dist = cfg.stages.qat.distribution
+    if dist.checkpoint_dir is None:
+        dist.checkpoint_dir = cfg.run_dir(out) / "qat_backup"  # the chief's default: BackupAndRestore needs it shared
+    for name in ("tflite_ptq", "onnx_ptq", "comparison"):
+        getattr(cfg.stages, name).enabled = False
+    cfg.evaluate.enabled = cfg.benchmark.enabled = False
+    cfg.targets = []
+    with distribute.scratch_run_dir(role) as scratch:
+        run_pipeline(cfg, scratch)
+    print(f"edgeq: {role.name}: QAT fine-tune done; the chief writes the artifacts and the report")
     return 0
 
 

@@ -130,6 +130,73 @@ class OnnxPtqSpec(Strict):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"  # ORT level for evaluation/benchmark
 
 
+class DistributionSpec(Strict):
+    """Where the QAT fine-tune runs: this process (none), tf.distribute MirroredStrategy over the local devices,
+    or MultiWorkerMirroredStrategy across processes/machines described by TF_CONFIG (see README, "QAT on a
+    cluster")."""
+
+    strategy: Literal["none", "mirrored", "multi_worker"] = "none"
+    # {"cluster": {"worker": ["host:port", ...], "chief": [...]}, "task": {"type": "worker", "index": 0}}, as a
+    # mapping or a JSON string; None: the TF_CONFIG environment variable of each process
+    tf_config: Optional[dict] = None
+    # BackupAndRestore epoch checkpoints; every worker must see the same directory (shared storage across
+    # machines). None: <run directory>/qat_backup
+    checkpoint_dir: Optional[Path] = None
+
+    @field_validator("tf_config", mode="before")
+    @classmethod
+    def _json(cls, v):
+        if isinstance(v, str):
+            import json
+
+            try:
+                v = json.loads(v)
+            except ValueError as e:
+                raise ValueError(f"not valid JSON ({e})") from None
+        return v
+
+    @model_validator(mode="after")
+    def _cluster(self):
+        if self.strategy != "multi_worker":
+            return self
+        raw, key = self.tf_config, "tf_config"
+        if raw is None:
+            import json
+
+            env = os.environ.get("TF_CONFIG", "").strip()
+            if not env:
+                raise ValueError("strategy multi_worker needs the cluster: set stages.qat.distribution.tf_config "
+                                 "or the TF_CONFIG environment variable of each worker")
+            key = "the TF_CONFIG environment variable"
+            try:
+                raw = json.loads(env)
+            except ValueError as e:
+                raise ValueError(f"{key} is not valid JSON ({e})") from None
+        problem = tf_config_problem(raw)
+        if problem:
+            raise ValueError(f"{key}: {problem}")
+        return self
+
+
+def tf_config_problem(tf_config) -> str | None:
+    """What is wrong with a TF_CONFIG mapping for MultiWorkerMirroredStrategy, or None."""
+    if not isinstance(tf_config, dict):
+        return "must be a mapping with 'cluster' and 'task'"
+    cluster, task = tf_config.get("cluster"), tf_config.get("task")
+    if not isinstance(cluster, dict) or not cluster.get("worker") and not cluster.get("chief"):
+        return "'cluster' must list the 'worker' (and optionally 'chief') addresses as host:port"
+    bad = set(cluster) - {"worker", "chief"}
+    if bad:
+        return f"'cluster' has {sorted(bad)}; MultiWorkerMirroredStrategy takes only 'worker' and 'chief'"
+    if any(not isinstance(a, list) or not all(isinstance(x, str) and ":" in x for x in a) for a in cluster.values()):
+        return "cluster addresses must be lists of 'host:port' strings"
+    if not isinstance(task, dict) or task.get("type") not in cluster or not isinstance(task.get("index"), int):
+        return f"'task' must be {{'type': one of {sorted(cluster)}, 'index': N}}"
+    if not 0 <= task["index"] < len(cluster[task["type"]]):
+        return f"task index {task['index']} is outside the {len(cluster[task['type']])} '{task['type']}' address(es)"
+    return None
+
+
 class QatSpec(Strict):
     """Quantisation-aware fine-tuning with tfmot, exported as full-integer INT8 (TFLite, and ONNX when
     stages.onnx_ptq is on). Train/validation images come from the training split, never calibration/eval."""
@@ -151,6 +218,7 @@ class QatSpec(Strict):
     passthrough_layers: list[str] = []  # layer names or classes left unquantised during fine-tuning
     export_onnx: bool = True  # INT8 QDQ ONNX of the QAT model when stages.onnx_ptq is enabled
     seed: int = Field(0, ge=0)
+    distribution: DistributionSpec = DistributionSpec()  # tf.distribute: mirrored or multi-worker fine-tune
 
 
 class ComparisonSpec(Strict):
@@ -330,6 +398,9 @@ def config_from_dict(raw: dict, base_dir: Path = Path("."), where: str = "config
     for f in ("path", "calibration_path", "eval_path", "train_path", "labels_file"):
         setattr(cfg.data, f, rel(getattr(cfg.data, f), f"data.{f}"))
     cfg.inventory = rel(cfg.inventory, "inventory")
+    dist = cfg.stages.qat.distribution
+    if dist.checkpoint_dir is not None:
+        dist.checkpoint_dir = expand_path(dist.checkpoint_dir, "stages.qat.distribution.checkpoint_dir", where)
     if cfg.output.dir is not None:
         cfg.output.dir = expand_path(cfg.output.dir, "output.dir", where)
     cfg.source = Path(where) if where != "config" else None

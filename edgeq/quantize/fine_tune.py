@@ -39,13 +39,24 @@ def training_split(train: LabelledImages | None, opts: QatSpec, what: str = "sta
     return TrainData(tr, val, steps)
 
 
-def batch_stream(data: LabelledImages, pre: Preprocess, batch_size: int, seed: int):
-    """Endless shuffled (x, y) batches, preprocessed on the fly (a 55,000-image split never sits in memory)."""
+def batch_stream(data: LabelledImages, pre: Preprocess, batch_size: int, seed: int, start: int = 0,
+                 part: tuple[int, int] = (0, 1)):
+    """Endless shuffled (x, y) batches, preprocessed on the fly (a 55,000-image split never sits in memory).
+
+    start: skip that many batches without loading them (a resumed fine-tune continues the same order).
+    part: (index, count) -- only that share of each batch's rows, for one of `count` distributed workers."""
     rng = np.random.default_rng(seed)
+    n = 0
     while True:
         order = rng.permutation(len(data))
         for s in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            n += 1
+            if n <= start:
+                continue
             idx = np.sort(order[s:s + batch_size])
+            if part[1] > 1:
+                share = len(idx) // part[1]
+                idx = idx[part[0] * share:(part[0] + 1) * share]
             yield pre(data.images[idx]), data.labels[idx]
 
 
@@ -75,6 +86,7 @@ class QatResult:
     val_top1_after: float | None = None
     val_loss_before: float | None = None
     fine_tune_kept: bool = True  # False: validation loss did not improve, the calibrated weights were kept
+    distribution: dict = field(default_factory=dict)  # strategy, replicas, workers, resumed_at_epoch (distributed)
 
 
 def _top1(model, x, y, when: str) -> float | None:
@@ -114,8 +126,13 @@ def _objective(model, stream, xv, yv, opts: QatSpec):
 
 
 def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarray | None, opts: QatSpec,
-                  log=print) -> QatResult:
-    """Wrap `model` with tfmot, initialise its ranges on `calibration` (opts.calibrate_ranges) and fine-tune it."""
+                  log=print, checkpoint_dir=None, callbacks=()) -> QatResult:
+    """Wrap `model` with tfmot, initialise its ranges on `calibration` (opts.calibrate_ranges) and fine-tune it.
+
+    Under opts.distribution the fit runs on a twin of the wrapped model made in the strategy's scope (from the
+    calibrated weights), with BackupAndRestore checkpoints in `checkpoint_dir`; the result is this process's
+    plain model holding the trained weights (what conversion and evaluation take). `callbacks`: extra Keras
+    callbacks for the fit (e.g. a step timer)."""
     from ..progress import spinner
     from ..tfcompat import set_seed
 
@@ -129,8 +146,12 @@ def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarr
             log(f"  QAT: logits range min {logit_range[0]:.2f} -> {logit_range[1]:.2f} (int8 softmax output)")
     xv, yv = (pre(data.val.images), data.val.labels) if data.val is not None else (None, None)
     before = _top1(qmodel, xv, yv, "before")
-    stream, val, loss = _objective(model, batch_stream(data.train, pre, opts.batch_size, opts.seed), xv, yv, opts)
-    r = _fit(qmodel, model.name, data, stream, val, loss, opts)
+    if opts.distribution.strategy != "none":
+        r = _fit_distributed(qmodel, model, data, pre, (xv, yv), opts, checkpoint_dir, log, callbacks)
+    else:
+        stream, val, loss = _objective(model, batch_stream(data.train, pre, opts.batch_size, opts.seed), xv, yv,
+                                       opts)
+        r = _fit(qmodel, model.name, data, stream, val, loss, opts, extra_callbacks=callbacks)
     r.val_top1_before, r.val_top1_after = before, _top1(qmodel, xv, yv, "after")
     val_loss = r.history.get("val_loss")
     log(f"  QAT fine-tune: {r.epochs_run} epoch(s) x {data.steps_per_epoch} steps of {opts.batch_size} "
@@ -142,14 +163,58 @@ def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarr
     return r
 
 
-def _fit(qmodel, name: str, data: TrainData, stream, val, loss, opts: QatSpec) -> QatResult:
+def _fit_distributed(qmodel, model, data: TrainData, pre: Preprocess, val_xy, opts: QatSpec, checkpoint_dir,
+                     log, callbacks=()) -> QatResult:
+    """`_fit` under the configured tf.distribute strategy: each worker loads and distils only its rows of every
+    global batch; Keras all-reduces the gradients; epochs are checkpointed for BackupAndRestore."""
+    from pathlib import Path
+
+    from . import distribute
+
+    spec = opts.distribution
+    strategy = distribute.start(spec)
+    distribute.check_batch(opts.batch_size, strategy, spec)
+    role = distribute.worker_role(spec)
+    backup = Path(checkpoint_dir if checkpoint_dir is not None else spec.checkpoint_dir or "qat_backup")
+    first = distribute.resumed_epoch(backup)
+    if first:
+        log(f"  QAT: resuming from the epoch checkpoint in {backup}: epoch {first + 1} of {opts.epochs}")
+    with strategy.scope():
+        twin = wrap_for_qat(model, opts.passthrough_layers)
+    twin.set_weights(qmodel.get_weights())
+    xv, yv = val_xy
+    _, val, loss = _objective(model, iter(()), xv, yv, opts)
+
+    def part_batches(index: int, count: int):
+        rows = batch_stream(data.train, pre, opts.batch_size, opts.seed, start=first * data.steps_per_epoch,
+                            part=(index, count))
+        return _objective(model, rows, None, None, opts)[0]
+
+    train = distribute.dataset(strategy, part_batches, opts.batch_size)
+    log(f"  QAT: {distribute.STRATEGY_NAMES[spec.strategy]} ({role.name} of {role.workers} worker(s), "
+        f"{distribute.replicas(strategy)} replica(s), global batch {opts.batch_size})")
+    with distribute.global_batch_ranges():
+        r = _fit(twin, model.name, data, train, val, loss, opts,
+                 extra_callbacks=[distribute.backup_callback(backup), *callbacks], scope=strategy.scope())
+    qmodel.set_weights(twin.get_weights())
+    r.model = qmodel
+    r.distribution = {"strategy": spec.strategy, "workers": role.workers,
+                      "replicas": distribute.replicas(strategy), "resumed_at_epoch": first}
+    return r
+
+
+def _fit(qmodel, name: str, data: TrainData, stream, val, loss, opts: QatSpec, extra_callbacks=(),
+         scope=None) -> QatResult:
     """Keras fit with early stopping; the starting weights are kept when validation loss never improves."""
+    import contextlib
+
     from ..progress import keras_progress
     from ..tfcompat import keras
 
     k = keras()
-    qmodel.compile(k.optimizers.Adam(opts.learning_rate), loss=loss)
-    callbacks = []
+    with scope or contextlib.nullcontext():  # a strategy's optimizer is made in its scope
+        qmodel.compile(k.optimizers.Adam(opts.learning_rate), loss=loss)
+    callbacks = [*extra_callbacks]
     if val is not None and opts.early_stop_patience:
         callbacks.append(k.callbacks.EarlyStopping(monitor="val_loss", patience=opts.early_stop_patience,
                                                    restore_best_weights=True))

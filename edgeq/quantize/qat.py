@@ -40,14 +40,19 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
     n_rep = calibration_count(cal, inputs.tflite.representative_images, "stages.tflite_ptq.representative_images")
     key = {"train": data.train.fingerprint(), "val": data.val.fingerprint() if data.val is not None else None,
            "calibration": cal.fingerprint()}
-    params = {**opts.model_dump(exclude={"enabled", "export_onnx"}), "input_type": inputs.tflite.input_type,
-              "output_type": inputs.tflite.output_type, "representative_images": n_rep}
+    # where the cluster runs and checkpoints does not change the artifact; the strategy (replica count) does
+    params = opts.model_dump(exclude={"enabled", "export_onnx", "distribution"})
+    if opts.distribution.strategy != "none":
+        params["distribution"] = opts.distribution.strategy
+    params.update(input_type=inputs.tflite.input_type, output_type=inputs.tflite.output_type,
+                  representative_images=n_rep)
     cache: dict = {}
 
     def fine_tuned() -> QatResult:
         if "r" not in cache:
             calibration = ctx.pre(cal.images[:n_cal]) if n_cal else None
-            cache["r"] = fine_tune_qat(model, data, ctx.pre, calibration, opts, ctx.log)
+            backup = opts.distribution.checkpoint_dir or ctx.run_dir / "qat_backup"
+            cache["r"] = fine_tune_qat(model, data, ctx.pre, calibration, opts, ctx.log, checkpoint_dir=backup)
         return cache["r"]
 
     def make_tflite(tmp):
@@ -95,4 +100,5 @@ def _notes(r: QatResult, data: TrainData) -> dict:
             "train_images": len(data.train), "validation_images": len(data.val) if data.val is not None else 0,
             "validation_top1_before_fine_tune": r.val_top1_before,
             "validation_top1_after_fine_tune": r.val_top1_after, "validation_loss_before": r.val_loss_before,
-            "fine_tune_kept": r.fine_tune_kept, "history": r.history}
+            "fine_tune_kept": r.fine_tune_kept, "history": r.history,
+            **({"distribution": r.distribution} if r.distribution else {})}
