@@ -1,0 +1,223 @@
+"""Accuracy budget -> float fallback for an INT8 QDQ ONNX model: the fewest nodes left float that bring its
+top-1 drop on a held-back slice within the budget.
+
+1. Sensitivity: every quantized node's output SQNR against the FP32 model on a few slice images; a node's
+   score is the SQNR it loses (its input's SQNR minus its output's), so error a node merely inherits does not
+   count against it.
+2. Refinement: the `candidates` most sensitive nodes are each left float alone (ORT `nodes_to_exclude`,
+   calibration ranges cached so no recalibration) and the slice top-1 measured; the ranking is by that effect.
+3. Greedy: nodes are added in ranking order until the slice drop is within the budget.
+
+Full-integer targets (Edge TPU, TensorRT INT8-only builds) cannot take a float node; `refusal_reason` says so.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+# device kinds whose INT8 artifact must stay fully integer, and why (fallback is refused for them)
+FULL_INTEGER_TARGETS = {
+    "edgetpu": "the Edge TPU compiler maps only int8 ops; a float node would split the model and run on the CPU",
+    "jetson": "the TensorRT artifact is an INT8 explicit-quantization build: every quantizable layer is int8 by "
+              "contract (a float node needs an FP16/FP32 fallback build, which this artifact is not)",
+}
+SQNR_CAP_DB = 60.0  # a tensor with no error (the float graph input) counts as this
+
+
+def refusal_reason(kind: str) -> str | None:
+    """Why float fallback is refused for artifacts made for device kind `kind`; None if it is allowed."""
+    r = FULL_INTEGER_TARGETS.get(kind)
+    return f"float fallback refused for {kind}: {r}; use better rounding/ranges instead" if r else None
+
+
+@dataclass
+class NodeEffect:
+    node: str
+    op_type: str
+    sqnr_loss_db: float  # SQNR(input) - SQNR(output) in the INT8 model
+    solo_top1: float | None = None  # slice top-1 with only this node float
+    solo_gain_pt: float | None = None  # vs the INT8 model, points
+    solo_output_mse: float | None = None  # vs FP32 outputs (tie-break)
+
+
+@dataclass
+class FallbackPlan:
+    budget_pt: float
+    slice_images: int
+    fp32_top1: float
+    int8_top1: float
+    ranking: list[NodeEffect]
+    steps: list[dict] = field(default_factory=list)  # cumulative: float nodes, slice top-1, drop
+    float_nodes: list[str] = field(default_factory=list)
+    met: bool = False
+    seconds: float = 0.0
+
+    @property
+    def int8_drop_pt(self) -> float:
+        return round((self.fp32_top1 - self.int8_top1) * 100, 3)
+
+    @property
+    def final_drop_pt(self) -> float | None:
+        return self.steps[-1]["drop_pt"] if self.steps else None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(int8_drop_pt=self.int8_drop_pt, final_drop_pt=self.final_drop_pt)
+        return d
+
+
+# ------------------------------------------------------------------ running models
+def _session(path: Path, graph_optimization: str = "all"):
+    import onnxruntime as ort
+
+    from ..agent import ort_session_options
+
+    return ort.InferenceSession(str(path), ort_session_options(ort, None, graph_optimization),
+                                providers=["CPUExecutionProvider"])
+
+
+def _feed(x: np.ndarray, input_name: str, nchw: bool) -> dict:
+    return {input_name: np.ascontiguousarray(x.transpose(0, 3, 1, 2) if nchw else x, np.float32)}
+
+
+def predict(path: Path, x: np.ndarray, input_name: str, nchw: bool, batch: int | None) -> np.ndarray:
+    sess = _session(path)
+    step = batch or 64
+    out = [sess.run(None, _feed(x[s:s + step], input_name, nchw))[0] for s in range(0, len(x), step)
+           if not batch or len(x[s:s + step]) == batch]
+    return np.concatenate(out).reshape(-1, out[0].shape[-1]).astype(np.float32)
+
+
+def _with_outputs(src: Path, names: list[str], dst: Path) -> Path:
+    import onnx
+
+    m = onnx.load(str(src))
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    onnx.save(m, str(dst))
+    return dst
+
+
+def quantized_nodes(int8_path: Path) -> list[tuple[str, str, str, str]]:
+    """(name, op_type, first input, first output) of every node that reads a DequantizeLinear output."""
+    import onnx
+
+    g = onnx.load(str(int8_path)).graph
+    dq_out = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    dq_in = {n.output[0]: n.input[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    out = []
+    for n in g.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or not n.name or not n.output:
+            continue
+        if any(i in dq_out for i in n.input):
+            first = n.input[0]
+            # the float tensor before the Q/DQ pair: named as in the FP32 model
+            src = dq_in.get(first, first)
+            out.append((n.name, n.op_type, src, n.output[0]))
+    return out
+
+
+def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
+    """SQNR in dB of the signal's variation: a constant offset (logits + c, which softmax ignores) is no signal,
+    while the int8 step it forces is noise."""
+    ref = ref.astype(np.float64)
+    noise = float(np.sum((ref - got) ** 2))
+    sig = float(np.sum((ref - ref.mean()) ** 2))
+    if noise == 0:
+        return SQNR_CAP_DB
+    return min(SQNR_CAP_DB, 10 * np.log10(max(sig, 1e-30) / noise))
+
+
+def sensitivity(fp32_path: Path, int8_path: Path, x: np.ndarray, input_name: str, nchw: bool,
+                batch: int | None, workdir: Path) -> list[NodeEffect]:
+    """Every quantized node with the SQNR it loses (input SQNR - output SQNR), most sensitive first."""
+    import onnx
+
+    nodes = quantized_nodes(int8_path)
+    # QuantizeLinear reads the float tensor of the same name in the INT8 model
+    q_src = {n.output[0]: n.input[0] for n in onnx.load(str(int8_path)).graph.node if n.op_type == "QuantizeLinear"}
+    names = sorted({t for _, _, i, o in nodes for t in (i, o)})
+    fp_names = {n for node in onnx.load(str(fp32_path)).graph.node for n in node.output}
+    graph_inputs = {i.name for i in onnx.load(str(fp32_path)).graph.input}
+    names = [n for n in names if n in fp_names]
+    f = _with_outputs(fp32_path, names, workdir / "fp32_probe.onnx")
+    q = _with_outputs(int8_path, names, workdir / "int8_probe.onnx")
+    n = len(x) if not batch else batch
+    feed = _feed(x[:n], input_name, nchw)
+    fs, qs = _session(f, "disable"), _session(q, "disable")
+    out_names = [o.name for o in fs.get_outputs()]
+    fv = dict(zip(out_names, fs.run(out_names, feed)))
+    qv = dict(zip(out_names, qs.run(out_names, feed)))
+
+    def sq(t: str) -> float:
+        t = q_src.get(t, t)
+        if t in graph_inputs or t not in fv:
+            return SQNR_CAP_DB
+        return _sqnr(fv[t], qv[t])
+
+    effects = [NodeEffect(name, op, round(sq(i) - sq(o), 3)) for name, op, i, o in nodes if o in fv]
+    return sorted(effects, key=lambda e: -e.sqnr_loss_db)
+
+
+# ------------------------------------------------------------------ the search
+def plan_fallback(fp32_path: Path, quantize: Callable[[list[str], Path], None], x: np.ndarray, y: np.ndarray, *,
+                  input_name: str, nchw: bool, batch: int | None, budget_pt: float, candidates: int,
+                  max_float_nodes: int, base_exclude: list[str], out: Path, workdir: Path,
+                  log: Callable[[str], None] = print) -> FallbackPlan:
+    """The fewest float nodes that bring the slice drop within `budget_pt`, the model with them written to `out`.
+
+    `quantize(exclude, path)` writes the INT8 model with `exclude` left float (calibrated once, cached). Nothing
+    is written when the INT8 model is already within budget (no steps); when the budget is not met with
+    `max_float_nodes`, the last model tried is written and `plan.met` is False."""
+    t0 = time.perf_counter()
+    work = Path(workdir)
+    ref = predict(fp32_path, x, input_name, nchw, batch)
+    y = y[:len(ref)]
+    fp32_top1 = float((ref.argmax(1) == y).mean())
+
+    def measure(exclude: list[str], tag: str) -> tuple[Path, float, float]:
+        out = work / f"{tag}.onnx"
+        quantize(list(exclude), out)
+        p = predict(out, x, input_name, nchw, batch)
+        return out, float((p.argmax(1) == y).mean()), float(np.mean((p - ref) ** 2))
+
+    base_path, base_top1, _ = measure(base_exclude, "int8")
+    drop = lambda top1: round((fp32_top1 - top1) * 100, 3)  # noqa: E731
+    plan = FallbackPlan(budget_pt, len(y), round(fp32_top1, 5), round(base_top1, 5), [])
+    log(f"  slice of {len(y)} held-back images: FP32 top-1 {fp32_top1:.4f}, INT8 {base_top1:.4f} "
+        f"(drop {drop(base_top1):.2f} pt, budget {budget_pt} pt)")
+    if drop(base_top1) <= budget_pt:
+        plan.met, plan.seconds = True, round(time.perf_counter() - t0, 1)
+        return plan
+    ranking = plan.ranking = sensitivity(fp32_path, base_path, x[:16], input_name, nchw, batch, work)
+    shortlist = ranking[:candidates]
+    for i, e in enumerate(shortlist):
+        _, top1, mse = measure(base_exclude + [e.node], f"solo{i}")
+        e.solo_top1, e.solo_gain_pt, e.solo_output_mse = round(top1, 5), round((top1 - base_top1) * 100, 3), mse
+        log(f"  solo fallback {e.node} ({e.op_type}, loses {e.sqnr_loss_db:.1f} dB): slice top-1 {top1:.4f} "
+            f"({e.solo_gain_pt:+.2f} pt)")
+    # refined ranking: measured solo effect first (then output error), the SQNR-only rest after
+    shortlist.sort(key=lambda e: (-e.solo_top1, e.solo_output_mse))
+    plan.ranking = shortlist + ranking[candidates:]
+    best: Path | None = None
+    chosen: list[str] = []
+    for e in shortlist[:max_float_nodes]:
+        chosen.append(e.node)
+        path, top1, _ = measure(base_exclude + chosen, f"step{len(chosen)}")
+        plan.steps.append({"float_nodes": list(chosen), "slice_top1": round(top1, 5), "drop_pt": drop(top1)})
+        log(f"  {len(chosen)} float: {', '.join(chosen)} -> slice top-1 {top1:.4f} (drop {drop(top1):.2f} pt)")
+        best = path
+        if drop(top1) <= budget_pt:
+            plan.met = True
+            break
+    plan.float_nodes = chosen
+    plan.seconds = round(time.perf_counter() - t0, 1)
+    if best is not None:
+        Path(out).write_bytes(best.read_bytes())
+    return plan
