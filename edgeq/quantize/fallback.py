@@ -104,22 +104,29 @@ def _with_outputs(src: Path, names: list[str], dst: Path) -> Path:
     return dst
 
 
-def quantized_nodes(int8_path: Path) -> list[tuple[str, str, str, str]]:
-    """(name, op_type, first input, first output) of every node that reads a DequantizeLinear output."""
+def quantized_nodes(int8_path: Path) -> list[tuple[str, str, tuple[str, str], tuple[str, str]]]:
+    """Every node that reads a DequantizeLinear output: (name, op_type, input, output), where input and output
+    are (tensor name in the FP32 model, tensor in the INT8 model holding the value that is really passed on):
+    the dequantized input the node reads, and its output after its own Q/DQ pair (ORT folds a ReLU into that
+    pair, so the node's raw output is not comparable with the FP32 tensor of the same name)."""
     import onnx
 
     g = onnx.load(str(int8_path)).graph
-    dq_out = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
-    dq_in = {n.output[0]: n.input[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    q_of = {n.input[0]: n.output[0] for n in g.node if n.op_type == "QuantizeLinear"}  # float -> quantized
+    q_src = {n.output[0]: n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
+    dq_of = {n.input[0]: n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}  # quantized -> float
+    dq_src = {n.output[0]: n.input[0] for n in g.node if n.op_type == "DequantizeLinear"}
     out = []
     for n in g.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") or not n.name or not n.output:
             continue
-        if any(i in dq_out for i in n.input):
-            first = n.input[0]
-            # the float tensor before the Q/DQ pair: named as in the FP32 model
-            src = dq_in.get(first, first)
-            out.append((n.name, n.op_type, src, n.output[0]))
+        first = n.input[0] if n.input else ""
+        if first not in dq_src:
+            continue
+        fp_in = q_src.get(dq_src[first], dq_src[first])
+        o = n.output[0]
+        seen = dq_of.get(q_of.get(o, ""), o)
+        out.append((n.name, n.op_type, (fp_in, first), (o, seen)))
     return out
 
 
@@ -140,28 +147,29 @@ def sensitivity(fp32_path: Path, int8_path: Path, x: np.ndarray, input_name: str
     import onnx
 
     nodes = quantized_nodes(int8_path)
-    # QuantizeLinear reads the float tensor of the same name in the INT8 model
-    q_src = {n.output[0]: n.input[0] for n in onnx.load(str(int8_path)).graph.node if n.op_type == "QuantizeLinear"}
-    names = sorted({t for _, _, i, o in nodes for t in (i, o)})
-    fp_names = {n for node in onnx.load(str(fp32_path)).graph.node for n in node.output}
-    graph_inputs = {i.name for i in onnx.load(str(fp32_path)).graph.input}
-    names = [n for n in names if n in fp_names]
-    f = _with_outputs(fp32_path, names, workdir / "fp32_probe.onnx")
-    q = _with_outputs(int8_path, names, workdir / "int8_probe.onnx")
+    fp_model = onnx.load(str(fp32_path)).graph
+    fp_names = {t for node in fp_model.node for t in node.output}
+    graph_inputs = {i.name for i in fp_model.input}
+    pairs = [(f, q) for _, _, i, o in nodes for f, q in (i, o) if f in fp_names or f in graph_inputs]
+    f = _with_outputs(fp32_path, sorted({f for f, _ in pairs if f in fp_names}), workdir / "fp32_probe.onnx")
+    q = _with_outputs(int8_path, sorted({q for _, q in pairs}), workdir / "int8_probe.onnx")
     n = len(x) if not batch else batch
     feed = _feed(x[:n], input_name, nchw)
     fs, qs = _session(f, "disable"), _session(q, "disable")
-    out_names = [o.name for o in fs.get_outputs()]
-    fv = dict(zip(out_names, fs.run(out_names, feed)))
-    qv = dict(zip(out_names, qs.run(out_names, feed)))
+    fv = {**feed, **dict(zip([o.name for o in fs.get_outputs()], fs.run(None, feed)))}
+    qv = dict(zip([o.name for o in qs.get_outputs()], qs.run(None, feed)))
 
-    def sq(t: str) -> float:
-        t = q_src.get(t, t)
-        if t in graph_inputs or t not in fv:
-            return SQNR_CAP_DB
-        return _sqnr(fv[t], qv[t])
+    def sq(pair: tuple[str, str]) -> float | None:
+        fname, qname = pair
+        if fname not in fv or qname not in qv or fv[fname].shape != qv[qname].shape:
+            return None
+        return _sqnr(fv[fname], qv[qname])
 
-    effects = [NodeEffect(name, op, round(sq(i) - sq(o), 3)) for name, op, i, o in nodes if o in fv]
+    effects = []
+    for name, op, i, o in nodes:
+        si, so = sq(i), sq(o)
+        if si is not None and so is not None:
+            effects.append(NodeEffect(name, op, round(float(si - so), 3)))
     return sorted(effects, key=lambda e: -e.sqnr_loss_db)
 
 
