@@ -171,7 +171,7 @@ class LitertQuantSpec(Strict):
     FULLY_CONNECTED weights (OCTAV elsewhere)."""
 
     enabled: bool = False
-    recipes: list[Literal[LITERT_RECIPES]] = ["w8a8_octav", "w4a8", "w4a8_octav"]
+    recipes: list[Literal[LITERT_RECIPES]] = ["w8a8_gptq", "w4a8", "w4a8_octav"]
     calibration_images: int = Field(200, ge=1)  # the first N of the calibration split
 
     @field_validator("recipes")

@@ -84,30 +84,60 @@ def recipe_entries(recipe: Recipe, float_ops: tuple[str, ...] = ()) -> list[dict
     return entries
 
 
-def quantize_tflite(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray, *, name: str,
-                    float_ops: tuple[str, ...] = ()) -> tuple[bytes, dict]:
-    """`fp32_tflite` quantized by `recipe`, calibrated on `calibration` (float NHWC, preprocessed); and notes."""
+def _quantizer():
     try:
         from litert_quantizer import Quantizer
     except ImportError:
         raise RuntimeUnavailable("litert-quantizer is not installed: pip install litert-quantizer "
                                  "(it pins ai-edge-litert like edgeq)") from None
+    return Quantizer
+
+
+def _samples(fp32_tflite: bytes, calibration: np.ndarray) -> dict:
+    signature, input_name = _signature_input(fp32_tflite)
+    return {signature: [{input_name: np.ascontiguousarray(x[None], np.float32)} for x in calibration]}
+
+
+def calibrate_ranges(fp32_tflite: bytes, calibration: np.ndarray, *, name: str) -> dict:
+    """litert-quantizer's calibration (min/max of every tensor, the LiteRT interpreter over `calibration`): what
+    every recipe here starts from, so several recipes calibrate once."""
     import warnings
 
     from ..progress import spinner
     from ..tfcompat import quiet_stderr
 
+    Quantizer = _quantizer()
+    try:
+        with warnings.catch_warnings(), quiet_stderr(), \
+                spinner(f"calibrate {name} (litert-quantizer, {len(calibration)} images)"):
+            warnings.simplefilter("ignore")
+            q = Quantizer(bytearray(fp32_tflite), recipe_entries(RECIPES["w8a8"]))
+            return q.calibrate(_samples(fp32_tflite, calibration), num_threads=1)
+    except (ValueError, RuntimeError, KeyError, IndexError, TypeError, AssertionError) as e:
+        raise QuantizationError(f"litert-quantizer calibration failed ({first_line(e, 300)})") from None
+
+
+def quantize_tflite(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray, *, name: str,
+                    float_ops: tuple[str, ...] = (), ranges: dict | None = None) -> tuple[bytes, dict]:
+    """`fp32_tflite` quantized by `recipe`, calibrated on `calibration` (float NHWC, preprocessed); and notes.
+
+    `ranges`: `calibrate_ranges` of the same model and images, when already made (not changed here)."""
+    import copy
+    import warnings
+
+    from ..tfcompat import quiet_stderr
+
+    Quantizer = _quantizer()
     entries = recipe_entries(recipe, float_ops)
     t0 = time.perf_counter()
+    qsv = copy.deepcopy(ranges if ranges is not None else calibrate_ranges(fp32_tflite, calibration, name=name))
     try:
         with warnings.catch_warnings(), quiet_stderr():
             warnings.simplefilter("ignore")
-            q = Quantizer(bytearray(fp32_tflite), entries)
-            signature, input_name = _signature_input(fp32_tflite)
-            samples = [{input_name: np.ascontiguousarray(x[None], np.float32)} for x in calibration]
-            with spinner(f"calibrate {name} (litert-quantizer, {len(calibration)} images)"):
-                qsv = q.calibrate({signature: samples}, num_threads=1) if q.need_calibration else None
+            if recipe.rounding == "gptq":
+                _add_gptq_hessians(fp32_tflite, entries, _samples(fp32_tflite, calibration), qsv)
             t1 = time.perf_counter()
+            q = Quantizer(bytearray(fp32_tflite), entries)
             data = bytes(q.quantize(qsv, enable_progress_report=False).quantized_model)
     except (ValueError, RuntimeError, KeyError, IndexError, TypeError, AssertionError) as e:
         raise QuantizationError(f"litert-quantizer failed on recipe {recipe.name} ({first_line(e, 300)})") from None
@@ -118,8 +148,20 @@ def quantize_tflite(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray,
                   "rounding": ("GPTQ (Hessian-based, FULLY_CONNECTED weights; other ops round to nearest)"
                                if recipe.rounding == "gptq" else "round to nearest"),
                   "litert_recipe": entries, "calibration_images": int(len(calibration)),
-                  "calibration_seconds": round(t1 - t0, 2), "quantize_seconds": round(t2 - t1, 2),
+                  "calibration_seconds": round(t1 - t0, 2) if ranges is None or recipe.rounding == "gptq" else 0.0,
+                  "calibration_shared": ranges is not None, "quantize_seconds": round(t2 - t1, 2),
                   "litert_quantizer_version": _version("litert-quantizer"), **summary}
+
+
+def _add_gptq_hessians(fp32_tflite: bytes, entries: list[dict], data: dict, qsv: dict) -> None:
+    """GPTQ needs the Hessian of each FULLY_CONNECTED input, but litert-quantizer 0.11 computes it only for a
+    tensor no earlier op has calibrated (with every op quantized, the op feeding the FC has): calibrate the GPTQ
+    entries alone and add their Hessians to the full calibration."""
+    Quantizer = _quantizer()
+    gptq = [e for e in entries if e["algorithm_key"] == ALGORITHMS["gptq"]]
+    for tensor, stats in Quantizer(bytearray(fp32_tflite), gptq).calibrate(data, num_threads=1).items():
+        if "hessian" in stats and tensor in qsv and "hessian" not in qsv[tensor]:
+            qsv[tensor] = {**qsv[tensor], "hessian": stats["hessian"], "num_samples": stats.get("num_samples")}
 
 
 def _signature_input(data: bytes) -> tuple[str, str]:
@@ -174,7 +216,7 @@ def check_weights_quantized(data: bytes, recipe: str) -> None:
     if bad:
         raise QuantizationError(f"litert-quantizer recipe {recipe} wrote weights that do not match their tensor type "
                                 f"at {bad[:3]}: the model would compute garbage. This is a litert-quantizer fault "
-                                "(its GPTQ covers FULLY_CONNECTED only and skips layers without a Hessian); use "
+                                "(its GPTQ covers FULLY_CONNECTED only and skips a layer it found no Hessian for); use "
                                 "another recipe (e.g. w8a8_octav)")
 
 

@@ -38,17 +38,19 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
                          "export_fp32: true (or disable stages.litert_quant)")
     cal = ctx.splits.calibration
     n = calibration_count(cal, opts.calibration_images, "stages.litert_quant.calibration_images")
-    x = None
+    x = ranges = None
     out = []
     for name in opts.recipes:
         recipe = litert_quant.RECIPES[name]
         art = artifact_name(recipe)
 
         def make(tmp, recipe=recipe, art=art):
-            nonlocal x
-            if x is None:  # preprocess once, only when something is made
+            nonlocal x, ranges
+            blob = fp32.abspath(ctx.run_dir).read_bytes()
+            if ranges is None:  # preprocess and calibrate once, only when something is made
                 x = ctx.pre(cal.images[:n])
-            data, notes = litert_quant.quantize_tflite(fp32.abspath(ctx.run_dir).read_bytes(), recipe, x, name=art)
+                ranges = litert_quant.calibrate_ranges(blob, x, name="litert_quant")
+            data, notes = litert_quant.quantize_tflite(blob, recipe, x, name=art, ranges=ranges)
             tmp.write_bytes(data)
             notes["size_vs_fp32_tflite"] = round(len(data) / fp32.size_bytes, 4)
             return notes
