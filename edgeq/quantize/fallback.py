@@ -174,26 +174,42 @@ def sensitivity(fp32_path: Path, int8_path: Path, x: np.ndarray, input_name: str
 
 
 # ------------------------------------------------------------------ the search
-def plan_fallback(fp32_path: Path, quantize: Callable[[list[str], Path], None], x: np.ndarray, y: np.ndarray, *,
-                  input_name: str, nchw: bool, batch: int | None, budget_pt: float, candidates: int,
-                  max_float_nodes: int, base_exclude: list[str], out: Path, workdir: Path,
+@dataclass
+class Backend:
+    """What the search needs from a format: quantize with nodes excluded, run on the slice, rank nodes."""
+
+    suffix: str  # file suffix of a model
+    quantize: Callable[[list[str], Path], None]  # (nodes left float, output path); calibrated once, cached
+    run: Callable[[Path], np.ndarray]  # model file -> its outputs on the slice
+    rank: Callable[[Path], list[NodeEffect]]  # the INT8 model -> its quantized nodes, most sensitive first
+    reference: np.ndarray  # the FP32 model's outputs on the slice
+
+
+def onnx_backend(fp32_path: Path, quantize: Callable[[list[str], Path], None], x: np.ndarray, *, input_name: str,
+                 nchw: bool, batch: int | None, workdir: Path) -> Backend:
+    run = lambda path: predict(path, x, input_name, nchw, batch)  # noqa: E731
+    rank = lambda int8: sensitivity(fp32_path, int8, x[:16], input_name, nchw, batch, Path(workdir))  # noqa: E731
+    return Backend(".onnx", quantize, run, rank, run(fp32_path))
+
+
+def plan_fallback(backend: Backend, y: np.ndarray, *, budget_pt: float, candidates: int, max_float_nodes: int,
+                  base_exclude: list[str], out: Path, workdir: Path,
                   log: Callable[[str], None] = print) -> FallbackPlan:
     """The fewest float nodes that bring the slice drop within `budget_pt`, the model with them written to `out`.
 
-    `quantize(exclude, path)` writes the INT8 model with `exclude` left float (calibrated once, cached). Nothing
-    is written when the INT8 model is already within budget (no steps); when the budget is not met with
+    Nothing is written when the INT8 model is already within budget (no steps); when the budget is not met with
     `max_float_nodes`, the last model tried is written and `plan.met` is False."""
     t0 = time.perf_counter()
     work = Path(workdir)
-    ref = predict(fp32_path, x, input_name, nchw, batch)
+    ref = backend.reference
     y = y[:len(ref)]
     fp32_top1 = float((ref.argmax(1) == y).mean())
 
     def measure(exclude: list[str], tag: str) -> tuple[Path, float, float]:
-        out = work / f"{tag}.onnx"
-        quantize(list(exclude), out)
-        p = predict(out, x, input_name, nchw, batch)
-        return out, float((p.argmax(1) == y).mean()), float(np.mean((p - ref) ** 2))
+        path = work / f"{tag}{backend.suffix}"
+        backend.quantize(list(exclude), path)
+        p = backend.run(path)
+        return path, float((p.argmax(1) == y).mean()), float(np.mean((p - ref) ** 2))
 
     base_path, base_top1, _ = measure(base_exclude, "int8")
     drop = lambda top1: round((fp32_top1 - top1) * 100, 3)  # noqa: E731
@@ -203,7 +219,7 @@ def plan_fallback(fp32_path: Path, quantize: Callable[[list[str], Path], None], 
     if drop(base_top1) <= budget_pt:
         plan.met, plan.seconds = True, round(time.perf_counter() - t0, 1)
         return plan
-    ranking = plan.ranking = sensitivity(fp32_path, base_path, x[:16], input_name, nchw, batch, work)
+    ranking = plan.ranking = backend.rank(base_path)
     shortlist = ranking[:candidates]
     for i, e in enumerate(shortlist):
         _, top1, mse = measure(base_exclude + [e.node], f"solo{i}")

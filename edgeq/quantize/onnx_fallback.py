@@ -75,10 +75,11 @@ def run_stage(ctx, opts: OnnxFallbackSpec) -> list[Artifact]:
                           calibration_cache=work / "ranges.json")
 
         best = work / "best.onnx"
-        plan = fallback.plan_fallback(prepared, quantize, ctx.pre(held.images), held.labels, input_name=info.name,
-                                      nchw=info.layout == "NCHW", batch=info.batch, budget_pt=budget,
-                                      candidates=opts.candidates, max_float_nodes=opts.max_float_nodes,
-                                      base_exclude=base_exclude, out=best, workdir=work, log=ctx.log)
+        backend = fallback.onnx_backend(prepared, quantize, ctx.pre(held.images), input_name=info.name,
+                                        nchw=info.layout == "NCHW", batch=info.batch, workdir=work)
+        plan = fallback.plan_fallback(backend, held.labels, budget_pt=budget, candidates=opts.candidates,
+                                      max_float_nodes=opts.max_float_nodes, base_exclude=base_exclude, out=best,
+                                      workdir=work, log=ctx.log)
         section["plan"] = plan.to_dict()
         if not best.exists():
             section["produced"] = False
