@@ -173,6 +173,14 @@ class LitertQuantSpec(Strict):
     enabled: bool = False
     recipes: list[Literal[LITERT_RECIPES]] = ["w8a8_gptq", "w4a8", "w4a8_octav"]
     calibration_images: int = Field(200, ge=1)  # the first N of the calibration split
+    # accuracy budget -> float fallback: when the w8a8 (min-max) model's top-1 drop on the held-back slice (the
+    # calibration images after the first calibration_images; never the evaluation split) exceeds
+    # max_accuracy_drop, its most sensitive ops are left float by a selective recipe -> int8_tflite_fallback
+    # (a hybrid model: not for full-integer targets such as the Edge TPU)
+    fallback: bool = False
+    holdout_images: int = Field(200, ge=20)
+    fallback_candidates: int = Field(8, ge=1)  # ops (most SQNR lost first) whose solo fallback is measured
+    max_float_ops: int = Field(8, ge=1)
 
     @field_validator("recipes")
     @classmethod
@@ -376,8 +384,9 @@ def check_consistency(cfg: RunConfig, where: str) -> None:
                   *counts,
                   ("stages.qat.calibration_images", s.qat.calibration_images, s.qat.enabled and s.qat.calibrate_ranges),
                   ("stages.comparison.calibration_images", s.comparison.calibration_images, s.comparison.enabled)]
-    counts.append(("stages.litert_quant.calibration_images", s.litert_quant.calibration_images,
-                   s.litert_quant.enabled))
+    lq = s.litert_quant
+    counts.append(("stages.litert_quant.calibration_images", lq.calibration_images + (lq.holdout_images if lq.fallback
+                                                                                       else 0), lq.enabled))
     if s.onnx_fallback.enabled and s.onnx_ptq.enabled and \
             s.onnx_ptq.calibration_images + s.onnx_fallback.holdout_images > d.calibration_size:
         raise ConfigError(f"{where}: stages.onnx_fallback.holdout_images ({s.onnx_fallback.holdout_images}) are taken "

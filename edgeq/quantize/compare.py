@@ -205,15 +205,18 @@ def _fp32_top1(ctx, opts: ComparisonSpec, idx: np.ndarray) -> float:
 
 def table_methods(cfg) -> tuple[str, ...]:
     """The table's columns: the simulated-capable methods, plus LiteRT Quantizer and float fallback when on."""
-    extra = (("ptq_litert",) if cfg.stages.litert_quant.enabled else ()) + \
-            (("fallback",) if cfg.stages.onnx_fallback.enabled else ())
+    lq = cfg.stages.litert_quant
+    extra = (("ptq_litert",) if lq.enabled else ()) + \
+            (("fallback",) if cfg.stages.onnx_fallback.enabled or (lq.enabled and lq.fallback) else ())
     return ("ptq_naive", "ptq_advanced") + extra + ("qat",)
 
 
 def _missing_reason(fmt: str, bits: int, method: str) -> str:
     if method == "fallback":
-        return ("float fallback is built for the host INT8 ONNX (stages.onnx_fallback)" if fmt == "tflite" or bits < 8
-                else "not needed, or not produced (see the float fallback section)")
+        if bits < 8:
+            return "no float fallback of INT4 models"
+        return ("not needed, or not produced (see the float fallback section)" if fmt == "onnx" else
+                "not needed, or not produced: stages.litert_quant.fallback (see the float fallback section)")
     if method == "ptq_litert":
         return ("LiteRT Quantizer makes .tflite only" if fmt != "tflite" else
                 "not produced: add a w8a8_octav/w4a8_octav recipe to stages.litert_quant.recipes")

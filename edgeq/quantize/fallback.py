@@ -53,6 +53,7 @@ class FallbackPlan:
     ranking: list[NodeEffect]
     steps: list[dict] = field(default_factory=list)  # cumulative: float nodes, slice top-1, drop
     float_nodes: list[str] = field(default_factory=list)
+    final: dict | None = None  # the step written out: float nodes, slice top-1, drop
     met: bool = False
     seconds: float = 0.0
 
@@ -62,7 +63,7 @@ class FallbackPlan:
 
     @property
     def final_drop_pt(self) -> float | None:
-        return self.steps[-1]["drop_pt"] if self.steps else None
+        return self.final["drop_pt"] if self.final else None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -130,7 +131,7 @@ def quantized_nodes(int8_path: Path) -> list[tuple[str, str, tuple[str, str], tu
     return out
 
 
-def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
+def sqnr(ref: np.ndarray, got: np.ndarray) -> float:
     """SQNR in dB of the signal's variation: a constant offset (logits + c, which softmax ignores) is no signal,
     while the int8 step it forces is noise."""
     ref = ref.astype(np.float64)
@@ -163,7 +164,7 @@ def sensitivity(fp32_path: Path, int8_path: Path, x: np.ndarray, input_name: str
         fname, qname = pair
         if fname not in fv or qname not in qv or fv[fname].shape != qv[qname].shape:
             return None
-        return _sqnr(fv[fname], qv[qname])
+        return sqnr(fv[fname], qv[qname])
 
     effects = []
     for name, op, i, o in nodes:
@@ -234,12 +235,22 @@ def plan_fallback(backend: Backend, y: np.ndarray, *, budget_pt: float, candidat
     for e in shortlist[:max_float_nodes]:
         chosen.append(e.node)
         path, top1, _ = measure(base_exclude + chosen, f"step{len(chosen)}")
-        plan.steps.append({"float_nodes": list(chosen), "slice_top1": round(top1, 5), "drop_pt": drop(top1)})
+        plan.final = {"float_nodes": list(chosen), "slice_top1": round(top1, 5), "drop_pt": drop(top1)}
+        plan.steps.append(plan.final)
         log(f"  {len(chosen)} float: {', '.join(chosen)} -> slice top-1 {top1:.4f} (drop {drop(top1):.2f} pt)")
         best = path
         if drop(top1) <= budget_pt:
             plan.met = True
             break
+    if plan.met and len(chosen) > 1:  # greedy overshoots when nodes only help together: drop the passengers
+        for node in list(reversed(chosen[:-1])):
+            trial = [n for n in chosen if n != node]
+            path, top1, _ = measure(base_exclude + trial, f"prune{len(plan.steps)}")
+            step = {"float_nodes": trial, "slice_top1": round(top1, 5), "drop_pt": drop(top1), "without": node}
+            plan.steps.append(step)
+            if drop(top1) <= budget_pt:
+                log(f"  without {node}: slice top-1 {top1:.4f} (drop {drop(top1):.2f} pt): not needed")
+                chosen, best, plan.final = trial, path, step
     plan.float_nodes = chosen
     plan.seconds = round(time.perf_counter() - t0, 1)
     if best is not None:

@@ -248,3 +248,93 @@ def _version(pkg: str) -> str | None:
         return version(pkg)
     except PackageNotFoundError:
         return None
+
+
+# ------------------------------------------------------------------ selective quantization (float fallback)
+def float_op_regex(output_tensor: str) -> str:
+    """The recipe regex that matches exactly one op: litert-quantizer's op scope is its output names + ';'."""
+    import re
+
+    return "^" + re.escape(output_tensor) + ";$"
+
+
+def _tensors(path_or_bytes, x: np.ndarray) -> tuple[list[tuple[str, str, str]], dict[str, np.ndarray]]:
+    """(op name, first activation input, output) of every op but (de)quantize, and every tensor's dequantized
+    value over the images `x` (one invoke per image, all tensors kept)."""
+    import warnings
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from ..runtime import dequantize_output, quantize_input
+    from ..tfcompat import quiet_stderr
+
+    kw = {"model_content": path_or_bytes} if isinstance(path_or_bytes, (bytes, bytearray)) else \
+        {"model_path": str(path_or_bytes)}
+    with warnings.catch_warnings(), quiet_stderr():
+        warnings.simplefilter("ignore")
+        it = Interpreter(**kw, experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    inp = it.get_input_details()[0]
+    op_list = it._get_ops_details()
+    # activations: tensors an op writes, or the graph input; everything else is a constant (weights, biases)
+    activations = {o for op in op_list for o in op["outputs"]} | {d["index"] for d in it.get_input_details()}
+    ops = []
+    for op in op_list:
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE") or not len(op["outputs"]):
+            continue
+        acts = [i for i in op["inputs"] if i in activations and i in details]
+        if acts:
+            ops.append((op["op_name"], details[acts[0]]["name"], details[op["outputs"][0]]["name"]))
+    names = {n for _, i, o in ops for n in (i, o)}
+    index = {d["name"]: k for k, d in details.items() if d["name"] in names}
+    values: dict[str, list] = {n: [] for n in index}
+    for img in x:
+        it.set_tensor(inp["index"], quantize_input(img[None].astype(np.float32), np.dtype(inp["dtype"]),
+                                                   *inp["quantization"]))
+        it.invoke()
+        for n, k in index.items():
+            values[n].append(dequantize_output(it.get_tensor(k), *details[k]["quantization"]))
+    return ops, {n: np.concatenate([v.ravel() for v in vs]) for n, vs in values.items() if vs}
+
+
+def tflite_sensitivity(fp32_tflite: bytes, int8_path, x: np.ndarray) -> list:
+    """Every op of the INT8 model with the SQNR it loses (its input's SQNR minus its output's against the FP32
+    model), most sensitive first; NodeEffect.node is the op's output tensor (its scope in a recipe)."""
+    from .fallback import NodeEffect, sqnr
+
+    _, ref = _tensors(fp32_tflite, x)
+    ops, got = _tensors(int8_path, x)
+    out = []
+    for op_name, i, o in ops:
+        if o in ref and o in got and i in got and (i in ref) and ref[o].shape == got[o].shape \
+                and ref[i].shape == got[i].shape:
+            out.append(NodeEffect(o, op_name, round(float(sqnr(ref[i], got[i]) - sqnr(ref[o], got[o])), 3)))
+    return sorted(out, key=lambda e: -e.sqnr_loss_db)
+
+
+def tflite_backend(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray, ranges: dict, x: np.ndarray):
+    """The fallback search's view of litert-quantizer: ops left float by a selective recipe (`no_quantize`)."""
+    from ..runtime import TFLitePredictor
+    from .fallback import Backend
+
+    def quantize(exclude: list[str], path) -> None:
+        data, _ = quantize_tflite(fp32_tflite, recipe, calibration, name="int8_tflite_fallback",
+                                  float_ops=tuple(float_op_regex(n) for n in exclude), ranges=ranges)
+        path.write_bytes(data)
+
+    def run(path) -> np.ndarray:
+        return TFLitePredictor(path).predict(x).reshape(len(x), -1)
+
+    def rank(int8_path) -> list:
+        return tflite_sensitivity(fp32_tflite, int8_path, x[:16])
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "fp32.tflite"
+        p.write_bytes(fp32_tflite)
+        reference = run(p)
+    return Backend(".tflite", quantize, run, rank, reference)

@@ -62,4 +62,76 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
                                                     "recipe": litert_quant.recipe_entries(recipe)}, make,
                                fmt="tflite", precision=recipe.precision, method=recipe.method, stage="litert_quant",
                                params=params, parent=fp32.name))
+    if opts.fallback:
+        def calibrated():
+            nonlocal x, ranges
+            if ranges is None:
+                x = ctx.pre(cal.images[:n])
+                ranges = litert_quant.calibrate_ranges(fp32.abspath(ctx.run_dir).read_bytes(), x, name="litert_quant")
+            return x, ranges
+        out += _fallback(ctx, opts, fp32, n, calibrated)
     return out
+
+
+def _fallback(ctx, opts: LitertQuantSpec, fp32: Artifact, n: int, calibrated) -> list[Artifact]:
+    """int8_tflite_fallback: the w8a8 (min-max) model with its most sensitive ops left float, when it misses the
+    budget on the held-back slice; else nothing (the section says why)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..artifacts import stage_key
+    from . import fallback
+
+    name, budget = "int8_tflite_fallback", ctx.cfg.max_accuracy_drop
+    cal = ctx.splits.calibration
+    held = cal.take(np.arange(n, n + opts.holdout_images))
+    params = {"budget_pt": budget, "holdout_images": opts.holdout_images, "candidates": opts.fallback_candidates,
+              "max_float_ops": opts.max_float_ops, "base_recipe": "w8a8", "calibration_images": n}
+    key_parts = {"calibration": cal.fingerprint()}
+    section = {"budget_pt": budget, "artifact": "w8a8 (litert-quantizer, min-max)", "format": "tflite",
+               "refused": {"edgetpu": fallback.refusal_reason("edgetpu")}}
+    old = ctx.manifest.reusable(name, stage_key(name, fp32.sha256, key_parts, params, ctx.cfg.seed))
+    if old is not None:
+        ctx.log(f"  = {name}: reused ({old.path}, inputs unchanged)")
+        section.update(plan=old.notes.get("plan"), produced=True)
+        _finish(ctx, section)
+        return [old]
+    blob = fp32.abspath(ctx.run_dir).read_bytes()
+    x, ranges = calibrated()
+    with tempfile.TemporaryDirectory(dir=ctx.artifact_dir(), prefix=".tflite_fallback.") as work:
+        best = Path(work) / "best.tflite"
+        backend = litert_quant.tflite_backend(blob, litert_quant.RECIPES["w8a8"], x, ranges, ctx.pre(held.images))
+        plan = fallback.plan_fallback(backend, held.labels, budget_pt=budget, candidates=opts.fallback_candidates,
+                                      max_float_nodes=opts.max_float_ops, base_exclude=[], out=best, workdir=Path(work),
+                                      log=ctx.log)
+        section["plan"] = plan.to_dict()
+        if not best.exists():
+            section.update(produced=False, why_not=f"the w8a8 model loses {plan.int8_drop_pt:.2f} pt on the "
+                                                   f"{plan.slice_images}-image held-back slice, within the {budget} pt "
+                                                   "budget: no op needs to stay float")
+            ctx.log(f"  {name}: not needed ({section['why_not']})")
+            _finish(ctx, section)
+            return []
+
+        def make(tmp):
+            data = best.read_bytes()
+            tmp.write_bytes(data)
+            summary = litert_quant.check_fully_integer(data, name, allowed_float=True)
+            return {**summary, "plan": plan.to_dict(), "float_nodes": plan.float_nodes,
+                    "budget_met_on_slice": plan.met,
+                    "hybrid": "float ops between DEQUANTIZE/QUANTIZE: " + fallback.refusal_reason("edgetpu")}
+
+        art = ctx.produce(name, "int8_fallback.tflite", key_parts, make, fmt="tflite", precision="int8",
+                          method="ptq_fallback", stage="litert_quant", params=params, parent=fp32.name)
+    section["produced"] = True
+    _finish(ctx, section)
+    return [art]
+
+
+def _finish(ctx, section: dict) -> None:
+    from .onnx_fallback import fallback_markdown
+
+    section["markdown"] = fallback_markdown(section).replace("(ONNX)", "(TFLite, litert-quantizer selective)")
+    ctx.results.set_section("tflite_fallback", section)
