@@ -74,23 +74,36 @@ def test_unknown_recipe_is_a_config_error(tmp_path):
         config_from_dict(raw, base_dir=tmp_path)
 
 
-def test_gptq_either_quantizes_every_weight_or_is_refused_naming_the_tensor(lq_run, tiny_project):
-    """litert-quantizer 0.11's GPTQ (FULLY_CONNECTED only) can retype a weight without quantizing it; edgeq must
-    never hand on such a model."""
+def test_gptq_quantizes_every_weight_and_tracks_fp32(lq_run, tiny_project):
+    """litert-quantizer 0.11's GPTQ finds no Hessian for an FC whose input an earlier op calibrated and would leave
+    its float weights under an int8 type; edgeq supplies the Hessians and checks every weight buffer."""
     from edgeq.config import load_config
     from edgeq.inputs import load_splits, preprocess_of
-    from edgeq.runtime import load_tflite_interpreter
+    from edgeq.runtime import TFLitePredictor
 
     run_dir, _, manifest = lq_run
     fp32 = (run_dir / manifest["fp32_tflite"]["path"]).read_bytes()
     cfg = load_config(tiny_project / "tiny.yaml")
     pre = preprocess_of(cfg)
-    x = pre(load_splits(cfg, pre).calibration.images[:40])
-    try:
-        data, _ = litert_quant.quantize_tflite(fp32, litert_quant.RECIPES["w8a8_gptq"], x, name="gptq")
-    except QuantizationError as e:
-        assert "do not match their tensor type" in str(e) and "w8a8_octav" in str(e)
-        return
-    litert_quant.check_weights_quantized(data, "w8a8_gptq")
-    interp, _ = load_tflite_interpreter(content=data)
-    assert interp.get_input_details()[0]["dtype"] == np.int8
+    splits = load_splits(cfg, pre)
+    x = pre(splits.calibration.images[:40])
+    data, notes = litert_quant.quantize_tflite(fp32, litert_quant.RECIPES["w8a8_gptq"], x, name="gptq")
+    litert_quant.check_weights_quantized(data, "w8a8_gptq")  # raises on a float buffer under an int8 type
+    assert notes["float_ops"] == [] and "GPTQ" in notes["rounding"]
+    gptq_file, ref_file = run_dir / "gptq.tflite", run_dir / manifest["fp32_tflite"]["path"]
+    gptq_file.write_bytes(data)
+    ev = pre(splits.eval.images)
+    agree = (TFLitePredictor(gptq_file).predict(ev).argmax(1) == TFLitePredictor(ref_file).predict(ev).argmax(1))
+    assert agree.mean() >= 0.9
+
+
+def test_weights_that_do_not_match_their_type_are_refused(lq_run):
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    run_dir, _, manifest = lq_run
+    m = fu.read_model_from_bytearray(bytearray((run_dir / manifest["int8_tflite_lq"]["path"]).read_bytes()))
+    t = next(t for t in m.subgraphs[0].tensors if t.type == 9 and m.buffers[t.buffer].data is not None
+             and len(m.buffers[t.buffer].data) > 16)
+    m.buffers[t.buffer].data = np.zeros(4 * len(m.buffers[t.buffer].data), np.uint8)  # float32-sized, int8-typed
+    with pytest.raises(QuantizationError, match="do not match their tensor type"):
+        litert_quant.check_weights_quantized(bytes(fu.convert_object_to_bytearray(m)), "w8a8")

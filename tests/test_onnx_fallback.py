@@ -1,4 +1,5 @@
-"""Accuracy budget -> float fallback (stages.onnx_fallback) on a model naive INT8 breaks.
+"""Accuracy budget -> float fallback (stages.onnx_fallback; stages.litert_quant.fallback for TFLite) on a model
+naive INT8 breaks.
 
 The hard model: a small depthwise network trained briefly on the shipped Fashion-MNIST sample, whose logits
 then get a constant offset of 1000 (softmax(z + c) == softmax(z): the FP32 model is unchanged). Per-tensor
@@ -55,7 +56,8 @@ def hard_run(tmp_path_factory):
         "name": "hard", "max_accuracy_drop": 1.0,
         "model": {"path": "hard.keras", "input_shape": [28, 28, 1], "num_classes": 10},
         "data": {"kind": "fashion_mnist", "prefer_full_dataset": False, "calibration_size": 400},
-        "stages": {"tflite_ptq": {"enabled": False},
+        "stages": {"tflite_ptq": {"representative_images": 200},
+                   "litert_quant": {"enabled": True, "recipes": ["w8a8"], "fallback": True, "holdout_images": 200},
                    "onnx_ptq": {"enabled": True, "calibration_images": 200, "tensorrt_artifact": False},
                    "onnx_fallback": {"enabled": True, "holdout_images": 200}},
         "benchmark": {"enabled": False}}, base_dir=root)
@@ -70,28 +72,30 @@ def _eval(run_dir, name):
         return pred, z["labels"]
 
 
-def test_fallback_meets_the_budget_naming_the_nodes_kept_float(hard_run):
+@pytest.mark.parametrize("fmt,naive,gemm", [("onnx", "int8_onnx_ptq", "Gemm"),
+                                             ("tflite", "int8_tflite_lq", "FULLY_CONNECTED")])
+def test_fallback_meets_the_budget_naming_the_nodes_kept_float(hard_run, fmt, naive, gemm):
     run_dir, rep, cfg = hard_run
+    name = f"int8_{fmt}_fallback"
     manifest = {a["name"]: a for a in json.loads((run_dir / "manifest.json").read_text())["artifacts"]}
-    assert "int8_onnx_fallback" in manifest, rep.get("onnx_fallback")
-    notes = manifest["int8_onnx_fallback"]["notes"]
-    fp, y = _eval(run_dir, "fp32_onnx")
-    naive, _ = _eval(run_dir, "int8_onnx_ptq")
-    fb, _ = _eval(run_dir, "int8_onnx_fallback")
+    assert name in manifest, rep.get(f"{fmt}_fallback")
+    notes = manifest[name]["notes"]
+    fp, y = _eval(run_dir, f"fp32_{fmt}")
     lines = []
-    for name, p in (("fp32_onnx", fp), ("int8_onnx_ptq", naive), ("int8_onnx_fallback", fb)):
+    for n in (f"fp32_{fmt}", naive, name):
+        p, _ = _eval(run_dir, n)
         lo, hi = wilson_interval(int((p == y).sum()), len(y))
         t = paired_test(fp == y, p == y)
-        lines.append(f"{name:20s} top-1 {(p == y).mean() * 100:6.2f} % [{lo * 100:.2f}, {hi * 100:.2f}]  "
+        lines.append(f"{n:20s} top-1 {(p == y).mean() * 100:6.2f} % [{lo * 100:.2f}, {hi * 100:.2f}]  "
                      f"drop {t.drop * 100:+.2f} pt [{t.ci95[0] * 100:+.2f}, {t.ci95[1] * 100:+.2f}] "
                      f"(McNemar p = {t.p:.2g})  n={len(y)}")
     print("\n" + "\n".join(lines) + f"\nkept float: {notes['float_nodes']}")
-    naive_drop = ((fp == y).mean() - (naive == y).mean()) * 100
-    fb_drop = ((fp == y).mean() - (fb == y).mean()) * 100
+    naive_drop = (fp == y).mean() * 100 - (_eval(run_dir, naive)[0] == y).mean() * 100
+    fb_drop = (fp == y).mean() * 100 - (_eval(run_dir, name)[0] == y).mean() * 100
     assert naive_drop >= 3.0  # the model is hard for naive INT8 ...
     assert fb_drop <= cfg.max_accuracy_drop  # ... and the fallback meets the budget on the evaluation split
     assert notes["budget_met_on_slice"] and 1 <= len(notes["float_nodes"]) <= 8
-    assert "Gemm" in {e["op_type"] for e in notes["plan"]["ranking"] if e["node"] in notes["float_nodes"]}
+    assert gemm in {e["op_type"] for e in notes["plan"]["ranking"] if e["node"] in notes["float_nodes"]}
     md = (run_dir / "report.md").read_text()
     assert "float fallback" in md and notes["float_nodes"][0] in md
 
