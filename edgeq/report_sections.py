@@ -129,3 +129,29 @@ def comparison_markdown(section: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "\\* estimated packed size.", ""] + [f"- {v}" for v in section["verdict_lines"]]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ float fallback
+def fallback_markdown(section: dict, fmt: str) -> str:
+    """A float-fallback section: the slice figures, the nodes kept float, the measured ranking, refusals."""
+    plan = section.get("plan") or {}
+    lines = [f"## Accuracy budget: float fallback ({fmt})", ""]
+    if plan:
+        lines.append(f"On {plan['slice_images']} held-back calibration images (not the evaluation set): FP32 top-1 "
+                     f"{plan['fp32_top1'] * 100:.2f} %, {section['artifact']} {plan['int8_top1'] * 100:.2f} % "
+                     f"(drop {plan['int8_drop_pt']:.2f} pt; budget {section['budget_pt']} pt).")
+    if section.get("why_not"):
+        lines += ["", f"No fallback: {section['why_not']}."]
+    if plan.get("steps"):
+        verdict = "meets" if plan["met"] else "does NOT meet"
+        lines += ["", f"Kept float: **{', '.join(plan['float_nodes'])}** — {verdict} the budget on the slice "
+                      f"(drop {plan['final_drop_pt']:.2f} pt); the evaluation table has its measured accuracy, size "
+                      f"and latency (`int8_{fmt.lower()}_fallback`).", "",
+                  "| rank | node | op | SQNR lost dB | solo-float slice top-1 | gain pt |", "|---|---|---|---|---|---|"]
+        for i, e in enumerate(r for r in plan["ranking"] if r.get("solo_top1") is not None):
+            lines.append(f"| {i + 1} | {e['node']} | {e['op_type']} | {e['sqnr_loss_db']:.1f} | "
+                         f"{e['solo_top1'] * 100:.2f} % | {e['solo_gain_pt']:+.2f} |")
+    for a, why in (section.get("refused") or {}).items():
+        if why:
+            lines.append(f"\n{a}: {why}.")
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import report_sections
 from ..artifacts import Artifact, stage_key
 from ..config import OnnxFallbackSpec
 from ..errors import EdgeqError
@@ -105,29 +106,5 @@ def run_stage(ctx, opts: OnnxFallbackSpec) -> list[Artifact]:
 
 
 def _finish(ctx, section: dict) -> None:
-    section["markdown"] = fallback_markdown(section)
+    section["markdown"] = report_sections.fallback_markdown(section, "ONNX")
     ctx.results.set_section("onnx_fallback", section)
-
-
-def fallback_markdown(section: dict) -> str:
-    plan = section.get("plan") or {}
-    lines = ["## Accuracy budget: float fallback (ONNX)", ""]
-    if plan:
-        lines.append(f"On {plan['slice_images']} held-back calibration images (not the evaluation set): FP32 top-1 "
-                     f"{plan['fp32_top1'] * 100:.2f} %, {section['artifact']} {plan['int8_top1'] * 100:.2f} % "
-                     f"(drop {plan['int8_drop_pt']:.2f} pt; budget {section['budget_pt']} pt).")
-    if section.get("why_not"):
-        lines += ["", f"No fallback: {section['why_not']}."]
-    if plan.get("steps"):
-        verdict = "meets" if plan["met"] else "does NOT meet"
-        lines += ["", f"Kept float: **{', '.join(plan['float_nodes'])}** — {verdict} the budget on the slice "
-                      f"(drop {plan['final_drop_pt']:.2f} pt); the evaluation table has its measured accuracy, size "
-                      "and latency (`int8_onnx_fallback`).", "",
-                  "| rank | node | op | SQNR lost dB | solo-float slice top-1 | gain pt |", "|---|---|---|---|---|---|"]
-        for i, e in enumerate(r for r in plan["ranking"] if r.get("solo_top1") is not None):
-            lines.append(f"| {i + 1} | {e['node']} | {e['op_type']} | {e['sqnr_loss_db']:.1f} | "
-                         f"{e['solo_top1'] * 100:.2f} % | {e['solo_gain_pt']:+.2f} |")
-    for a, why in (section.get("refused") or {}).items():
-        if why:
-            lines.append(f"\n{a}: {why}.")
-    return "\n".join(lines)
