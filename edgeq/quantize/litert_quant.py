@@ -150,7 +150,7 @@ def quantize_tflite(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray,
                   "litert_recipe": entries, "calibration_images": int(len(calibration)),
                   "calibration_seconds": round(t1 - t0, 2) if ranges is None or recipe.rounding == "gptq" else 0.0,
                   "calibration_shared": ranges is not None, "quantize_seconds": round(t2 - t1, 2),
-                  "litert_quantizer_version": _version("litert-quantizer"), **summary}
+                  "litert_quantizer_version": quantizer_version(), **summary}
 
 
 def _add_gptq_hessians(fp32_tflite: bytes, entries: list[dict], data: dict, qsv: dict) -> None:
@@ -241,11 +241,12 @@ def check_fully_integer(data: bytes, recipe: str, allowed_float: bool = False) -
     return {**summary, "float_ops": floats, "weight_bytes": weight_bytes(data)}
 
 
-def _version(pkg: str) -> str | None:
+def quantizer_version() -> str | None:
+    """The installed litert-quantizer's version (recorded with every artifact it made)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version(pkg)
+        return version("litert-quantizer")
     except PackageNotFoundError:
         return None
 

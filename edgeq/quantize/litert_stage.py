@@ -38,38 +38,38 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
                          "export_fp32: true (or disable stages.litert_quant)")
     cal = ctx.splits.calibration
     n = calibration_count(cal, opts.calibration_images, "stages.litert_quant.calibration_images")
-    x = ranges = None
+    cache: dict = {}
+
+    def calibrated():
+        """The preprocessed calibration images and litert-quantizer's ranges: made once, only if needed."""
+        if not cache:
+            x = ctx.pre(cal.images[:n])
+            cache.update(x=x, ranges=litert_quant.calibrate_ranges(fp32.abspath(ctx.run_dir).read_bytes(), x,
+                                                                   name="litert_quant"))
+        return cache["x"], cache["ranges"]
+
     out = []
     for name in opts.recipes:
         recipe = litert_quant.RECIPES[name]
         art = artifact_name(recipe)
 
         def make(tmp, recipe=recipe, art=art):
-            nonlocal x, ranges
-            blob = fp32.abspath(ctx.run_dir).read_bytes()
-            if ranges is None:  # preprocess and calibrate once, only when something is made
-                x = ctx.pre(cal.images[:n])
-                ranges = litert_quant.calibrate_ranges(blob, x, name="litert_quant")
-            data, notes = litert_quant.quantize_tflite(blob, recipe, x, name=art, ranges=ranges)
+            x, ranges = calibrated()
+            data, notes = litert_quant.quantize_tflite(fp32.abspath(ctx.run_dir).read_bytes(), recipe, x, name=art,
+                                                       ranges=ranges)
             tmp.write_bytes(data)
             notes["size_vs_fp32_tflite"] = round(len(data) / fp32.size_bytes, 4)
             return notes
 
         params = {"recipe": name, "weight_bits": recipe.weight_bits, "activation_bits": 8,
                   "range_method": recipe.range_method, "rounding": recipe.rounding, "calibration_images": n,
-                  "litert_quantizer": litert_quant._version("litert-quantizer")}
+                  "litert_quantizer": litert_quant.quantizer_version()}
         out.append(ctx.produce(art, FILE_OF[name], {"calibration": cal.fingerprint(), "n": n,
                                                     "recipe": litert_quant.recipe_entries(recipe)}, make,
                                fmt="tflite", precision=recipe.precision, method=recipe.method, stage="litert_quant",
                                params=params, parent=fp32.name))
     _section(ctx, out)
     if opts.fallback:
-        def calibrated():
-            nonlocal x, ranges
-            if ranges is None:
-                x = ctx.pre(cal.images[:n])
-                ranges = litert_quant.calibrate_ranges(fp32.abspath(ctx.run_dir).read_bytes(), x, name="litert_quant")
-            return x, ranges
         out += _fallback(ctx, opts, fp32, n, calibrated)
     return out
 
