@@ -387,6 +387,12 @@ def check_consistency(cfg: RunConfig, where: str) -> None:
     lq = s.litert_quant
     counts.append(("stages.litert_quant.calibration_images", lq.calibration_images + (lq.holdout_images if lq.fallback
                                                                                        else 0), lq.enabled))
+    if s.litert_quant.enabled and keras_input and not (s.tflite_ptq.enabled and s.tflite_ptq.export_fp32):
+        raise ConfigError(f"{where}: stages.litert_quant quantizes the run's FP32 .tflite, which stages.tflite_ptq "
+                          "makes: set stages.tflite_ptq.enabled and export_fp32 to true, or disable litert_quant")
+    if s.onnx_fallback.enabled and not s.onnx_ptq.enabled:
+        raise ConfigError(f"{where}: stages.onnx_fallback falls back from the INT8 ONNX that stages.onnx_ptq makes: "
+                          "enable stages.onnx_ptq, or disable onnx_fallback")
     if s.onnx_fallback.enabled and s.onnx_ptq.enabled and \
             s.onnx_ptq.calibration_images + s.onnx_fallback.holdout_images > d.calibration_size:
         raise ConfigError(f"{where}: stages.onnx_fallback.holdout_images ({s.onnx_fallback.holdout_images}) are taken "

@@ -107,3 +107,13 @@ def test_weights_that_do_not_match_their_type_are_refused(lq_run):
     m.buffers[t.buffer].data = np.zeros(4 * len(m.buffers[t.buffer].data), np.uint8)  # float32-sized, int8-typed
     with pytest.raises(QuantizationError, match="do not match their tensor type"):
         litert_quant.check_weights_quantized(bytes(fu.convert_object_to_bytearray(m)), "w8a8")
+
+
+def test_litert_quant_without_the_fp32_tflite_is_refused_up_front(tmp_path):
+    from edgeq.config import config_from_dict
+    from edgeq.errors import ConfigError
+
+    raw = {"name": "x", "model": {"path": "m.keras", "input_shape": [16, 16, 3], "num_classes": 3},
+           "stages": {"tflite_ptq": {"export_fp32": False}, "litert_quant": {"enabled": True}}}
+    with pytest.raises(ConfigError, match="stages.litert_quant quantizes the run's FP32 .tflite"):
+        config_from_dict(raw, base_dir=tmp_path)
