@@ -72,6 +72,7 @@ def _eval(run_dir, name):
         return pred, z["labels"]
 
 
+@pytest.mark.slow  # the hard model's run takes ~25 s idle, ~40 s on a loaded 2-core machine
 @pytest.mark.parametrize("fmt,naive,gemm", [("onnx", "int8_onnx_ptq", "Gemm"),
                                              ("tflite", "int8_tflite_lq", "FULLY_CONNECTED")])
 def test_fallback_meets_the_budget_naming_the_nodes_kept_float(hard_run, fmt, naive, gemm):
@@ -100,6 +101,7 @@ def test_fallback_meets_the_budget_naming_the_nodes_kept_float(hard_run, fmt, na
     assert "float fallback" in md and notes["float_nodes"][0] in md
 
 
+@pytest.mark.slow
 def test_top_of_the_ranking_is_the_node_whose_solo_fallback_helps_most(hard_run):
     """Measured independently of the search: each shortlisted node left float alone, on the evaluation split."""
     from edgeq.inputs import preprocess_of, load_splits
