@@ -242,9 +242,53 @@ class ComparisonSpec(Strict):
         return sorted(set(v), reverse=True)
 
 
+LITERT_RECIPES = ("w8a8", "w8a8_octav", "w8a8_gptq", "w4a8", "w4a8_octav")  # rows of edgeq.quantize.litert_quant.RECIPES
+
+
+class LitertQuantSpec(Strict):
+    """LiteRT Quantizer (litert-quantizer) over the run's FP32 .tflite (stages.tflite_ptq.export_fp32): one
+    fully integer artifact per recipe. w8a8*: int8 weights and activations; w4a8*: int4 weights on CONV_2D and
+    FULLY_CONNECTED (the ops LiteRT's int4 kernels take), int8 depthwise weights, int8 activations. The suffix
+    names the range/rounding method: none = min-max, octav = OCTAV optimal clipping, gptq = GPTQ rounding of
+    FULLY_CONNECTED weights (OCTAV elsewhere)."""
+
+    enabled: bool = False
+    recipes: list[Literal[LITERT_RECIPES]] = ["w8a8_gptq", "w4a8", "w4a8_octav"]
+    calibration_images: int = Field(200, ge=1)  # the first N of the calibration split
+    # accuracy budget -> float fallback: when the w8a8 (min-max) model's top-1 drop on the held-back slice (the
+    # calibration images after the first calibration_images; never the evaluation split) exceeds
+    # max_accuracy_drop, its most sensitive ops are left float by a selective recipe -> int8_tflite_fallback
+    # (a hybrid model: not for full-integer targets such as the Edge TPU)
+    fallback: bool = False
+    holdout_images: int = Field(200, ge=20)
+    fallback_candidates: int = Field(8, ge=1)  # ops (most SQNR lost first) whose solo fallback is measured
+    max_float_ops: int = Field(8, ge=1)
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipes(cls, v):
+        if not v:
+            raise ValueError("name at least one recipe, or set enabled: false")
+        return list(dict.fromkeys(v))
+
+
+class OnnxFallbackSpec(Strict):
+    """Accuracy budget -> float fallback for the host INT8 ONNX (int8_onnx_ptq): when its top-1 drop on a
+    held-back slice of the calibration split (images the quantizer did not calibrate on; never the
+    evaluation split) exceeds max_accuracy_drop, the most sensitive nodes are left float (ORT
+    nodes_to_exclude), fewest first, until the drop is within the budget -> artifact int8_onnx_fallback."""
+
+    enabled: bool = False
+    holdout_images: int = Field(200, ge=20)  # calibration-split images after the ones ORT calibrated on
+    candidates: int = Field(8, ge=1)  # nodes (lowest output SQNR first) whose solo fallback is measured
+    max_float_nodes: int = Field(8, ge=1)  # give up (and say so) rather than keep more nodes float
+
+
 class StagesSpec(Strict):
     tflite_ptq: TflitePtqSpec = TflitePtqSpec()
+    litert_quant: LitertQuantSpec = LitertQuantSpec()
     onnx_ptq: OnnxPtqSpec = OnnxPtqSpec()
+    onnx_fallback: OnnxFallbackSpec = OnnxFallbackSpec()
     qat: QatSpec = QatSpec()
     comparison: ComparisonSpec = ComparisonSpec()
 
@@ -428,6 +472,22 @@ def check_consistency(cfg: RunConfig, where: str) -> None:
                   *counts,
                   ("stages.qat.calibration_images", s.qat.calibration_images, s.qat.enabled and s.qat.calibrate_ranges),
                   ("stages.comparison.calibration_images", s.comparison.calibration_images, s.comparison.enabled)]
+    lq = s.litert_quant
+    counts.append(("stages.litert_quant.calibration_images", lq.calibration_images + (lq.holdout_images if lq.fallback
+                                                                                       else 0), lq.enabled))
+    fp32_tflite = s.tflite_ptq.enabled and (s.tflite_ptq.export_fp32 or runs_from_onnx(cfg.model.format))
+    if s.litert_quant.enabled and not fp32_tflite:
+        raise ConfigError(f"{where}: stages.litert_quant quantizes the run's FP32 .tflite, which stages.tflite_ptq "
+                          "makes: set stages.tflite_ptq.enabled and export_fp32 to true, or disable litert_quant")
+    if s.onnx_fallback.enabled and not s.onnx_ptq.enabled:
+        raise ConfigError(f"{where}: stages.onnx_fallback falls back from the INT8 ONNX that stages.onnx_ptq makes: "
+                          "enable stages.onnx_ptq, or disable onnx_fallback")
+    if s.onnx_fallback.enabled and s.onnx_ptq.enabled and \
+            s.onnx_ptq.calibration_images + s.onnx_fallback.holdout_images > d.calibration_size:
+        raise ConfigError(f"{where}: stages.onnx_fallback.holdout_images ({s.onnx_fallback.holdout_images}) are taken "
+                          f"from the calibration split after the {s.onnx_ptq.calibration_images} ORT calibrates on, but "
+                          f"data.calibration_size is {d.calibration_size}; raise data.calibration_size to at least "
+                          f"{s.onnx_ptq.calibration_images + s.onnx_fallback.holdout_images} or lower holdout_images")
     for key, n, on in counts:
         if on and n > d.calibration_size:
             raise ConfigError(f"{where}: {key} is {n} but the calibration split has {d.calibration_size} images "

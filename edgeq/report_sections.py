@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-METHOD_LABELS = {"fp32": "FP32", "ptq_naive": "PTQ naive", "ptq_advanced": "PTQ advanced", "qat": "QAT"}
+METHOD_LABELS = {"fp32": "FP32", "ptq_naive": "PTQ naive", "ptq_advanced": "PTQ advanced",
+                 "ptq_litert": "PTQ LiteRT (OCTAV/GPTQ)", "fallback": "float fallback", "qat": "QAT"}
 
 
 # ------------------------------------------------------------------ ONNX Runtime PTQ
@@ -115,27 +116,36 @@ def _size(b: int | None, estimated: bool) -> str:
 
 
 def comparison_markdown(section: dict) -> str:
-    """The comparison table (rows of bits x method against FP32) and its verdict lines."""
+    """The comparison table (rows of bits x format x method against FP32) and its verdict lines."""
     rows, n = section["rows"], section["eval_images"]
     fp32 = rows[0]
     methods = list(dict.fromkeys(r["method"] for r in rows[1:]))
-    bits = sorted({r["bits"] for r in rows if r["bits"] != 32}, reverse=True)
+    groups = list(dict.fromkeys((r["bits"], r.get("format", "tflite")) for r in rows[1:]))
     head = ["bits", "FP32"] + [METHOD_LABELS.get(m, m) for m in methods]
+    litert = (f" PTQ LiteRT = {section['litert_ptq']}; INT4 there = real W4A8 .tflite (int4 CONV_2D/FULLY_CONNECTED "
+              "weights, int8 activations) run by LiteRT." if "ptq_litert" in methods else "")
+    fallback = (" Float fallback = the host INT8 ONNX with its most sensitive nodes left float (ONNX row, drop "
+                "against the FP32 ONNX)." if "fallback" in methods else "")
     lines = ["## PTQ vs QAT", "",
-             f"Top-1 on {n} evaluation images (drop from FP32 in points; size). INT8: real INT8 TFLite "
-             f"artifacts. Fewer bits: simulated = per-channel fake-quantised kernels in Keras, float "
-             f"activations, size estimated. PTQ advanced = {section['advanced_ptq']} (at INT8 bias correction "
-             f"only, on the converter's own grid). QAT = tfmot fine-tune at INT8; straight-through fine-tune of "
-             f"the simulated kernels below 8 bits.", "",
+             f"Top-1 on {n} evaluation images (drop from FP32 in points; size). INT8: real INT8 artifacts. Fewer "
+             f"bits: real artifacts where a runtime takes them, else simulated = per-channel fake-quantised kernels "
+             f"in Keras, float activations, size estimated (marked). PTQ advanced = {section['advanced_ptq']} (at "
+             f"INT8 bias correction only, on the converter's own grid). QAT = tfmot fine-tune at INT8; "
+             f"straight-through fine-tune of the simulated kernels below 8 bits.{litert}{fallback}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for b in bits:
-        cells = [f"INT{b}" + (" (simulated)" if b < 8 else ""), f"{fp32['top1'] * 100:.2f} %"]
+    for b, fmt in groups:
+        cells_b = [x for x in rows if x["bits"] == b and x.get("format", "tflite") == fmt]
+        label = f"INT{b}" + (" ONNX" if fmt == "onnx" else "")
+        cells = [label, f"{fp32['top1'] * 100:.2f} %"]
         for m in methods:
-            r = next(x for x in rows if x["bits"] == b and x["method"] == m)
-            if r["top1"] is None:
+            r = next((x for x in cells_b if x["method"] == m), None)
+            if r is None:
+                cells.append("—")
+            elif r["top1"] is None:
                 cells.append(f"— ({r.get('reason', 'not measured')})")
             else:
-                cells.append(f"{r['top1'] * 100:.2f} % ({0 - r['drop']:+.2f}; "
+                sim = " simulated" if r.get("simulated") else ""
+                cells.append(f"{r['top1'] * 100:.2f} %{sim} ({0 - r['drop']:+.2f}; "
                              f"{_size(r['size_bytes'], r.get('size_estimated', False))})")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "\\* estimated packed size.", ""] + [f"- {v}" for v in section["verdict_lines"]]
@@ -166,4 +176,30 @@ def device_accuracy_markdown(section: dict | None) -> str:
                          f"{100 * e['top1_ci95'][1]:.2f}] | {100 * e['host_top1']:.2f} [{100 * e['host_top1_ci95'][0]:.2f}, "
                          f"{100 * e['host_top1_ci95'][1]:.2f}] | {e['top1_agreement_with_host']:.1%} | "
                          f"{-100 * t['drop']:+.2f} [{-100 * hi:.2f}, {-100 * lo:.2f}] | {t['p']:.2g} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ float fallback
+def fallback_markdown(section: dict, fmt: str) -> str:
+    """A float-fallback section: the slice figures, the nodes kept float, the measured ranking, refusals."""
+    plan = section.get("plan") or {}
+    lines = [f"## Accuracy budget: float fallback ({fmt})", ""]
+    if plan:
+        lines.append(f"On {plan['slice_images']} held-back calibration images (not the evaluation set): FP32 top-1 "
+                     f"{plan['fp32_top1'] * 100:.2f} %, {section['artifact']} {plan['int8_top1'] * 100:.2f} % "
+                     f"(drop {plan['int8_drop_pt']:.2f} pt; budget {section['budget_pt']} pt).")
+    if section.get("why_not"):
+        lines += ["", f"No fallback: {section['why_not']}."]
+    if plan.get("steps"):
+        verdict = "meets" if plan["met"] else "does NOT meet"
+        lines += ["", f"Kept float: **{', '.join(plan['float_nodes'])}** — {verdict} the budget on the slice "
+                      f"(drop {plan['final_drop_pt']:.2f} pt); the evaluation table has its measured accuracy, size "
+                      f"and latency (`int8_{fmt.lower()}_fallback`).", "",
+                  "| rank | node | op | SQNR lost dB | solo-float slice top-1 | gain pt |", "|---|---|---|---|---|---|"]
+        for i, e in enumerate(r for r in plan["ranking"] if r.get("solo_top1") is not None):
+            lines.append(f"| {i + 1} | {e['node']} | {e['op_type']} | {e['sqnr_loss_db']:.1f} | "
+                         f"{e['solo_top1'] * 100:.2f} % | {e['solo_gain_pt']:+.2f} |")
+    for a, why in (section.get("refused") or {}).items():
+        if why:
+            lines.append(f"\n{a}: {why}.")
     return "\n".join(lines)

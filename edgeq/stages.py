@@ -11,7 +11,9 @@ from typing import Callable
 # stage name -> "module:function"; each function is run_stage(ctx, options) -> list[Artifact]
 STAGES: dict[str, str] = {
     "tflite_ptq": "edgeq.quantize.tflite_ptq_stage:run_stage",
+    "litert_quant": "edgeq.quantize.litert_stage:run_stage",
     "onnx_ptq": "edgeq.quantize.onnx_ptq:run_stage",
+    "onnx_fallback": "edgeq.quantize.onnx_fallback:run_stage",
     "qat": "edgeq.quantize.qat:run_stage",
     "comparison": "edgeq.quantize.compare:run_stage",
 }

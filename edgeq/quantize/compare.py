@@ -21,9 +21,13 @@ from .calibration import calibration_count
 from .fine_tune import batch_stream, fine_tune_fake_quant, training_split
 from .stage_inputs import ComparisonInputs, comparison_inputs
 
-METHODS = ("ptq_naive", "ptq_advanced", "qat")
-INT8_METHOD = {"ptq_naive": "ptq", "ptq_advanced": "ptq_advanced", "qat": "qat"}  # -> Artifact.method
+METHODS = ("ptq_naive", "ptq_advanced", "qat")  # the cells simulated below 8 bits when no real artifact exists
+# comparison method -> Artifact.method of a real artifact, in order of preference
+REAL_METHODS = {"ptq_naive": ("ptq",), "ptq_advanced": ("ptq_advanced",), "ptq_litert": ("ptq_gptq", "ptq_octav"),
+                "fallback": ("ptq_fallback",), "qat": ("qat",)}
+PRECISION_OF_BITS = {8: "int8", 4: "int4"}  # bit widths a runtime takes (TFLite: W4A8 via litert-quantizer)
 ADVANCED_DESC = "MSE-clipped per-channel scales + empirical bias correction"
+LITERT_DESC = "LiteRT Quantizer, OCTAV ranges (GPTQ rounding of FULLY_CONNECTED where the recipe asks)"
 
 
 def _eval_subset(ctx, opts: ComparisonSpec) -> tuple[LabelledImages, np.ndarray]:
@@ -66,6 +70,10 @@ def run_stage(ctx, opts: ComparisonSpec, inputs: ComparisonInputs | None = None)
     adv_models: dict = {}  # bits -> advanced-PTQ model, also the low-bit QAT starting point
     for bits in (b for b in opts.bits if b < 8):
         for method in METHODS:
+            real = real_artifact(ctx, "tflite", bits, method)
+            if real is not None:
+                ctx.log(f"  = INT{bits} {METHOD_LABELS[method]}: real artifact {real.name}, nothing to simulate")
+                continue
             key = _cell_key(ctx, opts, inputs.fine_tune, bits, method)
             if key in cells:
                 ctx.log(f"  = INT{bits} {METHOD_LABELS[method]} (simulated): reused")
@@ -154,10 +162,20 @@ def _low_bit_qat(ctx, opts: ComparisonSpec, q: QatSpec, model, bits: int, adv_mo
 
 
 # ------------------------------------------------------------------ the table, after evaluation
+def real_artifact(ctx, fmt: str, bits: int, method: str) -> Artifact | None:
+    """The run's real artifact of format `fmt` at `bits` made by comparison method `method`, found by precision
+    and Artifact.method (the artifact of the stage named for the format first: tflite_ptq's naive INT8 before
+    a litert-quantizer min-max one)."""
+    prec = PRECISION_OF_BITS.get(bits)
+    for m in REAL_METHODS[method]:
+        found = [a for a in ctx.manifest.artifacts.values() if a.format == fmt and a.precision == prec and a.method == m]
+        if found:
+            return sorted(found, key=lambda a: a.stage != f"{fmt}_ptq")[0]
+    return None
+
+
 def _int8_tflite(ctx, method: str) -> Artifact | None:
-    """The run's INT8 TFLite artifact made by `method` (a comparison method), found by format and method."""
-    return next((a for a in ctx.manifest.artifacts.values()
-                 if a.format == "tflite" and a.precision == "int8" and a.method == INT8_METHOD[method]), None)
+    return real_artifact(ctx, "tflite", 8, method)
 
 
 def _artifact_top1(ctx, a: Artifact | None, idx: np.ndarray) -> tuple[float | None, str | None]:
@@ -185,34 +203,69 @@ def _fp32_top1(ctx, opts: ComparisonSpec, idx: np.ndarray) -> float:
     return top1
 
 
+def table_methods(cfg) -> tuple[str, ...]:
+    """The table's columns: the simulated-capable methods, plus LiteRT Quantizer and float fallback when on."""
+    lq = cfg.stages.litert_quant
+    extra = (("ptq_litert",) if lq.enabled else ()) + \
+            (("fallback",) if cfg.stages.onnx_fallback.enabled or (lq.enabled and lq.fallback) else ())
+    return ("ptq_naive", "ptq_advanced") + extra + ("qat",)
+
+
+def _missing_reason(fmt: str, bits: int, method: str) -> str:
+    if method == "fallback":
+        if bits < 8:
+            return "no float fallback of INT4 models"
+        return ("not needed, or not produced (see the float fallback section)" if fmt == "onnx" else
+                "not needed, or not produced: stages.litert_quant.fallback (see the float fallback section)")
+    if method == "ptq_litert":
+        return ("LiteRT Quantizer makes .tflite only" if fmt != "tflite" else
+                "not produced: add a w8a8_octav/w4a8_octav recipe to stages.litert_quant.recipes")
+    if method == "qat":
+        return "not produced: enable stages.qat" if fmt == "tflite" else "not produced: enable stages.qat (export_onnx)"
+    if method == "ptq_advanced" and fmt == "onnx":
+        return "not built for ONNX"
+    return "artifact not produced"
+
+
 def build_rows(ctx, opts: ComparisonSpec, fine_tune: QatSpec) -> tuple[list[dict], int]:
-    """The table's rows (FP32, then each bit width x method) and the number of evaluation images."""
+    """The table's rows (FP32, then each bit width x format x method) and the number of evaluation images.
+
+    A cell is a real artifact where the run made one (INT8; INT4 = LiteRT W4A8), else simulated (marked), else
+    empty with the reason. ONNX INT8 cells (naive vs float fallback) appear when stages.onnx_fallback is on;
+    their drop is against the FP32 ONNX model."""
     ev, idx = _eval_subset(ctx, opts)
     fp32 = _fp32_top1(ctx, opts, idx)
-    fp32_art = next((a for a in ctx.manifest.artifacts.values() if a.format == "tflite" and a.precision == "fp32"),
-                    ctx.fp32)
-    rows = [{"bits": 32, "method": "fp32", "simulated": False, "top1": fp32, "drop": 0.0,
+    arts = ctx.manifest.artifacts
+    fp32_art = next((a for a in arts.values() if a.format == "tflite" and a.precision == "fp32"), ctx.fp32)
+    rows = [{"bits": 32, "method": "fp32", "format": fp32_art.format, "simulated": False, "top1": fp32, "drop": 0.0,
              "size_bytes": fp32_art.size_bytes, "artifact": fp32_art.name}]
     naive8 = _int8_tflite(ctx, "ptq_naive")
+    methods = table_methods(ctx.cfg)
+    onnx_ref = next((a for a in arts.values() if a.format == "onnx" and a.precision == "fp32"), None)
     for bits in opts.bits:
-        for method in METHODS:
-            if bits == 8:
-                a = _int8_tflite(ctx, method)
-                top1, reason = _artifact_top1(ctx, a, idx)
-                row = {"bits": 8, "method": method, "simulated": False, "top1": top1,
-                       "size_bytes": a.size_bytes if a else None, "artifact": a.name if a else None}
-                if method == "qat" and a is None:
-                    reason = "not produced: enable stages.qat"
-            else:
-                c = ctx.results.comparison_cells.get(_cell_key(ctx, opts, fine_tune, bits, method), {})
-                top1, reason = c.get("top1"), c.get("reason", None if c else "not measured")
-                size = (fakequant.packed_size_bytes(naive8.size_bytes, ctx.keras_model(), bits) if naive8 else None)
-                row = {"bits": bits, "method": method, "simulated": True, "top1": top1, "size_bytes": size,
-                       "size_estimated": True, "how": c.get("how")}
-            row["drop"] = round((fp32 - top1) * 100, 3) if top1 is not None else None
-            if reason:
-                row["reason"] = reason
-            rows.append(row)
+        formats = ["tflite"] + (["onnx"] if bits == 8 and ctx.cfg.stages.onnx_fallback.enabled else [])
+        for fmt in formats:
+            ref = fp32
+            if fmt == "onnx" and onnx_ref is not None:
+                ref = _artifact_top1(ctx, onnx_ref, idx)[0] or fp32
+            for method in methods:
+                a = real_artifact(ctx, fmt, bits, method)
+                if a is not None or bits == 8 or fmt != "tflite" or method not in METHODS:
+                    top1, reason = _artifact_top1(ctx, a, idx) if a is not None else (None, _missing_reason(fmt, bits, method))
+                    row = {"bits": bits, "method": method, "format": fmt, "simulated": False, "top1": top1,
+                           "size_bytes": a.size_bytes if a else None, "artifact": a.name if a else None}
+                    if a is not None and a.notes.get("float_nodes"):
+                        row["float_nodes"] = a.notes["float_nodes"]
+                else:
+                    c = ctx.results.comparison_cells.get(_cell_key(ctx, opts, fine_tune, bits, method), {})
+                    top1, reason = c.get("top1"), c.get("reason", None if c else "not measured")
+                    size = (fakequant.packed_size_bytes(naive8.size_bytes, ctx.keras_model(), bits) if naive8 else None)
+                    row = {"bits": bits, "method": method, "format": fmt, "simulated": True, "top1": top1,
+                           "size_bytes": size, "size_estimated": True, "how": c.get("how")}
+                row["drop"] = round((ref - top1) * 100, 3) if top1 is not None else None
+                if reason:
+                    row["reason"] = reason
+                rows.append(row)
     return rows, len(ev)
 
 
@@ -222,19 +275,21 @@ def _pt(x: float) -> str:
 
 def verdict_for(bits: int, cells: dict[str, dict], tolerance: float) -> str:
     """One sentence on what the measured cells of one bit width say."""
-    tag = f"INT{bits}" + (" (simulated weights)" if bits < 8 else "")
+    real = bits < 8 and cells.get("ptq_naive", {}).get("simulated") is False
+    tag = f"INT{bits}" + (" (W4A8 TFLite, real)" if real else " (simulated weights)" if bits < 8 else "")
     d = {m: c["drop"] for m, c in cells.items() if c.get("drop") is not None}
     top = {m: c["top1"] for m, c in cells.items() if c.get("top1") is not None}
     if "ptq_naive" not in d:
         return f"{tag}: naive PTQ was not measured, no verdict."
     parts = []
+    better = min((m for m in ("ptq_advanced", "ptq_litert") if m in d), key=lambda m: d[m], default=None)
     if d["ptq_naive"] <= tolerance:
         parts.append(f"{tag}: naive PTQ is within {_pt(d['ptq_naive'])} pt of FP32: QAT not needed")
-    elif d.get("ptq_advanced", 1e9) <= tolerance:
-        parts.append(f"{tag}: naive PTQ loses {_pt(d['ptq_naive'])} pt, advanced PTQ only "
-                     f"{_pt(d['ptq_advanced'])} pt: advanced PTQ suffices, QAT not needed")
+    elif better is not None and d[better] <= tolerance:
+        parts.append(f"{tag}: naive PTQ loses {_pt(d['ptq_naive'])} pt, {METHOD_LABELS[better]} only "
+                     f"{_pt(d[better])} pt: {METHOD_LABELS[better]} suffices, QAT not needed")
     elif "qat" in d:
-        best_ptq = max(top[m] for m in ("ptq_naive", "ptq_advanced") if m in top)
+        best_ptq = max(top[m] for m in ("ptq_naive", "ptq_advanced", "ptq_litert") if m in top)
         gain = (top["qat"] - top["ptq_naive"]) * 100
         if top["qat"] > best_ptq:
             parts.append(f"{tag}: QAT recovers {_pt(gain)} pt over naive PTQ "
@@ -242,10 +297,11 @@ def verdict_for(bits: int, cells: dict[str, dict], tolerance: float) -> str:
                          + (": QAT needed" if d["qat"] <= tolerance else
                             f", still {_pt(d['qat'])} pt below FP32"))
         else:
-            parts.append(f"{tag}: PTQ loses {_pt(min(d['ptq_naive'], d.get('ptq_advanced', 1e9)))} pt and this QAT "
+            parts.append(f"{tag}: PTQ loses {_pt(min(d[m] for m in ('ptq_naive', 'ptq_advanced', 'ptq_litert') if m in d))} pt and this QAT "
                          f"fine-tune does not beat it (QAT drop {_pt(d['qat'])} pt)")
     else:
-        parts.append(f"{tag}: PTQ loses {_pt(d['ptq_naive'])} pt; QAT not measured")
+        parts.append(f"{tag}: naive PTQ loses {_pt(d['ptq_naive'])} pt"
+                     + (f", {METHOD_LABELS[better]} {_pt(d[better])} pt" if better else "") + "; QAT not measured")
     if "qat" in d and d["ptq_naive"] <= tolerance:
         parts.append(f"QAT drop {_pt(d['qat'])} pt")
     if bits < 8 and all(m in top for m in METHODS):
@@ -256,16 +312,31 @@ def verdict_for(bits: int, cells: dict[str, dict], tolerance: float) -> str:
     return "; ".join(parts) + "."
 
 
+def fallback_verdict(rows: list[dict], budget: float) -> str:
+    """One sentence on the ONNX INT8 cells: naive vs float fallback against the budget (point estimates)."""
+    cells = {r["method"]: r for r in rows if r["bits"] == 8 and r["format"] == "onnx"}
+    naive, fb = cells.get("ptq_naive", {}), cells.get("fallback", {})
+    if naive.get("drop") is None:
+        return "INT8 ONNX: naive PTQ was not measured, no fallback verdict."
+    if fb.get("drop") is None:
+        return (f"INT8 ONNX: naive PTQ loses {_pt(naive['drop'])} pt; no float fallback artifact "
+                f"({fb.get('reason', 'not produced')}).")
+    within = "within" if fb["drop"] <= budget else "still outside"
+    return (f"INT8 ONNX: naive PTQ loses {_pt(naive['drop'])} pt; keeping {', '.join(fb.get('float_nodes', []))} "
+            f"float loses {_pt(fb['drop'])} pt, {within} the {budget:g} pt budget (point estimates).")
+
+
 def after_evaluate(ctx, inputs: ComparisonInputs | None = None) -> None:
     """Assemble the comparison table from the evaluated INT8 artifacts and the simulated cells."""
     opts = ctx.cfg.stages.comparison
     inputs = inputs or comparison_inputs(ctx.cfg)
     rows, n = build_rows(ctx, opts, inputs.fine_tune)
-    verdict = [verdict_for(b, {r["method"]: r for r in rows if r["bits"] == b}, opts.tolerance_points)
-               for b in opts.bits]
+    verdict = [verdict_for(b, {r["method"]: r for r in rows if r["bits"] == b and r["format"] == "tflite"},
+                           opts.tolerance_points) for b in opts.bits]
+    verdict += [fallback_verdict(rows, ctx.cfg.max_accuracy_drop)] if ctx.cfg.stages.onnx_fallback.enabled else []
     section = {"rows": rows, "verdict": " ".join(verdict), "verdict_lines": verdict, "eval_images": n,
                "drop_unit": "percentage points of top-1 below FP32", "tolerance_points": opts.tolerance_points,
-               "advanced_ptq": ADVANCED_DESC}
+               "advanced_ptq": ADVANCED_DESC, "litert_ptq": LITERT_DESC}
     section["markdown"] = report_sections.comparison_markdown(section)
     ctx.results.set_section("comparison", section)
     for v in verdict:

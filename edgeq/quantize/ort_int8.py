@@ -112,8 +112,11 @@ def _calibration_reader(images: np.ndarray, input_name: str, nchw: bool, batch: 
 
 def quantize_onnx(prepared: Path, out: Path, scheme: Int8Scheme, calibration: np.ndarray, *, input_name: str,
                   nchw: bool, batch: int | None, calibration_method: str, exclude_nodes: list[str],
-                  op_types: list[str], name: str = "int8_onnx") -> dict:
-    """ORT static quantization of `prepared` (already through quant_pre_process) into `out`; returns notes."""
+                  op_types: list[str], name: str = "int8_onnx", calibration_cache: Path | None = None) -> dict:
+    """ORT static quantization of `prepared` (already through quant_pre_process) into `out`; returns notes.
+
+    `calibration_cache`: a JSON file of tensor ranges (ORT's calibration_cache_path); written by the first call,
+    read by later ones, so re-quantizing with other excluded nodes does not calibrate again."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from ..progress import spinner
@@ -133,7 +136,8 @@ def quantize_onnx(prepared: Path, out: Path, scheme: Int8Scheme, calibration: np
                             reduce_range=scheme.reduce_range, activation_type=qtype[scheme.activation_type],
                             weight_type=qtype[scheme.weight_type], nodes_to_exclude=list(exclude_nodes),
                             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration_method]),
-                            extra_options=extra)
+                            extra_options=extra,
+                            **({"calibration_cache_path": str(calibration_cache)} if calibration_cache else {}))
     except (ValueError, RuntimeError, KeyError, IndexError) as e:
         msg = first_line(e, 300)
         raise QuantizationError(f"onnxruntime static quantization failed ({msg})") from None
