@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..artifacts import Artifact
 from ..config import LitertQuantSpec
-from ..errors import EdgeqError
+from ..errors import EdgeqError, QuantizationError
 from . import litert_quant
 from .calibration import calibration_count
 
@@ -44,7 +44,7 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
                                                                    name="litert_quant"))
         return cache["x"], cache["ranges"]
 
-    out = []
+    out, not_made = [], {}
     for name in opts.recipes:
         recipe = litert_quant.RECIPES[name]
         art = artifact_name(recipe)
@@ -60,17 +60,21 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
         params = {"recipe": name, "weight_bits": recipe.weight_bits, "activation_bits": 8,
                   "range_method": recipe.range_method, "rounding": recipe.rounding, "calibration_images": n,
                   "litert_quantizer": litert_quant.quantizer_version()}
-        out.append(ctx.produce(art, FILE_OF[name], {"calibration": cal.fingerprint(), "n": n,
-                                                    "recipe": litert_quant.recipe_entries(recipe)}, make,
-                               fmt="tflite", precision=recipe.precision, method=recipe.method, stage="litert_quant",
-                               params=params, parent=fp32.name))
-    _section(ctx, out)
+        try:
+            out.append(ctx.produce(art, FILE_OF[name], {"calibration": cal.fingerprint(), "n": n,
+                                                        "recipe": litert_quant.recipe_entries(recipe)}, make,
+                                   fmt="tflite", precision=recipe.precision, method=recipe.method,
+                                   stage="litert_quant", params=params, parent=fp32.name))
+        except QuantizationError as e:  # one recipe the library cannot do on this model; the others stand
+            not_made[art] = str(e)
+            ctx.log(f"  - {art}: not made: {e}")
+    _section(ctx, out, not_made)
     if opts.fallback:
         out += _fallback(ctx, opts, fp32, n, calibrated)
     return out
 
 
-def _section(ctx, arts: list[Artifact]) -> None:
+def _section(ctx, arts: list[Artifact], not_made: dict[str, str]) -> None:
     """The report's LiteRT Quantizer section: per recipe its size against the converter's INT8 and weight bytes."""
     int8 = next((a for a in ctx.manifest.artifacts.values()
                  if a.format == "tflite" and a.precision == "int8" and a.stage == "tflite_ptq"), None)
@@ -93,7 +97,8 @@ def _section(ctx, arts: list[Artifact]) -> None:
         wb = ", ".join(f"{k} {v:,}" for k, v in sorted(r["weight_bytes"].items()))
         md.append(f"| {r['artifact']} | {r['recipe']} | {r['range_method']} | {r['rounding']} | {r['size_bytes']:,} | "
                   f"{ratio} | {wb} | {r['seconds']} |")
-    ctx.results.set_section("litert_quant", {"rows": rows, "markdown": "\n".join(md)})
+    md += [f"\n{art}: not made: {why}" for art, why in not_made.items()]
+    ctx.results.set_section("litert_quant", {"rows": rows, "not_made": not_made, "markdown": "\n".join(md)})
 
 
 def _fallback(ctx, opts: LitertQuantSpec, fp32: Artifact, n: int, calibrated) -> list[Artifact]:
