@@ -16,7 +16,7 @@ def _const(name, a):
     return numpy_helper.from_array(np.asarray(a), name)
 
 
-def _qat_like_graph(path, rng, int8_weights=False):
+def _qat_like_graph(path, rng, int8_weights=False, maxpool=True):
     """What tf2onnx makes of a tfmot stem: Q/DQ -> Pad -> MaxPool -> Conv (float weights on a per-channel int8
     grid) -> BatchNormalization -> Q/DQ (no Q/DQ after MaxPool, BN not folded). int8_weights: the weights as
     int8 + DequantizeLinear, as the export stored them before the batch-norm fold."""
@@ -36,15 +36,17 @@ def _qat_like_graph(path, rng, int8_weights=False):
              helper.make_node("DequantizeLinear", ["xq", "s_in", "z_in"], ["xd"]),
              helper.make_node("Pad", ["xd", "pads"], ["xp"]),
              helper.make_node("MaxPool", ["xp"], ["xm"], kernel_shape=[3, 3], strides=[2, 2]),
-             helper.make_node("Conv", ["xm", "wd" if int8_weights else "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Conv", ["xm" if maxpool else "xp", "wd" if int8_weights else "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
              helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"], epsilon=1e-3),
              helper.make_node("QuantizeLinear", ["bn", "s_out", "z_out"], ["yq"]),
              helper.make_node("DequantizeLinear", ["yq", "s_out", "z_out"], ["y"])]
+    if not maxpool:
+        del nodes[3]
     if int8_weights:
         inits += [_const("wq", q.astype(np.int8)), _const("ws", step), _const("wz", np.zeros(c_out, np.int8))]
         nodes.insert(0, helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0))
     g = helper.make_graph(nodes, "qat_stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, 16, 16])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c_out, 8, 8])], inits)
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c_out, *([8, 8] if maxpool else [18, 18])])], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
@@ -84,3 +86,13 @@ def test_pad_with_a_nonzero_value_is_not_requantized(tmp_path):
     next(n for n in m.graph.node if n.op_type == "Pad").input.append("pad_value")
     onnx.save(m, str(path))
     assert add_weight_qdq(path)["requantized_after"] == []  # 0.5 need not lie on the grid: leave it float
+
+
+def test_zero_pad_right_above_a_conv_is_left_for_ort_to_fold(tmp_path):
+    """MobileNetV2's ZeroPadding2D -> Conv: ORT folds the Pad into the Conv; a Q/DQ pair between them would keep it
+    as a float op."""
+    path = tmp_path / "m.onnx"
+    _qat_like_graph(path, np.random.default_rng(2), maxpool=False)
+    assert add_weight_qdq(path)["requantized_after"] == []
+    k = ort_kernel_summary(path, "all")
+    assert (k["integer_convs"], k["float_convs"]) == (1, 0)

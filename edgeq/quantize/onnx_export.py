@@ -219,7 +219,8 @@ def requantize_grid_ops(g) -> list[str]:
     tfmot quantizes the input of a MaxPool but not its output (the Keras ResNet-50 stem: ReLU -> FakeQuant ->
     Pad -> MaxPool -> two Convs), so those Convs read a float tensor and ORT runs them in float. MaxPool and
     zero-padding of values on an int8 grid give values on the same grid (0 is the zero-point), so the pair
-    changes no value.
+    changes no value. A zero Pad straight above a Conv is left alone (MobileNetV2's ZeroPadding2D): ORT folds it
+    into the Conv.
     """
     from onnx import helper, numpy_helper
 
@@ -231,7 +232,13 @@ def requantize_grid_ops(g) -> list[str]:
         if node.op_type not in INT8_COMPUTE_OPS or not node.input:
             continue
         x = node.input[0]
-        n, chain = prod.get(x), 0
+        p = prod.get(x)
+        # ORT folds a zero Pad right above a Conv into the Conv (PadFusion), and then runs DQ -> Conv as one
+        # integer kernel: a Q/DQ pair must go above such Pads, or the Pad stays a float op between them
+        while (node.op_type == "Conv" and p is not None and p.op_type == "Pad" and _keeps_grid(p, inits)
+               and len(cons.get(p.output[0], [])) == 1):
+            x, p = p.input[0], prod.get(p.input[0])
+        n, chain = p, 0
         while n is not None and n.op_type in GRID_OPS and _keeps_grid(n, inits):
             n, chain = prod.get(n.input[0]), chain + 1
         if not chain or n is None or n.op_type != "DequantizeLinear" or x in after:
