@@ -11,9 +11,18 @@ from ..errors import QuantizationError
 
 
 def _converter(model):
+    """A TFLite converter over one trace of the model's inference call.
+
+    `TFLiteConverter.from_keras_model` first saves the model as a SavedModel, for which tf_keras traces every
+    layer's call functions (hundreds of concrete functions for ResNet-50 or a tfmot QAT model): the larger part
+    of a first conversion. The converter needs only the whole model's inference function, traced once here;
+    the flatbuffer is the same (ops, tensor names, values), but for the input's name."""
     from ..tfcompat import tf
 
-    return tf().lite.TFLiteConverter.from_keras_model(model)
+    t = tf()
+    spec = t.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype, name="input")
+    call = t.function(lambda x: model(x, training=False))
+    return t.lite.TFLiteConverter.from_concrete_functions([call.get_concrete_function(spec)], model)
 
 
 def _convert(conv, what: str, name: str) -> bytes:
