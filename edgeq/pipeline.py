@@ -10,6 +10,7 @@ import json
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -181,8 +182,20 @@ def _export_pytorch(ctx: RunContext) -> Artifact:
     return fp32
 
 
+@contextmanager
+def _timed(phases: dict[str, float], phase: str):
+    """Add the wall time of the block to phases[phase] (also when it raises: a failed stage's time counts)."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[phase] = round(phases.get(phase, 0.0) + time.perf_counter() - t, 2)
+
+
 def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str], None],
                 only_stages: set[str] | None, t0: float) -> Path:
+    # where the run's time goes, phase by phase in the order run; "preflight" is config, data and model checks
+    phases: dict[str, float] = {"preflight": round(time.perf_counter() - t0, 2)}
     splits = pf.splits
     log(f"  data: {len(splits.calibration)} calibration, {len(splits.eval)} eval "
         f"({splits.dataset})" + (f", {len(splits.train)} train" if splits.train is not None else ""))
@@ -193,7 +206,8 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
     ctx._model = pf.model  # loaded and checked by the preflight
     before = _work_done(ctx)
     try:
-        ctx.fp32 = _import_fp32(ctx)
+        with _timed(phases, "import"):
+            ctx.fp32 = _import_fp32(ctx)
         produced: list[Artifact] = [ctx.fp32]
         ran: list[str] = []
         for name in STAGES:
@@ -206,10 +220,12 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
                 ctx.results.sections.setdefault("skipped", {})[name] = why
                 continue
             log(f"[{name}]")
-            produced += _run_stage(name, ctx, opts)
+            with _timed(phases, name):
+                produced += _run_stage(name, ctx, opts)
             ran.append(name)
         from .targets.offline_checks import check_artifacts
-        check_artifacts(ctx, produced)  # TensorRT readiness of the INT8 ONNX artifacts, from the targets side
+        with _timed(phases, "offline_checks"):
+            check_artifacts(ctx, produced)  # TensorRT readiness of the INT8 ONNX artifacts, from the targets side
         # keep only artifacts of this config (an earlier run in the same dir may have made others)
         keep = {a.name for a in produced}
         manifest.artifacts = {n: a for n, a in manifest.artifacts.items() if n in keep}
@@ -219,21 +235,26 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
             from .evaluate import evaluate_artifacts, warn_if_chance
 
             log("[evaluate]")
-            evaluate_artifacts(ctx, arts)
-            warn_if_chance(ctx)
+            with _timed(phases, "evaluate"):
+                evaluate_artifacts(ctx, arts)
+                warn_if_chance(ctx)
         for name in (n for n in ran if n in AFTER_EVALUATE):
-            resolve(AFTER_EVALUATE[name])(ctx)
+            with _timed(phases, f"{name}:after_evaluate"):
+                resolve(AFTER_EVALUATE[name])(ctx)
         if cfg.benchmark.enabled:
             log("[benchmark: host]")
             from .targets.host import benchmark_host
 
-            benchmark_host(ctx, arts)
+            with _timed(phases, "benchmark:host"):
+                benchmark_host(ctx, arts)
         if cfg.targets:
             log("[benchmark: devices]")
             from .targets.remote import benchmark_devices
 
-            benchmark_devices(ctx, arts)
+            with _timed(phases, "benchmark:devices"):
+                benchmark_devices(ctx, arts)
     finally:
+        ctx.results.stage_seconds_last_run = phases  # a failed run keeps where its time went
         ctx.results.save()
     from .report import write_report
 
@@ -241,6 +262,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
     seconds = round(time.perf_counter() - t0, 1)
     if _work_done(ctx) != before or ctx.results.wall_seconds is None:
         ctx.results.wall_seconds = seconds
+        ctx.results.stage_seconds = ctx.results.stage_seconds_last_run
     ctx.results.wall_seconds_last_run = seconds
     ctx.results.save()
     interrupt.check()  # a Ctrl-C swallowed inside TensorFlow still stops the run before the report

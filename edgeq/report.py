@@ -113,6 +113,8 @@ def build_report(ctx) -> dict:
         "seed": ctx.cfg.seed,
         "wall_seconds": ctx.results.wall_seconds,  # the last run that made something
         "wall_seconds_last_run": ctx.results.wall_seconds_last_run,  # this run (a rerun may reuse all)
+        "stage_seconds": ctx.results.stage_seconds,  # phase -> s, of the run wall_seconds is from
+        "stage_seconds_last_run": ctx.results.stage_seconds_last_run,
         "dataset": {"eval": ctx.splits.dataset, "n_eval": len(ctx.splits.eval), "eval_fingerprint": fp,
                     "calibration": ctx.splits.calibration.source, "n_calibration": len(ctx.splits.calibration),
                     "full_test_set": ctx.splits.full_test_set},
@@ -245,6 +247,15 @@ def _conditions_lines(rep: dict) -> list[str]:
     return lines
 
 
+def _stage_seconds_text(phases: dict | None) -> str:
+    """'; of which import 0.4 s, tflite_ptq 31 s (52 %), ...': where a run's time went, largest share marked."""
+    if not phases:
+        return ""
+    total = sum(phases.values()) or 1.0
+    return "; of which " + ", ".join(f"{k} {v:.3g} s" + (f" ({100 * v / total:.0f} %)" if v >= 0.1 * total else "")
+                                     for k, v in phases.items())
+
+
 def markdown(rep: dict) -> str:
     """report.md: what to ship, the artifact table with intervals, verdicts, devices, per-layer error, stage sections."""
     cpu = rep["host"]["cpu"]
@@ -256,7 +267,7 @@ def markdown(rep: dict) -> str:
              f"int8 dot-product: {'yes' if cpu['int8_dot_product'] else 'no'})",
              *_conditions_lines(rep),
              f"- accuracy budget: {budget} pt of top-1 (max_accuracy_drop)",
-             f"- wall time: {rep.get('wall_seconds')} s", ""]
+             f"- wall time: {rep.get('wall_seconds')} s{_stage_seconds_text(rep.get('stage_seconds'))}", ""]
     lines += ["## What to ship", ""] + [f"- **{t}**: {v['artifact'] or 'nothing'} — {v['why']}"
                                         for t, v in (rep.get("ship") or {}).items()] + [""]
     lines += ["## Artifacts", "",

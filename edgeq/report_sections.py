@@ -73,7 +73,9 @@ def _ort_lines(name: str, notes: dict) -> list[str]:
     if k:
         lines.append(f"- {name} in ORT (optimisation {k['graph_optimization']}): {k['integer_convs']} integer / "
                      f"{k['float_convs']} float Conv, {k['integer_adds']} integer / {k['float_adds']} float Add, "
-                     f"{k['transposes']} Transpose")
+                     + (f"{k['integer_matmuls']} integer / {k['float_matmuls']} float MatMul/Gemm, "
+                        f"{k['batch_norms']} BatchNormalization, " if "float_matmuls" in k else "")
+                     + f"{k['transposes']} Transpose")
     if notes.get("graph_optimization"):
         lines.append(f"- {name}: evaluated at ORT graph optimisation '{notes['graph_optimization']}': "
                      f"{notes.get('graph_optimization_why', '')}")
@@ -91,8 +93,10 @@ def refresh_compatibility(sections: dict, artifacts: list[Any], compatibility: d
 
 
 # ------------------------------------------------------------------ QAT
-def qat_markdown(notes: dict, opts: Any, calibration_images: int, onnx_note: str | None) -> str:
-    """The qat section from the QAT artifact's notes and the stage's options (a `QatSpec`)."""
+def qat_markdown(notes: dict, opts: Any, calibration_images: int, onnx_note: str | None,
+                 onnx_notes: dict | None = None) -> str:
+    """The qat section from the QAT artifact's notes and the stage's options (a `QatSpec`); `onnx_notes`: those of
+    the QAT INT8 ONNX, whose ORT kernel summary shows whether it runs as integer kernels."""
     n = notes
     how = "distilled from the FP32 outputs" if opts.distill else "on the labels"
     how += f", Adam lr {opts.learning_rate:g}, "
@@ -104,7 +108,8 @@ def qat_markdown(notes: dict, opts: Any, calibration_images: int, onnx_note: str
             f"fine-tuning, {n.get('validation_top1_after_fine_tune')} after")
     if not n.get("fine_tune_kept", True):
         text += " (fine-tuning did not lower the validation loss, so the range-calibrated weights were exported)"
-    return "\n".join(["## QAT", "", text + "."] + (["", onnx_note] if onnx_note else []))
+    ort = _ort_lines("int8_onnx_qat", onnx_notes) if onnx_notes else []
+    return "\n".join(["## QAT", "", text + "."] + (["", *ort] if ort else []) + (["", onnx_note] if onnx_note else []))
 
 
 # ------------------------------------------------------------------ PTQ vs QAT

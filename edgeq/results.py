@@ -81,6 +81,8 @@ class Results:
     comparison_cells: dict[str, dict] = field(default_factory=dict)  # simulated low-bit cells
     wall_seconds: float | None = None
     wall_seconds_last_run: float | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # phase -> s, of the run that made wall_seconds
+    stage_seconds_last_run: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> "Results":
@@ -97,7 +99,8 @@ class Results:
         r.evaluations = {k: _from_dict(Evaluation, v) for k, v in (raw.get("evaluations") or {}).items()}
         r.latency = {k: _from_dict(LatencyRow, v) for k, v in (raw.get("latency") or {}).items()}
         r.per_layer = {k: _from_dict(PerLayer, v) for k, v in (raw.get("per_layer") or {}).items()}
-        for name in ("compatibility", "sections", "conditions", "comparison_cells"):
+        for name in ("compatibility", "sections", "conditions", "comparison_cells", "stage_seconds",
+                     "stage_seconds_last_run"):
             setattr(r, name, raw.get(name) or {})
         r.wall_seconds, r.wall_seconds_last_run = raw.get("wall_seconds"), raw.get("wall_seconds_last_run")
         return r

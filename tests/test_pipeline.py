@@ -174,3 +174,14 @@ def test_targets_without_inventory_fail_before_any_work(tmp_path, tiny_project):
     line = _only_error_line(run_edgeq("run", cfg, "--out", tmp_path / "o"))
     assert "no device named 'pi4'" in line and "pi5" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_report_records_where_the_time_went(tiny_run):
+    out, _ = tiny_run
+    rep = json.loads((out / "report.json").read_text())
+    phases = rep["stage_seconds"]
+    assert list(phases)[:3] == ["preflight", "import", "tflite_ptq"]
+    assert {"evaluate", "benchmark:host"} <= set(phases)
+    assert all(v >= 0 for v in phases.values()) and phases["tflite_ptq"] > 0
+    assert sum(phases.values()) <= rep["wall_seconds"] + 0.5  # phases are parts of the run, not more
+    assert "of which preflight" in (out / "report.md").read_text()

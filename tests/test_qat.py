@@ -76,6 +76,14 @@ def test_qat_onnx_export_is_qdq_int8_and_evaluated(qat_run):
     assert onnx_qat["accuracy"]["top1"] is not None
 
 
+def test_qat_onnx_runs_as_integer_kernels_in_ort(qat_run):
+    _, rep = qat_run
+    k = next(a for a in rep["artifacts"] if a["name"] == "int8_onnx_qat")["notes"]["ort_kernels"]
+    assert k["integer_convs"] >= 2 and k["float_convs"] == 0 and k["batch_norms"] == 0
+    assert k["integer_matmuls"] >= 1 and k["float_matmuls"] == 0
+    assert "int8_onnx_qat in ORT" in rep["qat"]["markdown"]
+
+
 def test_qat_onnx_weights_are_stored_as_int8(qat_run):
     import onnx
     from onnx import TensorProto

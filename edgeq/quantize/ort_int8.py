@@ -193,7 +193,10 @@ def ort_kernel_summary(path: Path, graph_optimization: str) -> dict:
             "integer_convs": sum(ops.get(o, 0) for o in INT_CONV_OPS),
             "float_convs": sum(ops.get(o, 0) for o in FLOAT_CONV_OPS),
             "transposes": ops.get("Transpose", 0),
-            "float_adds": ops.get("Add", 0), "integer_adds": ops.get("QLinearAdd", 0)}
+            "float_adds": ops.get("Add", 0), "integer_adds": ops.get("QLinearAdd", 0),
+            "integer_matmuls": sum(ops.get(o, 0) for o in ("QLinearMatMul", "MatMulInteger", "QGemm")),
+            "float_matmuls": sum(ops.get(o, 0) for o in ("MatMul", "Gemm", "FusedMatMul")),
+            "batch_norms": ops.get("BatchNormalization", 0)}
 
 
 def prepare(fp32_path: Path, info: OnnxInput, input_shape_hwc: tuple[int, int, int], workdir: Path,

@@ -79,19 +79,30 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
 
         def make_onnx(tmp):
             r = fine_tuned()
-            # tf2onnx turns tfmot's activation FakeQuant nodes into QuantizeLinear/DequantizeLinear
-            # pairs; add_weight_qdq stores the weights as int8 too
-            return {**_notes(r, data), **keras_to_onnx(r.model, tmp, opset, name="int8_onnx_qat"),
-                    **add_weight_qdq(tmp)}
+            return {**_notes(r, data), **export_qat_onnx(r.model, tmp, opset)}
 
         onnx_params = {**params, "opset": opset, "weights": "int8 per-channel (DequantizeLinear)"}
         out.append(ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
                                method="qat", stage="qat", params=onnx_params, parent=parent))
     notes = out[0].notes
-    ctx.results.set_section("qat", {"markdown": report_sections.qat_markdown(notes, opts, n_cal, onnx_note),
+    ctx.results.set_section("qat", {"markdown": report_sections.qat_markdown(notes, opts, n_cal, onnx_note,
+                                                                         out[1].notes if len(out) > 1 else None),
                             **{k: notes.get(k) for k in SECTION_KEYS}, "artifacts": [a.name for a in out],
                             "onnx": onnx_note})
     return out
+
+
+def export_qat_onnx(qmodel, path, opset: int, name: str = "int8_onnx_qat") -> dict:
+    """A tfmot QAT model as INT8 QDQ ONNX that ONNX Runtime runs as integer kernels; returns its notes, with
+    what ORT's CPU optimiser makes of it (`ort_kernels`: integer vs float convolutions, matmuls, adds).
+
+    tf2onnx turns tfmot's activation FakeQuant nodes into QuantizeLinear/DequantizeLinear pairs; add_weight_qdq
+    folds the batch norms it left, re-quantizes after MaxPool/Pad and stores the weights as int8."""
+    from .ort_int8 import ort_kernel_summary
+
+    notes = {**keras_to_onnx(qmodel, path, opset, name=name), **add_weight_qdq(path)}
+    notes["ort_kernels"] = ort_kernel_summary(path, "all")
+    return notes
 
 
 def _notes(r: QatResult, data: TrainData) -> dict:

@@ -11,9 +11,21 @@ from ..errors import QuantizationError
 
 
 def _converter(model):
+    """A TFLite converter over one trace of the model's inference call, frozen directly.
+
+    `TFLiteConverter.from_keras_model` (and `from_concrete_functions` given the model) first saves the model as a
+    SavedModel, for which tf_keras traces every layer's call functions (hundreds of concrete functions for a
+    MobileNetV2, more for a tfmot QAT model) and loads it back: 90-95 % of a conversion (benchmarks/
+    export_time.py, docs/performance.md). The converter needs only the whole model's inference function: traced
+    once here and frozen without the SavedModel round trip. Same ops, same outputs; the input is named "input"."""
     from ..tfcompat import tf
 
-    return tf().lite.TFLiteConverter.from_keras_model(model)
+    t = tf()
+    spec = t.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype, name="input")
+    call = t.function(lambda x: model(x, training=False))
+    conv = t.lite.TFLiteConverter.from_concrete_functions([call.get_concrete_function(spec)], model)
+    conv.experimental_lower_to_saved_model = False
+    return conv
 
 
 def _convert(conv, what: str, name: str) -> bytes:
