@@ -38,18 +38,12 @@ def calibration_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.clip(coarse.repeat(8, 1).repeat(8, 2) + rng.normal(0, 0.1, (n, size, size, 3)), -1, 1).astype(np.float32)
 
 
-def _leaf_layers(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
-
-
 def count_macs(model) -> dict[str, int]:
     """Multiply-accumulates of one image, by layer kind (Conv2D, DepthwiseConv2D, Dense), from the Keras layers."""
     macs: dict[str, int] = {}
-    for layer in _leaf_layers(model):
+    from edgeq.quantize.tflite_ptq import leaf_layers
+
+    for layer in leaf_layers(model):
         kind = type(layer).__name__
         if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
             continue

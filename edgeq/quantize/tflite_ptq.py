@@ -127,7 +127,7 @@ def param_floor_bytes(model) -> dict:
     from .fakequant import kernel_of
 
     weights = biases = 0
-    for wl in filter(None, map(kernel_of, _leaf_layers(model))):
+    for wl in filter(None, map(kernel_of, leaf_layers(model))):
         shape = wl.kernel.shape
         weights += int(np.prod(shape))
         biases += int(shape[-1] * (shape[-2] if wl.reduce_axes == (0, 1) else 1))  # depthwise: C_in x multiplier
@@ -139,9 +139,10 @@ def int8_notes(data: bytes, model) -> dict:
     return {**tensor_summary(data), "float_ops": float_ops(data), "size_floor": param_floor_bytes(model)}
 
 
-def _leaf_layers(model):
+def leaf_layers(model):
+    """Every non-container layer of a Keras model, nested models flattened."""
     for layer in model.layers:
         if hasattr(layer, "layers"):
-            yield from _leaf_layers(layer)
+            yield from leaf_layers(layer)
         else:
             yield layer
