@@ -37,10 +37,35 @@ def _convert(conv, what: str, name: str) -> bytes:
     try:
         with spinner(f"convert {name} (TFLite converter)"), quiet_stderr(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return conv.convert()
+            data = conv.convert()
     except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
         lines = [ln.strip() for ln in str(e).splitlines() if "error" in ln.lower()] or [str(e).strip()]
         raise QuantizationError(f"TFLite converter failed on {what}: {lines[0][:400]}") from None
+    return with_signature(data)
+
+
+def with_signature(data: bytes, key: str = "serving_default") -> bytes:
+    """The model with a signature (input "input", output "output_0") if it has none: a converter not lowered
+    through a SavedModel writes none, and LiteRT's signature runner and litert-quantizer need one."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    model = fu.convert_bytearray_to_object(bytearray(data))
+    if model.signatureDefs:
+        return data
+    sub = model.subgraphs[0]
+
+    def tmap(name: str, index: int):
+        t = schema.TensorMapT()
+        t.name, t.tensorIndex = name, int(index)
+        return t
+
+    sig = schema.SignatureDefT()
+    sig.signatureKey, sig.subgraphIndex = key, 0
+    sig.inputs = [tmap("input" if len(sub.inputs) == 1 else f"input_{i}", ix) for i, ix in enumerate(sub.inputs)]
+    sig.outputs = [tmap(f"output_{i}", ix) for i, ix in enumerate(sub.outputs)]
+    model.signatureDefs = [sig]
+    return bytes(fu.convert_object_to_bytearray(model))
 
 
 def convert_fp32(model, *, name: str = "fp32_tflite") -> bytes:
