@@ -26,7 +26,9 @@ def _selected(args):
     if getattr(args, "reuse_benchmarks", False):
         cfg.benchmark.reuse = True
     if wanted is not None:
-        for name in ("tflite_ptq", "onnx_ptq", "qat", "comparison"):
+        from .stages import STAGES
+
+        for name in STAGES:
             getattr(cfg.stages, name).enabled = name in wanted
     return cfg, wanted
 
