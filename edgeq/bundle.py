@@ -81,8 +81,8 @@ Coral Edge TPU: compile first (`edgetpu_compiler {model}`), then
 
 def make_bundle(ctx, artifact_name: str, out: Path | None = None) -> Path:
     """Write the bundle directory and <dir>.tar.gz (each atomically); returns the tarball's path."""
+    from .evaluate import host_predictor
     from .report import build_report
-    from .runtime import open_predictor
 
     a = ctx.manifest.artifacts.get(artifact_name)
     if a is None:
@@ -101,8 +101,7 @@ def make_bundle(ctx, artifact_name: str, out: Path | None = None) -> Path:
            "std": list(ctx.cfg.preprocess.std), "resize": "bilinear", "pixels": "uint8 RGB (grey replicated)",
            "layout": "NCHW" if a.notes.get("input_layout") == "NCHW" else "NHWC"}
     images = ctx.pre.resize(ctx.splits.eval.images[:SAMPLES])
-    kw = {"graph_optimization": a.notes.get("graph_optimization", "all")} if a.format == "onnx" else {}
-    sample_out = open_predictor(src, a.format, threads=1, **kw).predict(ctx.pre.normalize(images))
+    sample_out = host_predictor(ctx, a).predict(ctx.pre.normalize(images))
     rep = build_report(ctx)
     entry = next((e for e in rep["artifacts"] if e["name"] == a.name), None)
     if entry is not None:

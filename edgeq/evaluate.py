@@ -130,11 +130,20 @@ def fp32_reference_of(artifacts, available, source=None) -> dict[str, str]:
     return {name: ref for name, ref in refs.items() if ref is not None}
 
 
+def host_predictor(ctx, a, threads: int | None = 1):
+    """The predictor this host evaluates artifact `a` with (an ONNX one at its own graph-optimisation level)."""
+    from .runtime import open_predictor
+    from .targets.host import graph_optimization_of
+
+    kw = ({"graph_optimization": graph_optimization_of(a, ctx.cfg.stages.onnx_ptq.graph_optimization)}
+          if a.format == "onnx" else {})
+    return open_predictor(a.abspath(ctx.run_dir), a.format, threads=threads, **kw)
+
+
 def evaluate_artifacts(ctx, artifacts) -> None:
     """Top-1/top-5 of every artifact on the eval split (predictions kept), agreement with FP32, per-layer error."""
     from .artifacts import atomic_path
-    from .runtime import KerasPredictor, open_predictor
-    from .targets.host import graph_optimization_of
+    from .runtime import KerasPredictor
 
     ev = ctx.splits.eval
     fp = ev.fingerprint()
@@ -157,9 +166,7 @@ def evaluate_artifacts(ctx, artifacts) -> None:
                 continue
             pred = KerasPredictor(ctx.keras_model())
         else:
-            pred = open_predictor(a.abspath(ctx.run_dir), a.format, threads=os.cpu_count(),
-                                  **({"graph_optimization": graph_optimization_of(a, ctx.cfg.stages.onnx_ptq.graph_optimization)}
-                                     if a.format == "onnx" else {}))
+            pred = host_predictor(ctx, a, threads=os.cpu_count())
         r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size, label=f"evaluate {a.name}")
         pf = f"eval/{a.name}.npz"
         (ctx.run_dir / "eval").mkdir(exist_ok=True)

@@ -21,11 +21,10 @@ def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
     out = []
     parent = ctx.fp32.name
     onnx_input = ctx.is_onnx_input
-    check_x = ctx.pre(ctx.splits.calibration.images[:FIDELITY_IMAGES]) if onnx_input else None
     if opts.export_fp32 or onnx_input:
         def make_fp32(tmp):
             tmp.write_bytes(tflite_ptq.convert_fp32(ctx.keras_model(), name="fp32_tflite"))
-            return _translation_notes(ctx, tmp, check_x, opts) if onnx_input else {}
+            return _translation_notes(ctx, tmp, opts) if onnx_input else {}
         fp32_params = {"max_translation_error": opts.max_translation_error} if onnx_input else {}
         out.append(ctx.produce("fp32_tflite", "fp32.tflite", {}, make_fp32, fmt="tflite", precision="fp32",
                                method="none", stage="tflite_export", params=fp32_params, parent=parent))
@@ -59,11 +58,12 @@ def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
     return out
 
 
-def _translation_notes(ctx, tmp, check_x, opts: TflitePtqSpec) -> dict:
-    """The FP32 .tflite of an ONNX input against the FP32 ONNX; a QuantizationError if it does not match."""
+def _translation_notes(ctx, tmp, opts: TflitePtqSpec) -> dict:
+    """The FP32 .tflite of an ONNX input against the FP32 ONNX on calibration images; a QuantizationError if it
+    does not match."""
     from .onnx_to_tf import fidelity
 
-    vs = fidelity(ctx.fp32.abspath(ctx.run_dir), tmp, check_x)
+    vs = fidelity(ctx.fp32.abspath(ctx.run_dir), tmp, ctx.pre(ctx.splits.calibration.images[:FIDELITY_IMAGES]))
     if vs["relative"] > opts.max_translation_error:
         raise QuantizationError(
             f"{ctx.cfg.model.path}: the TFLite translation does not reproduce the ONNX model: max |Δlogit| "

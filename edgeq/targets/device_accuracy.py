@@ -48,10 +48,9 @@ def device_outputs(ctx, session, target, dep, n: int, threads: int | None, log) 
 
 def host_outputs(ctx, artifact, n: int) -> np.ndarray:
     """This host's outputs of the same artifact on the same images (the reference the device is held to)."""
-    from ..runtime import open_predictor
+    from ..evaluate import host_predictor
 
-    kw = {"graph_optimization": artifact.notes.get("graph_optimization", "all")} if artifact.format == "onnx" else {}
-    p = open_predictor(artifact.abspath(ctx.run_dir), artifact.format, threads=1, **kw)
+    p = host_predictor(ctx, artifact)
     return np.concatenate([p.predict(ctx.pre(ctx.splits.eval.images[s:s + k])) for s, k in chunks(n)])
 
 
