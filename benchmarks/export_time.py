@@ -29,6 +29,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def _direct_int8(model, rep) -> bytes:
+    """What the script a user writes today does: the converter's full-integer INT8 from the Keras model."""
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
 def child(kind: str, model_name: str, size: int, images: int, out: Path) -> dict:
     from _common import build, calibration_images
 
@@ -45,14 +57,7 @@ def child(kind: str, model_name: str, size: int, images: int, out: Path) -> dict
         from edgeq.quantize import tflite_ptq
 
         if kind == "qat_direct":
-            import tensorflow as tf
-
-            conv = tf.lite.TFLiteConverter.from_keras_model(model)
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = rep
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            conv.inference_input_type = conv.inference_output_type = tf.int8
-            int8 = conv.convert()
+            int8 = _direct_int8(model, rep)
         else:
             int8 = tflite_ptq.convert_int8(model, rep, calibration_images=images)
         seconds = time.perf_counter() - t
@@ -62,12 +67,7 @@ def child(kind: str, model_name: str, size: int, images: int, out: Path) -> dict
         import tensorflow as tf
 
         fp32 = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-        conv = tf.lite.TFLiteConverter.from_keras_model(model)
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = rep
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = conv.inference_output_type = tf.int8
-        int8 = conv.convert()
+        int8 = _direct_int8(model, rep)
     else:
         from edgeq.quantize import tflite_ptq
 
