@@ -146,7 +146,12 @@ class ComparisonSpec(Strict):
     enabled: bool = False
     bits: list[int] = [8, 4]
     eval_images: Optional[int] = Field(None, ge=1)  # None: the whole evaluation split
-    calibration_images: int = Field(256, ge=1)  # for bias correction
+    calibration_images: int = Field(256, ge=1)  # for bias correction and equalisation ranges
+    # INT8 advanced PTQ: also try cross-layer equalisation (Keras pairs joined by ReLU/BN/padding/pooling) and
+    # keep whichever INT8 model has the lower output error against FP32 on `selection_images` held-back
+    # calibration images (never the evaluation split)
+    equalize: bool = True
+    selection_images: int = Field(200, ge=16)
     low_bit_qat: bool = True  # fine-tune simulated low-bit kernels (straight-through estimator)
     low_bit_qat_steps: Optional[int] = Field(None, ge=1)  # None: the qat stage's epochs x steps
     low_bit_qat_learning_rate: float = Field(1e-4, gt=0)

@@ -102,3 +102,23 @@ def quantize_weights_advanced(model, bits: int, calibration_batches, clipping: b
         shift = output_shift(wl, wq - w, means[wl.layer.name])
         (rep.corrected if _absorb_shift(wl.layer, shift) else rep.uncorrected).append(wl.layer.name)
     return m, rep
+
+
+def output_errors(model, int8_models: dict[str, bytes], x: np.ndarray) -> dict[str, dict]:
+    """Per INT8 .tflite (name -> bytes): mean squared output error and top-1 agreement against the Keras model
+    on the preprocessed images `x` (outputs compared as the model returns them, dequantised)."""
+    import tempfile
+    from pathlib import Path
+
+    from ..runtime import TFLitePredictor
+
+    ref = np.asarray(model.predict(x, batch_size=64, verbose=0)).reshape(len(x), -1)
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, blob in int8_models.items():
+            p = Path(d) / "candidate.tflite"
+            p.write_bytes(blob)
+            got = TFLitePredictor(p).predict(x).reshape(len(x), -1)
+            out[name] = {"output_mse": float(np.mean((got - ref) ** 2)),
+                         "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4), "n": len(x)}
+    return out

@@ -16,7 +16,7 @@ from ..artifacts import Artifact, stage_key
 from ..config import ComparisonSpec, QatSpec
 from ..data import LabelledImages, representative_dataset
 from ..report_sections import METHOD_LABELS
-from . import advanced, fakequant, tflite_ptq
+from . import advanced, equalize, fakequant, tflite_ptq
 from .calibration import calibration_count
 from .fine_tune import batch_stream, fine_tune_fake_quant, training_split
 from .stage_inputs import ComparisonInputs, comparison_inputs
@@ -26,7 +26,8 @@ METHODS = ("ptq_naive", "ptq_advanced", "qat")  # the cells simulated below 8 bi
 REAL_METHODS = {"ptq_naive": ("ptq",), "ptq_advanced": ("ptq_advanced",), "ptq_litert": ("ptq_gptq", "ptq_octav"),
                 "fallback": ("ptq_fallback",), "qat": ("qat",)}
 PRECISION_OF_BITS = {8: "int8", 4: "int4"}  # bit widths a runtime takes (TFLite: W4A8 via litert-quantizer)
-ADVANCED_DESC = "MSE-clipped per-channel scales + empirical bias correction"
+ADVANCED_DESC = ("INT8: cross-layer equalisation (where it lowers the measured output error) + empirical bias "
+                 "correction; below 8 bits: MSE-clipped per-channel scales + bias correction")
 LITERT_DESC = "LiteRT Quantizer, OCTAV ranges (GPTQ rounding of FULLY_CONNECTED where the recipe asks)"
 
 
@@ -89,27 +90,62 @@ def run_stage(ctx, opts: ComparisonSpec, inputs: ComparisonInputs | None = None)
 
 
 def _int8_advanced(ctx, opts: ComparisonSpec, inputs: ComparisonInputs, model) -> Artifact:
+    """int8_tflite_ptq_adv: the better of bias correction alone and cross-layer equalisation + bias correction,
+    chosen by the INT8 model's measured output error against FP32 on held-back calibration images."""
     cal = ctx.splits.calibration
     conv = inputs.tflite
     n_rep = calibration_count(cal, conv.representative_images, "stages.tflite_ptq.representative_images")
+    held = _selection_images(ctx, opts, n_rep)
     params = {"bits": 8, "weights": "bias-corrected, on the converter's per-channel max grid",
+              "equalize": opts.equalize, "selection_images": opts.selection_images,
               "calibration_images": opts.calibration_images, "representative_images": n_rep,
               "input_type": conv.input_type, "output_type": conv.output_type}
+
+    def convert(m, label: str) -> bytes:
+        return tflite_ptq.convert_int8(m, representative_dataset(cal, ctx.pre, n_rep), input_type=conv.input_type,
+                                       output_type=conv.output_type, per_channel=True, name=label,
+                                       calibration_images=n_rep)
 
     def make(tmp):
         # No clipping at 8 bits: the converter recomputes each channel's scale from max|w|, so only
         # values already on that grid survive conversion unchanged.
+        candidates = {}
         corrected, rep = advanced.quantize_weights_advanced(model, 8, _calibration_batches(ctx, opts), clipping=False,
                                                             label="int8_tflite_ptq_adv: advanced PTQ")
-        blob = tflite_ptq.convert_int8(corrected, representative_dataset(cal, ctx.pre, n_rep),
-                                       input_type=conv.input_type, output_type=conv.output_type, per_channel=True,
-                                       name="int8_tflite_ptq_adv", calibration_images=n_rep)
+        candidates["bias_correction"] = (convert(corrected, "int8_tflite_ptq_adv"), rep.to_dict())
+        eq_notes: dict = {"equalized_pairs": 0}
+        if opts.equalize and equalize.find_pairs(model):
+            eq_model, eq_rep = equalize.equalize(model, _calibration_batches(ctx, opts),
+                                                 label="int8_tflite_ptq_adv: cross-layer equalisation")
+            eq_notes = eq_rep.to_dict()
+            corrected, rep = advanced.quantize_weights_advanced(eq_model, 8, _calibration_batches(ctx, opts),
+                                                                clipping=False,
+                                                                label="int8_tflite_ptq_adv: equalised, advanced PTQ")
+            candidates["equalization+bias_correction"] = (convert(corrected, "int8_tflite_ptq_adv (equalised)"),
+                                                          rep.to_dict())
+        errors = advanced.output_errors(model, {k: blob for k, (blob, _) in candidates.items()}, ctx.pre(held.images))
+        chosen = min(errors, key=lambda k: (errors[k]["output_mse"], -errors[k]["top1_agreement"]))
+        blob, rep = candidates[chosen]
         tmp.write_bytes(blob)
-        return {**rep.to_dict(), **tflite_ptq.int8_notes(blob, model)}
+        return {**rep, "route": chosen, "equalization": eq_notes, "candidates": errors,
+                "selection": f"lowest output MSE against FP32 on {len(held)} held-back calibration images "
+                             f"({held.source})", **tflite_ptq.int8_notes(blob, model)}
 
     return ctx.produce("int8_tflite_ptq_adv", "int8_ptq_adv.tflite", {"calibration": cal.fingerprint()}, make,
                        fmt="tflite", precision="int8", method="ptq_advanced", stage="comparison", params=params,
                        parent=ctx.fp32.name)
+
+
+def _selection_images(ctx, opts: ComparisonSpec, n_rep: int) -> LabelledImages:
+    """Calibration-split images past those the converter and bias correction used, where the split has them
+    (never the evaluation split); else its last `selection_images`."""
+    cal = ctx.splits.calibration
+    start = max(n_rep, opts.calibration_images)
+    n = min(opts.selection_images, len(cal))
+    idx = np.arange(start, start + n) if start + n <= len(cal) else np.arange(len(cal) - n, len(cal))
+    where = (f"calibration images {idx[0]}..{idx[-1]}" + ("" if start + n <= len(cal) else
+             ", overlapping the ones calibrated on: raise data.calibration_size for a clean hold-out"))
+    return cal.take(idx, source=where)
 
 
 def _advanced_model(ctx, opts: ComparisonSpec, model, bits: int, cache: dict):
