@@ -35,6 +35,7 @@ def onnx_ptq_markdown(section: dict, artifacts: list[Any], compatibility: dict) 
                  f"{h['quant_format'].upper()}. Why: {h['why']}")
     for a in artifacts:
         lines += _ort_lines(a.name, a.notes)
+    lines += [route_line(a.name, a.notes) for a in artifacts if a.notes.get("route")]
     checks = [(a.name, compatibility.get(a.name, {}).get("tensorrt")) for a in artifacts]
     checks = [(name, c) for name, c in checks if c]
     if checks:
@@ -120,6 +121,19 @@ def _size(b: int | None, estimated: bool) -> str:
     return text + ("*" if estimated else "")
 
 
+def route_line(name: str, notes: dict) -> str:
+    """How an advanced-PTQ artifact was chosen: every candidate's measured output error, the one kept."""
+    c = notes.get("candidates", {})
+    n = next(iter(c.values()), {}).get("n", "?")
+    errs = "; ".join(f"{k}: MSE {v['output_mse']:.3g}, top-1 agreement {v['top1_agreement'] * 100:.1f} %"
+                     for k, v in c.items())
+    r = notes.get("ranges")
+    ranges = f" Per-tensor range methods: {r['method_counts']}." if r else ""
+    eq = (notes.get("equalization") or {}).get("equalized_pairs", 0)
+    return (f"- {name}: route **{notes['route']}**, chosen by output error against FP32 on n = {n} held-back "
+            f"calibration images ({errs}).{ranges} Equalisable layer pairs: {eq}.")
+
+
 def comparison_markdown(section: dict) -> str:
     """The comparison table (rows of bits x format x method against FP32) and its verdict lines."""
     rows, n = section["rows"], section["eval_images"]
@@ -134,8 +148,7 @@ def comparison_markdown(section: dict) -> str:
     lines = ["## PTQ vs QAT", "",
              f"Top-1 on {n} evaluation images (drop from FP32 in points; size). INT8: real INT8 artifacts. Fewer "
              f"bits: real artifacts where a runtime takes them, else simulated = per-channel fake-quantised kernels "
-             f"in Keras, float activations, size estimated (marked). PTQ advanced = {section['advanced_ptq']} (at "
-             f"INT8 bias correction only, on the converter's own grid). QAT = tfmot fine-tune at INT8; "
+             f"in Keras, float activations, size estimated (marked). PTQ advanced = {section['advanced_ptq']}. QAT = tfmot fine-tune at INT8; "
              f"straight-through fine-tune of the simulated kernels below 8 bits.{litert}{fallback}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b, fmt in groups:
@@ -154,6 +167,7 @@ def comparison_markdown(section: dict) -> str:
                              f"{_size(r['size_bytes'], r.get('size_estimated', False))})")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "\\* estimated packed size.", ""] + [f"- {v}" for v in section["verdict_lines"]]
+    lines += [route_line(name, notes) for name, notes in section.get("routes", {}).items()]
     return "\n".join(lines)
 
 

@@ -46,6 +46,11 @@ class OnnxPtqSpec(Strict):
     calibration_images: int = Field(300, ge=1)
     tensorrt_artifact: bool = True  # also keep a symmetric int8 QDQ model for TensorRT/Jetson
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"  # ORT level for evaluation/benchmark
+    # int8_onnx_ptq_adv (host scheme): per-tensor range method (min-max / percentile / entropy / MSE) chosen by each
+    # tensor's measured quantisation error, and cross-layer equalisation for a Keras input; each kept only where it
+    # lowers the output error against FP32 on `selection_images` calibration images past the calibrated ones
+    advanced: bool = False
+    selection_images: int = Field(200, ge=16)
 
 
 class DistributionSpec(Strict):

@@ -26,8 +26,9 @@ METHODS = ("ptq_naive", "ptq_advanced", "qat")  # the cells simulated below 8 bi
 REAL_METHODS = {"ptq_naive": ("ptq",), "ptq_advanced": ("ptq_advanced",), "ptq_litert": ("ptq_gptq", "ptq_octav"),
                 "fallback": ("ptq_fallback",), "qat": ("qat",)}
 PRECISION_OF_BITS = {8: "int8", 4: "int4"}  # bit widths a runtime takes (TFLite: W4A8 via litert-quantizer)
-ADVANCED_DESC = ("INT8: cross-layer equalisation (where it lowers the measured output error) + empirical bias "
-                 "correction; below 8 bits: MSE-clipped per-channel scales + bias correction")
+ADVANCED_DESC = ("INT8 TFLite: cross-layer equalisation (kept where it lowers the measured output error) + empirical "
+                 "bias correction on the converter's own grid; INT8 ONNX: per-tensor range method by measured error "
+                 "(+ equalisation, same rule); below 8 bits: MSE-clipped per-channel scales + bias correction")
 LITERT_DESC = "LiteRT Quantizer, OCTAV ranges (GPTQ rounding of FULLY_CONNECTED where the recipe asks)"
 
 
@@ -259,7 +260,7 @@ def _missing_reason(fmt: str, bits: int, method: str) -> str:
     if method == "qat":
         return "not produced: enable stages.qat" if fmt == "tflite" else "not produced: enable stages.qat (export_onnx)"
     if method == "ptq_advanced" and fmt == "onnx":
-        return "not built for ONNX"
+        return "not produced: set stages.onnx_ptq.advanced: true"
     return "artifact not produced"
 
 
@@ -372,7 +373,9 @@ def after_evaluate(ctx, inputs: ComparisonInputs | None = None) -> None:
     verdict += [fallback_verdict(rows, ctx.cfg.max_accuracy_drop)] if ctx.cfg.stages.onnx_fallback.enabled else []
     section = {"rows": rows, "verdict": " ".join(verdict), "verdict_lines": verdict, "eval_images": n,
                "drop_unit": "percentage points of top-1 below FP32", "tolerance_points": opts.tolerance_points,
-               "advanced_ptq": ADVANCED_DESC, "litert_ptq": LITERT_DESC}
+               "advanced_ptq": ADVANCED_DESC, "litert_ptq": LITERT_DESC,
+               "routes": {a.name: {k: a.notes.get(k) for k in ("route", "candidates", "ranges", "equalization")}
+                          for a in ctx.manifest.artifacts.values() if a.method == "ptq_advanced" and a.notes.get("route")}}
     section["markdown"] = report_sections.comparison_markdown(section)
     ctx.results.set_section("comparison", section)
     for v in verdict:

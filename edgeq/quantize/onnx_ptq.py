@@ -11,6 +11,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from .. import report_sections
 from ..artifacts import Artifact
 from ..config import OnnxPtqSpec
@@ -54,6 +56,9 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
         out.append(ctx.produce("int8_onnx_ptq", "int8_ptq.onnx", {**cal_key, "level": opts.graph_optimization}, make,
                                fmt="onnx", precision="int8", method="ptq", stage="onnx_ptq", params=host_params,
                                parent=fp32.name))
+        if opts.advanced:
+            out.append(_advanced(ctx, opts, q, host, fp32, info, n, {**cal_key, "level": opts.graph_optimization},
+                                 host_params))
         if opts.tensorrt_artifact:
             trt_params = {**opts.model_dump(include={"calibration_method", "exclude_nodes", "calibration_images"}),
                           "scheme": TENSORRT_SCHEME.to_dict()}
@@ -89,6 +94,38 @@ def _fp32_onnx(ctx, opts: OnnxPtqSpec) -> tuple[Artifact, OnnxInput, dict]:
                        method="none", stage="onnx_export", params={"opset": opts.opset}, parent=ctx.fp32.name)
     info = OnnxInput(INPUT_NAME, [None, hwc[2], hwc[0], hwc[1]], "NCHW", None)
     return fp32, info, {"export": {k: fp32.notes.get(k) for k in EXPORT_NOTES}}
+
+
+def _advanced(ctx, opts: OnnxPtqSpec, q: "_Quantizer", host: Int8Scheme, fp32: Artifact, info: OnnxInput, n: int,
+              key: dict, host_params: dict) -> Artifact:
+    """int8_onnx_ptq_adv: per-tensor range methods (and cross-layer equalisation for a Keras input), each kept
+    only where the measured output error on held-back calibration images says so (`onnx_advanced`)."""
+    from . import onnx_advanced
+
+    cal = ctx.splits.calibration
+    hold = np.arange(n, min(len(cal), n + opts.selection_images))
+    if len(hold) < 16:  # the split has no images past the calibrated ones: its last ones (noted)
+        hold = np.arange(max(0, len(cal) - opts.selection_images), len(cal))
+    held = ctx.pre(cal.images[hold])
+    where = f"calibration images {hold[0]}..{hold[-1]}" + (" (overlapping the calibrated ones)" if hold[0] < n else "")
+    hwc = tuple(ctx.cfg.model.input_shape)
+
+    def make(tmp: Path) -> dict:
+        eq = None if ctx.is_onnx_input else onnx_advanced.equalized_onnx(ctx.keras_model(), q.calibration, opts.opset,
+                                                                         info, hwc, q.workdir)
+        notes = onnx_advanced.quantize_advanced(
+            tmp, prepared=q.prepared(), scheme=host, op_types=host_op_types(host.quant_format),
+            calibration=q.calibration, held=held, input_name=info.name, nchw=info.layout == "NCHW", batch=info.batch,
+            exclude_nodes=opts.exclude_nodes, workdir=q.workdir, equalized_prepared=eq)
+        notes["selection"] += f" ({where})"
+        notes.update(input_layout=info.layout, cpu=q.cpu_notes,
+                     ort_kernels=ort_kernel_summary(tmp, opts.graph_optimization))
+        return notes
+
+    return ctx.produce("int8_onnx_ptq_adv", "int8_ptq_adv.onnx", {**key, "held": where}, make, fmt="onnx",
+                       precision="int8", method="ptq_advanced", stage="onnx_ptq",
+                       params={**host_params, "advanced": True, "selection_images": opts.selection_images},
+                       parent=fp32.name)
 
 
 class _Quantizer:
