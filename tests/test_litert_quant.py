@@ -117,3 +117,15 @@ def test_litert_quant_without_the_fp32_tflite_is_refused_up_front(tmp_path):
            "stages": {"tflite_ptq": {"export_fp32": False}, "litert_quant": {"enabled": True}}}
     with pytest.raises(ConfigError, match="stages.litert_quant quantizes the run's FP32 .tflite"):
         config_from_dict(raw, base_dir=tmp_path)
+
+
+def test_report_states_the_int8_file_with_every_weight_at_four_bits(lq_run):
+    """What int4 weights alone can save on this model: the converter's INT8 file with every int8 weight byte
+    halved, in bytes and as a ratio (scales, zero points, int32 biases and the graph do not shrink)."""
+    run_dir, rep, manifest = lq_run
+    floor = rep["litert_quant"]["int4_floor"]
+    int8 = manifest[floor["of"]]
+    assert floor["int8_weight_bytes"] > 0
+    assert floor["bytes"] == int8["size_bytes"] - floor["int8_weight_bytes"] // 2
+    assert floor["ratio"] == round(floor["bytes"] / int8["size_bytes"], 4)
+    assert f"{floor['bytes']:,} bytes = {floor['ratio']:.3f}×" in rep["litert_quant"]["markdown"]

@@ -85,11 +85,14 @@ def _section(ctx, arts: list[Artifact], not_made: dict[str, str]) -> None:
                      "rounding": a.params["rounding"], "size_bytes": a.size_bytes,
                      "size_vs_int8_tflite_ptq": round(a.size_bytes / int8.size_bytes, 4) if int8 else None,
                      "weight_bytes": wb, "seconds": a.notes.get("seconds")})
+    floor = int4_floor(ctx, int8)
     md = ["## LiteRT Quantizer", "",
           "Fully integer .tflite per recipe (litert-quantizer over fp32.tflite; one calibration for all). Size against "
           f"the converter's INT8 ({int8.name if int8 else 'not made'}); weight bytes as stored (int4: two per byte); "
           "per-channel scales and zero points (12 bytes per output channel of every weight and bias) do not shrink "
-          "with the weight bits.", "",
+          "with the weight bits." + (f" {int8.name} with every int8 weight at 4 bits and nothing else changed would be "
+                                  f"{floor['bytes']:,} bytes = {floor['ratio']:.3f}× the INT8 file: about as small as "
+                                  "int4 weights can make this model." if floor else ""), "",
           "| artifact | recipe | ranges | rounding | bytes | × INT8 file | weight bytes by type | s |",
           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -98,7 +101,19 @@ def _section(ctx, arts: list[Artifact], not_made: dict[str, str]) -> None:
         md.append(f"| {r['artifact']} | {r['recipe']} | {r['range_method']} | {r['rounding']} | {r['size_bytes']:,} | "
                   f"{ratio} | {wb} | {r['seconds']} |")
     md += [f"\n{art}: not made: {why}" for art, why in not_made.items()]
-    ctx.results.set_section("litert_quant", {"rows": rows, "not_made": not_made, "markdown": "\n".join(md)})
+    ctx.results.set_section("litert_quant", {"rows": rows, "not_made": not_made, "int4_floor": floor,
+                                             "markdown": "\n".join(md)})
+
+
+def int4_floor(ctx, int8: Artifact | None) -> dict | None:
+    """The converter's INT8 file with every int8 weight byte halved: about the smallest a W4A8 file of the model can
+    be (scales, zero points, int32 biases, graph and names do not shrink with the weight bits)."""
+    if int8 is None:
+        return None
+    int8_bytes = litert_quant.weight_bytes(int8.abspath(ctx.run_dir).read_bytes()).get("int8", 0)
+    smallest = int8.size_bytes - int8_bytes // 2
+    return {"bytes": smallest, "ratio": round(smallest / int8.size_bytes, 4), "int8_weight_bytes": int8_bytes,
+            "of": int8.name}
 
 
 def _fallback(ctx, opts: LitertQuantSpec, fp32: Artifact, n: int, calibrated) -> list[Artifact]:
