@@ -127,11 +127,15 @@ def route_line(name: str, notes: dict) -> str:
     n = next(iter(c.values()), {}).get("n", "?")
     errs = "; ".join(f"{k}: MSE {v['output_mse']:.3g}, top-1 agreement {v['top1_agreement'] * 100:.1f} %"
                      for k, v in c.items())
-    r = notes.get("ranges")
-    ranges = f" Per-tensor range methods: {r['method_counts']}." if r else ""
-    eq = (notes.get("equalization") or {}).get("equalized_pairs", 0)
+    more = ""
+    if notes.get("ranges"):
+        more += f" Per-tensor range methods: {notes['ranges']['method_counts']}."
+    if notes.get("op_range_methods"):
+        more += f" Range method per op: {notes['op_range_methods']}."
+    if notes.get("equalization") is not None:
+        more += f" Equalisable layer pairs: {notes['equalization'].get('equalized_pairs', 0)}."
     return (f"- {name}: route **{notes['route']}**, chosen by output error against FP32 on n = {n} held-back "
-            f"calibration images ({errs}).{ranges} Equalisable layer pairs: {eq}.")
+            f"calibration images ({errs}).{more}")
 
 
 def comparison_markdown(section: dict) -> str:

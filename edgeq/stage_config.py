@@ -170,7 +170,7 @@ class ComparisonSpec(Strict):
         return sorted(set(v), reverse=True)
 
 
-LITERT_RECIPES = ("w8a8", "w8a8_octav", "w8a8_gptq", "w4a8", "w4a8_octav")  # rows of edgeq.quantize.litert_quant.RECIPES
+LITERT_RECIPES = ("w8a8", "w8a8_octav", "w8a8_gptq", "w8a8_auto", "w4a8", "w4a8_octav", "w4a8_auto")  # rows of edgeq.quantize.litert_quant.RECIPES
 
 
 class LitertQuantSpec(Strict):
@@ -178,7 +178,8 @@ class LitertQuantSpec(Strict):
     fully integer artifact per recipe. w8a8*: int8 weights and activations; w4a8*: int4 weights on CONV_2D and
     FULLY_CONNECTED (the ops LiteRT's int4 kernels take), int8 depthwise weights, int8 activations. The suffix
     names the range/rounding method: none = min-max, octav = OCTAV optimal clipping, gptq = GPTQ rounding of
-    FULLY_CONNECTED weights (OCTAV elsewhere)."""
+    FULLY_CONNECTED weights (OCTAV elsewhere), auto = min-max or OCTAV chosen per op by measured error (the per-op
+    model kept only where its output error on held-back calibration images beats both uniform ones)."""
 
     enabled: bool = False
     recipes: list[Literal[LITERT_RECIPES]] = ["w8a8_gptq", "w4a8", "w4a8_octav"]

@@ -12,7 +12,7 @@ from edgeq.errors import QuantizationError
 from edgeq.quantize import litert_quant
 from edgeq.quantize.litert_stage import artifact_name
 
-RECIPES = ["w8a8", "w8a8_octav", "w4a8", "w4a8_octav"]
+RECIPES = ["w8a8", "w8a8_octav", "w4a8", "w4a8_octav", "w4a8_auto"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_every_recipe_is_a_fully_integer_artifact_evaluated_and_benchmarked(lq_r
         a = manifest[name]
         assert a["parent"] == "fp32_tflite" and a["stage"] == "litert_quant"
         assert a["notes"]["float_ops"] == [] and "float32" not in a["notes"]["tensor_dtypes"]
-        assert a["params"]["recipe"] == r and a["params"]["range_method"] in ("minmax", "octav")
+        assert a["params"]["recipe"] == r and a["params"]["range_method"] in ("minmax", "octav", "auto")
         assert a["notes"]["rounding"] and a["notes"]["range_method"] and a["notes"]["litert_recipe"]
         assert arts[name]["accuracy"]["top1"] is not None  # LiteRT ran it over the evaluation split
         assert arts[name]["latency_ms"]["host"]["median"] is not None
@@ -129,3 +129,21 @@ def test_report_states_the_int8_file_with_every_weight_at_four_bits(lq_run):
     assert floor["bytes"] == int8["size_bytes"] - floor["int8_weight_bytes"] // 2
     assert floor["ratio"] == round(floor["bytes"] / int8["size_bytes"], 4)
     assert f"{floor['bytes']:,} bytes = {floor['ratio']:.3f}×" in rep["litert_quant"]["markdown"]
+
+
+def test_auto_recipe_chooses_the_range_method_per_op_by_measured_error(lq_run):
+    """w4a8_auto: min-max or OCTAV per op by the SQNR that op loses, then the per-op model against both uniform
+    ones by output error on held-back calibration images; the lowest is what was written, and the report says so."""
+    run_dir, rep, manifest = lq_run
+    a = manifest["int4_tflite_w4a8_auto"]
+    notes = a["notes"]
+    errors = {k: v["output_mse"] for k, v in notes["candidates"].items()}
+    assert set(errors) == {"uniform minmax", "uniform octav", "per op"}
+    assert errors[notes["route"]] == min(errors.values())  # a tie keeps the per-op model (it is the same one)
+    assert set(notes["op_range_methods"]) <= {"minmax", "octav"} and sum(notes["op_range_methods"].values()) > 3
+    assert notes["float_ops"] == [] and notes["weight_bytes"].get("int4", 0) > 0
+    assert a["method"] == "ptq_auto" and "held-back" in notes["selection"]
+    if notes["route"] == "per op":  # the written recipe overrides exactly the ops that chose OCTAV
+        overridden = [e for e in notes["litert_recipe"] if e["regex"] != ".*" and e["algorithm_key"] == "OCTAV"]
+        assert len(overridden) == len(notes["ops_not_minmax"]) == notes["op_range_methods"].get("octav", 0)
+    assert "int4_tflite_w4a8_auto: route **" in rep["litert_quant"]["markdown"]

@@ -56,7 +56,6 @@ def test_fallback_meets_the_budget_naming_the_nodes_kept_float(hard_run, fmt, na
     assert name in manifest, rep.get(f"{fmt}_fallback")
     notes = manifest[name]["notes"]
     fp, y = _eval(run_dir, f"fp32_{fmt}")
-    lines = []
     print("\n" + "\n".join(_before_after(run_dir, fmt, (naive, name))) + f"\nkept float: {notes['float_nodes']}")
     naive_drop = (fp == y).mean() * 100 - (_eval(run_dir, naive)[0] == y).mean() * 100
     fb_drop = (fp == y).mean() * 100 - (_eval(run_dir, name)[0] == y).mean() * 100
@@ -161,6 +160,7 @@ def test_full_integer_targets_refuse_fallback_with_the_reason():
     for kind in ("edgetpu", "jetson"):
         why = fallback.refusal_reason(kind)
         assert why and kind in why and "refused" in why
+    assert "int8_tflite_ptq_adv" in fallback.refusal_reason("edgetpu")  # the fully integer route to use instead
     assert fallback.refusal_reason("host") is None and fallback.refusal_reason("rpi") is None
 
 

@@ -23,13 +23,14 @@ from .stage_inputs import ComparisonInputs, comparison_inputs
 
 METHODS = ("ptq_naive", "ptq_advanced", "qat")  # the cells simulated below 8 bits when no real artifact exists
 # comparison method -> Artifact.method of a real artifact, in order of preference
-REAL_METHODS = {"ptq_naive": ("ptq",), "ptq_advanced": ("ptq_advanced",), "ptq_litert": ("ptq_gptq", "ptq_octav"),
+REAL_METHODS = {"ptq_naive": ("ptq",), "ptq_advanced": ("ptq_advanced",), "ptq_litert": ("ptq_auto", "ptq_gptq", "ptq_octav"),
                 "fallback": ("ptq_fallback",), "qat": ("qat",)}
 PRECISION_OF_BITS = {8: "int8", 4: "int4"}  # bit widths a runtime takes (TFLite: W4A8 via litert-quantizer)
 ADVANCED_DESC = ("INT8 TFLite: cross-layer equalisation (kept where it lowers the measured output error) + empirical "
                  "bias correction on the converter's own grid; INT8 ONNX: per-tensor range method by measured error "
                  "(+ equalisation, same rule); below 8 bits: MSE-clipped per-channel scales + bias correction")
-LITERT_DESC = "LiteRT Quantizer, OCTAV ranges (GPTQ rounding of FULLY_CONNECTED where the recipe asks)"
+LITERT_DESC = ("LiteRT Quantizer: range method per op by measured error (auto recipes), else OCTAV ranges (GPTQ "
+               "rounding of FULLY_CONNECTED where the recipe asks)")
 
 
 def _eval_subset(ctx, opts: ComparisonSpec) -> tuple[LabelledImages, np.ndarray]:

@@ -20,6 +20,10 @@ from typing import Callable
 import numpy as np
 
 # device kinds whose INT8 artifact must stay fully integer, and why (fallback is refused for them)
+# the fully integer better-PTQ artifact to use instead, per kind
+BETTER_ROUTE = {"edgetpu": "int8_tflite_ptq_adv (stages.comparison: equalisation + bias correction, fully integer) "
+                           "or a LiteRT Quantizer OCTAV/GPTQ recipe",
+                "jetson": "stages.onnx_ptq.calibration_method: entropy or percentile for int8_onnx_trt"}
 FULL_INTEGER_TARGETS = {
     "edgetpu": "the Edge TPU compiler maps only int8 ops; a float node would split the model and run on the CPU",
     "jetson": "the TensorRT artifact is an INT8 explicit-quantization build: every quantizable layer is int8 by "
@@ -31,7 +35,8 @@ SQNR_CAP_DB = 60.0  # a tensor with no error (the float graph input) counts as t
 def refusal_reason(kind: str) -> str | None:
     """Why float fallback is refused for artifacts made for device kind `kind`; None if it is allowed."""
     r = FULL_INTEGER_TARGETS.get(kind)
-    return f"float fallback refused for {kind}: {r}; use better rounding/ranges instead" if r else None
+    return f"float fallback refused for {kind}: {r}; use better rounding/ranges instead: {BETTER_ROUTE[kind]}" \
+        if r else None
 
 
 @dataclass

@@ -20,7 +20,11 @@ from ..errors import QuantizationError, RuntimeUnavailable, first_line
 INT4_OPS = ("CONV_2D", "FULLY_CONNECTED")
 ALGORITHMS = {"minmax": "min_max_uniform_quantize", "octav": "OCTAV", "gptq": "GPTQ", "mse": "MSE"}
 RANGE_DESC = {"minmax": "min-max of calibration values (weights: max|w| per channel)",
-              "octav": "OCTAV: per tensor/channel clipping that minimises expected quantisation MSE"}
+              "octav": "OCTAV: per tensor/channel clipping that minimises expected quantisation MSE",
+              "auto": "per op, min-max or OCTAV: whichever loses less SQNR at that op (measured against FP32 on "
+                      "calibration images); the per-op model kept only if its output error is below both uniform ones"}
+# the range methods "auto" chooses among per op (litert-quantizer 0.11's MSE leaves ADD float: not a candidate)
+AUTO_METHODS = ("minmax", "octav")
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class Recipe:
 
     name: str
     weight_bits: int  # of INT4_OPS when 4; every other op's weights are int8
-    range_method: str  # minmax | octav (ALGORITHMS key) for every op
+    range_method: str  # minmax | octav (ALGORITHMS key) for every op, or auto (chosen per op by measured error)
     rounding: str  # nearest | gptq (GPTQ on FULLY_CONNECTED: the only op litert-quantizer 0.11 applies it to)
     description: str
 
@@ -57,13 +61,19 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                                            "weights, int8 activations, min-max ranges"),
     Recipe("w4a8_octav", 4, "octav", "nearest", "int4 weights per channel on CONV_2D/FULLY_CONNECTED, int8 "
                                                 "depthwise weights, int8 activations, OCTAV ranges"),
+    Recipe("w8a8_auto", 8, "auto", "nearest", "int8 weights per channel, int8 activations, range method per op "
+                                              "(min-max or OCTAV) by measured error"),
+    Recipe("w4a8_auto", 4, "auto", "nearest", "int4 weights per channel on CONV_2D/FULLY_CONNECTED, int8 depthwise "
+                                              "weights, int8 activations, range method per op by measured error"),
 )}
 
 
-def recipe_entries(recipe: Recipe, float_ops: tuple[str, ...] = ()) -> list[dict]:
+def recipe_entries(recipe: Recipe, float_ops: tuple[str, ...] = (),
+                   op_ranges: dict[str, tuple[str, str]] | None = None) -> list[dict]:
     """The recipe as litert-quantizer's JSON recipe list (later entries override earlier ones per op).
 
-    `float_ops`: regexes of op output tensor names left float (selective quantization)."""
+    `float_ops`: regexes of op output tensor names left float (selective quantization). `op_ranges`: op output
+    tensor -> (op type, range method) overriding the recipe's method for that op (an `auto` recipe's choice)."""
     def op_config(weight_bits: int) -> dict:
         return {"activation_tensor_config": {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE",
                                              "dtype": "INT"},
@@ -72,7 +82,7 @@ def recipe_entries(recipe: Recipe, float_ops: tuple[str, ...] = ()) -> list[dict
                 "compute_precision": "INTEGER", "explicit_dequantize": False, "skip_checks": False,
                 "min_weight_elements": 0}
 
-    algo = ALGORITHMS[recipe.range_method]
+    algo = ALGORITHMS["minmax" if recipe.range_method == "auto" else recipe.range_method]
     entries = [{"regex": ".*", "operation": "*", "algorithm_key": algo, "op_config": op_config(8)}]
     if recipe.weight_bits == 4:
         entries += [{"regex": ".*", "operation": op, "algorithm_key": algo, "op_config": op_config(4)}
@@ -80,6 +90,10 @@ def recipe_entries(recipe: Recipe, float_ops: tuple[str, ...] = ()) -> list[dict
     if recipe.rounding == "gptq":
         entries.append({"regex": ".*", "operation": "FULLY_CONNECTED", "algorithm_key": ALGORITHMS["gptq"],
                         "op_config": op_config(recipe.weight_bits)})
+    for out, (op_type, method) in sorted((op_ranges or {}).items()):
+        bits = recipe.weight_bits if op_type in INT4_OPS else 8
+        entries.append({"regex": float_op_regex(out), "operation": op_type, "algorithm_key": ALGORITHMS[method],
+                        "op_config": op_config(bits)})
     entries += [{"regex": rx, "operation": "*", "algorithm_key": "no_quantize"} for rx in float_ops]
     return entries
 
@@ -118,17 +132,19 @@ def calibrate_ranges(fp32_tflite: bytes, calibration: np.ndarray, *, name: str) 
 
 
 def quantize_tflite(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray, *, name: str,
-                    float_ops: tuple[str, ...] = (), ranges: dict | None = None) -> tuple[bytes, dict]:
+                    float_ops: tuple[str, ...] = (), ranges: dict | None = None,
+                    op_ranges: dict[str, tuple[str, str]] | None = None) -> tuple[bytes, dict]:
     """`fp32_tflite` quantized by `recipe`, calibrated on `calibration` (float NHWC, preprocessed); and notes.
 
-    `ranges`: `calibrate_ranges` of the same model and images, when already made (not changed here)."""
+    `ranges`: `calibrate_ranges` of the same model and images, when already made (not changed here). An `auto`
+    recipe needs `op_ranges` (from `choose_op_ranges`); without it, it quantizes as min-max everywhere."""
     import copy
     import warnings
 
     from ..tfcompat import quiet_stderr
 
     Quantizer = _quantizer()
-    entries = recipe_entries(recipe, float_ops)
+    entries = recipe_entries(recipe, float_ops, op_ranges)
     t0 = time.perf_counter()
     qsv = copy.deepcopy(ranges if ranges is not None else calibrate_ranges(fp32_tflite, calibration, name=name))
     try:
@@ -251,6 +267,70 @@ def quantizer_version() -> str | None:
         return None
 
 
+def choose_op_ranges(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray, ranges: dict, x: np.ndarray,
+                     held: np.ndarray, *, name: str) -> tuple[bytes, dict]:
+    """An `auto` recipe: per op the range method (AUTO_METHODS) that loses the least SQNR at that op on `x`, then
+    whichever of the per-op model and the uniform ones has the lowest output MSE against FP32 on `held`."""
+    from dataclasses import replace
+
+    _, ref = _tensors(fp32_tflite, x)
+    uniform, losses = {}, {}
+    for method in AUTO_METHODS:
+        r = replace(recipe, name=f"{recipe.name}:{method}", range_method=method)
+        uniform[method] = quantize_tflite(fp32_tflite, r, calibration, name=name, ranges=ranges)
+        for out, (op_type, loss) in sqnr_losses(ref, *_tensors(uniform[method][0], x)).items():
+            losses.setdefault(out, {})[method] = (op_type, loss)
+    # ties keep min-max (the first method): a method must measurably help an op to be chosen there
+    choice = {out: (next(iter(v.values()))[0], min(v, key=lambda m: (v[m][1], AUTO_METHODS.index(m))))
+              for out, v in losses.items()}
+    op_ranges = {out: c for out, c in choice.items() if c[1] != "minmax"}
+    candidates = {**{f"uniform {m}": u for m, u in uniform.items()},
+                  "per op": quantize_tflite(fp32_tflite, recipe, calibration, name=name, ranges=ranges,
+                                            op_ranges=op_ranges)}
+    errors = _output_errors(fp32_tflite, {k: d for k, (d, _) in candidates.items()}, held)
+    chosen = min(errors, key=lambda k: (errors[k]["output_mse"], k != "per op"))
+    data, notes = candidates[chosen]
+    from collections import Counter
+
+    notes.update(recipe=recipe.to_dict(), range_method=RANGE_DESC["auto"], route=chosen, candidates=errors,
+                 op_range_methods=dict(Counter(m for _, m in choice.values())),
+                 ops_not_minmax=sorted(op_ranges), litert_recipe=recipe_entries(recipe, (), op_ranges)
+                 if chosen == "per op" else notes["litert_recipe"],
+                 selection=f"lowest output MSE against FP32 on {len(held)} held-back calibration images")
+    return data, notes
+
+
+def sqnr_losses(ref: dict[str, np.ndarray], ops: list, got: dict[str, np.ndarray]) -> dict[str, tuple[str, float]]:
+    """op output -> (op type, SQNR its input had minus SQNR its output has, in dB) against the FP32 tensors."""
+    from .fallback import sqnr
+
+    out = {}
+    for op_name, i, o in ops:
+        if o in ref and o in got and i in got and i in ref and ref[o].shape == got[o].shape \
+                and ref[i].shape == got[i].shape:
+            out[o] = (op_name, round(float(sqnr(ref[i], got[i]) - sqnr(ref[o], got[o])), 3))
+    return out
+
+
+def _output_errors(fp32_tflite: bytes, models: dict[str, bytes], x: np.ndarray) -> dict[str, dict]:
+    import tempfile
+    from pathlib import Path
+
+    from ..runtime import TFLitePredictor
+
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.tflite"
+        p.write_bytes(fp32_tflite)
+        ref = TFLitePredictor(p).predict(x).reshape(len(x), -1)
+        for k, blob in models.items():
+            p.write_bytes(blob)
+            got = TFLitePredictor(p).predict(x).reshape(len(x), -1)
+            out[k] = {"output_mse": float(np.mean((got - ref) ** 2)),
+                      "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4), "n": len(x)}
+    return out
+
+
 # ------------------------------------------------------------------ selective quantization (float fallback)
 def float_op_regex(output_tensor: str) -> str:
     """The recipe regex that matches exactly one op: litert-quantizer's op scope is its output names + ';'."""
@@ -303,16 +383,11 @@ def _tensors(path_or_bytes, x: np.ndarray) -> tuple[list[tuple[str, str, str]], 
 def tflite_sensitivity(fp32_tflite: bytes, int8_path, x: np.ndarray) -> list:
     """Every op of the INT8 model with the SQNR it loses (its input's SQNR minus its output's against the FP32
     model), most sensitive first; NodeEffect.node is the op's output tensor (its scope in a recipe)."""
-    from .fallback import NodeEffect, sqnr
+    from .fallback import NodeEffect
 
     _, ref = _tensors(fp32_tflite, x)
-    ops, got = _tensors(int8_path, x)
-    out = []
-    for op_name, i, o in ops:
-        if o in ref and o in got and i in got and (i in ref) and ref[o].shape == got[o].shape \
-                and ref[i].shape == got[i].shape:
-            out.append(NodeEffect(o, op_name, round(float(sqnr(ref[i], got[i]) - sqnr(ref[o], got[o])), 3)))
-    return sorted(out, key=lambda e: -e.sqnr_loss_db)
+    losses = sqnr_losses(ref, *_tensors(int8_path, x))
+    return sorted((NodeEffect(o, op, loss) for o, (op, loss) in losses.items()), key=lambda e: -e.sqnr_loss_db)
 
 
 def tflite_backend(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray, ranges: dict, x: np.ndarray):

@@ -5,6 +5,9 @@ the calibration split, so any input model that reaches .tflite gets these artifa
 """
 from __future__ import annotations
 
+import numpy as np
+
+from .. import report_sections
 from ..artifacts import Artifact
 from ..config import LitertQuantSpec
 from ..errors import EdgeqError, QuantizationError
@@ -12,7 +15,8 @@ from . import litert_quant
 from .calibration import calibration_count
 
 FILE_OF = {"w8a8": "int8_lq.tflite", "w8a8_octav": "int8_lq_octav.tflite", "w8a8_gptq": "int8_lq_gptq.tflite",
-           "w4a8": "int4_w4a8.tflite", "w4a8_octav": "int4_w4a8_octav.tflite"}
+           "w8a8_auto": "int8_lq_auto.tflite", "w4a8": "int4_w4a8.tflite", "w4a8_octav": "int4_w4a8_octav.tflite",
+           "w4a8_auto": "int4_w4a8_auto.tflite"}
 
 
 def artifact_name(recipe: litert_quant.Recipe) -> str:
@@ -44,6 +48,12 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
                                                                    name="litert_quant"))
         return cache["x"], cache["ranges"]
 
+    # images no recipe calibrates on, for the auto recipes' choice (the fallback's held-back slice)
+    held_idx = np.arange(n, min(len(cal), n + opts.holdout_images))
+    if len(held_idx) < 16:
+        held_idx = np.arange(max(0, len(cal) - opts.holdout_images), len(cal))
+    held = cal.take(held_idx, source=f"calibration images {held_idx[0]}..{held_idx[-1]}"
+                    + (" (overlapping the calibrated ones)" if held_idx[0] < n else ""))
     out, not_made = [], {}
     for name in opts.recipes:
         recipe = litert_quant.RECIPES[name]
@@ -51,8 +61,13 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
 
         def make(tmp, recipe=recipe, art=art):
             x, ranges = calibrated()
-            data, notes = litert_quant.quantize_tflite(fp32.abspath(ctx.run_dir).read_bytes(), recipe, x, name=art,
-                                                       ranges=ranges)
+            blob = fp32.abspath(ctx.run_dir).read_bytes()
+            if recipe.range_method == "auto":
+                data, notes = litert_quant.choose_op_ranges(blob, recipe, x, ranges, x[:16], ctx.pre(held.images),
+                                                            name=art)
+                notes["selection"] += f" ({held.source})"
+            else:
+                data, notes = litert_quant.quantize_tflite(blob, recipe, x, name=art, ranges=ranges)
             tmp.write_bytes(data)
             notes["size_vs_fp32_tflite"] = round(len(data) / fp32.size_bytes, 4)
             return notes
@@ -60,6 +75,8 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
         params = {"recipe": name, "weight_bits": recipe.weight_bits, "activation_bits": 8,
                   "range_method": recipe.range_method, "rounding": recipe.rounding, "calibration_images": n,
                   "litert_quantizer": litert_quant.quantizer_version()}
+        if recipe.range_method == "auto":
+            params["selection"] = held.source
         try:
             out.append(ctx.produce(art, FILE_OF[name], {"calibration": cal.fingerprint(), "n": n,
                                                         "recipe": litert_quant.recipe_entries(recipe)}, make,
@@ -100,6 +117,7 @@ def _section(ctx, arts: list[Artifact], not_made: dict[str, str]) -> None:
         wb = ", ".join(f"{k} {v:,}" for k, v in sorted(r["weight_bytes"].items()))
         md.append(f"| {r['artifact']} | {r['recipe']} | {r['range_method']} | {r['rounding']} | {r['size_bytes']:,} | "
                   f"{ratio} | {wb} | {r['seconds']} |")
+    md += [""] + [report_sections.route_line(a.name, a.notes) for a in arts if a.notes.get("route")]
     md += [f"\n{art}: not made: {why}" for art, why in not_made.items()]
     ctx.results.set_section("litert_quant", {"rows": rows, "not_made": not_made, "int4_floor": floor,
                                              "markdown": "\n".join(md)})
@@ -121,8 +139,6 @@ def _fallback(ctx, opts: LitertQuantSpec, fp32: Artifact, n: int, calibrated) ->
     budget on the held-back slice; else nothing (the section says why)."""
     import tempfile
     from pathlib import Path
-
-    import numpy as np
 
     from ..artifacts import stage_key
     from . import fallback
@@ -174,7 +190,5 @@ def _fallback(ctx, opts: LitertQuantSpec, fp32: Artifact, n: int, calibrated) ->
 
 
 def _finish(ctx, section: dict) -> None:
-    from .. import report_sections
-
     section["markdown"] = report_sections.fallback_markdown(section, "TFLite")
     ctx.results.set_section("tflite_fallback", section)
