@@ -201,7 +201,8 @@ def test_comparison_table_has_the_report_contract(qat_run):
     assert set(cells) == {(32, "fp32")} | {(b, m) for b in (8, 4) for m in ("ptq_naive", "ptq_advanced", "qat")}
     for r in c["rows"]:
         assert {"bits", "method", "simulated", "top1", "drop", "size_bytes"} <= set(r)
-        assert r["simulated"] is (r["bits"] < 8)
+        # below 8 bits only the advanced cell has a runtime here (GPTQ W4A8 through litert-quantizer)
+        assert r["simulated"] is (r["bits"] < 8 and r["method"] != "ptq_advanced")
 
 
 def test_comparison_int8_cells_are_the_evaluated_artifacts(qat_run):
@@ -219,3 +220,19 @@ def test_comparison_advanced_int8_artifact_is_fully_integer(qat_run):
     _, rep = qat_run
     adv = next(a for a in rep["artifacts"] if a["name"] == "int8_tflite_ptq_adv")
     assert adv["method"] == "ptq_advanced" and rep["checks"]["int8_tflite_ptq_adv"]["fully_integer"] is True
+
+
+def test_int4_advanced_cell_is_a_real_gptq_w4a8_that_keeps_every_gptq_code(qat_run):
+    """GPTQ rounds the Conv2D/Dense kernels on LiteRT's int4 grid; litert-quantizer's min-max W4A8 recipe then
+    holds exactly those codes (checked code by code), and the table's INT4 advanced cell is that artifact."""
+    _, rep = qat_run
+    a = next(a for a in rep["artifacts"] if a["name"] == "int4_tflite_ptq_adv")
+    cells = {(r["bits"], r["method"]): r for r in rep["comparison"]["rows"]}
+    assert a["precision"] == "int4" and a["method"] == "ptq_advanced"
+    assert cells[(4, "ptq_advanced")]["artifact"] == "int4_tflite_ptq_adv"
+    assert cells[(4, "ptq_advanced")]["top1"] == a["accuracy"]["top1"]
+    notes = a["notes"]
+    assert notes["float_ops"] == [] and notes["weight_bytes"]["int4"] > 0
+    kept = notes["gptq_codes_kept"]
+    assert kept["codes"] > 0 and kept["fraction"] == 1.0 and kept["layers_not_found"] == []
+    assert notes["gptq"]["gptq_layers"] >= 2 and notes["gptq"]["median_error_vs_nearest"] < 1.0

@@ -21,7 +21,7 @@ MODELS = shipped_model_configs()
 # what each stage adds to the run (report.json names, a contract of #10); the FP32 source is always there too
 STAGE_ARTIFACTS = {
     "tflite_ptq": ("fp32_tflite", "int8_tflite_ptq"),
-    "onnx_ptq": ("fp32_onnx", "int8_onnx_ptq", "int8_onnx_trt"),
+    "onnx_ptq": ("fp32_onnx", "int8_onnx_ptq", "int8_onnx_ptq_adv", "int8_onnx_trt"),
     "qat": ("int8_tflite_qat",),
     "comparison": ("int8_tflite_ptq_adv",),
 }

@@ -28,7 +28,8 @@ REAL_METHODS = {"ptq_naive": ("ptq",), "ptq_advanced": ("ptq_advanced",), "ptq_l
 PRECISION_OF_BITS = {8: "int8", 4: "int4"}  # bit widths a runtime takes (TFLite: W4A8 via litert-quantizer)
 ADVANCED_DESC = ("INT8 TFLite: cross-layer equalisation (kept where it lowers the measured output error) + empirical "
                  "bias correction on the converter's own grid; INT8 ONNX: per-tensor range method by measured error "
-                 "(+ equalisation, same rule); below 8 bits: MSE-clipped per-channel scales + bias correction")
+                 "(+ equalisation, same rule); INT4: GPTQ rounding of Conv2D/Dense kernels, a real W4A8 .tflite where "
+                 "litert-quantizer is installed, else simulated with MSE-clipped scales + bias correction")
 LITERT_DESC = ("LiteRT Quantizer: range method per op by measured error (auto recipes), else OCTAV ranges (GPTQ "
                "rounding of FULLY_CONNECTED where the recipe asks)")
 
@@ -67,6 +68,9 @@ def run_stage(ctx, opts: ComparisonSpec, inputs: ComparisonInputs | None = None)
     out = []
     if 8 in opts.bits:
         out.append(_int8_advanced(ctx, opts, inputs, model))
+    if 4 in opts.bits:
+        a = _int4_gptq(ctx, opts, model)
+        out += [a] if a is not None else []
     cells = ctx.results.comparison_cells
     ev, _ = _eval_subset(ctx, opts)
     ev_resized = None
@@ -135,6 +139,36 @@ def _int8_advanced(ctx, opts: ComparisonSpec, inputs: ComparisonInputs, model) -
 
     return ctx.produce("int8_tflite_ptq_adv", "int8_ptq_adv.tflite", {"calibration": cal.fingerprint()}, make,
                        fmt="tflite", precision="int8", method="ptq_advanced", stage="comparison", params=params,
+                       parent=ctx.fp32.name)
+
+
+def _int4_gptq(ctx, opts: ComparisonSpec, model) -> Artifact | None:
+    """int4_tflite_ptq_adv: GPTQ-rounded Conv2D/Dense kernels on LiteRT's int4 grid, made a real W4A8 .tflite by
+    litert-quantizer's min-max recipe, which keeps every GPTQ code (checked); None, with the reason logged, where
+    litert-quantizer is not installed (the INT4 advanced cell is then simulated)."""
+    from . import gptq, litert_quant
+
+    cal = ctx.splits.calibration
+    n = calibration_count(cal, opts.calibration_images, "stages.comparison.calibration_images")
+    params = {"bits": 4, "rounding": "GPTQ, Conv2D/Dense, per-channel max grid", "recipe": "w4a8",
+              "calibration_images": n, "litert_quantizer": litert_quant.quantizer_version()}
+
+    def make(tmp):
+        gm, rep = gptq.gptq_model(model, 4, _calibration_batches(ctx, opts), label="int4_tflite_ptq_adv: GPTQ")
+        fp32 = tflite_ptq.convert_fp32(gm, name="int4_tflite_ptq_adv: FP32 .tflite of the GPTQ model")
+        data, notes = litert_quant.quantize_tflite(fp32, litert_quant.RECIPES["w4a8"], ctx.pre(cal.images[:n]),
+                                                   name="int4_tflite_ptq_adv")
+        kept = gptq.codes_kept(gm, 4, litert_quant.int4_codes(data))
+        tmp.write_bytes(data)
+        return {**notes, "rounding": "GPTQ (Hessian-based) on Conv2D/Dense kernels; depthwise int8 min-max",
+                "gptq": rep.to_dict(), "gptq_codes_kept": kept}
+
+    why = litert_quant.unavailable_reason()
+    if why:
+        ctx.log(f"  - int4_tflite_ptq_adv: not made ({why}); the INT4 advanced cell is simulated")
+        return None
+    return ctx.produce("int4_tflite_ptq_adv", "int4_ptq_adv.tflite", {"calibration": cal.fingerprint()}, make,
+                       fmt="tflite", precision="int4", method="ptq_advanced", stage="comparison", params=params,
                        parent=ctx.fp32.name)
 
 
@@ -269,8 +303,8 @@ def build_rows(ctx, opts: ComparisonSpec, fine_tune: QatSpec) -> tuple[list[dict
     """The table's rows (FP32, then each bit width x format x method) and the number of evaluation images.
 
     A cell is a real artifact where the run made one (INT8; INT4 = LiteRT W4A8), else simulated (marked), else
-    empty with the reason. ONNX INT8 cells (naive vs float fallback) appear when stages.onnx_fallback is on;
-    their drop is against the FP32 ONNX model."""
+    empty with the reason. ONNX INT8 cells (naive, advanced, fallback) appear when stages.onnx_fallback or
+    stages.onnx_ptq.advanced is on; their drop is against the FP32 ONNX model."""
     ev, idx = _eval_subset(ctx, opts)
     fp32 = _fp32_top1(ctx, opts, idx)
     arts = ctx.manifest.artifacts
@@ -281,7 +315,9 @@ def build_rows(ctx, opts: ComparisonSpec, fine_tune: QatSpec) -> tuple[list[dict
     methods = table_methods(ctx.cfg)
     onnx_ref = next((a for a in arts.values() if a.format == "onnx" and a.precision == "fp32"), None)
     for bits in opts.bits:
-        formats = ["tflite"] + (["onnx"] if bits == 8 and ctx.cfg.stages.onnx_fallback.enabled else [])
+        onnx_row = ctx.cfg.stages.onnx_fallback.enabled or (ctx.cfg.stages.onnx_ptq.enabled and
+                                                            ctx.cfg.stages.onnx_ptq.advanced)
+        formats = ["tflite"] + (["onnx"] if bits == 8 and onnx_row else [])
         for fmt in formats:
             ref = fp32
             if fmt == "onnx" and onnx_ref is not None:

@@ -107,6 +107,15 @@ def _quantizer():
     return Quantizer
 
 
+def unavailable_reason() -> str | None:
+    """Why litert-quantizer cannot be used here (the install command), or None when it can."""
+    try:
+        _quantizer()
+    except RuntimeUnavailable as e:
+        return str(e)
+    return None
+
+
 def _samples(fp32_tflite: bytes, calibration: np.ndarray) -> dict:
     signature, input_name = _signature_input(fp32_tflite)
     return {signature: [{input_name: np.ascontiguousarray(x[None], np.float32)} for x in calibration]}
@@ -211,6 +220,25 @@ def weight_bytes(data: bytes) -> dict:
         if buf is not None and len(buf):
             k = names.get(t.type, f"type{t.type}")
             out[k] = out.get(k, 0) + len(buf)
+    return out
+
+
+def int4_codes(data: bytes) -> dict[str, np.ndarray]:
+    """Every int4 constant tensor's signed codes (low nibble first, as LiteRT packs them), shaped
+    (output channels, rest), by tensor name."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    m = fu.read_model_from_bytearray(bytearray(data))
+    out = {}
+    for t in m.subgraphs[0].tensors:
+        buf = m.buffers[t.buffer].data
+        if t.type != 17 or buf is None or not len(buf):
+            continue
+        b = np.frombuffer(bytes(buf), np.uint8)
+        pairs = np.stack([b & 0x0F, b >> 4], 1).ravel().astype(np.int8)
+        pairs[pairs > 7] -= 16
+        n = int(np.prod(t.shape))
+        out[t.name.decode(errors="replace")] = pairs[:n].reshape(int(t.shape[0]), -1)
     return out
 
 
