@@ -122,7 +122,13 @@ def _size(b: int | None, estimated: bool) -> str:
 
 
 def route_line(name: str, notes: dict) -> str:
-    """How an advanced-PTQ artifact was chosen: every candidate's measured output error, the one kept."""
+    """How an advanced-PTQ artifact was chosen: every candidate's measured output error, the one kept (or, for a
+    GPTQ artifact, what GPTQ did and that the export kept its codes)."""
+    if notes.get("gptq") and not notes.get("route"):
+        g, kept = notes["gptq"], notes.get("gptq_codes_kept") or {}
+        return (f"- {name}: GPTQ rounding of {g['gptq_layers']} Conv2D/Dense kernels at INT{g['bits']}; median "
+                f"layer output error {g['median_error_vs_nearest']} × that of round-to-nearest (under the "
+                f"calibration inputs); codes kept by the export: {kept.get('unchanged', 0):,} of {kept.get('codes', 0):,}.")
     c = notes.get("candidates", {})
     n = next(iter(c.values()), {}).get("n", "?")
     errs = "; ".join(f"{k}: MSE {v['output_mse']:.3g}, top-1 agreement {v['top1_agreement'] * 100:.1f} %"
@@ -170,8 +176,11 @@ def comparison_markdown(section: dict) -> str:
                 cells.append(f"{r['top1'] * 100:.2f} %{sim} ({0 - r['drop']:+.2f}; "
                              f"{_size(r['size_bytes'], r.get('size_estimated', False))})")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "\\* estimated packed size.", ""] + [f"- {v}" for v in section["verdict_lines"]]
-    lines += [route_line(name, notes) for name, notes in section.get("routes", {}).items()]
+    lines += ["", "\\* estimated packed size."]
+    if section.get("routes"):  # kept with the table: report.py replaces everything from the verdicts on
+        lines += ["", "How each PTQ advanced artifact was chosen:"]
+        lines += [route_line(name, notes) for name, notes in section["routes"].items()]
+    lines += [""] + [f"- {v}" for v in section["verdict_lines"]]
     return "\n".join(lines)
 
 

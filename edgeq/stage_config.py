@@ -157,6 +157,10 @@ class ComparisonSpec(Strict):
     # calibration images (never the evaluation split)
     equalize: bool = True
     selection_images: int = Field(200, ge=16)
+    # INT4 advanced cell as a real W4A8 .tflite: GPTQ-rounded Conv2D/Dense kernels through litert-quantizer
+    # (int4_tflite_ptq_adv); false: simulated. LiteRT runs int4 convolutions on reference kernels, so evaluating it
+    # on a large model is slow (ResNet-50: minutes)
+    int4_artifact: bool = True
     low_bit_qat: bool = True  # fine-tune simulated low-bit kernels (straight-through estimator)
     low_bit_qat_steps: Optional[int] = Field(None, ge=1)  # None: the qat stage's epochs x steps
     low_bit_qat_learning_rate: float = Field(1e-4, gt=0)

@@ -68,7 +68,7 @@ def run_stage(ctx, opts: ComparisonSpec, inputs: ComparisonInputs | None = None)
     out = []
     if 8 in opts.bits:
         out.append(_int8_advanced(ctx, opts, inputs, model))
-    if 4 in opts.bits:
+    if 4 in opts.bits and opts.int4_artifact:
         a = _int4_gptq(ctx, opts, model)
         out += [a] if a is not None else []
     cells = ctx.results.comparison_cells
@@ -349,8 +349,17 @@ def _pt(x: float) -> str:
 
 def verdict_for(bits: int, cells: dict[str, dict], tolerance: float) -> str:
     """One sentence on what the measured cells of one bit width say."""
-    real = bits < 8 and cells.get("ptq_naive", {}).get("simulated") is False
-    tag = f"INT{bits}" + (" (W4A8 TFLite, real)" if real else " (simulated weights)" if bits < 8 else "")
+    simulated = [m for m, c in cells.items() if c.get("simulated") and c.get("top1") is not None]
+    real = [m for m, c in cells.items() if c.get("simulated") is False and c.get("top1") is not None]
+    if bits >= 8:
+        tag = f"INT{bits}"
+    elif not simulated:
+        tag = f"INT{bits} (W4A8 TFLite, real)"
+    elif not real:
+        tag = f"INT{bits} (simulated weights)"
+    else:
+        tag = (f"INT{bits} (real W4A8 TFLite: {', '.join(METHOD_LABELS[m] for m in real)}; simulated weights: "
+               f"{', '.join(METHOD_LABELS[m] for m in simulated)})")
     d = {m: c["drop"] for m, c in cells.items() if c.get("drop") is not None}
     top = {m: c["top1"] for m, c in cells.items() if c.get("top1") is not None}
     if "ptq_naive" not in d:
@@ -365,11 +374,14 @@ def verdict_for(bits: int, cells: dict[str, dict], tolerance: float) -> str:
     elif "qat" in d:
         best_ptq = max(top[m] for m in ("ptq_naive", "ptq_advanced", "ptq_litert") if m in top)
         gain = (top["qat"] - top["ptq_naive"]) * 100
+        best_m = max((m for m in ("ptq_naive", "ptq_advanced", "ptq_litert") if m in top), key=lambda m: top[m])
         if top["qat"] > best_ptq:
             parts.append(f"{tag}: QAT recovers {_pt(gain)} pt over naive PTQ "
                          f"(drop {_pt(d['ptq_naive'])} -> {_pt(d['qat'])} pt)"
                          + (": QAT needed" if d["qat"] <= tolerance else
-                            f", still {_pt(d['qat'])} pt below FP32"))
+                            f", still {_pt(d['qat'])} pt below FP32")
+                         + (f"; the best PTQ ({METHOD_LABELS[best_m]}) is {_pt((top['qat'] - best_ptq) * 100)} pt "
+                            "below QAT" if best_m != "ptq_naive" else ""))
         else:
             parts.append(f"{tag}: PTQ loses {_pt(min(d[m] for m in ('ptq_naive', 'ptq_advanced', 'ptq_litert') if m in d))} pt and this QAT "
                          f"fine-tune does not beat it (QAT drop {_pt(d['qat'])} pt)")
@@ -411,8 +423,10 @@ def after_evaluate(ctx, inputs: ComparisonInputs | None = None) -> None:
     section = {"rows": rows, "verdict": " ".join(verdict), "verdict_lines": verdict, "eval_images": n,
                "drop_unit": "percentage points of top-1 below FP32", "tolerance_points": opts.tolerance_points,
                "advanced_ptq": ADVANCED_DESC, "litert_ptq": LITERT_DESC,
-               "routes": {a.name: {k: a.notes.get(k) for k in ("route", "candidates", "ranges", "equalization")}
-                          for a in ctx.manifest.artifacts.values() if a.method == "ptq_advanced" and a.notes.get("route")}}
+               "routes": {a.name: {k: a.notes[k] for k in ("route", "candidates", "ranges", "equalization", "gptq",
+                                                        "gptq_codes_kept") if k in a.notes}
+                          for a in ctx.manifest.artifacts.values()
+                          if a.method == "ptq_advanced" and (a.notes.get("route") or a.notes.get("gptq"))}}
     section["markdown"] = report_sections.comparison_markdown(section)
     ctx.results.set_section("comparison", section)
     for v in verdict:

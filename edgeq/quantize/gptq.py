@@ -72,8 +72,8 @@ def hessians(model, layers: list, batches) -> dict[str, np.ndarray]:
                 dh, dw = layer.dilation_rate
                 inp = t.image.extract_patches(inp, [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1],
                                               layer.padding.upper())
-            xs = inp.numpy().reshape(-1, inp.shape[-1]).astype(np.float64)
-            h = xs.T @ xs
+            xs = inp.numpy().reshape(-1, inp.shape[-1])
+            h = (xs.T @ xs).astype(np.float64)  # float32 products, float64 sum over batches
             acc[layer.name] = h if acc[layer.name] is None else acc[layer.name] + h
             n[layer.name] += len(xs)
     return {k: 2 * v / max(n[k], 1) for k, v in acc.items()}
@@ -92,11 +92,7 @@ def round_columns(w: np.ndarray, h: np.ndarray, bits: int) -> tuple[np.ndarray, 
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h[np.diag_indices_from(h)] += DAMP * np.mean(np.diag(h))
-    try:
-        hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H^-1, as in GPTQ
-    except np.linalg.LinAlgError:
-        h[np.diag_indices_from(h)] += np.mean(np.diag(h))
-        hinv = np.linalg.cholesky(np.linalg.inv(h)).T
+    hinv = _upper_cholesky_of_inverse(h)
     cols = w.shape[1]
     codes = np.zeros_like(w)
     for a in range(0, cols, BLOCK):
@@ -113,6 +109,24 @@ def round_columns(w: np.ndarray, h: np.ndarray, bits: int) -> tuple[np.ndarray, 
             err1[:, i] = e
         w[:, b:] -= err1 @ hinv[a:b, b:]
     return codes.astype(np.int32), scale
+
+
+def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
+    """U with H^-1 = U^T U, as GPTQ uses it (Cholesky of H, its inverse from the factor, Cholesky again)."""
+    from scipy.linalg import cholesky, lapack
+
+    for extra in (0.0, 1.0):  # a Hessian that is still not positive definite gets one more mean diagonal
+        try:
+            hd = h + extra * np.mean(np.diag(h)) * np.eye(len(h))
+            low = cholesky(hd, lower=True)
+            inv, info = lapack.dpotri(low, lower=1)
+            if info != 0:
+                raise np.linalg.LinAlgError(f"dpotri info {info}")
+            inv = np.tril(inv) + np.tril(inv, -1).T
+            return cholesky(inv, lower=False)
+        except np.linalg.LinAlgError:
+            continue
+    raise np.linalg.LinAlgError("layer input Hessian is not positive definite")
 
 
 def _as_matrix(kernel: np.ndarray) -> np.ndarray:
@@ -139,7 +153,7 @@ def gptq_model(model, bits: int, batches, label: str = "GPTQ") -> tuple[object, 
 
         def out_err(v):  # E||(W - V) x||^2 under the input statistics: tr((W-V) H (W-V)^T)
             d = w - v
-            return float(np.einsum("ij,jk,ik->", d, h, d))
+            return float(np.sum((d @ h) * d))
 
         base = out_err(near)
         layer.kernel.assign(wq.T.reshape(kernel.shape).astype(np.float32))
