@@ -104,21 +104,25 @@ def quantize_weights_advanced(model, bits: int, calibration_batches, clipping: b
     return m, rep
 
 
-def output_errors(model, int8_models: dict[str, bytes], x: np.ndarray) -> dict[str, dict]:
-    """Per INT8 .tflite (name -> bytes): mean squared output error and top-1 agreement against the Keras model
-    on the preprocessed images `x` (outputs compared as the model returns them, dequantised)."""
+def output_error(ref: np.ndarray, got: np.ndarray) -> dict:
+    """How far a quantized model's outputs `got` are from the float model's `ref` on the same images (rows): the
+    mean squared error every better-PTQ route is chosen by, and the top-1 agreement beside it."""
+    ref, got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+    return {"output_mse": float(np.mean((got - ref) ** 2)),
+            "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4), "n": len(ref)}
+
+
+def tflite_output_errors(ref: np.ndarray, int8_models: dict[str, bytes], x: np.ndarray) -> dict[str, dict]:
+    """`output_error` of each .tflite (name -> bytes) on the preprocessed images `x` against the outputs `ref`."""
     import tempfile
     from pathlib import Path
 
     from ..runtime import TFLitePredictor
 
-    ref = np.asarray(model.predict(x, batch_size=64, verbose=0)).reshape(len(x), -1)
     out = {}
     with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "candidate.tflite"
         for name, blob in int8_models.items():
-            p = Path(d) / "candidate.tflite"
             p.write_bytes(blob)
-            got = TFLitePredictor(p).predict(x).reshape(len(x), -1)
-            out[name] = {"output_mse": float(np.mean((got - ref) ** 2)),
-                         "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4), "n": len(x)}
+            out[name] = output_error(ref, TFLitePredictor(p).predict(x))
     return out

@@ -129,7 +129,9 @@ def _int8_advanced(ctx, opts: ComparisonSpec, inputs: ComparisonInputs, model) -
                                                                 label="int8_tflite_ptq_adv: equalised, advanced PTQ")
             candidates["equalization+bias_correction"] = (convert(corrected, "int8_tflite_ptq_adv (equalised)"),
                                                           rep.to_dict())
-        errors = advanced.output_errors(model, {k: blob for k, (blob, _) in candidates.items()}, ctx.pre(held.images))
+        x = ctx.pre(held.images)
+        errors = advanced.tflite_output_errors(model.predict(x, batch_size=64, verbose=0),
+                                               {k: blob for k, (blob, _) in candidates.items()}, x)
         chosen = min(errors, key=lambda k: (errors[k]["output_mse"], -errors[k]["top1_agreement"]))
         blob, rep = candidates[chosen]
         tmp.write_bytes(blob)

@@ -77,7 +77,7 @@ class FallbackPlan:
 
 
 # ------------------------------------------------------------------ running models
-def _session(path: Path, graph_optimization: str = "all"):
+def ort_session(path: Path, graph_optimization: str = "all"):
     import onnxruntime as ort
 
     from ..agent import ort_session_options
@@ -86,19 +86,19 @@ def _session(path: Path, graph_optimization: str = "all"):
                                 providers=["CPUExecutionProvider"])
 
 
-def _feed(x: np.ndarray, input_name: str, nchw: bool) -> dict:
+def ort_feed(x: np.ndarray, input_name: str, nchw: bool) -> dict:
     return {input_name: np.ascontiguousarray(x.transpose(0, 3, 1, 2) if nchw else x, np.float32)}
 
 
 def predict(path: Path, x: np.ndarray, input_name: str, nchw: bool, batch: int | None) -> np.ndarray:
-    sess = _session(path)
+    sess = ort_session(path)
     step = batch or 64
-    out = [sess.run(None, _feed(x[s:s + step], input_name, nchw))[0] for s in range(0, len(x), step)
+    out = [sess.run(None, ort_feed(x[s:s + step], input_name, nchw))[0] for s in range(0, len(x), step)
            if not batch or len(x[s:s + step]) == batch]
     return np.concatenate(out).reshape(-1, out[0].shape[-1]).astype(np.float32)
 
 
-def _with_outputs(src: Path, names: list[str], dst: Path) -> Path:
+def with_outputs(src: Path, names: list[str], dst: Path) -> Path:
     import onnx
 
     m = onnx.load(str(src))
@@ -157,11 +157,11 @@ def sensitivity(fp32_path: Path, int8_path: Path, x: np.ndarray, input_name: str
     fp_names = {t for node in fp_model.node for t in node.output}
     graph_inputs = {i.name for i in fp_model.input}
     pairs = [(f, q) for _, _, i, o in nodes for f, q in (i, o) if f in fp_names or f in graph_inputs]
-    f = _with_outputs(fp32_path, sorted({f for f, _ in pairs if f in fp_names}), workdir / "fp32_probe.onnx")
-    q = _with_outputs(int8_path, sorted({q for _, q in pairs}), workdir / "int8_probe.onnx")
+    f = with_outputs(fp32_path, sorted({f for f, _ in pairs if f in fp_names}), workdir / "fp32_probe.onnx")
+    q = with_outputs(int8_path, sorted({q for _, q in pairs}), workdir / "int8_probe.onnx")
     n = len(x) if not batch else batch
-    feed = _feed(x[:n], input_name, nchw)
-    fs, qs = _session(f, "disable"), _session(q, "disable")
+    feed = ort_feed(x[:n], input_name, nchw)
+    fs, qs = ort_session(f, "disable"), ort_session(q, "disable")
     fv = {**feed, **dict(zip([o.name for o in fs.get_outputs()], fs.run(None, feed)))}
     qv = dict(zip([o.name for o in qs.get_outputs()], qs.run(None, feed)))
 

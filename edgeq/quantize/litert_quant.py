@@ -341,22 +341,21 @@ def sqnr_losses(ref: dict[str, np.ndarray], ops: list, got: dict[str, np.ndarray
 
 
 def _output_errors(fp32_tflite: bytes, models: dict[str, bytes], x: np.ndarray) -> dict[str, dict]:
+    from .advanced import tflite_output_errors
+
+    return tflite_output_errors(_predict_tflite(fp32_tflite, x), models, x)
+
+
+def _predict_tflite(blob: bytes, x: np.ndarray) -> np.ndarray:
     import tempfile
     from pathlib import Path
 
     from ..runtime import TFLitePredictor
 
-    out = {}
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "m.tflite"
-        p.write_bytes(fp32_tflite)
-        ref = TFLitePredictor(p).predict(x).reshape(len(x), -1)
-        for k, blob in models.items():
-            p.write_bytes(blob)
-            got = TFLitePredictor(p).predict(x).reshape(len(x), -1)
-            out[k] = {"output_mse": float(np.mean((got - ref) ** 2)),
-                      "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4), "n": len(x)}
-    return out
+        p.write_bytes(blob)
+        return TFLitePredictor(p).predict(x)
 
 
 # ------------------------------------------------------------------ selective quantization (float fallback)
@@ -434,11 +433,4 @@ def tflite_backend(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray, 
     def rank(int8_path) -> list:
         return tflite_sensitivity(fp32_tflite, int8_path, x[:16])
 
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "fp32.tflite"
-        p.write_bytes(fp32_tflite)
-        reference = run(p)
-    return Backend(".tflite", quantize, run, rank, reference)
+    return Backend(".tflite", quantize, run, rank, _predict_tflite(fp32_tflite, x).reshape(len(x), -1))

@@ -25,6 +25,7 @@ def quantize_advanced(tmp: Path, *, prepared: Path, scheme: Int8Scheme, op_types
     `equalized_prepared`: a callable returning the prepared FP32 ONNX of the equalised Keras model (and the
     equalisation notes), or None when there is none."""
     from . import onnx_ranges
+    from .advanced import output_error
     from .fallback import predict
 
     io = {"input_name": input_name, "nchw": nchw, "batch": batch}
@@ -50,11 +51,8 @@ def quantize_advanced(tmp: Path, *, prepared: Path, scheme: Int8Scheme, op_types
     if equalized_prepared is not None:
         eq_src, equalization = equalized_prepared()
         models["equalization+per_tensor_ranges"] = per_tensor(eq_src, "equalized")
-    errors = {}
-    for name, (path, _) in models.items():
-        got = predict(path, held, input_name, nchw, batch)
-        errors[name] = {"output_mse": float(np.mean((got - ref) ** 2)),
-                        "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4), "n": len(held)}
+    errors = {name: output_error(ref, predict(path, held, input_name, nchw, batch))
+              for name, (path, _) in models.items()}
     chosen = min(errors, key=lambda k: (errors[k]["output_mse"], k == "minmax"))
     path, summary = models[chosen]
     shutil.copyfile(path, tmp)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QuantizationError, first_line
-from .ort_int8 import Int8Scheme, _calibration_reader
+from .ort_int8 import Int8Scheme, calibration_reader
 
 ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 CLIP_RATIOS = np.linspace(0.2, 1.0, 41)  # the MSE search: fractions of the min-max range
@@ -36,7 +36,7 @@ def ort_ranges(prepared: Path, calibration: np.ndarray, method: str, *, input_na
             cal = create_calibrator(Path(prepared), op_types, augmented_model_path=str(Path(d) / "augmented.onnx"),
                                     calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]),
                                     extra_options=extra)
-            cal.collect_data(_calibration_reader(calibration, input_name, nchw, batch))
+            cal.collect_data(calibration_reader(calibration, input_name, nchw, batch))
             data = cal.compute_data()
         except (ValueError, RuntimeError, KeyError, IndexError) as e:
             raise QuantizationError(f"onnxruntime {method} calibration failed ({first_line(e, 300)})") from None
@@ -63,11 +63,11 @@ def qdq_error(v: np.ndarray, low: float, high: float, scheme: Int8Scheme) -> flo
 def tensor_values(prepared: Path, names: list[str], x: np.ndarray, *, input_name: str, nchw: bool,
                   batch: int | None) -> dict[str, np.ndarray]:
     """Each named tensor's values over the images `x` (flattened; a fixed sample when large)."""
-    from .fallback import _session, _feed, _with_outputs
+    from .fallback import ort_feed, ort_session, with_outputs
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="edgeq.values.") as d:
-        sess = _session(_with_outputs(prepared, names, Path(d) / "probe.onnx"), "disable")
+        sess = ort_session(with_outputs(prepared, names, Path(d) / "probe.onnx"), "disable")
         outputs = [o.name for o in sess.get_outputs()]
         want = [n for n in names if n in outputs]
         step = batch or 16
@@ -76,7 +76,7 @@ def tensor_values(prepared: Path, names: list[str], x: np.ndarray, *, input_name
             xs = x[s:s + step]
             if batch and len(xs) != batch:
                 break
-            for n, v in zip(want, sess.run(want, _feed(xs, input_name, nchw))):
+            for n, v in zip(want, sess.run(want, ort_feed(xs, input_name, nchw))):
                 got[n].append(np.asarray(v, np.float32).ravel())
     out = {}
     for n, parts in got.items():

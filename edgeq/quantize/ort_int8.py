@@ -89,7 +89,7 @@ def resolve_host_scheme(opts: OnnxPtqSpec, cpu: dict) -> tuple[Int8Scheme, dict]
 
 
 # ------------------------------------------------------------------------------------- quantize
-def _calibration_reader(images: np.ndarray, input_name: str, nchw: bool, batch: int | None):
+def calibration_reader(images: np.ndarray, input_name: str, nchw: bool, batch: int | None):
     from onnxruntime.quantization import CalibrationDataReader
 
     step = batch or 32
@@ -130,7 +130,7 @@ def quantize_onnx(prepared: Path, out: Path, scheme: Int8Scheme, calibration: np
     try:
         with spinner(f"quantize {name} (ORT quantize_static, {calibration_method} calibration on "
                      f"{len(calibration)} images)"):
-            quantize_static(str(prepared), str(out), _calibration_reader(calibration, input_name, nchw, batch),
+            quantize_static(str(prepared), str(out), calibration_reader(calibration, input_name, nchw, batch),
                             quant_format=QuantFormat.QDQ if scheme.quant_format == "qdq" else QuantFormat.QOperator,
                             op_types_to_quantize=op_types, per_channel=scheme.per_channel,
                             reduce_range=scheme.reduce_range, activation_type=qtype[scheme.activation_type],
