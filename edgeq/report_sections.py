@@ -134,10 +134,13 @@ def route_line(name: str, notes: dict) -> str:
     errs = "; ".join(f"{k}: MSE {v['output_mse']:.3g}, top-1 agreement {v['top1_agreement'] * 100:.1f} %"
                      for k, v in c.items())
     more = ""
+    def counts(d: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
+
     if notes.get("ranges"):
-        more += f" Per-tensor range methods: {notes['ranges']['method_counts']}."
+        more += f" Per-tensor range methods: {counts(notes['ranges']['method_counts'])} tensors."
     if notes.get("op_range_methods"):
-        more += f" Range method per op: {notes['op_range_methods']}."
+        more += f" Range method per op: {counts(notes['op_range_methods'])} ops."
     if notes.get("equalization") is not None:
         more += f" Equalisable layer pairs: {notes['equalization'].get('equalized_pairs', 0)}."
     return (f"- {name}: route **{notes['route']}**, chosen by output error against FP32 on n = {n} held-back "
