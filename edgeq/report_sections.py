@@ -36,6 +36,8 @@ def onnx_ptq_markdown(section: dict, artifacts: list[Any], compatibility: dict) 
     for a in artifacts:
         lines += _ort_lines(a.name, a.notes)
     lines += [route_line(a.name, a.notes) for a in artifacts if a.notes.get("route")]
+    if section.get("advanced_not_made"):
+        lines.append(f"- int8_onnx_ptq_adv: not made: {section['advanced_not_made']}")
     checks = [(a.name, compatibility.get(a.name, {}).get("tensorrt")) for a in artifacts]
     checks = [(name, c) for name, c in checks if c]
     if checks:

@@ -74,3 +74,17 @@ def test_a_model_without_homogeneous_pairs_is_left_as_it_is():
     assert rep.pairs == []
     for a, b in zip(m.get_weights(), eq.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_grouped_convolution_is_not_the_second_layer_of_a_pair():
+    """Its kernel holds cin/groups input channels: per-input-channel scaling would hit the wrong weights."""
+    import edgeq  # noqa: F401
+    from edgeq.quantize.equalize import find_pairs
+    from edgeq.tfcompat import keras
+
+    k = keras()
+    inp = k.Input((8, 8, 4))
+    h = k.layers.Conv2D(8, 1, activation="relu", name="a")(inp)
+    h = k.layers.Conv2D(8, 3, groups=2, activation="relu", name="grouped")(h)
+    m = k.Model(inp, k.layers.Conv2D(4, 1, name="b")(h))
+    assert {(p.first.name, p.second.name) for p in find_pairs(m)} == {("grouped", "b")}

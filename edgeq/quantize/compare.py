@@ -15,6 +15,7 @@ from .. import report_sections
 from ..artifacts import Artifact, stage_key
 from ..config import ComparisonSpec, QatSpec
 from ..data import LabelledImages, representative_dataset
+from ..errors import QuantizationError
 from ..report_sections import METHOD_LABELS
 from . import advanced, equalize, fakequant, tflite_ptq
 from .calibration import calibration_count
@@ -169,9 +170,13 @@ def _int4_gptq(ctx, opts: ComparisonSpec, model) -> Artifact | None:
     if why:
         ctx.log(f"  - int4_tflite_ptq_adv: not made ({why}); the INT4 advanced cell is simulated")
         return None
-    return ctx.produce("int4_tflite_ptq_adv", "int4_ptq_adv.tflite", {"calibration": cal.fingerprint()}, make,
-                       fmt="tflite", precision="int4", method="ptq_advanced", stage="comparison", params=params,
-                       parent=ctx.fp32.name)
+    try:
+        return ctx.produce("int4_tflite_ptq_adv", "int4_ptq_adv.tflite", {"calibration": cal.fingerprint()}, make,
+                           fmt="tflite", precision="int4", method="ptq_advanced", stage="comparison", params=params,
+                           parent=ctx.fp32.name)
+    except QuantizationError as e:  # e.g. an op litert-quantizer cannot take: the INT4 cell is simulated instead
+        ctx.log(f"  - int4_tflite_ptq_adv: not made ({e}); the INT4 advanced cell is simulated")
+        return None
 
 
 def _selection_images(ctx, opts: ComparisonSpec, n_rep: int) -> LabelledImages:

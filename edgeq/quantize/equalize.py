@@ -70,8 +70,8 @@ def find_pairs(model) -> list[Pair]:
     pairs = []
     for first in model.layers:
         wl = kernel_of(first)
-        if wl is None or not _homogeneous_activation(first):
-            continue
+        if wl is None or not _homogeneous_activation(first) or getattr(first, "data_format", None) == "channels_first":
+            continue  # channels_first: the channel axis is not the last one the scaling below assumes
         if isinstance(first, k.layers.DepthwiseConv2D) and first.depth_multiplier != 1:
             continue
         norm, tensor_layer, nxt, pooled = None, first, _single_consumer(first, members), False
@@ -87,7 +87,8 @@ def find_pairs(model) -> list[Pair]:
         if second is None or (pooled and not isinstance(nxt, k.layers.Dense)) \
                 or (isinstance(nxt, k.layers.Dense) and not pooled and len(first.output.shape) != 2):
             continue
-        if isinstance(nxt, k.layers.DepthwiseConv2D) and nxt.depth_multiplier != 1:
+        if isinstance(nxt, k.layers.DepthwiseConv2D) and nxt.depth_multiplier != 1 \
+                or getattr(nxt, "data_format", None) == "channels_first" or getattr(nxt, "groups", 1) != 1:
             continue
         pairs.append(Pair(first, nxt, norm, tensor_layer))
     return pairs

@@ -45,7 +45,8 @@ def _gptq_layers(model) -> list:
         if isinstance(layer, k.layers.DepthwiseConv2D):
             continue
         if isinstance(layer, k.layers.Conv2D) and not isinstance(layer, k.layers.SeparableConv2D) \
-                and getattr(layer, "groups", 1) == 1 and len(layer.input.shape) == 4:
+                and getattr(layer, "groups", 1) == 1 and len(layer.input.shape) == 4 \
+                and layer.data_format == "channels_last":  # im2col below assumes NHWC
             out.append(layer)
         elif isinstance(layer, k.layers.Dense) and len(layer.input.shape) == 2:
             out.append(layer)
@@ -126,7 +127,10 @@ def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
             return cholesky(inv, lower=False)
         except np.linalg.LinAlgError:
             continue
-    raise np.linalg.LinAlgError("layer input Hessian is not positive definite")
+    from ..errors import QuantizationError
+
+    raise QuantizationError("GPTQ: a layer's input Hessian is not positive definite even with extra damping "
+                            "(its calibration inputs are degenerate); use more or more varied calibration images")
 
 
 def _as_matrix(kernel: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 from .. import report_sections
 from ..artifacts import Artifact
 from ..config import OnnxPtqSpec
+from ..errors import QuantizationError
 from .calibration import calibration_count
 from .onnx_export import INPUT_NAME, keras_to_onnx, max_abs_diff_vs_keras
 from .onnx_input import OnnxInput, read_onnx_input
@@ -57,8 +58,12 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
                                fmt="onnx", precision="int8", method="ptq", stage="onnx_ptq", params=host_params,
                                parent=fp32.name))
         if opts.advanced:
-            out.append(_advanced(ctx, opts, q, host, fp32, info, n, {**cal_key, "level": opts.graph_optimization},
-                                 host_params))
+            try:
+                out.append(_advanced(ctx, opts, q, host, fp32, info, n, {**cal_key, "level": opts.graph_optimization},
+                                     host_params))
+            except QuantizationError as e:  # the naive and TensorRT models stand; the section says why not
+                section["advanced_not_made"] = str(e)
+                ctx.log(f"  - int8_onnx_ptq_adv: not made: {e}")
         if opts.tensorrt_artifact:
             trt_params = {**opts.model_dump(include={"calibration_method", "exclude_nodes", "calibration_images"}),
                           "scheme": TENSORRT_SCHEME.to_dict()}
