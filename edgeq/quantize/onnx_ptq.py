@@ -105,7 +105,7 @@ def _advanced(ctx, opts: OnnxPtqSpec, q: "_Quantizer", host: Int8Scheme, fp32: A
               key: dict, host_params: dict) -> Artifact:
     """int8_onnx_ptq_adv: per-tensor range methods (and cross-layer equalisation for a Keras input), each kept
     only where the measured output error on held-back calibration images says so (`onnx_advanced`)."""
-    from . import onnx_advanced
+    from . import onnx_advanced, onnx_ranges
 
     cal = ctx.splits.calibration
     hold = np.arange(n, min(len(cal), n + opts.selection_images))
@@ -129,7 +129,8 @@ def _advanced(ctx, opts: OnnxPtqSpec, q: "_Quantizer", host: Int8Scheme, fp32: A
 
     return ctx.produce("int8_onnx_ptq_adv", "int8_ptq_adv.onnx", {**key, "held": where}, make, fmt="onnx",
                        precision="int8", method="ptq_advanced", stage="onnx_ptq",
-                       params={**host_params, "advanced": True, "selection_images": opts.selection_images},
+                       params={**host_params, "advanced": True, "selection_images": opts.selection_images,
+                               "histogram_images": onnx_ranges.HISTOGRAM_IMAGES},
                        parent=fp32.name)
 
 

@@ -20,6 +20,9 @@ from .ort_int8 import Int8Scheme, calibration_reader
 ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 CLIP_RATIOS = np.linspace(0.2, 1.0, 41)  # the MSE search: fractions of the min-max range
 MAX_VALUES = 1_000_000  # values per tensor the errors are measured on (a fixed-seed sample beyond that)
+# images ORT's histogram calibrators (percentile, entropy) see: their Python histogram pass is most of this
+# route's time, and 128 images give every tensor's histogram hundreds of thousands of values
+HISTOGRAM_IMAGES = 128
 
 
 def ort_ranges(prepared: Path, calibration: np.ndarray, method: str, *, input_name: str, nchw: bool,
@@ -28,9 +31,11 @@ def ort_ranges(prepared: Path, calibration: np.ndarray, method: str, *, input_na
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     extra = {"symmetric": symmetric} if method != "minmax" else {}
-    if method != "minmax" and not batch and len(calibration) >= 32:
-        # ORT's histogram calibrators stack per-batch outputs: every batch must have the same size
-        calibration = calibration[:len(calibration) // 32 * 32]
+    if method != "minmax":
+        calibration = calibration[:HISTOGRAM_IMAGES]
+        if not batch and len(calibration) >= 32:
+            # ORT's histogram calibrators stack per-batch outputs: every batch must have the same size
+            calibration = calibration[:len(calibration) // 32 * 32]
     with tempfile.TemporaryDirectory(prefix="edgeq.ranges.") as d:
         try:
             cal = create_calibrator(Path(prepared), op_types, augmented_model_path=str(Path(d) / "augmented.onnx"),
