@@ -123,6 +123,11 @@ def _size(b: int | None, estimated: bool) -> str:
     return text + ("*" if estimated else "")
 
 
+def _counts(d: dict) -> str:
+    """{"mse": 3, "minmax": 1} -> "mse 3, minmax 1" (most first)."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
+
+
 def route_line(name: str, notes: dict) -> str:
     """How an advanced-PTQ artifact was chosen: every candidate's measured output error, the one kept (or, for a
     GPTQ artifact, what GPTQ did and that the export kept its codes)."""
@@ -130,19 +135,17 @@ def route_line(name: str, notes: dict) -> str:
         g, kept = notes["gptq"], notes.get("gptq_codes_kept") or {}
         return (f"- {name}: GPTQ rounding of {g['gptq_layers']} Conv2D/Dense kernels at INT{g['bits']}; median "
                 f"layer output error {g['median_error_vs_nearest']} × that of round-to-nearest (under the "
-                f"calibration inputs); codes kept by the export: {kept.get('unchanged', 0):,} of {kept.get('codes', 0):,}.")
+                f"calibration inputs); codes kept by the export: {kept.get('unchanged', 0):,} of "
+                f"{kept.get('codes', 0):,}.")
     c = notes.get("candidates", {})
     n = next(iter(c.values()), {}).get("n", "?")
     errs = "; ".join(f"{k}: MSE {v['output_mse']:.3g}, top-1 agreement {v['top1_agreement'] * 100:.1f} %"
                      for k, v in c.items())
     more = ""
-    def counts(d: dict) -> str:
-        return ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
-
     if notes.get("ranges"):
-        more += f" Per-tensor range methods: {counts(notes['ranges']['method_counts'])} tensors."
+        more += f" Per-tensor range methods: {_counts(notes['ranges']['method_counts'])} tensors."
     if notes.get("op_range_methods"):
-        more += f" Range method per op: {counts(notes['op_range_methods'])} ops."
+        more += f" Range method per op: {_counts(notes['op_range_methods'])} ops."
     if notes.get("equalization") is not None:
         more += f" Equalisable layer pairs: {notes['equalization'].get('equalized_pairs', 0)}."
     return (f"- {name}: route **{notes['route']}**, chosen by output error against FP32 on n = {n} held-back "

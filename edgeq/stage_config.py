@@ -174,7 +174,8 @@ class ComparisonSpec(Strict):
         return sorted(set(v), reverse=True)
 
 
-LITERT_RECIPES = ("w8a8", "w8a8_octav", "w8a8_gptq", "w8a8_auto", "w4a8", "w4a8_octav", "w4a8_auto")  # rows of edgeq.quantize.litert_quant.RECIPES
+# rows of edgeq.quantize.litert_quant.RECIPES
+LITERT_RECIPES = ("w8a8", "w8a8_octav", "w8a8_gptq", "w8a8_auto", "w4a8", "w4a8_octav", "w4a8_auto")
 
 
 class LitertQuantSpec(Strict):

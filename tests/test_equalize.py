@@ -88,3 +88,17 @@ def test_a_grouped_convolution_is_not_the_second_layer_of_a_pair():
     h = k.layers.Conv2D(8, 3, groups=2, activation="relu", name="grouped")(h)
     m = k.Model(inp, k.layers.Conv2D(4, 1, name="b")(h))
     assert {(p.first.name, p.second.name) for p in find_pairs(m)} == {("grouped", "b")}
+
+
+def test_a_batch_norm_over_another_axis_than_the_channels_breaks_the_pair():
+    """BatchNormalization(axis=1) on an NHWC tensor normalises rows: scaling its gamma would not scale channels."""
+    import edgeq  # noqa: F401
+    from edgeq.quantize.equalize import find_pairs
+    from edgeq.tfcompat import keras
+
+    k = keras()
+    inp = k.Input((8, 8, 4))
+    h = k.layers.Conv2D(8, 1, name="a")(inp)
+    h = k.layers.ReLU()(k.layers.BatchNormalization(axis=1)(h))
+    m = k.Model(inp, k.layers.Conv2D(4, 1, name="b")(h))
+    assert find_pairs(m) == []

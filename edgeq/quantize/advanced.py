@@ -112,6 +112,13 @@ def output_error(ref: np.ndarray, got: np.ndarray) -> dict:
             "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4), "n": len(ref)}
 
 
+def lowest_error(errors: dict[str, dict], prefer: tuple[str, ...] = ()) -> str:
+    """The candidate (of `output_error`s by name) with the lowest output MSE; on a tie the higher top-1 agreement,
+    then the earliest in `prefer` (the candidate a route keeps when it measures no worse)."""
+    rank = {k: i for i, k in enumerate(prefer)}
+    return min(errors, key=lambda k: (errors[k]["output_mse"], -errors[k]["top1_agreement"], rank.get(k, len(rank))))
+
+
 def tflite_output_errors(ref: np.ndarray, int8_models: dict[str, bytes], x: np.ndarray) -> dict[str, dict]:
     """`output_error` of each .tflite (name -> bytes) on the preprocessed images `x` against the outputs `ref`."""
     import tempfile

@@ -1,5 +1,8 @@
-"""How many calibration images a quantizer takes: every stage asks the same way and fails the same way."""
+"""How many calibration images a quantizer takes, and which ones are held back from it: every stage asks the same
+way and fails the same way."""
 from __future__ import annotations
+
+import numpy as np
 
 from ..data import LabelledImages
 from ..errors import DataError
@@ -14,3 +17,14 @@ def calibration_count(split: LabelledImages, n: int, option: str) -> int:
         raise DataError(f"{option} is {n} but the calibration split has only {len(split)} images "
                         f"(data.calibration_size); lower {short} or raise data.calibration_size")
     return n
+
+
+def held_back(split: LabelledImages, start: int, n: int) -> LabelledImages:
+    """Up to `n` calibration-split images from index `start` on (images no quantizer calibrated on), to choose among
+    candidate artifacts by measured error; never the evaluation split. Where fewer than 16 are left, the split's
+    last `n`, overlapping the calibrated ones (its source says so)."""
+    idx = np.arange(start, min(len(split), start + n))
+    if len(idx) < 16:
+        idx = np.arange(max(0, len(split) - n), len(split))
+    return split.take(idx, source=f"calibration images {idx[0]}..{idx[-1]}"
+                      + (" (overlapping the calibrated ones)" if idx[0] < start else ""))

@@ -1,10 +1,10 @@
 """The `comparison` stage: PTQ naive vs PTQ advanced vs QAT at each bit width, against FP32.
 
 INT8 cells are real INT8 TFLite artifacts, evaluated by the pipeline like every other artifact and found in
-the manifest by format and method: naive PTQ (method `ptq`, the `tflite_ptq` stage), advanced PTQ (made here:
-bias-corrected kernels on the converter's own grid), QAT (the `qat` stage). Cells below 8 bits are
-simulated: kernels fake-quantised in the Keras model (activations float), evaluated here, and labelled
-"simulated". The table is assembled after the evaluation step (`after_evaluate`), so every cell is measured
+the manifest by format and method: naive PTQ (method `ptq`, the `tflite_ptq` stage), advanced PTQ (made here by
+`better_ptq`), QAT (the `qat` stage). Cells below 8 bits are real where a runtime takes them (the GPTQ W4A8,
+LiteRT Quantizer's W4A8), else simulated: kernels fake-quantised in the Keras model (activations float),
+evaluated here, and labelled "simulated". The table is assembled after the evaluation step (`after_evaluate`), so every cell is measured
 on the same evaluation images, and the verdict is derived from those numbers.
 """
 from __future__ import annotations
@@ -14,18 +14,18 @@ import numpy as np
 from .. import report_sections
 from ..artifacts import Artifact, stage_key
 from ..config import ComparisonSpec, QatSpec
-from ..data import LabelledImages, representative_dataset
-from ..errors import QuantizationError
+from ..data import LabelledImages
 from ..report_sections import METHOD_LABELS
-from . import advanced, equalize, fakequant, tflite_ptq
+from . import advanced, better_ptq, fakequant
+from .better_ptq import calibration_batches
 from .calibration import calibration_count
 from .fine_tune import batch_stream, fine_tune_fake_quant, training_split
 from .stage_inputs import ComparisonInputs, comparison_inputs
 
 METHODS = ("ptq_naive", "ptq_advanced", "qat")  # the cells simulated below 8 bits when no real artifact exists
 # comparison method -> Artifact.method of a real artifact, in order of preference
-REAL_METHODS = {"ptq_naive": ("ptq",), "ptq_advanced": ("ptq_advanced",), "ptq_litert": ("ptq_auto", "ptq_gptq", "ptq_octav"),
-                "fallback": ("ptq_fallback",), "qat": ("qat",)}
+REAL_METHODS = {"ptq_naive": ("ptq",), "ptq_advanced": ("ptq_advanced",),
+                "ptq_litert": ("ptq_auto", "ptq_gptq", "ptq_octav"), "fallback": ("ptq_fallback",), "qat": ("qat",)}
 PRECISION_OF_BITS = {8: "int8", 4: "int4"}  # bit widths a runtime takes (TFLite: W4A8 via litert-quantizer)
 ADVANCED_DESC = ("INT8 TFLite: cross-layer equalisation (kept where it lowers the measured output error) + empirical "
                  "bias correction on the converter's own grid; INT8 ONNX: per-tensor range method by measured error "
@@ -39,12 +39,6 @@ def _eval_subset(ctx, opts: ComparisonSpec) -> tuple[LabelledImages, np.ndarray]
     ev = ctx.splits.eval
     idx = np.arange(min(opts.eval_images or len(ev), len(ev)))
     return ev.take(idx), idx
-
-
-def _calibration_batches(ctx, opts: ComparisonSpec):
-    cal = ctx.splits.calibration
-    n = calibration_count(cal, opts.calibration_images, "stages.comparison.calibration_images")
-    return cal.take(np.arange(n)).batches(ctx.pre, 32)
 
 
 def _cell_key(ctx, opts: ComparisonSpec, fine_tune: QatSpec, bits: int, method: str) -> str:
@@ -68,9 +62,9 @@ def run_stage(ctx, opts: ComparisonSpec, inputs: ComparisonInputs | None = None)
     model = ctx.keras_model()
     out = []
     if 8 in opts.bits:
-        out.append(_int8_advanced(ctx, opts, inputs, model))
+        out.append(better_ptq.int8_advanced(ctx, opts, inputs.tflite, model))
     if 4 in opts.bits and opts.int4_artifact:
-        a = _int4_gptq(ctx, opts, model)
+        a = better_ptq.int4_gptq(ctx, opts, model)
         out += [a] if a is not None else []
     cells = ctx.results.comparison_cells
     ev, _ = _eval_subset(ctx, opts)
@@ -96,104 +90,9 @@ def run_stage(ctx, opts: ComparisonSpec, inputs: ComparisonInputs | None = None)
     return out
 
 
-def _int8_advanced(ctx, opts: ComparisonSpec, inputs: ComparisonInputs, model) -> Artifact:
-    """int8_tflite_ptq_adv: the better of bias correction alone and cross-layer equalisation + bias correction,
-    chosen by the INT8 model's measured output error against FP32 on held-back calibration images."""
-    cal = ctx.splits.calibration
-    conv = inputs.tflite
-    n_rep = calibration_count(cal, conv.representative_images, "stages.tflite_ptq.representative_images")
-    held = _selection_images(ctx, opts, n_rep)
-    params = {"bits": 8, "weights": "bias-corrected, on the converter's per-channel max grid",
-              "equalize": opts.equalize, "selection_images": opts.selection_images,
-              "calibration_images": opts.calibration_images, "representative_images": n_rep,
-              "input_type": conv.input_type, "output_type": conv.output_type}
-
-    def convert(m, label: str) -> bytes:
-        return tflite_ptq.convert_int8(m, representative_dataset(cal, ctx.pre, n_rep), input_type=conv.input_type,
-                                       output_type=conv.output_type, per_channel=True, name=label,
-                                       calibration_images=n_rep)
-
-    def make(tmp):
-        # No clipping at 8 bits: the converter recomputes each channel's scale from max|w|, so only
-        # values already on that grid survive conversion unchanged.
-        candidates = {}
-        corrected, rep = advanced.quantize_weights_advanced(model, 8, _calibration_batches(ctx, opts), clipping=False,
-                                                            label="int8_tflite_ptq_adv: advanced PTQ")
-        candidates["bias_correction"] = (convert(corrected, "int8_tflite_ptq_adv"), rep.to_dict())
-        eq_notes: dict = {"equalized_pairs": 0}
-        if opts.equalize and equalize.find_pairs(model):
-            eq_model, eq_rep = equalize.equalize(model, _calibration_batches(ctx, opts),
-                                                 label="int8_tflite_ptq_adv: cross-layer equalisation")
-            eq_notes = eq_rep.to_dict()
-            corrected, rep = advanced.quantize_weights_advanced(eq_model, 8, _calibration_batches(ctx, opts),
-                                                                clipping=False,
-                                                                label="int8_tflite_ptq_adv: equalised, advanced PTQ")
-            candidates["equalization+bias_correction"] = (convert(corrected, "int8_tflite_ptq_adv (equalised)"),
-                                                          rep.to_dict())
-        x = ctx.pre(held.images)
-        errors = advanced.tflite_output_errors(model.predict(x, batch_size=64, verbose=0),
-                                               {k: blob for k, (blob, _) in candidates.items()}, x)
-        chosen = min(errors, key=lambda k: (errors[k]["output_mse"], -errors[k]["top1_agreement"]))
-        blob, rep = candidates[chosen]
-        tmp.write_bytes(blob)
-        return {**rep, "route": chosen, "equalization": eq_notes, "candidates": errors,
-                "selection": f"lowest output MSE against FP32 on {len(held)} held-back calibration images "
-                             f"({held.source})", **tflite_ptq.int8_notes(blob, model)}
-
-    return ctx.produce("int8_tflite_ptq_adv", "int8_ptq_adv.tflite", {"calibration": cal.fingerprint()}, make,
-                       fmt="tflite", precision="int8", method="ptq_advanced", stage="comparison", params=params,
-                       parent=ctx.fp32.name)
-
-
-def _int4_gptq(ctx, opts: ComparisonSpec, model) -> Artifact | None:
-    """int4_tflite_ptq_adv: GPTQ-rounded Conv2D/Dense kernels on LiteRT's int4 grid, made a real W4A8 .tflite by
-    litert-quantizer's min-max recipe, which keeps every GPTQ code (checked); None, with the reason logged, where
-    litert-quantizer is not installed (the INT4 advanced cell is then simulated)."""
-    from . import gptq, litert_quant
-
-    cal = ctx.splits.calibration
-    n = calibration_count(cal, opts.calibration_images, "stages.comparison.calibration_images")
-    params = {"bits": 4, "rounding": "GPTQ, Conv2D/Dense, per-channel max grid", "recipe": "w4a8",
-              "calibration_images": n, "litert_quantizer": litert_quant.quantizer_version()}
-
-    def make(tmp):
-        gm, rep = gptq.gptq_model(model, 4, _calibration_batches(ctx, opts), label="int4_tflite_ptq_adv: GPTQ")
-        fp32 = tflite_ptq.convert_fp32(gm, name="int4_tflite_ptq_adv: FP32 .tflite of the GPTQ model")
-        data, notes = litert_quant.quantize_tflite(fp32, litert_quant.RECIPES["w4a8"], ctx.pre(cal.images[:n]),
-                                                   name="int4_tflite_ptq_adv")
-        kept = gptq.codes_kept(gm, 4, litert_quant.int4_codes(data))
-        tmp.write_bytes(data)
-        return {**notes, "rounding": "GPTQ (Hessian-based) on Conv2D/Dense kernels; depthwise int8 min-max",
-                "gptq": rep.to_dict(), "gptq_codes_kept": kept}
-
-    why = litert_quant.unavailable_reason()
-    if why:
-        ctx.log(f"  - int4_tflite_ptq_adv: not made ({why}); the INT4 advanced cell is simulated")
-        return None
-    try:
-        return ctx.produce("int4_tflite_ptq_adv", "int4_ptq_adv.tflite", {"calibration": cal.fingerprint()}, make,
-                           fmt="tflite", precision="int4", method="ptq_advanced", stage="comparison", params=params,
-                           parent=ctx.fp32.name)
-    except QuantizationError as e:  # e.g. an op litert-quantizer cannot take: the INT4 cell is simulated instead
-        ctx.log(f"  - int4_tflite_ptq_adv: not made ({e}); the INT4 advanced cell is simulated")
-        return None
-
-
-def _selection_images(ctx, opts: ComparisonSpec, n_rep: int) -> LabelledImages:
-    """Calibration-split images past those the converter and bias correction used, where the split has them
-    (never the evaluation split); else its last `selection_images`."""
-    cal = ctx.splits.calibration
-    start = max(n_rep, opts.calibration_images)
-    n = min(opts.selection_images, len(cal))
-    idx = np.arange(start, start + n) if start + n <= len(cal) else np.arange(len(cal) - n, len(cal))
-    where = (f"calibration images {idx[0]}..{idx[-1]}" + ("" if start + n <= len(cal) else
-             ", overlapping the ones calibrated on: raise data.calibration_size for a clean hold-out"))
-    return cal.take(idx, source=where)
-
-
 def _advanced_model(ctx, opts: ComparisonSpec, model, bits: int, cache: dict):
     if bits not in cache:
-        cache[bits] = advanced.quantize_weights_advanced(model, bits, _calibration_batches(ctx, opts),
+        cache[bits] = advanced.quantize_weights_advanced(model, bits, calibration_batches(ctx, opts),
                                                          label=f"INT{bits} advanced PTQ (simulated)")
     return cache[bits]
 

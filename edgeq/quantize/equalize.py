@@ -75,8 +75,9 @@ def find_pairs(model) -> list[Pair]:
         if isinstance(first, k.layers.DepthwiseConv2D) and first.depth_multiplier != 1:
             continue
         norm, tensor_layer, nxt, pooled = None, first, _single_consumer(first, members), False
+        last = len(first.output.shape) - 1  # a batch norm over any other axis does not scale the channels
         if isinstance(nxt, k.layers.BatchNormalization) and getattr(first.activation, "__name__", "") == "linear" \
-                and nxt.axis in ([-1], [3], [1], -1, 3) and nxt.scale and nxt.center:
+                and nxt.axis in ([-1], [last], -1, last) and nxt.scale and nxt.center:
             norm, tensor_layer, nxt = nxt, nxt, _single_consumer(nxt, members)
         if nxt is not None and _is_relu(nxt, k):
             tensor_layer, nxt = nxt, _single_consumer(nxt, members)

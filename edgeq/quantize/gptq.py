@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .fakequant import clone_model, qmax
+from .fakequant import clone_model, fake_quant, max_scales, qmax
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (GPTQ's default)
 BLOCK = 128  # columns rounded before the lazy update of the rest (GPTQ's default)
@@ -153,7 +153,7 @@ def gptq_model(model, bits: int, batches, label: str = "GPTQ") -> tuple[object, 
         h = hs[layer.name]
         codes, scale = round_columns(w, h, bits)
         wq = codes * scale[:, None]
-        near = np.clip(np.rint(w / scale[:, None]), -qmax(bits), qmax(bits)) * scale[:, None]
+        near = fake_quant(w, scale[:, None], bits)  # round-to-nearest on the same grid
 
         def out_err(v):  # E||(W - V) x||^2 under the input statistics: tr((W-V) H (W-V)^T)
             d = w - v
@@ -171,8 +171,7 @@ def kernel_codes(model, bits: int) -> dict[str, np.ndarray]:
     out = {}
     for layer in _gptq_layers(model):
         w = _as_matrix(layer.kernel.numpy())
-        peak = np.abs(w).max(axis=1, keepdims=True)
-        out[layer.name] = np.rint(w / np.where(peak > 0, peak / qmax(bits), 1.0)).astype(np.int32)
+        out[layer.name] = np.rint(w / max_scales(w, bits, (1,))).astype(np.int32)
     return out
 
 

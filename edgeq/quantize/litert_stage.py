@@ -11,8 +11,8 @@ from .. import report_sections
 from ..artifacts import Artifact
 from ..config import LitertQuantSpec
 from ..errors import EdgeqError, QuantizationError
-from . import litert_quant
-from .calibration import calibration_count
+from . import litert_ops, litert_quant
+from .calibration import calibration_count, held_back
 
 FILE_OF = {"w8a8": "int8_lq.tflite", "w8a8_octav": "int8_lq_octav.tflite", "w8a8_gptq": "int8_lq_gptq.tflite",
            "w8a8_auto": "int8_lq_auto.tflite", "w4a8": "int4_w4a8.tflite", "w4a8_octav": "int4_w4a8_octav.tflite",
@@ -49,11 +49,7 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
         return cache["x"], cache["ranges"]
 
     # images no recipe calibrates on, for the auto recipes' choice (the fallback's held-back slice)
-    held_idx = np.arange(n, min(len(cal), n + opts.holdout_images))
-    if len(held_idx) < 16:
-        held_idx = np.arange(max(0, len(cal) - opts.holdout_images), len(cal))
-    held = cal.take(held_idx, source=f"calibration images {held_idx[0]}..{held_idx[-1]}"
-                    + (" (overlapping the calibrated ones)" if held_idx[0] < n else ""))
+    held = held_back(cal, n, opts.holdout_images)
     out, not_made = [], {}
     for name in opts.recipes:
         recipe = litert_quant.RECIPES[name]
@@ -63,7 +59,7 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
             x, ranges = calibrated()
             blob = fp32.abspath(ctx.run_dir).read_bytes()
             if recipe.range_method == "auto":
-                data, notes = litert_quant.choose_op_ranges(blob, recipe, x, ranges, x[:16], ctx.pre(held.images),
+                data, notes = litert_ops.choose_op_ranges(blob, recipe, x, ranges, x[:16], ctx.pre(held.images),
                                                             name=art)
                 notes["selection"] += f" ({held.source})"
             else:
@@ -161,7 +157,7 @@ def _fallback(ctx, opts: LitertQuantSpec, fp32: Artifact, n: int, calibrated) ->
     x, ranges = calibrated()
     with tempfile.TemporaryDirectory(dir=ctx.artifact_dir(), prefix=".tflite_fallback.") as work:
         best = Path(work) / "best.tflite"
-        backend = litert_quant.tflite_backend(blob, litert_quant.RECIPES["w8a8"], x, ranges, ctx.pre(held.images))
+        backend = litert_ops.tflite_backend(blob, litert_quant.RECIPES["w8a8"], x, ranges, ctx.pre(held.images))
         plan = fallback.plan_fallback(backend, held.labels, budget_pt=budget, candidates=opts.fallback_candidates,
                                       max_float_nodes=opts.max_float_ops, base_exclude=[], out=best, workdir=Path(work),
                                       log=ctx.log)

@@ -25,7 +25,7 @@ def quantize_advanced(tmp: Path, *, prepared: Path, scheme: Int8Scheme, op_types
     `equalized_prepared`: a callable returning the prepared FP32 ONNX of the equalised Keras model (and the
     equalisation notes), or None when there is none."""
     from . import onnx_ranges
-    from .advanced import output_error
+    from .advanced import lowest_error, output_error
     from .fallback import predict
 
     io = {"input_name": input_name, "nchw": nchw, "batch": batch}
@@ -53,7 +53,7 @@ def quantize_advanced(tmp: Path, *, prepared: Path, scheme: Int8Scheme, op_types
         models["equalization+per_tensor_ranges"] = per_tensor(eq_src, "equalized")
     errors = {name: output_error(ref, predict(path, held, input_name, nchw, batch))
               for name, (path, _) in models.items()}
-    chosen = min(errors, key=lambda k: (errors[k]["output_mse"], k == "minmax"))
+    chosen = lowest_error(errors, prefer=("equalization+per_tensor_ranges", "per_tensor_ranges"))
     path, summary = models[chosen]
     shutil.copyfile(path, tmp)
     return {"route": chosen, "candidates": errors, "ranges": summary, "equalization": equalization,

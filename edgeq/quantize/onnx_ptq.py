@@ -11,13 +11,11 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from .. import report_sections
 from ..artifacts import Artifact
 from ..config import OnnxPtqSpec
 from ..errors import QuantizationError
-from .calibration import calibration_count
+from .calibration import calibration_count, held_back
 from .onnx_export import INPUT_NAME, keras_to_onnx, max_abs_diff_vs_keras
 from .onnx_input import OnnxInput, read_onnx_input
 from .ort_int8 import (TENSORRT_SCHEME, Int8Scheme, host_op_types, ort_kernel_summary, prepare, quantize_onnx,
@@ -107,12 +105,8 @@ def _advanced(ctx, opts: OnnxPtqSpec, q: "_Quantizer", host: Int8Scheme, fp32: A
     only where the measured output error on held-back calibration images says so (`onnx_advanced`)."""
     from . import onnx_advanced, onnx_ranges
 
-    cal = ctx.splits.calibration
-    hold = np.arange(n, min(len(cal), n + opts.selection_images))
-    if len(hold) < 16:  # the split has no images past the calibrated ones: its last ones (noted)
-        hold = np.arange(max(0, len(cal) - opts.selection_images), len(cal))
-    held = ctx.pre(cal.images[hold])
-    where = f"calibration images {hold[0]}..{hold[-1]}" + (" (overlapping the calibrated ones)" if hold[0] < n else "")
+    held_images = held_back(ctx.splits.calibration, n, opts.selection_images)
+    held, where = ctx.pre(held_images.images), held_images.source
     hwc = tuple(ctx.cfg.model.input_shape)
 
     def make(tmp: Path) -> dict:
