@@ -24,7 +24,7 @@ APPLICATIONS = {"resnet50": "ResNet50", "mobilenet_v2": "MobileNetV2"}
 
 def build(name: str, size: int = 224, seed: int = 0):
     """A tf_keras.applications model with random weights (weights=None: no download), 1000 classes."""
-    from edgeq.tfcompat import keras, set_seed
+    from edgeq.core.tfcompat import keras, set_seed
 
     set_seed(seed)
     return getattr(keras().applications, APPLICATIONS[name])(weights=None, input_shape=(size, size, 3),
@@ -41,7 +41,7 @@ def calibration_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 def count_macs(model) -> dict[str, int]:
     """Multiply-accumulates of one image, by layer kind (Conv2D, DepthwiseConv2D, Dense), from the Keras layers."""
     macs: dict[str, int] = {}
-    from edgeq.quantize.tflite_ptq import leaf_layers
+    from edgeq.methods.tflite.convert import leaf_layers
 
     for layer in leaf_layers(model):
         kind = type(layer).__name__
@@ -78,11 +78,11 @@ def artifacts(name: str, size: int, calibration: int, directory: Path, log: Call
              "fp32_onnx": d / "fp32.onnx", "int8_onnx": d / "int8.onnx"}
     if all(p.is_file() for p in paths.values()):
         return paths
-    from edgeq.quantize import tflite_ptq
-    from edgeq.quantize.onnx_export import INPUT_NAME, keras_to_onnx
-    from edgeq.quantize.onnx_input import OnnxInput
-    from edgeq.quantize.ort_int8 import host_int8_scheme, host_op_types, prepare, quantize_onnx
-    from edgeq.sysinfo import cpu_info
+    from edgeq.methods.tflite import convert as tflite_ptq
+    from edgeq.methods.onnx.from_keras import INPUT_NAME, keras_to_onnx
+    from edgeq.loaders.onnx import OnnxInput
+    from edgeq.methods.onnx.ort_int8 import host_int8_scheme, host_op_types, prepare, quantize_onnx
+    from edgeq.core.sysinfo import cpu_info
 
     model = model or build(name, size)
     cal = calibration_images(calibration, size)
@@ -140,7 +140,7 @@ def predictor_invoker(pred, x1: np.ndarray) -> Callable[[], None]:
 
 
 def median_ci(values: list[float]) -> tuple[float, float, float]:
-    from edgeq.stats import median_interval
+    from edgeq.core.stats import median_interval
 
     m, lo, hi, _ = median_interval(values)
     return m, lo, hi

@@ -48,13 +48,13 @@ def child(kind: str, model_name: str, size: int, images: int, out: Path) -> dict
     cal = calibration_images(images, size)
     rep = lambda: ([cal[i:i + 1]] for i in range(len(cal)))  # noqa: E731
     if kind.startswith("qat"):
-        from edgeq.quantize.tfmot_qat import calibrate_ranges, wrap_for_qat
+        from edgeq.methods.keras.qat import calibrate_ranges, wrap_for_qat
 
         model = wrap_for_qat(model)
         calibrate_ranges(model, cal)
     t = time.perf_counter()
     if kind in ("qat_direct", "qat_edgeq", "ptq_edgeq"):
-        from edgeq.quantize import tflite_ptq
+        from edgeq.methods.tflite import convert as tflite_ptq
 
         if kind == "qat_direct":
             int8 = _direct_int8(model, rep)
@@ -69,7 +69,7 @@ def child(kind: str, model_name: str, size: int, images: int, out: Path) -> dict
         fp32 = tf.lite.TFLiteConverter.from_keras_model(model).convert()
         int8 = _direct_int8(model, rep)
     else:
-        from edgeq.quantize import tflite_ptq
+        from edgeq.methods.tflite import convert as tflite_ptq
 
         fp32 = tflite_ptq.convert_fp32(model)
         int8 = tflite_ptq.convert_int8(model, rep, calibration_images=images)
@@ -83,8 +83,8 @@ def compare(out: Path, size: int) -> str:
     import numpy as np
 
     from _common import calibration_images
-    from edgeq.runtime import TFLitePredictor
-    from edgeq.quantize.tflite_ptq import tensor_summary
+    from edgeq.measure.predictors import TFLitePredictor
+    from edgeq.methods.tflite.convert import tensor_summary
 
     x = calibration_images(16, size, seed=7)
     lines = []
@@ -117,8 +117,8 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from edgeq.stats import median_interval
-    from edgeq.sysinfo import loadavg
+    from edgeq.core.stats import median_interval
+    from edgeq.core.sysinfo import loadavg
 
     out = a.out or Path(tempfile.mkdtemp(prefix="export_time_"))
     kinds = ["qat_direct", "qat_edgeq", "ptq_edgeq"] if a.qat else ["direct", "edgeq"]

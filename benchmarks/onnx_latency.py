@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgeq.runtime import OnnxPredictor  # noqa: E402
-from edgeq.sysinfo import cpu_info  # noqa: E402
+from edgeq.measure.predictors import OnnxPredictor  # noqa: E402
+from edgeq.core.sysinfo import cpu_info  # noqa: E402
 
 SCHEMES = {  # name -> (activation, weight, activation symmetric, reduce_range)
     "S8S8 symmetric (TensorRT)": ("int8", "int8", True, False),
@@ -70,9 +70,9 @@ def _sample(pred: OnnxPredictor) -> np.ndarray:
 
 
 def scheme_study(run_dir: Path, a) -> None:
-    from edgeq.config import load_config
-    from edgeq.inputs import load_splits, preprocess_of
-    from edgeq.quantize.ort_int8 import Int8Scheme, host_op_types, ort_kernel_summary, quantize_onnx
+    from edgeq.core.config import load_config
+    from edgeq.run.inputs import load_splits, preprocess_of
+    from edgeq.methods.onnx.ort_int8 import Int8Scheme, host_op_types, ort_kernel_summary, quantize_onnx
 
     man = json.loads((run_dir / "manifest.json").read_text())
     fp32 = next(x for x in man["artifacts"] if x["name"] == "fp32_onnx")

@@ -71,9 +71,9 @@ CONFIGS = [
 
 
 def quantize(q: Quant, fp32: Path, out: Path, cal: np.ndarray, size: int) -> None:
-    from edgeq.quantize.onnx_export import INPUT_NAME
-    from edgeq.quantize.onnx_input import OnnxInput
-    from edgeq.quantize.ort_int8 import Int8Scheme, host_op_types, prepare, quantize_onnx
+    from edgeq.methods.onnx.from_keras import INPUT_NAME
+    from edgeq.loaders.onnx import OnnxInput
+    from edgeq.methods.onnx.ort_int8 import Int8Scheme, host_op_types, prepare, quantize_onnx
 
     scheme = Int8Scheme(q.activation_type, q.weight_type, q.activation_symmetric, False, q.per_channel,
                         q.quant_format, True, q.name)
@@ -87,7 +87,7 @@ def quantize(q: Quant, fp32: Path, out: Path, cal: np.ndarray, size: int) -> Non
 def session(path: Path, level: str, entries: dict, threads: int, optimized: Path | None = None):
     import onnxruntime as ort
 
-    from edgeq.agent import ort_session_options
+    from edgeq.ondevice.agent import ort_session_options
 
     so = ort_session_options(ort, threads, level)
     for k, v in entries.items():
@@ -132,8 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", type=Path, default=None)
     a = ap.parse_args(argv)
 
-    from edgeq.runtime import TFLitePredictor
-    from edgeq.sysinfo import cpu_info, loadavg
+    from edgeq.measure.predictors import TFLitePredictor
+    from edgeq.core.sysinfo import cpu_info, loadavg
 
     paths = artifacts(a.model, a.size, a.calibration, a.dir or work_dir())
     d = paths["int8_onnx"].parent

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     from conftest import write_image_folder
     from torch_nets import mobilenet_v2_like
 
-    from edgeq.sysinfo import cpu_info
+    from edgeq.core.sysinfo import cpu_info
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="edgeq-pt2tflite-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,8 @@ def _ports(n: int) -> list[int]:
 
 def worker(args) -> int:
     """One worker process: the config's fine-tune under multi_worker; the chief prints its step times as JSON."""
-    from edgeq.config import load_config
-    from edgeq.quantize import distribute
+    from edgeq.core.config import load_config
+    from edgeq.methods.keras import distribute
 
     cfg = load_config(args.config)
     if args.no_range_sync:  # attribution only: tfmot's own per-replica ranges (workers' input ranges diverge)
@@ -52,10 +52,10 @@ def worker(args) -> int:
         distribute.global_batch_ranges = contextlib.nullcontext
     spec = cfg.stages.qat.distribution.model_copy(update={"strategy": "multi_worker"})
     strategy = distribute.start(spec)  # before any other TensorFlow op
-    from edgeq.inputs import load_splits, preprocess_of
-    from edgeq.models import load_keras_model
-    from edgeq.quantize.fine_tune import fine_tune_qat, training_split
-    from edgeq.tfcompat import keras, tf
+    from edgeq.run.inputs import load_splits, preprocess_of
+    from edgeq.loaders.keras import load_keras_model
+    from edgeq.methods.keras.fine_tune import fine_tune_qat, training_split
+    from edgeq.core.tfcompat import keras, tf
 
     opts = cfg.stages.qat.model_copy(update={
         "train_images": args.batch * args.steps, "batch_size": args.batch, "steps_per_epoch": args.steps,

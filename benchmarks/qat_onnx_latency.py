@@ -36,18 +36,17 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=0, help="QAT fine-tune steps (0: ranges calibrated only)")
     a = ap.parse_args(argv)
 
-    from edgeq.config import load_config
-    from edgeq.inputs import load_splits, preprocess_of
-    from edgeq.models import load_keras_model
-    from edgeq.quantize.onnx_export import INPUT_NAME, keras_to_onnx
-    from edgeq.quantize.onnx_input import OnnxInput
-    from edgeq.quantize.ort_int8 import (host_op_types, ort_kernel_summary, prepare, quantize_onnx,
-                                         resolve_host_scheme)
-    from edgeq.quantize.qat import export_qat_onnx
-    from edgeq.quantize.tfmot_qat import calibrate_ranges, wrap_for_qat
-    from edgeq.runtime import KerasPredictor, OnnxPredictor
-    from edgeq.sysinfo import cpu_info, loadavg
-    from edgeq.tfcompat import set_seed
+    from edgeq.core.config import load_config
+    from edgeq.run.inputs import load_splits, preprocess_of
+    from edgeq.loaders.keras import load_keras_model
+    from edgeq.methods.onnx.from_keras import INPUT_NAME, keras_to_onnx
+    from edgeq.loaders.onnx import OnnxInput
+    from edgeq.methods.onnx.ort_int8 import (host_op_types, ort_kernel_summary, prepare, quantize_onnx, resolve_host_scheme)
+    from edgeq.stages.qat import export_qat_onnx
+    from edgeq.methods.keras.qat import calibrate_ranges, wrap_for_qat
+    from edgeq.measure.predictors import KerasPredictor, OnnxPredictor
+    from edgeq.core.sysinfo import cpu_info, loadavg
+    from edgeq.core.tfcompat import set_seed
 
     cfg = load_config(a.config)
     set_seed(cfg.seed)
@@ -69,7 +68,7 @@ def main(argv=None) -> int:
                   op_types=host_op_types(scheme.quant_format), name="int8_onnx_ptq")
 
     if a.steps:
-        from edgeq.quantize.fine_tune import fine_tune_qat, training_split
+        from edgeq.methods.keras.fine_tune import fine_tune_qat, training_split
 
         opts = qat_opts.model_copy(update={"steps_per_epoch": a.steps, "epochs": 1, "early_stop_patience": 0})
         r = fine_tune_qat(model, training_split(splits.train, opts), pre,

@@ -26,12 +26,12 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=1)
     args = ap.parse_args(argv)
 
-    from edgeq.config import load_config
-    from edgeq.errors import EdgeqError
-    from edgeq.models import load_keras_model
-    from edgeq.inputs import load_splits, preprocess_of
-    from edgeq.quantize.fine_tune import fine_tune_qat, training_split
-    from edgeq.sysinfo import cpu_info
+    from edgeq.core.config import load_config
+    from edgeq.core.errors import EdgeqError
+    from edgeq.loaders.keras import load_keras_model
+    from edgeq.run.inputs import load_splits, preprocess_of
+    from edgeq.methods.keras.fine_tune import fine_tune_qat, training_split
+    from edgeq.core.sysinfo import cpu_info
 
     try:
         cfg = load_config(args.config)

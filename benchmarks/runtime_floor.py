@@ -5,7 +5,7 @@
 
 ResNet-50 and MobileNetV2 are built with random weights (tf_keras.applications, weights=None: nothing is
 downloaded) and converted by edgeq's own code to FP32 + INT8 TFLite and FP32 + INT8 ONNX (the host int8 scheme
-of edgeq.quantize.ort_int8). All artifacts of a model are timed in alternating rounds (1 thread, batch 1), so
+of edgeq.methods.onnx.ort_int8). All artifacts of a model are timed in alternating rounds (1 thread, batch 1), so
 every ratio comes from runs seconds apart; figures are medians of round medians with 95 % intervals.
 
 The floor is the time the model's multiply-accumulates (counted from its Keras Conv2D, DepthwiseConv2D and
@@ -121,8 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", type=Path, default=None, help="artifact cache (default $EDGEQ_BENCH_DIR or /tmp)")
     a = ap.parse_args(argv)
 
-    from edgeq.runtime import OnnxPredictor, TFLitePredictor
-    from edgeq.sysinfo import loadavg
+    from edgeq.measure.predictors import OnnxPredictor, TFLitePredictor
+    from edgeq.core.sysinfo import loadavg
 
     peak = detect_peak(issue=a.issue, ghz=a.ghz)
     print(f"peak per core: FP32 {peak.fp32_macs_per_cycle} MAC/cycle, INT8 {peak.int8_macs_per_cycle} MAC/cycle "

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from edgeq.data import FASHION_MNIST_CLASSES, FASHION_MNIST_TRAIN_END, load_fashion_mnist_full  # noqa: E402
+from edgeq.core.data import FASHION_MNIST_CLASSES, FASHION_MNIST_TRAIN_END, load_fashion_mnist_full  # noqa: E402
 
 
 def stratified(labels: np.ndarray, pool: np.ndarray, per_class: int, rng) -> np.ndarray:

@@ -1,6 +1,6 @@
 # edgeq Jetson image (linux/arm64, NVIDIA Jetson with JetPack): NVIDIA's L4T TensorRT image with
 # trtexec on PATH (builds and times TensorRT engines from edgeq's QDQ ONNX) and the edgeq on-device
-# agent (edgeq/agent.py, with numpy) for `--info` and CPU runs.
+# agent (edgeq/ondevice/agent.py, with numpy) for `--info` and CPU runs.
 #
 # Build on a machine that reaches nvcr.io (a Jetson, or x86-64 with qemu-user-static):
 #   DOCKER_BUILDKIT=1 docker build --platform linux/arm64 -f docker/jetson.Dockerfile -t edgeq/jetson .
@@ -29,7 +29,7 @@ RUN --mount=type=secret,id=extra_ca_certs \
         && rm -rf /var/lib/apt/lists/*; fi; \
     edgeq-install-ca-certs /run/secrets/extra_ca_certs
 
-COPY edgeq/agent.py /opt/edgeq/agent.py
+COPY edgeq/ondevice/agent.py /opt/edgeq/agent.py
 COPY docker/entrypoint.sh /usr/local/bin/edgeq-entrypoint
 ENV EDGEQ_AGENT=/opt/edgeq/agent.py
 WORKDIR /work

@@ -1,5 +1,5 @@
 # edgeq device runtime image (linux/arm64: Raspberry Pi OS 64-bit, Debian arm64; builds for amd64 too):
-# numpy, ai-edge-litert and the edgeq on-device agent (edgeq/agent.py), no TensorFlow. A device
+# numpy, ai-edge-litert and the edgeq on-device agent (edgeq/ondevice/agent.py), no TensorFlow. A device
 # runner can `docker run` it on the device instead of a bare Python.
 #
 # Build (from the repo root; `make images` does this through docker/build.sh):
@@ -50,7 +50,7 @@ RUN set -eu; python3 -m venv /opt/venv; \
     find /opt/venv -name __pycache__ -prune -exec rm -rf {} +; \
     python3 -c "import numpy, ai_edge_litert.interpreter"
 
-COPY edgeq/agent.py /opt/edgeq/agent.py
+COPY edgeq/ondevice/agent.py /opt/edgeq/agent.py
 COPY docker/entrypoint.sh /usr/local/bin/edgeq-entrypoint
 ENV EDGEQ_AGENT=/opt/edgeq/agent.py
 WORKDIR /work

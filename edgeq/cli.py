@@ -9,15 +9,15 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import EdgeqError
+from edgeq import __version__
+from edgeq.core.errors import EdgeqError
 
 
 def _selected(args):
     """The config with the command line's --no-benchmark / --reuse-benchmarks / --stages applied, and the stage
     selection."""
-    from .config import load_config
-    from .preflight import parse_stages
+    from edgeq.core.config import load_config
+    from edgeq.run.preflight import parse_stages
 
     cfg = load_config(args.config)
     wanted = parse_stages(args.stages) if args.stages is not None else None
@@ -26,7 +26,7 @@ def _selected(args):
     if getattr(args, "reuse_benchmarks", False):
         cfg.benchmark.reuse = True
     if wanted is not None:
-        from .stages import STAGES
+        from edgeq.stages.registry import STAGES
 
         for name in STAGES:
             getattr(cfg.stages, name).enabled = name in wanted
@@ -34,14 +34,14 @@ def _selected(args):
 
 
 def _cmd_run(args) -> int:
-    from .pipeline import run_pipeline
-    from .report import print_summary
+    from edgeq.run.pipeline import run_pipeline
+    from edgeq.report.build import print_summary
 
     cfg, _ = _selected(args)
     out = Path(args.out) if args.out else None
     dist = cfg.stages.qat.distribution
     if cfg.stages.qat.enabled and dist.strategy != "none":
-        from .quantize import distribute
+        from edgeq.methods.keras import distribute
 
         distribute.start(dist)  # MultiWorkerMirroredStrategy must come before any other TensorFlow op
         role = distribute.worker_role(dist)
@@ -57,8 +57,8 @@ def _cmd_run(args) -> int:
 def _run_qat_worker(cfg, out: Path | None, role) -> int:
     """A non-chief worker of a multi-worker QAT: the same fine-tune as the chief's (their collectives pair up),
     in a scratch run directory that is deleted; only the chief writes artifacts and reports."""
-    from .pipeline import run_pipeline
-    from .quantize import distribute
+    from edgeq.run.pipeline import run_pipeline
+    from edgeq.methods.keras import distribute
 
     dist = cfg.stages.qat.distribution
     if dist.checkpoint_dir is None:
@@ -75,7 +75,7 @@ def _run_qat_worker(cfg, out: Path | None, role) -> int:
 
 def _cmd_validate(args) -> int:
     """Every check `edgeq run` makes before converting (model, data, counts, output dir, targets); writes nothing."""
-    from .preflight import preflight
+    from edgeq.run.preflight import preflight
 
     cfg, wanted = _selected(args)
     pf = preflight(cfg, Path(args.out) if args.out else None, wanted)
@@ -86,7 +86,7 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_train_reference(args) -> int:
-    from .reference import RECIPES, train
+    from edgeq.app.train_reference import RECIPES, train
 
     if args.name not in RECIPES:
         raise EdgeqError(f"unknown reference model {args.name!r}; choose from {', '.join(RECIPES)}")
@@ -95,7 +95,7 @@ def _cmd_train_reference(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import print_summary
+    from edgeq.report.build import print_summary
 
     p = Path(args.run_dir) / "report.json"
     if not p.exists():
@@ -105,10 +105,10 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .config import TargetRef
-    from .pipeline import open_run
-    from .report import print_device_table, print_summary, write_report
-    from .targets.remote import benchmark_devices
+    from edgeq.core.config import TargetRef
+    from edgeq.run.pipeline import open_run
+    from edgeq.report.build import print_device_table, print_summary, write_report
+    from edgeq.targets.fleet import benchmark_devices
 
     ctx = open_run(Path(args.run_dir), Path(args.config) if args.config else None)
     names = args.device or [t.device for t in ctx.cfg.targets]
@@ -133,7 +133,7 @@ def _cmd_bench(args) -> int:
 
 
 def _device_from_inventory(ctx_cfg, inventory: str | None, name: str):
-    from .targets.inventory import load_inventory
+    from edgeq.targets.inventory import load_inventory
 
     path = Path(inventory) if inventory else (ctx_cfg.inventory if ctx_cfg is not None else None)
     if path is None:
@@ -142,8 +142,8 @@ def _device_from_inventory(ctx_cfg, inventory: str | None, name: str):
 
 
 def _cmd_bundle(args) -> int:
-    from .bundle import make_bundle, upload_bundle
-    from .pipeline import open_run
+    from edgeq.app.bundle import make_bundle, upload_bundle
+    from edgeq.run.pipeline import open_run
 
     ctx = open_run(Path(args.run_dir), Path(args.config) if args.config else None)
     tarball = make_bundle(ctx, args.artifact, Path(args.out) if args.out else None)
@@ -154,7 +154,7 @@ def _cmd_bundle(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import sweep
+    from edgeq.app.sweep import sweep
 
     out = Path(args.out)
     s = sweep([Path(c) for c in args.configs], Path(args.inventory) if args.inventory else None, args.device, out,
@@ -169,7 +169,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_clean(args) -> int:
-    from .targets.remote import clean_device
+    from edgeq.targets.fleet import clean_device
 
     device = _device_from_inventory(None, args.inventory, args.device)
     print(json.dumps(clean_device(device, print)))
@@ -177,8 +177,8 @@ def _cmd_clean(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .artifacts import write_json_atomic
-    from .compare_runs import compare_runs, load_runs, print_comparison, to_json
+    from edgeq.core.artifacts import write_json_atomic
+    from edgeq.app.compare import compare_runs, load_runs, print_comparison, to_json
 
     runs = load_runs([Path(p) for p in args.runs])
     rows = compare_runs(runs, args.target, args.max_drop, args.max_latency_ratio)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     import errno
     import os
 
-    from .interrupt import Interrupted, stop_on_signals
+    from edgeq.core.interrupt import Interrupted, stop_on_signals
 
     parser = build_parser()
     args = parser.parse_args(argv)

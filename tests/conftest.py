@@ -39,7 +39,7 @@ def write_image_folder(root: Path, n: int, classes: int = 3, size: int = 16, see
 def build_tiny_cnn(classes: int = 3, size: int = 16, train: bool = True, seed: int = 0):
     """A small real CNN (conv, depthwise, BN, residual add, pooling, dense) trained briefly on colour blobs."""
     import edgeq  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
-    from edgeq.tfcompat import keras, set_seed
+    from edgeq.core.tfcompat import keras, set_seed
 
     set_seed(seed)
     k = keras()
@@ -176,3 +176,17 @@ def tiny_run_report(tiny_run) -> dict:
     import json
 
     return json.loads((tiny_run[0] / "report.json").read_text())
+
+
+def convert_tflite(model, int8: bool, x: np.ndarray) -> bytes:
+    """A Keras model as FP32 or full-integer INT8 (int8 I/O) .tflite bytes, calibrated on `x`."""
+    from edgeq.core.tfcompat import tf
+
+    conv = tf().lite.TFLiteConverter.from_keras_model(model)
+    if int8:
+        conv.optimizations = [tf().lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+        conv.target_spec.supported_ops = [tf().lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf().int8
+        conv.inference_output_type = tf().int8
+    return conv.convert()

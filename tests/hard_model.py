@@ -19,8 +19,8 @@ OUTLIER_TENSOR = 2  # which equalisable tensor (in layer order) gets the outlier
 
 def build_hard_model(seed: int = 0):
     import edgeq  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
-    from edgeq.data import SHIPPED_SAMPLE
-    from edgeq.tfcompat import keras, set_seed
+    from edgeq.core.data import SHIPPED_SAMPLE
+    from edgeq.core.tfcompat import keras, set_seed
 
     set_seed(seed)
     k = keras()
@@ -43,7 +43,7 @@ def build_hard_model(seed: int = 0):
 
 def unequalize(model, seed: int):
     """Rescale every equalisable tensor of `model` in place (float function unchanged): see the module text."""
-    from edgeq.quantize import equalize
+    from edgeq.methods.keras import equalize
 
     rng = np.random.default_rng(seed)
     for i, p in enumerate(equalize.find_pairs(model)):

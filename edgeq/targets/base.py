@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from .device import DeviceSession
+    from edgeq.targets.device import DeviceSession
 
 
 QUANTILES = (5, 25, 50, 75, 95)
@@ -82,7 +82,7 @@ class Deployable:
 
     artifact: str  # name of the source artifact
     path: Path  # local file (host) — remote targets copy it
-    format: str  # of the file at `path` (edgeq.formats)
+    format: str  # of the file at `path` (edgeq.core.formats)
     runtime: str  # tflite | onnxruntime | edgetpu | tensorrt
     target: str
     details: dict = field(default_factory=dict)
@@ -105,7 +105,7 @@ class Target(Protocol):
 @runtime_checkable
 class DeviceTarget(Target, Protocol):
     """A target on an inventory device, reached through a DeviceSession and constructed by
-    edgeq.targets.remote.make_target as Class(session, graph_optimization) from its edgeq.formats.KINDS row.
+    edgeq.targets.fleet.make_target as Class(session, graph_optimization) from its edgeq.core.formats.KINDS row.
 
     `benchmark` times on the device's own inputs file (`inputs_remote`, image 0 is timed) and may ask for
     its outputs; the device's whole answer to the last call (per-run samples, outputs) is `last_answer`.

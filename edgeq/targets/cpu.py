@@ -1,16 +1,16 @@
 """A device's CPU through the agent: a Raspberry Pi (LiteRT with XNNPACK on ARM, ONNX Runtime), any Linux box
 over SSH, or this machine (a `host`-kind inventory device: the agent as a local subprocess).
 
-Which formats it takes and which agent runtimes run them are rows of edgeq.formats.
+Which formats it takes and which agent runtimes run them are rows of edgeq.core.formats.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..formats import FORMATS, format_refusal
-from .base import Compatibility, Deployable, LatencyStats
-from .device import DeviceSession
-from .host import graph_optimization_of, made_for_elsewhere
+from edgeq.core.formats import FORMATS, format_refusal
+from edgeq.targets.base import Compatibility, Deployable, LatencyStats
+from edgeq.targets.device import DeviceSession
+from edgeq.targets.host import graph_optimization_of, made_for_elsewhere
 
 
 class AgentCpuTarget:

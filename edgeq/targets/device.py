@@ -10,17 +10,17 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ..artifacts import sha256_of
-from ..errors import RuntimeUnavailable, TargetError
-from .base import LatencyStats
-from .inventory import Device
-from .ssh import CommandResult, LocalTransport, stderr_tail
+from edgeq.core.artifacts import sha256_of
+from edgeq.core.errors import RuntimeUnavailable, TargetError
+from edgeq.targets.base import LatencyStats
+from edgeq.targets.inventory import Device
+from edgeq.targets.ssh import CommandResult, LocalTransport, stderr_tail
 
-AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent.py"
+AGENT_SOURCE = Path(__file__).resolve().parent.parent / "ondevice" / "agent.py"
 
 
 def expected_protocol() -> int:
-    from .. import agent
+    from edgeq.ondevice import agent
 
     return agent.PROTOCOL
 
@@ -77,7 +77,7 @@ class DeviceSession:
         return self.device.name
 
     def upload(self, local: Path, sha256: str | None = None) -> str:
-        from ..progress import spinner
+        from edgeq.core.progress import spinner
 
         local = Path(local)
         sha256 = sha256 or sha256_of(local)

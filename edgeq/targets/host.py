@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeqError, first_line
-from ..formats import FORMATS, host_benchmark_formats
-from ..results import LatencyRow, latency_key
-from ..runtime import open_predictor
-from ..sysinfo import busy_processes, cpu_info, host_identity, loadavg
-from .base import Compatibility, Deployable, LatencyStats
-from .interleave import add_ratios, fp32_references, interleave, summarise
+from edgeq.core.errors import EdgeqError, first_line
+from edgeq.core.formats import FORMATS, host_benchmark_formats
+from edgeq.core.results import LatencyRow, latency_key
+from edgeq.measure.predictors import open_predictor
+from edgeq.core.sysinfo import busy_processes, cpu_info, host_identity, loadavg
+from edgeq.targets.base import Compatibility, Deployable, LatencyStats
+from edgeq.targets.interleave import add_ratios, fp32_references, interleave, summarise
 
 
 def made_for_elsewhere(artifact, kind: str) -> str | None:

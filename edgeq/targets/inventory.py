@@ -10,16 +10,16 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import looks_like_secret
-from ..errors import ConfigError
-from ..formats import KINDS
+from edgeq.core.config import looks_like_secret
+from edgeq.core.errors import ConfigError
+from edgeq.core.formats import KINDS
 
 
 class Device(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    kind: str  # a row of edgeq.formats.KINDS
+    kind: str  # a row of edgeq.core.formats.KINDS
     # SSH; a `host` kind device without `host:` runs the agent on this machine, no SSH
     host: Optional[str] = None
     port: int = Field(22, ge=1, le=65535)
@@ -98,8 +98,8 @@ class Inventory(BaseModel):
 
 def load_inventory(path: Path | str) -> Inventory:
     """Read and validate an inventory file; a problem is one ConfigError naming the file and key."""
-    from ..config import format_validation_error
-    from ..yamlfile import read_yaml_mapping
+    from edgeq.core.config import format_validation_error
+    from edgeq.core.yamlfile import read_yaml_mapping
 
     path = Path(path)
     raw = read_yaml_mapping(path, "inventory file", "a mapping with a 'devices:' list")

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import TargetError
-from .inventory import Device
+from edgeq.core.errors import TargetError
+from edgeq.targets.inventory import Device
 
 
 class DeviceUnreachable(TargetError):

@@ -2,7 +2,7 @@
 
 TensorRT builds an INT8 engine from an ONNX graph whose Quantize/DequantizeLinear nodes say where int8 is
 wanted. It takes int8 Q/DQ with zero-point 0 only, weights quantized per output channel, and fuses a Q/DQ
-pair into a neighbouring layer only for the layer types in `edgeq.onnx_ops`; a residual Add runs in int8 only
+pair into a neighbouring layer only for the layer types in `edgeq.core.onnx_ops`; a residual Add runs in int8 only
 when both of its inputs come through DequantizeLinear. Used by `offline_checks` and by the Jetson target.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
-from ..onnx_ops import INT8_CAPABLE_OPS, INT8_COMPUTE_OPS, ORT_ONLY_QUANT_OPS, weight_axis
-from .base import Compatibility
+from edgeq.core.errors import ModelError
+from edgeq.core.onnx_ops import INT8_CAPABLE_OPS, INT8_COMPUTE_OPS, ORT_ONLY_QUANT_OPS, weight_axis
+from edgeq.targets.base import Compatibility
 
 _INT8 = 3  # onnx.TensorProto.INT8
 _UINT8 = 2

@@ -236,7 +236,7 @@ def model_num_classes_mismatch(p: Proj):
 
 @case("lambda.h5", "Lambda layers", "trust_lambda_layers")
 def model_h5_with_lambda(p: Proj):
-    from edgeq.tfcompat import keras
+    from edgeq.core.tfcompat import keras
 
     k = keras()
     inp = k.Input((16, 16, 3))

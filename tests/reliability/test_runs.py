@@ -59,7 +59,7 @@ def test_odd_but_legal_input_runs_and_report_tells_the_truth(proj: Proj, capsys,
     art = out / fp32["path"]
     assert art.stat().st_ino != model.stat().st_ino
     model.write_bytes(b"overwritten")
-    from edgeq.artifacts import sha256_of
+    from edgeq.core.artifacts import sha256_of
     assert sha256_of(art) == fp32["sha256"]
 
 
@@ -97,12 +97,12 @@ def test_validate_of_a_good_config_writes_nothing(proj: Proj, capsys):
 
 
 def test_data_counts_are_checked_before_any_image_is_decoded(proj: Proj, capsys, monkeypatch):
-    import edgeq.image_folder
+    import edgeq.core.image_folder
 
     def no_decoding(*a, **k):
         raise AssertionError("images decoded before the counts were checked")
-    monkeypatch.setattr(edgeq.image_folder, "decode_image_folder", no_decoding)
-    monkeypatch.setattr("edgeq.inputs.decode_image_folder", no_decoding)
+    monkeypatch.setattr(edgeq.core.image_folder, "decode_image_folder", no_decoding)
+    monkeypatch.setattr("edgeq.run.inputs.decode_image_folder", no_decoding)
     cfg = proj.config({"data": {"calibration_size": 5000}, "stages": {"tflite_ptq": {"representative_images": 5}}})
     code, _, err = cli(capsys, "validate", cfg)
     assert_one_error(code, err, "5000 images asked for but only 120")
@@ -128,7 +128,7 @@ def test_disk_full_mid_run_is_one_line_and_nothing_claims_success(proj: Proj, ca
 
 
 def test_second_run_into_a_locked_directory_refuses_with_no_wait(proj: Proj, capsys):
-    from edgeq.runlock import run_lock
+    from edgeq.run.lock import run_lock
 
     proj.out.mkdir()
     with run_lock(proj.out):
@@ -138,7 +138,7 @@ def test_second_run_into_a_locked_directory_refuses_with_no_wait(proj: Proj, cap
 
 
 def test_second_run_waits_for_the_first_and_names_its_pid(proj: Proj, capsys):
-    from edgeq.runlock import run_lock
+    from edgeq.run.lock import run_lock
 
     proj.out.mkdir()
     held, release = threading.Event(), threading.Event()
@@ -161,9 +161,9 @@ def test_second_run_waits_for_the_first_and_names_its_pid(proj: Proj, capsys):
 
 def _interrupting_stage(monkeypatch, signum: int, swallow: bool):
     """The first stage gets a signal; with `swallow`, its KeyboardInterrupt is eaten (as TensorFlow may)."""
-    import edgeq.pipeline
+    import edgeq.run.pipeline
 
-    real = edgeq.pipeline._run_stage
+    real = edgeq.run.pipeline._run_stage
 
     def stage(name, ctx, opts):
         try:
@@ -173,7 +173,7 @@ def _interrupting_stage(monkeypatch, signum: int, swallow: bool):
             if not swallow:
                 raise
         return real(name, ctx, opts)
-    monkeypatch.setattr(edgeq.pipeline, "_run_stage", stage)
+    monkeypatch.setattr(edgeq.run.pipeline, "_run_stage", stage)
 
 
 @pytest.mark.parametrize("signum,status,swallow", [(signal.SIGINT, 130, False), (signal.SIGINT, 130, True),

@@ -1,0 +1,227 @@
+"""The stages' options (`stages:` of a run config): one spec per stage, every option with its default.
+
+Part of the run schema in edgeq.core.config, which re-exports these names; `Strict` is the base every config
+section shares (unknown keys and wrong types refused).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TflitePtqSpec(Strict):
+    enabled: bool = True
+    representative_images: int = Field(300, ge=1)
+    input_type: Literal["int8", "uint8", "float32"] = "int8"
+    output_type: Literal["int8", "uint8", "float32"] = "int8"
+    per_channel: bool = True
+    export_fp32: bool = True  # the FP32 .tflite baseline
+    allow_float_ops: bool = False  # True permits a hybrid model (ops that stay float); never the default
+    # ONNX/PyTorch input: the FP32 .tflite (always exported then) must match the FP32 ONNX within this max
+    # |Δlogit| relative to the largest |logit|, or the stage fails: a translation error is not quantisation loss
+    max_translation_error: float = Field(1e-3, gt=0)
+
+
+class OnnxPtqSpec(Strict):
+    """ONNX export + ONNX Runtime static quantization. "auto" host options are chosen from this CPU's int8
+    features (see edgeq.stages.onnx_ptq.host_int8_scheme); they never affect the TensorRT artifact."""
+
+    enabled: bool = False
+    opset: int = Field(17, ge=13, le=18)  # 13+: per-channel Q/DQ; 18: newest tf2onnx 1.17 writes
+    quant_format: Literal["qdq", "qoperator"] = "qdq"  # host artifact only; the TensorRT one is always QDQ
+    per_channel: bool = True  # host artifact only
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    activation_type: Literal["auto", "int8", "uint8"] = "auto"  # host artifact
+    weight_type: Literal["auto", "int8", "uint8"] = "auto"  # host artifact
+    symmetric: Literal["auto", True, False] = "auto"  # host artifact: activations with zero-point 0
+    reduce_range: Literal["auto", True, False] = "auto"  # host artifact: 7-bit weights
+    exclude_nodes: list[str] = []  # node names left in float, in both INT8 models
+    calibration_images: int = Field(300, ge=1)
+    tensorrt_artifact: bool = True  # also keep a symmetric int8 QDQ model for TensorRT/Jetson
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"  # ORT level for evaluation/benchmark
+    # int8_onnx_ptq_adv (host scheme): per-tensor range method (min-max / percentile / entropy / MSE) chosen by each
+    # tensor's measured quantisation error, and cross-layer equalisation for a Keras input; each kept only where it
+    # lowers the output error against FP32 on `selection_images` calibration images past the calibrated ones
+    advanced: bool = False
+    selection_images: int = Field(200, ge=16)
+
+
+class DistributionSpec(Strict):
+    """Where the QAT fine-tune runs: this process (none), tf.distribute MirroredStrategy over the local devices,
+    or MultiWorkerMirroredStrategy across processes/machines described by TF_CONFIG (see README, "QAT on a
+    cluster")."""
+
+    strategy: Literal["none", "mirrored", "multi_worker"] = "none"
+    # {"cluster": {"worker": ["host:port", ...], "chief": [...]}, "task": {"type": "worker", "index": 0}}, as a
+    # mapping or a JSON string; None: the TF_CONFIG environment variable of each process
+    tf_config: Optional[dict] = None
+    # BackupAndRestore epoch checkpoints; every worker must see the same directory (shared storage across
+    # machines). None: <run directory>/qat_backup
+    checkpoint_dir: Optional[Path] = None
+
+    @field_validator("tf_config", mode="before")
+    @classmethod
+    def _json(cls, v):
+        if isinstance(v, str):
+            import json
+
+            try:
+                v = json.loads(v)
+            except ValueError as e:
+                raise ValueError(f"not valid JSON ({e})") from None
+        return v
+
+    @model_validator(mode="after")
+    def _cluster(self):
+        if self.strategy != "multi_worker":
+            return self
+        raw, key = self.tf_config, "tf_config"
+        if raw is None:
+            import json
+
+            env = os.environ.get("TF_CONFIG", "").strip()
+            if not env:
+                raise ValueError("strategy multi_worker needs the cluster: set stages.qat.distribution.tf_config "
+                                 "or the TF_CONFIG environment variable of each worker")
+            key = "the TF_CONFIG environment variable"
+            try:
+                raw = json.loads(env)
+            except ValueError as e:
+                raise ValueError(f"{key} is not valid JSON ({e})") from None
+        problem = tf_config_problem(raw)
+        if problem:
+            raise ValueError(f"{key}: {problem}")
+        return self
+
+
+def tf_config_problem(tf_config) -> str | None:
+    """What is wrong with a TF_CONFIG mapping for MultiWorkerMirroredStrategy, or None."""
+    if not isinstance(tf_config, dict):
+        return "must be a mapping with 'cluster' and 'task'"
+    cluster, task = tf_config.get("cluster"), tf_config.get("task")
+    if not isinstance(cluster, dict) or not cluster.get("worker") and not cluster.get("chief"):
+        return "'cluster' must list the 'worker' (and optionally 'chief') addresses as host:port"
+    bad = set(cluster) - {"worker", "chief"}
+    if bad:
+        return f"'cluster' has {sorted(bad)}; MultiWorkerMirroredStrategy takes only 'worker' and 'chief'"
+    if any(not isinstance(a, list) or not all(isinstance(x, str) and ":" in x for x in a) for a in cluster.values()):
+        return "cluster addresses must be lists of 'host:port' strings"
+    if not isinstance(task, dict) or task.get("type") not in cluster or not isinstance(task.get("index"), int):
+        return f"'task' must be {{'type': one of {sorted(cluster)}, 'index': N}}"
+    if not 0 <= task["index"] < len(cluster[task["type"]]):
+        return f"task index {task['index']} is outside the {len(cluster[task['type']])} '{task['type']}' address(es)"
+    return None
+
+
+class QatSpec(Strict):
+    """Quantisation-aware fine-tuning with tfmot, exported as full-integer INT8 (TFLite, and ONNX when
+    stages.onnx_ptq is on). Train/validation images come from the training split, never calibration/eval."""
+
+    enabled: bool = False
+    epochs: int = Field(1, ge=0)  # a longer fine-tune is this one value
+    steps_per_epoch: Optional[int] = Field(None, ge=1)  # None: one pass over train_images
+    train_images: Optional[int] = Field(None, ge=1)  # None: the whole training split
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(3e-5, gt=0)
+    validation_images: int = Field(500, ge=0)  # held out of the training split, for early stopping
+    early_stop_patience: int = Field(1, ge=0)  # 0: no early stop
+    distill: bool = True  # loss against the FP32 model's soft outputs instead of the labels
+    calibrate_ranges: bool = True  # start activation ranges from calibration images, not tfmot's [-6, 6]
+    calibration_images: int = Field(256, ge=1)
+    # final Dense+softmax: logits range floor = lowest best calibration logit - ln 256 (what an int8
+    # softmax output can show) instead of the lowest logit of any class; see qat.fit_softmax_input_range
+    narrow_logits_range: bool = False
+    passthrough_layers: list[str] = []  # layer names or classes left unquantised during fine-tuning
+    export_onnx: bool = True  # INT8 QDQ ONNX of the QAT model when stages.onnx_ptq is enabled
+    seed: int = Field(0, ge=0)
+    distribution: DistributionSpec = DistributionSpec()  # tf.distribute: mirrored or multi-worker fine-tune
+
+
+class ComparisonSpec(Strict):
+    """PTQ naive vs PTQ advanced vs QAT at each bit width, against FP32. 8 bits: real INT8 artifacts;
+    fewer bits: simulated (fake-quantised) kernels in the Keras model, float activations."""
+
+    enabled: bool = False
+    bits: list[int] = [8, 4]
+    eval_images: Optional[int] = Field(None, ge=1)  # None: the whole evaluation split
+    calibration_images: int = Field(256, ge=1)  # for bias correction and equalisation ranges
+    # INT8 advanced PTQ: also try cross-layer equalisation (Keras pairs joined by ReLU/BN/padding/pooling) and
+    # keep whichever INT8 model has the lower output error against FP32 on `selection_images` held-back
+    # calibration images (never the evaluation split)
+    equalize: bool = True
+    selection_images: int = Field(200, ge=16)
+    # INT4 advanced cell as a real W4A8 .tflite: GPTQ-rounded Conv2D/Dense kernels through litert-quantizer
+    # (int4_tflite_ptq_adv); false: simulated. LiteRT runs int4 convolutions on reference kernels, so evaluating it
+    # on a large model is slow (ResNet-50: minutes)
+    int4_artifact: bool = True
+    low_bit_qat: bool = True  # fine-tune simulated low-bit kernels (straight-through estimator)
+    low_bit_qat_steps: Optional[int] = Field(None, ge=1)  # None: the qat stage's epochs x steps
+    low_bit_qat_learning_rate: float = Field(1e-4, gt=0)
+    tolerance_points: float = Field(0.5, ge=0)  # a drop within this is "not needed" in the verdict
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v):
+        if not v or any(b < 2 or b > 8 for b in v):
+            raise ValueError("comparison bits must be between 2 and 8")
+        return sorted(set(v), reverse=True)
+
+
+# rows of edgeq.methods.tflite.litert.RECIPES
+LITERT_RECIPES = ("w8a8", "w8a8_octav", "w8a8_gptq", "w8a8_auto", "w4a8", "w4a8_octav", "w4a8_auto")
+
+
+class LitertQuantSpec(Strict):
+    """LiteRT Quantizer (litert-quantizer) over the run's FP32 .tflite (stages.tflite_ptq.export_fp32): one
+    fully integer artifact per recipe. w8a8*: int8 weights and activations; w4a8*: int4 weights on CONV_2D and
+    FULLY_CONNECTED (the ops LiteRT's int4 kernels take), int8 depthwise weights, int8 activations. The suffix
+    names the range/rounding method: none = min-max, octav = OCTAV optimal clipping, gptq = GPTQ rounding of
+    FULLY_CONNECTED weights (OCTAV elsewhere), auto = min-max or OCTAV chosen per op by measured error (the per-op
+    model kept only where its output error on held-back calibration images beats both uniform ones)."""
+
+    enabled: bool = False
+    recipes: list[Literal[LITERT_RECIPES]] = ["w8a8_gptq", "w4a8", "w4a8_octav"]
+    calibration_images: int = Field(200, ge=1)  # the first N of the calibration split
+    # accuracy budget -> float fallback: when the w8a8 (min-max) model's top-1 drop on the held-back slice (the
+    # calibration images after the first calibration_images; never the evaluation split) exceeds
+    # max_accuracy_drop, its most sensitive ops are left float by a selective recipe -> int8_tflite_fallback
+    # (a hybrid model: not for full-integer targets such as the Edge TPU)
+    fallback: bool = False
+    holdout_images: int = Field(200, ge=20)
+    fallback_candidates: int = Field(8, ge=1)  # ops (most SQNR lost first) whose solo fallback is measured
+    max_float_ops: int = Field(8, ge=1)
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipes(cls, v):
+        if not v:
+            raise ValueError("name at least one recipe, or set enabled: false")
+        return list(dict.fromkeys(v))
+
+
+class OnnxFallbackSpec(Strict):
+    """Accuracy budget -> float fallback for the host INT8 ONNX (int8_onnx_ptq): when its top-1 drop on a
+    held-back slice of the calibration split (images the quantizer did not calibrate on; never the
+    evaluation split) exceeds max_accuracy_drop, the most sensitive nodes are left float (ORT
+    nodes_to_exclude), fewest first, until the drop is within the budget -> artifact int8_onnx_fallback."""
+
+    enabled: bool = False
+    holdout_images: int = Field(200, ge=20)  # calibration-split images after the ones ORT calibrated on
+    candidates: int = Field(8, ge=1)  # nodes (lowest output SQNR first) whose solo fallback is measured
+    max_float_nodes: int = Field(8, ge=1)  # give up (and say so) rather than keep more nodes float
+
+
+class StagesSpec(Strict):
+    tflite_ptq: TflitePtqSpec = TflitePtqSpec()
+    litert_quant: LitertQuantSpec = LitertQuantSpec()
+    onnx_ptq: OnnxPtqSpec = OnnxPtqSpec()
+    onnx_fallback: OnnxFallbackSpec = OnnxFallbackSpec()
+    qat: QatSpec = QatSpec()
+    comparison: ComparisonSpec = ComparisonSpec()

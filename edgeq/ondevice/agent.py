@@ -1,0 +1,398 @@
+#!/usr/bin/env python3
+"""edgeq on-device agent: time one model on this machine and print one JSON object.
+
+A single file that needs only numpy and an interpreter (ai-edge-litert, tflite-runtime, tf.lite or
+onnxruntime). It is copied to a device and run there; it imports nothing from edgeq.
+
+Usage (stable; scripts and the Docker images rely on it):
+
+    python3 agent.py --info
+        identity of this machine and the runtimes it has; no model is loaded
+    python3 agent.py --model m.tflite [--runs 100] [--warmup 10] [--threads 4]
+                     [--inputs x.npy] [--outputs-out y.npy | --return-outputs]
+                     [--delegate libedgetpu.so.1] [--runtime auto|litert|tflite-runtime|tf|onnxruntime]
+                     [--graph-optimization disable|basic|extended|all]
+
+    --model         .tflite (LiteRT/TFLite interpreter) or .onnx (ONNX Runtime, CPU)
+    --inputs        float32 NHWC batch, already normalised (a .npy, loaded with allow_pickle=False);
+                    quantised here with the model's own input scale/zero-point. Without it, one random
+                    float image in [-1, 1] (the usual normalised range) is used, quantised the same way.
+    --runs/--warmup single-image inferences timed after untimed warm-up ones (inputs[0] is timed)
+    --outputs-out   run every input image once and save the dequantised float32 outputs there
+    --return-outputs  the same, but put the outputs in the JSON (small batches only)
+    --delegate      a TFLite external delegate library, e.g. libedgetpu.so.1 for the Coral Edge TPU
+    --graph-optimization  ONNX Runtime graph-optimisation level (default all), as edgeq's host figures use
+
+Output: exactly one JSON object on stdout, always with "protocol" (PROTOCOL below) and "ok".
+On success: "runtime", "device", "model", "timing": {"samples_ms": [...], "runs", "warmup",
+"threads"} and optionally "outputs"/"outputs_file". On failure: "error" (one line) and "error_kind"
+(usage | runtime_missing | delegate_unavailable | model | inputs | internal); the traceback goes to
+stderr and the exit status is non-zero (2 for usage and runtime_missing, 1 otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+PROTOCOL = 1  # bump when the command line or the JSON changes incompatibly; the host refuses others
+AGENT_VERSION = "1.0"
+
+
+class AgentError(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+# ----------------------------------------------------------------------------- machine identity
+def cpu_model_and_flags(cpuinfo_text: str | None = None) -> tuple[str, set[str]]:
+    """The CPU model and its feature flags from /proc/cpuinfo (or the text given); edgeq.core.sysinfo reads it too."""
+    if cpuinfo_text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo_text = f.read()
+        except OSError:
+            cpuinfo_text = ""
+    model, flags = "", set()
+    for line in cpuinfo_text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and val.strip():
+            model = val.strip()
+        elif key in ("flags", "features"):
+            flags.update(val.split())
+    if not model:
+        try:  # Raspberry Pi and other device-tree boards
+            with open("/proc/device-tree/model", "rb") as f:
+                model = f.read().rstrip(b"\0").decode(errors="replace")
+        except OSError:
+            model = platform.processor() or platform.machine()
+    return model, flags
+
+
+def identity() -> dict:
+    import numpy as np
+
+    try:  # how busy the device is, recorded beside its figures
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        load = None
+    return {"hostname": platform.node(), "machine": platform.machine(), "cpu": cpu_model_and_flags()[0],
+            "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "numpy": np.__version__, "loadavg": load}
+
+
+def _version(dist: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # noqa: BLE001 - any failure just means "unknown"
+        return "?"
+
+
+# runtime name (as --info reports it and --runtime takes it) -> (module, distribution)
+RUNTIMES = {"litert": ("ai_edge_litert", "ai-edge-litert"), "tflite-runtime": ("tflite_runtime", "tflite-runtime"),
+            "onnxruntime": ("onnxruntime", "onnxruntime"), "tensorrt": ("tensorrt", "tensorrt"),
+            "tf": ("tensorflow", "tensorflow")}
+TFLITE_INTERPRETERS = ("litert", "tflite-runtime", "tf")  # tried in this order; edgeq.core.formats reads it
+
+
+def available_runtimes() -> dict:
+    """name -> version of every interpreter importable here (imports are cheap ones only)."""
+    import importlib.util
+
+    return {name: _version(dist) for name, (module, dist) in RUNTIMES.items()
+            if importlib.util.find_spec(module) is not None}
+
+
+# ----------------------------------------------------------------------------- quantisation and layout
+# edgeq.measure.predictors imports these three: one definition for the host and the device
+def quantize(x, dtype, scale: float, zero_point: int):
+    """float -> the model's integer input type with its scale/zero-point (a float type: a plain cast)."""
+    import numpy as np
+
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if not scale:
+            raise AgentError("model", "quantised model input has scale 0")
+        return np.clip(np.rint(x / scale + zero_point), info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
+def dequantize(y, scale: float, zero_point: int):
+    import numpy as np
+
+    if np.issubdtype(y.dtype, np.integer) and scale:
+        return (y.astype(np.float32) - zero_point) * scale
+    return y.astype(np.float32)
+
+
+def is_nchw(shape) -> bool:
+    """An image input is NCHW when axis 1 is a channel count (1 or 3) and the last axis is not (unknown dims: -1)."""
+    return len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3)
+
+
+def random_inputs(shape, rng):
+    import numpy as np
+
+    return rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- runners
+class TFLiteRunner:
+    def __init__(self, path: str, threads: int | None, delegate: str | None, prefer: str):
+        import numpy as np
+
+        Interpreter, load_delegate, self.runtime = self._import(prefer)
+        kw = {"num_threads": threads} if threads else {}
+        self.delegate = None
+        if delegate:
+            try:
+                kw["experimental_delegates"] = [load_delegate(delegate)]
+            except (ValueError, OSError, RuntimeError) as e:
+                raise AgentError("delegate_unavailable",
+                                 f"delegate {delegate} could not be loaded on {platform.node()} "
+                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            self.delegate = delegate
+            self.runtime += f" + delegate {os.path.basename(delegate)}"
+        try:
+            self.interp = Interpreter(model_path=path, **kw)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise AgentError("model", f"{path}: not loadable by {self.runtime} "
+                                      f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        self.in_dtype = np.dtype(self.inp["dtype"])
+        self.input_shape = [int(d) for d in self.inp["shape"]]
+
+    @staticmethod
+    def _import(prefer: str):
+        tried = []
+        for name in (TFLITE_INTERPRETERS if prefer == "auto" else [prefer]):
+            try:
+                if name == "litert":
+                    from ai_edge_litert.interpreter import Interpreter, load_delegate
+                    return Interpreter, load_delegate, f"ai-edge-litert {_version('ai-edge-litert')}"
+                if name == "tflite-runtime":
+                    from tflite_runtime.interpreter import Interpreter, load_delegate
+                    return Interpreter, load_delegate, f"tflite-runtime {_version('tflite-runtime')}"
+                if name == "tf":
+                    import tensorflow as tf
+                    return tf.lite.Interpreter, tf.lite.experimental.load_delegate, f"tf.lite {tf.__version__}"
+            except ImportError:
+                tried.append(name)
+        raise AgentError("runtime_missing", "no TFLite interpreter on this machine (tried "
+                         + ", ".join(tried) + "); install one with: pip install ai-edge-litert "
+                         "(or tflite-runtime)")
+
+    def set_input(self, x1):
+        self.interp.set_tensor(self.inp["index"], quantize(x1, self.in_dtype, *self.inp["quantization"]))
+
+    def invoke(self):
+        self.interp.invoke()
+
+    def output(self):
+        return dequantize(self.interp.get_tensor(self.out["index"]), *self.out["quantization"])
+
+    def describe(self) -> dict:
+        import numpy as np
+
+        return {"input_shape": self.input_shape, "input_dtype": str(self.in_dtype),
+                "input_quantization": list(self.inp["quantization"]),
+                "output_dtype": str(np.dtype(self.out["dtype"]))}
+
+
+def ort_session_options(ort, threads: int | None = None, graph_optimization: str = "all"):
+    """ONNX Runtime session options: threads (one inter-op thread) and graph optimisation level by name.
+    Also used by edgeq.measure.predictors and edgeq.stages.onnx_ptq, so host and device sessions match."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: graph-cleanup warnings are not the user's concern
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[graph_optimization]
+    return so
+
+
+class OnnxRunner:
+    def __init__(self, path: str, threads: int | None, graph_optimization: str = "all"):
+        import numpy as np
+
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise AgentError("runtime_missing", "onnxruntime is not installed on this machine; "
+                             "install it with: pip install onnxruntime") from None
+        so = ort_session_options(ort, threads, graph_optimization)
+        try:
+            self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise AgentError("model", f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        self.runtime = f"onnxruntime {ort.__version__} (CPU EP, opt={graph_optimization})"
+        i = self.sess.get_inputs()[0]
+        self.name, self.out_name = i.name, self.sess.get_outputs()[0].name
+        shape = [d if isinstance(d, int) else -1 for d in i.shape]
+        self.nchw = is_nchw(shape)
+        shape = [d if d > 0 else 1 for d in shape]  # random inputs of a dynamic batch: one image
+        self.input_shape = [shape[0], shape[2], shape[3], shape[1]] if self.nchw else shape
+        self.in_dtype = np.dtype(np.float32)
+        self.feed = None
+        self.result = None
+
+    def set_input(self, x1):
+        import numpy as np
+
+        x = x1.transpose(0, 3, 1, 2) if self.nchw else x1
+        self.feed = {self.name: np.ascontiguousarray(x, np.float32)}
+
+    def invoke(self):
+        self.result = self.sess.run([self.out_name], self.feed)[0]
+
+    def output(self):
+        return self.result.astype("float32")
+
+    def describe(self) -> dict:
+        return {"input_shape": self.input_shape, "layout": "NCHW" if self.nchw else "NHWC"}
+
+
+def open_runner(args):
+    if not os.path.isfile(args.model):
+        raise AgentError("model", f"{args.model}: no such file on {platform.node()}")
+    if args.model.endswith(".onnx") or args.runtime == "onnxruntime":
+        if args.delegate:
+            raise AgentError("usage", "--delegate applies to .tflite models only")
+        return OnnxRunner(args.model, args.threads, args.graph_optimization)
+    if args.model.endswith((".engine", ".plan")):
+        raise AgentError("runtime_missing", "TensorRT engines are timed with trtexec on the device, "
+                         "not by this agent")
+    return TFLiteRunner(args.model, args.threads, args.delegate, args.runtime)
+
+
+# ----------------------------------------------------------------------------- main
+def load_inputs(path: str | None, runner):
+    import numpy as np
+
+    if path is None:
+        return random_inputs([1, *runner.input_shape[1:]], np.random.default_rng(0))
+    try:
+        x = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise AgentError("inputs", f"{path}: not a plain numeric .npy ({e})") from None
+    except OSError as e:
+        raise AgentError("inputs", f"{path}: cannot read ({e})") from None
+    if x.ndim != 4 or list(x.shape[1:]) != list(runner.input_shape[1:]):
+        raise AgentError("inputs", f"{path}: inputs have shape {list(x.shape)} but the model takes "
+                         f"[N, {', '.join(map(str, runner.input_shape[1:]))}]")
+    return x.astype(np.float32)
+
+
+def time_runs(runner, x1, runs: int, warmup: int) -> list[float]:
+    """Per-inference wall time in ms of `runs` invocations after `warmup`; the input is set once.
+    `runner` has set_input(x1) and invoke(): an agent runner, or an edgeq.measure.predictors.Predictor on the host."""
+    runner.set_input(x1)
+    for _ in range(warmup):
+        runner.invoke()
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        runner.invoke()
+        samples.append((time.perf_counter() - t) * 1e3)
+    return samples
+
+
+def run_outputs(runner, x):
+    import numpy as np
+
+    outs = []
+    for i in range(len(x)):
+        runner.set_input(x[i:i + 1])
+        runner.invoke()
+        outs.append(runner.output())
+    return np.concatenate(outs).astype(np.float32)
+
+
+def benchmark(args) -> dict:
+    import numpy as np
+
+    runner = open_runner(args)
+    x = load_inputs(args.inputs, runner)
+    samples = time_runs(runner, x[:1], args.runs, args.warmup)
+    res = {"protocol": PROTOCOL, "ok": True, "agent_version": AGENT_VERSION, "runtime": runner.runtime,
+           "device": identity(), "model": {"path": args.model, "bytes": os.path.getsize(args.model),
+                                           **runner.describe()},
+           "timing": {"samples_ms": [round(s, 5) for s in samples], "runs": args.runs, "warmup": args.warmup,
+                      "threads": args.threads},
+           "inputs": {"source": args.inputs or "random uniform [-1, 1]", "n": int(len(x))}}
+    if args.outputs_out or args.return_outputs:
+        y = run_outputs(runner, x)
+        if args.outputs_out:
+            with open(args.outputs_out, "wb") as f:
+                np.save(f, y, allow_pickle=False)
+            res["outputs_file"] = args.outputs_out
+        else:
+            res["outputs"] = y.tolist()
+    return res
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # a usage error is JSON too, not argparse's own exit
+        raise AgentError("usage", message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="agent.py", description="edgeq on-device agent (prints one JSON object)")
+    p.add_argument("--info", action="store_true", help="print this machine's identity and runtimes")
+    p.add_argument("--model")
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--inputs")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--outputs-out")
+    out.add_argument("--return-outputs", action="store_true")
+    p.add_argument("--delegate")
+    p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
+    p.add_argument("--runtime", default="auto", choices=["auto", *TFLITE_INTERPRETERS, "onnxruntime"])
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.info:
+            res = {"protocol": PROTOCOL, "ok": True, "agent_version": AGENT_VERSION, "device": identity(),
+                   "runtimes": available_runtimes()}
+        else:
+            if not args.model:
+                raise AgentError("usage", "--model is required (or --info)")
+            if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+                raise AgentError("usage", "--runs must be >= 1, --warmup >= 0, --threads >= 1")
+            res = benchmark(args)
+        print(json.dumps(res), flush=True)
+        return 0
+    except AgentError as e:
+        if e.kind not in ("usage",):
+            traceback.print_exc(file=sys.stderr)
+        print(json.dumps({"protocol": PROTOCOL, "ok": False, "error": str(e), "error_kind": e.kind}), flush=True)
+        return 2 if e.kind in ("usage", "runtime_missing") else 1
+    except Exception as e:  # noqa: BLE001 - report anything else as one JSON line, traceback on stderr
+        traceback.print_exc(file=sys.stderr)
+        print(json.dumps({"protocol": PROTOCOL, "ok": False, "error_kind": "internal",
+                          "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}), flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

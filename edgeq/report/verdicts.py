@@ -1,0 +1,200 @@
+"""Verdicts that follow from the measurements: accuracy against FP32 and the budget, PTQ vs QAT, and
+what to ship on each target. Nothing here is asserted by hand: each sentence is a function of paired
+tests (edgeq.core.stats) and the user's budget (`max_accuracy_drop`, points of top-1).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeq.core.stats import PairedTest, images_to_decide, paired_test, wilson_interval
+
+ALPHA = 0.05
+
+
+def _pt(x: float) -> str:
+    return f"{x * 100:.2f}"
+
+
+def _ci_pt(ci) -> str:
+    return f"[{ci[0] * 100:.2f}, {ci[1] * 100:.2f}]"
+
+
+def _p(p: float) -> str:
+    return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
+
+
+def accuracy_interval(top1: float | None, n: int) -> list[float] | None:
+    """95 % Wilson interval of a top-1 measured on n images."""
+    if top1 is None or not n:
+        return None
+    lo, hi = wilson_interval(int(round(top1 * n)), n)
+    return [round(lo, 5), round(hi, 5)]
+
+
+def budget_status(t: PairedTest, budget_pt: float) -> bool | None:
+    """True: the whole interval of the drop is within the budget; False: all of it beyond; None: undecided."""
+    b = budget_pt / 100
+    if t.ci95[1] <= b:
+        return True
+    if t.ci95[0] > b:
+        return False
+    return None
+
+
+def images_needed(t: PairedTest, budget_pt: float) -> int | None:
+    """Roughly how many images would decide an undecided budget question (interval width ~ 1/sqrt(n))."""
+    margin = abs(budget_pt / 100 - t.drop)
+    return images_to_decide(t.n, (t.ci95[1] - t.ci95[0]) / 2, margin)
+
+
+def drop_verdict(t: PairedTest, budget_pt: float) -> str:
+    """One plain sentence: is the loss against the reference real, and is it within the budget?"""
+    if t.p >= ALPHA:
+        head = f"no significant loss ({_p(t.p)}; {_pt(t.drop)} pt {_ci_pt(t.ci95)})"
+    elif t.drop > 0:
+        head = f"significant loss of {_pt(t.drop)} pt {_ci_pt(t.ci95)} ({_p(t.p)})"
+    else:
+        head = f"significant gain of {_pt(-t.drop)} pt {_ci_pt(t.ci95)} ({_p(t.p)})"
+    status = budget_status(t, budget_pt)
+    if status is True:
+        return f"{head}; within the {budget_pt:g} pt budget"
+    if status is False:
+        return f"{head}; over the {budget_pt:g} pt budget"
+    need = images_needed(t, budget_pt)
+    more = f"; about {need:,} images would decide" if need else ""
+    return f"{head}; {t.n:,} images are too few to tell whether it is within the {budget_pt:g} pt budget{more}"
+
+
+def vs_reference(ref_name: str, ref_correct: np.ndarray, cand_correct: np.ndarray, budget_pt: float) -> dict:
+    """report.json `vs_fp32` of one artifact: paired drop with interval, exact McNemar, verdict."""
+    t = paired_test(ref_correct, cand_correct)
+    status = budget_status(t, budget_pt)
+    return {"reference": ref_name, "n": t.n, "drop_pt": round(t.drop * 100, 3),
+            "drop_ci95_pt": [round(t.ci95[0] * 100, 3), round(t.ci95[1] * 100, 3)],
+            "mcnemar": {"b": t.b, "c": t.c, "p": round(t.p, 6)}, "within_budget": status,
+            "images_to_decide": images_needed(t, budget_pt) if status is None else None,
+            "verdict": drop_verdict(t, budget_pt)}
+
+
+# ------------------------------------------------------------------ PTQ vs QAT, per format
+FORMAT_LABEL = {"tflite": "TFLite", "onnx": "ONNX"}
+
+
+def method_verdict(fmt: str, ptq: tuple[str, PairedTest] | None, qat: tuple[str, PairedTest] | None,
+                   qat_vs_ptq: PairedTest | None, budget_pt: float) -> str:
+    """INT8 of one format: is PTQ enough, does QAT help — from the paired tests and the budget."""
+    tag = f"{FORMAT_LABEL.get(fmt, fmt)} INT8"
+    if ptq is None:
+        return f"{tag}: no PTQ artifact evaluated, no verdict."
+    name, t = ptq
+    status = budget_status(t, budget_pt)
+    parts = [f"{tag}: PTQ ({name}) {drop_verdict(t, budget_pt)}"]
+    if status is True:
+        parts.append("QAT not needed")
+    elif status is False:
+        if qat and budget_status(qat[1], budget_pt) is True:
+            parts.append(f"QAT needed: {qat[0]} is within the budget")
+        elif qat:
+            parts.append(f"{qat[0]} is not within the budget either")
+        else:
+            parts.append("QAT may recover it: enable stages.qat")
+    else:
+        parts.append("QAT's need is undecided on this evaluation set")
+    if qat and qat_vs_ptq is not None:
+        g = qat_vs_ptq
+        if g.p >= ALPHA:
+            parts.append(f"QAT ({qat[0]}) vs PTQ: no significant difference ({_p(g.p)}; QAT − PTQ "
+                         f"{g.drop * 100:+.2f} pt {_ci_pt(g.ci95)})")
+        else:
+            parts.append(f"QAT ({qat[0]}) vs PTQ: {'better' if g.drop > 0 else 'worse'} by {_pt(abs(g.drop))} pt "
+                         f"{_ci_pt(g.ci95)} ({_p(g.p)})")
+    return "; ".join(parts) + "."
+
+
+def int8_method_tests(entries: list[dict], correct: dict[str, np.ndarray], budget_pt: float) -> tuple[list[dict], list[str]]:
+    """Paired PTQ/QAT tests of every INT8 format in the run, and one verdict sentence per format."""
+    tests, lines = [], []
+    for fmt in sorted({e["format"] for e in entries if e["precision"] == "int8"}):
+        int8 = [e for e in entries if e["format"] == fmt and e["precision"] == "int8" and e["name"] in correct
+                and e.get("vs_fp32") and not (e.get("notes") or {}).get("only_for")]
+        ptqs = [e for e in int8 if e["method"].startswith("ptq")]
+        qats = [e for e in int8 if e["method"] == "qat"]
+        if not ptqs:
+            continue
+        # the PTQ artifact a user would ship: the most accurate of this format
+        ptq = max(ptqs, key=lambda e: (e["accuracy"]["top1"] or 0))
+        ref = ptq["vs_fp32"]["reference"]
+        t_ptq = paired_test(correct[ref], correct[ptq["name"]])
+        qat = t_qat = g = None
+        if qats:
+            qat = qats[0]
+            t_qat = paired_test(correct[ref], correct[qat["name"]])
+            g = paired_test(correct[qat["name"]], correct[ptq["name"]])  # drop = QAT - PTQ: positive = QAT better
+        line = method_verdict(fmt, (ptq["name"], t_ptq), (qat["name"], t_qat) if qat else None, g, budget_pt)
+        tests.append({"format": fmt, "reference": ref, "ptq": ptq["name"], "qat": qat["name"] if qat else None,
+                      "ptq_vs_fp32": t_ptq.to_dict(), "qat_vs_fp32": t_qat.to_dict() if t_qat else None,
+                      "qat_minus_ptq": g.to_dict() if g else None, "verdict": line})
+        lines.append(line)
+    return tests, lines
+
+
+# ------------------------------------------------------------------ what to ship
+SAME_SPEED = 0.02  # medians this close are the same speed to a user, however narrow their intervals
+
+
+def _tied(a: dict, b: dict) -> bool:
+    """Two latency figures of one target that are as fast: 95 % intervals overlap, or medians within 2 %."""
+    if abs(a["median"] - b["median"]) <= SAME_SPEED * min(a["median"], b["median"]):
+        return True
+    return bool(a.get("median_ci95") and b.get("median_ci95")
+                and a["median_ci95"][0] <= b["median_ci95"][1] and b["median_ci95"][0] <= a["median_ci95"][1])
+
+
+def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
+    """The fastest artifact on `target` whose loss is within the budget (FP32 references always qualify)."""
+    timed = [e for e in entries if (e["latency_ms"].get(target) or {}).get("median") is not None
+             and e["accuracy"].get("top1") is not None]
+    if not timed:
+        return {"artifact": None, "why": f"nothing measured on {target} with both accuracy and latency"}
+
+    def ok(e):
+        return e["precision"] == "fp32" or (e.get("vs_fp32") or {}).get("within_budget") is True
+
+    med = lambda e: e["latency_ms"][target]["median"]  # noqa: E731
+    eligible = sorted((e for e in timed if ok(e)), key=med)
+    if not eligible:
+        return {"artifact": None, "why": f"no artifact measured on {target} is shown to be within the "
+                                         f"{budget_pt:g} pt budget"}
+    tied = [e for e in eligible if _tied(eligible[0]["latency_ms"][target], e["latency_ms"][target])]
+    best = max(tied, key=lambda e: e["accuracy"]["top1"])  # statistically as fast: the most accurate of them
+    s = best["latency_ms"][target]
+    ci = s.get("median_ci95")
+    why = [f"fastest within the {budget_pt:g} pt budget: median {s['median']:.4g} ms"
+           + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")]
+    r = s.get("ratio_to_fp32")
+    if r and r.get("value") is not None:
+        why.append(f"{r['value']:.2f}x {r['reference']}" + (f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]" if r.get("ci95") else ""))
+    if best.get("vs_fp32"):
+        v = best["vs_fp32"]
+        why.append(f"loss {v['drop_pt']:.2f} pt [{v['drop_ci95_pt'][0]:.2f}, {v['drop_ci95_pt'][1]:.2f}] "
+                   f"(McNemar p = {v['mcnemar']['p']:.2g})")
+    others = [e["name"] for e in tied if e is not best]
+    if others:
+        why.append(f"as fast as {', '.join(others)} (intervals overlap or medians within 2 %); chosen as the "
+                   "most accurate of them")
+    faster = [e for e in timed if med(e) < med(best) and not ok(e)]
+    if faster:
+        f = min(faster, key=med)
+        v = f.get("vs_fp32") or {}
+        state = ("over the budget" if v.get("within_budget") is False else
+                 "not shown to be within the budget" + (f" (about {v['images_to_decide']:,} images would decide)"
+                                                        if v.get("images_to_decide") else ""))
+        why.append(f"{f['name']} is faster ({med(f):.4g} ms) but {state}")
+    if best["precision"] == "fp32":
+        slower = [e for e in eligible[1:] if e["precision"] != "fp32"]
+        if slower:
+            why.append(f"every INT8 artifact within the budget is slower on this {target} "
+                       f"(best: {slower[0]['name']} {med(slower[0]):.4g} ms)")
+    if s.get("noisy"):
+        why.append(f"caution, noisy: {s.get('noisy_reason')}")
+    return {"artifact": best["name"], "why": "; ".join(why)}

@@ -1,0 +1,153 @@
+"""The on-device agent as a device runs it: a lone copied file, `python3 agent.py ...`, one JSON object."""
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeq.targets.device import AGENT_SOURCE
+
+from conftest import convert_tflite
+
+# what the agent may import: the standard library, numpy and the interpreters (never edgeq)
+ALLOWED_TOP_LEVEL = {"argparse", "json", "os", "platform", "sys", "time", "traceback", "importlib", "numpy",
+                     "ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime", "__future__"}
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory) -> Path:
+    """agent.py copied alone into an empty directory, as on a device."""
+    d = tmp_path_factory.mktemp("device")
+    return Path(shutil.copy(AGENT_SOURCE, d / "agent.py"))
+
+
+def run_agent(agent: Path, *args, python: str = sys.executable) -> tuple[int, dict, str]:
+    p = subprocess.run([python, str(agent), *map(str, args)], capture_output=True, text=True, cwd=agent.parent,
+                       timeout=120)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, f"expected one JSON object on stdout, got {p.stdout!r}"
+    return p.returncode, json.loads(lines[0]), p.stderr
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A real INT8 .tflite (batch 1) and a real FP32 NCHW .onnx, both 16x16x3 -> 3 classes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeq.core.tfcompat import keras
+
+    k = keras()
+    inp = k.Input((16, 16, 3), batch_size=1)
+    h = k.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    h = k.layers.GlobalAveragePooling2D()(h)
+    m = k.Model(inp, k.layers.Dense(3, activation="softmax")(h))
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 16, 16, 3)).astype(np.float32)
+    d = tmp_path_factory.mktemp("agent_models")
+    (d / "int8.tflite").write_bytes(convert_tflite(m, True, x))
+
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3)).astype(np.float32), "fc")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("MatMul", ["f", "fc"], ["y"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w, fc])
+    om = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    om.ir_version = 8
+    onnx.save(om, str(d / "fp32.onnx"))
+    np.save(d / "inputs.npy", x[:6])
+    return {"tflite": d / "int8.tflite", "onnx": d / "fp32.onnx", "inputs": d / "inputs.npy"}
+
+
+def test_agent_imports_nothing_but_numpy_and_interpreters():
+    tree = ast.parse(AGENT_SOURCE.read_text())
+    mods = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+            for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+            for a in (n.names if isinstance(n, ast.Import) else [n])}
+    assert mods <= ALLOWED_TOP_LEVEL, mods - ALLOWED_TOP_LEVEL
+
+
+def test_agent_runs_with_edgeq_unimportable(agent):
+    code = ("import sys, runpy; sys.modules['edgeq'] = None; sys.argv = ['agent.py', '--info']; "
+            f"runpy.run_path({str(agent)!r}, run_name='__main__')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=agent.parent, timeout=60)
+    ans = json.loads(p.stdout)
+    assert p.returncode == 0 and ans["ok"] and ans["protocol"] == 1
+    assert ans["device"]["machine"] and "litert" in ans["runtimes"]
+
+
+def test_agent_times_tflite_and_returns_the_same_outputs_as_the_host_predictor(agent, models, tmp_path):
+    from edgeq.measure.predictors import open_predictor
+
+    out = tmp_path / "y.npy"
+    rc, ans, _ = run_agent(agent, "--model", models["tflite"], "--runs", 20, "--warmup", 3, "--threads", 1,
+                           "--inputs", models["inputs"], "--outputs-out", out)
+    assert rc == 0 and ans["ok"] and ans["runtime"].startswith("ai-edge-litert")
+    t = ans["timing"]
+    assert len(t["samples_ms"]) == 20 and t["warmup"] == 3 and t["threads"] == 1 and min(t["samples_ms"]) > 0
+    assert ans["model"]["input_dtype"] == "int8" and ans["inputs"]["n"] == 6
+    x = np.load(models["inputs"])
+    y_host = open_predictor(models["tflite"], "tflite", threads=1).predict(x)
+    np.testing.assert_allclose(np.load(out, allow_pickle=False), y_host, atol=1e-6)
+
+
+def test_agent_runs_onnx_nchw_and_returns_outputs_in_json(agent, models):
+    from edgeq.measure.predictors import open_predictor
+
+    rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--runs", 5, "--inputs", models["inputs"],
+                           "--return-outputs")
+    assert rc == 0 and ans["runtime"].startswith("onnxruntime") and ans["model"]["layout"] == "NCHW"
+    y_host = open_predictor(models["onnx"], "onnx", threads=1).predict(np.load(models["inputs"]))
+    np.testing.assert_allclose(np.asarray(ans["outputs"], np.float32), y_host, rtol=1e-5, atol=1e-6)
+
+
+def test_agent_without_inputs_uses_random_ones(agent, models):
+    rc, ans, _ = run_agent(agent, "--model", models["tflite"], "--runs", 3)
+    assert rc == 0 and ans["inputs"]["source"].startswith("random") and "outputs" not in ans
+
+
+def test_agent_refuses_pickled_inputs(agent, models, tmp_path):
+    p = tmp_path / "evil.npy"
+    np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    rc, ans, _ = run_agent(agent, "--model", models["tflite"], "--inputs", p)
+    assert rc == 1 and not ans["ok"] and ans["error_kind"] == "inputs" and "not a plain numeric .npy" in ans["error"]
+
+
+def test_agent_rejects_inputs_of_the_wrong_shape(agent, models, tmp_path):
+    p = tmp_path / "wrong.npy"
+    np.save(p, np.zeros((2, 8, 8, 3), np.float32))
+    rc, ans, _ = run_agent(agent, "--model", models["tflite"], "--inputs", p)
+    assert ans["error_kind"] == "inputs" and "[N, 16, 16, 3]" in ans["error"]
+
+
+def test_agent_missing_delegate_is_a_clear_runtime_error(agent, models):
+    rc, ans, err = run_agent(agent, "--model", models["tflite"], "--delegate", "libedgetpu.so.1")
+    assert rc == 1 and ans["error_kind"] == "delegate_unavailable"
+    assert "libedgetpu.so.1 could not be loaded" in ans["error"] and "Traceback" in err
+
+
+def test_agent_usage_errors_are_json_too(agent):
+    rc, ans, _ = run_agent(agent, "--runs", 5)
+    assert rc == 2 and ans == {"protocol": 1, "ok": False, "error": "--model is required (or --info)",
+                               "error_kind": "usage"}
+    rc, ans, _ = run_agent(agent, "--model", "m.tflite", "--bogus")
+    assert rc == 2 and "unrecognized arguments: --bogus" in ans["error"]
+
+
+def test_agent_missing_model_file_names_it(agent):
+    rc, ans, _ = run_agent(agent, "--model", "nope.tflite")
+    assert rc == 1 and ans["error_kind"] == "model" and "nope.tflite: no such file" in ans["error"]
+
+
+def test_agent_uses_the_onnx_optimisation_level_it_is_given(agent, models):
+    rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--runs", 3, "--graph-optimization", "basic")
+    assert rc == 0 and ans["runtime"].endswith("(CPU EP, opt=basic)")

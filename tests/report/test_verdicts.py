@@ -1,0 +1,115 @@
+"""Verdicts follow from paired tests and the budget: drops against FP32, PTQ vs QAT, what to ship."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeq.core.stats import paired_test
+from edgeq.report.verdicts import budget_status, drop_verdict, int8_method_tests, ship, vs_reference
+
+
+def _pair(n: int, b: int, c: int, base_wrong: int = 0):
+    """Reference/candidate right-or-wrong arrays with b images lost and c gained by the candidate."""
+    ref = np.ones(n, bool)
+    cand = np.ones(n, bool)
+    ref[:base_wrong] = cand[:base_wrong] = False
+    cand[base_wrong:base_wrong + b] = False
+    ref[base_wrong + b:base_wrong + b + c] = False
+    return ref, cand
+
+
+def test_a_large_real_loss_is_significant_and_over_budget():
+    ref, cand = _pair(10000, 200, 20)
+    v = vs_reference("fp32", ref, cand, budget_pt=1.0)
+    assert v["mcnemar"] == {"b": 200, "c": 20, "p": pytest.approx(0, abs=1e-30)}
+    assert v["drop_pt"] == pytest.approx(1.8) and v["drop_ci95_pt"][0] > 1.0
+    assert v["within_budget"] is False and v["verdict"].startswith("significant loss of 1.80 pt")
+    assert "over the 1 pt budget" in v["verdict"]
+
+
+def test_a_small_drop_on_few_images_is_not_significant_and_says_how_many_images_would_decide():
+    ref, cand = _pair(1000, 8, 2)
+    v = vs_reference("fp32", ref, cand, budget_pt=0.5)
+    assert v["mcnemar"]["p"] > 0.05 and v["within_budget"] is None
+    assert v["verdict"].startswith("no significant loss") and "too few" in v["verdict"]
+    assert v["images_to_decide"] > 1000 and f"{v['images_to_decide']:,}" in v["verdict"]
+
+
+def test_no_discordant_pairs_is_within_any_reasonable_budget():
+    ref, cand = _pair(10000, 0, 0, base_wrong=1000)
+    t = paired_test(ref, cand)
+    assert t.p == 1.0 and budget_status(t, 1.0) is True
+    assert "within the 1 pt budget" in drop_verdict(t, 1.0)
+
+
+def test_a_significant_gain_is_called_a_gain():
+    ref, cand = _pair(10000, 10, 80)
+    assert drop_verdict(paired_test(ref, cand), 1.0).startswith("significant gain of 0.70 pt")
+
+
+def _entry(name, fmt, precision, method, median, ratio=None, vs=None, top1=0.9):
+    lat = {"median": median, "median_ci95": [median * 0.98, median * 1.02], "noisy": False,
+           "ratio_to_fp32": ratio}
+    e = {"name": name, "format": fmt, "precision": precision, "method": method, "accuracy": {"top1": top1},
+         "latency_ms": {"host": lat}}
+    if vs is not None:
+        e["vs_fp32"] = vs
+    return e
+
+
+def _vs(within: bool | None, drop=0.1):
+    return {"reference": "fp32_tflite", "drop_pt": drop, "drop_ci95_pt": [drop - 0.3, drop + 0.3],
+            "mcnemar": {"b": 10, "c": 8, "p": 0.8}, "within_budget": within,
+            "images_to_decide": 40000 if within is None else None}
+
+
+def test_ship_names_the_fastest_artifact_within_the_budget():
+    entries = [_entry("fp32_tflite", "tflite", "fp32", "none", 1.0),
+               _entry("int8_tflite_ptq", "tflite", "int8", "ptq", 0.4, {"value": 0.4, "ci95": [0.39, 0.41],
+                                                                         "reference": "fp32_tflite"}, _vs(True)),
+               _entry("int8_tflite_bad", "tflite", "int8", "ptq", 0.3, None, _vs(False, 3.0))]
+    s = ship(entries, "host", 1.0)
+    assert s["artifact"] == "int8_tflite_ptq"
+    assert "0.40x fp32_tflite" in s["why"] and "int8_tflite_bad is faster" in s["why"] and "over the budget" in s["why"]
+
+
+def test_ship_keeps_fp32_where_int8_is_slower_on_this_cpu():
+    entries = [_entry("fp32_tflite", "tflite", "fp32", "none", 0.31),
+               _entry("int8_tflite_ptq", "tflite", "int8", "ptq", 0.45, None, _vs(True))]
+    s = ship(entries, "host", 1.0)
+    assert s["artifact"] == "fp32_tflite" and "every INT8 artifact within the budget is slower" in s["why"]
+
+
+def test_ship_does_not_take_an_int8_artifact_whose_budget_question_is_undecided():
+    entries = [_entry("fp32_tflite", "tflite", "fp32", "none", 1.0),
+               _entry("int8_tflite_ptq", "tflite", "int8", "ptq", 0.4, None, _vs(None))]
+    s = ship(entries, "host", 1.0)
+    assert s["artifact"] == "fp32_tflite" and "40,000 images would decide" in s["why"]
+
+
+def test_method_verdict_covers_every_int8_format_and_cites_p_values():
+    n = 2000
+    fp32 = np.ones(n, bool)
+    fp32[:100] = False
+    ptq_tfl, qat_tfl, ptq_onnx, qat_onnx = (fp32.copy() for _ in range(4))
+    ptq_tfl[100:160] = False  # TFLite PTQ loses 3 pt
+    qat_tfl[100:105] = False  # QAT recovers nearly all of it
+    ptq_onnx[100:102] = False
+    correct = {"fp32_tflite": fp32, "fp32_onnx": fp32, "int8_tflite_ptq": ptq_tfl, "int8_tflite_qat": qat_tfl,
+               "int8_onnx_ptq": ptq_onnx, "int8_onnx_qat": qat_onnx}
+    entries = []
+    for name, arr in correct.items():
+        fmt = "tflite" if "tflite" in name else "onnx"
+        prec = "fp32" if name.startswith("fp32") else "int8"
+        e = {"name": name, "format": fmt, "precision": prec, "method": "none" if prec == "fp32" else name.split("_")[-1],
+             "accuracy": {"top1": float(arr.mean())}}
+        if prec == "int8":
+            e["vs_fp32"] = vs_reference(f"fp32_{fmt}", fp32, arr, 1.0)
+        entries.append(e)
+    tests, lines = int8_method_tests(entries, correct, 1.0)
+    assert [t["format"] for t in tests] == ["onnx", "tflite"]
+    onnx, tfl = lines
+    assert onnx.startswith("ONNX INT8: PTQ (int8_onnx_ptq) no significant loss") and "QAT not needed" in onnx
+    assert "p = " in onnx and "p < 0.001" in tfl
+    assert "over the 1 pt budget" in tfl and "QAT needed: int8_tflite_qat is within the budget" in tfl
+    assert "QAT (int8_tflite_qat) vs PTQ: better by 2.75 pt" in tfl
