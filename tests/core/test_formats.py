@@ -55,8 +55,8 @@ def run_dir(tmp_path_factory) -> Path:
     from edgeq.methods.tflite.convert import convert_int8
 
     d = tmp_path_factory.mktemp("formats")
-    m = build_tiny_cnn(train=False)
-    x = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    m = build_tiny_cnn(train=True)  # trained: an untrained net's near-uniform outputs would agree with anything
+    x = colour_blobs(24)
     m.save(d / "tiny.keras")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "HDF5 is a legacy format": it is one we read
@@ -66,10 +66,26 @@ def run_dir(tmp_path_factory) -> Path:
     keras_to_onnx(m, d / "fp32.onnx", 17)
     _int8_qdq_onnx(d / "fp32.onnx", d / "tiny.onnx", x.transpose(0, 3, 1, 2).copy())
     (d / "tiny.engine").write_bytes(b"a TensorRT engine is built on the device")
-    torch = pytest.importorskip("torch")  # the pytorch row: a TorchScript file (exported to ONNX by a run)
-    torch.jit.save(torch.jit.trace(torch.nn.Conv2d(3, 3, 16), torch.zeros(1, 3, 16, 16)), str(d / "tiny.pt"))
     np.save(d / "inputs.npy", x)
+    try:  # the pytorch row: a TorchScript file (exported to ONNX by a run); only its own tests need torch
+        import torch
+    except ImportError:
+        return d
+    torch.jit.save(torch.jit.trace(torch.nn.Conv2d(3, 3, 16), torch.zeros(1, 3, 16, 16)), str(d / "tiny.pt"))
     return d
+
+
+def colour_blobs(n: int) -> np.ndarray:
+    """Normalised images of the kind the tiny CNN was trained on (one dominant colour channel per class)."""
+    from conftest import _colour_image
+
+    rng = np.random.default_rng(1)
+    return ((np.stack([_colour_image(rng, i % 3) for i in range(n)]).astype(np.float32) - 127.5) / 127.5)
+
+
+def needs_file(run_dir: Path, fmt: str) -> None:
+    if not (run_dir / FILES[fmt]).exists():
+        pytest.skip(f"no {fmt} file here: its writer ({FORMATS[fmt].install}) is not installed")
 
 
 FILES = {"keras": "tiny.keras", "h5": "tiny.h5", "savedmodel": "tiny_savedmodel", "tflite": "tiny.tflite",
@@ -77,6 +93,7 @@ FILES = {"keras": "tiny.keras", "h5": "tiny.h5", "savedmodel": "tiny_savedmodel"
 
 
 def artifact(run_dir: Path, fmt: str) -> Artifact:
+    needs_file(run_dir, fmt)
     precision = "int8" if fmt in ("tflite", "onnx") else "fp32"
     return Artifact.record(run_dir, run_dir / FILES[fmt], name=f"tiny_{fmt}", format=fmt, precision=precision,
                            method="test", stage="test")
@@ -135,6 +152,7 @@ def test_every_row_names_known_kinds_agent_runtimes_and_a_predictor_where_the_ho
 # ------------------------------------------------------------------ per format
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_format_is_told_by_its_file_name(fmt, run_dir):
+    needs_file(run_dir, fmt)
     row = FORMATS[fmt]
     names = [run_dir / FILES[fmt]] + [Path(f"model{s.upper()}") for s in row.suffixes]
     assert all(format_from_path(p) == fmt for p in names)
@@ -142,6 +160,7 @@ def test_format_is_told_by_its_file_name(fmt, run_dir):
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_config_takes_model_input_formats_and_refuses_the_others_by_name(fmt, run_dir):
+    needs_file(run_dir, fmt)
     from edgeq.core.config import config_from_dict
     from edgeq.core.errors import ConfigError
 
@@ -163,8 +182,13 @@ def test_host_predictor_opens_the_format_and_agrees_with_keras(fmt, run_dir):
     x = np.load(run_dir / "inputs.npy")
     y = open_predictor(run_dir / FILES[fmt], fmt, threads=1).predict(x)
     y_keras = open_predictor(run_dir / "tiny.keras", "keras").predict(x)
-    assert y.shape == (8, 3) and y.dtype == np.float32
-    np.testing.assert_allclose(y, y_keras, atol=0.05)  # int8 rows: within quantisation error
+    assert y.shape == (len(x), 3) and y.dtype == np.float32
+    assert (y_keras.argmax(1) == np.arange(len(x)) % 3).mean() >= 0.9  # the reference itself is a trained classifier
+    if fmt in ("tflite", "onnx"):  # the int8 rows: same class on every image, probabilities within a few int8 steps
+        np.testing.assert_array_equal(y.argmax(1), y_keras.argmax(1))
+        np.testing.assert_allclose(y, y_keras, atol=4 / 256)
+    else:  # the same FP32 model in another container
+        np.testing.assert_allclose(y, y_keras, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("fmt", [f for f in FORMATS if f not in WITH_PREDICTOR])

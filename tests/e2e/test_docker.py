@@ -185,7 +185,10 @@ def test_pipeline_image_runs_edgeq_with_the_run_dir_on_a_mounted_volume(request,
                                   mounts=["-v", f"{tiny_project}:/project:ro"], workdir="/project")
     int8_tflite_of(out / "tiny")
     report = json.loads((out / "tiny" / "report.json").read_text())
-    assert report, "empty report.json"
+    arts = {a["name"]: a for a in report["artifacts"]}  # the run inside the image evaluated and paired its INT8 model
+    acc = arts["int8_tflite_ptq"]["accuracy"]
+    assert acc["n"] == report["dataset"]["n_eval"] > 0 and acc["ci95"][0] <= acc["top1"] <= acc["ci95"][1]
+    assert set(arts["int8_tflite_ptq"]["vs_fp32"]["mcnemar"]) == {"b", "c", "p"}
     say(request, f"pipeline image: `edgeq run tiny.yaml` wrote {sorted(p.name for p in (out / 'tiny').iterdir())} "
                  "to the mounted volume")
 

@@ -36,7 +36,9 @@ def test_h5_with_lambda_is_refused_unless_trusted(tmp_path):
     k.Model(inp, out).save(p)
     with pytest.raises(ModelError, match=r"Lambda layers \['lambda"):
         load_keras_model(p)
-    assert load_keras_model(p, trust_lambda_layers=True) is not None
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype(np.float32)
+    trusted = load_keras_model(p, trust_lambda_layers=True)
+    np.testing.assert_allclose(trusted(x).numpy(), k.Model(inp, out)(x).numpy(), rtol=1e-6)  # the Lambda really ran
 
 
 def test_keras_safe_mode_blocks_lambda(tmp_path):
