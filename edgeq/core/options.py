@@ -55,7 +55,7 @@ class OnnxPtqSpec(Strict):
 
 class DistributionSpec(Strict):
     """Where the QAT fine-tune runs: this process (none), tf.distribute MirroredStrategy over the local devices,
-    or MultiWorkerMirroredStrategy across processes/machines described by TF_CONFIG (see README, "QAT on a
+    or MultiWorkerMirroredStrategy across processes/machines described by TF_CONFIG (see docs/cluster-qat.md, "QAT on a
     cluster")."""
 
     strategy: Literal["none", "mirrored", "multi_worker"] = "none"
