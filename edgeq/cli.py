@@ -37,6 +37,17 @@ def _cmd_run(args) -> int:
     from edgeq.run.pipeline import run_pipeline
     from edgeq.report.build import print_summary
 
+    if args.model is not None:
+        return _run_without_config(args)
+    if args.example is not None:
+        if args.config is not None:
+            raise EdgeqError("give a config or --example NAME, not both")
+        from edgeq.api import example
+
+        args.config = str(example(args.example))
+    elif args.config is None:
+        raise EdgeqError("give a config (edgeq run models/NAME.yaml), --example mobilenet_v2, or a model and its "
+                         "images (edgeq run --model my.onnx --data images/)")
     cfg, _ = _selected(args)
     out = Path(args.out) if args.out else None
     dist = cfg.stages.qat.distribution
@@ -51,6 +62,40 @@ def _cmd_run(args) -> int:
     rep = json.loads((run_dir / "report.json").read_text())
     print_summary(rep)
     print(f"report: {run_dir / 'report.md'} | {run_dir / 'report.html'} | {run_dir / 'report.json'}")
+    return 0
+
+
+def _run_without_config(args) -> int:
+    """`edgeq run --model M --data D`: the config read from the model and the data, written to RUN/config.yaml."""
+    from edgeq.api import run_inferred
+    from edgeq.report.build import print_summary
+
+    if args.config is not None or args.example is not None:
+        raise EdgeqError("--model runs without a config: drop the config / --example, or drop --model")
+
+    def floats(v: str) -> list[float]:
+        return [float(x) for x in v.split(",")]
+
+    try:
+        kw = {"input_shape": [int(x) for x in args.input_shape.split(",")] if args.input_shape else None,
+              "mean": floats(args.mean) if args.mean else None, "std": floats(args.std) if args.std else None}
+    except ValueError:
+        raise EdgeqError("--input-shape takes H,W,C integers and --mean/--std comma-separated numbers, e.g. "
+                         "--mean 123.7,116.3,103.5") from None
+    stages = args.stages.split(",") if args.stages else None
+    r = run_inferred(args.model, args.data, out=args.out, benchmark=not args.no_benchmark, name=args.name,
+                     num_classes=args.num_classes, preset=args.preset, labels_file=args.labels_file,
+                     calibration=args.calibration, evaluation=args.evaluation, stages=stages, **kw)
+    print_summary(r.report)
+    print(f"config: {r.path / 'config.yaml'} (`edgeq run` it to repeat the run)")
+    print(f"report: {r.path / 'report.md'} | {r.path / 'report.html'} | {r.path / 'report.json'}")
+    return 0
+
+
+def _cmd_schema(args) -> int:
+    from edgeq.core.config import config_schema
+
+    print(json.dumps(config_schema(), indent=2))
     return 0
 
 
@@ -201,7 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgeq {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the pipeline of one model config")
-    r.add_argument("config", help="models/<name>.yaml")
+    r.add_argument("config", nargs="?", help="models/<name>.yaml (or --example NAME, or --model + --data)")
+    r.add_argument("--example", metavar="NAME", help="an example shipped in the package: mobilenet_v2")
+    r.add_argument("--model", help="run without a config: the model file (.keras/.h5/SavedModel, .onnx, .pt/.pt2)")
+    r.add_argument("--data", help="with --model: an image folder (<class>/<images>) or .npz, split into "
+                   "calibration and evaluation images")
+    r.add_argument("--calibration", help="with --model: calibration images (folder or .npz), with --evaluation")
+    r.add_argument("--evaluation", help="with --model: labelled evaluation images (folder or .npz)")
+    r.add_argument("--name", help="with --model: the run's name (default: the model file's name)")
+    r.add_argument("--input-shape", help="with --model: H,W,C where the model does not say (PyTorch)")
+    r.add_argument("--num-classes", type=int, help="with --model: where the model does not say")
+    r.add_argument("--labels-file", help="with --model: class names in the model's output order, one per line")
+    r.add_argument("--preset", help="with --model: preprocessing of a model family: tf ([-1,1], the default), "
+                   "unit ([0,1]), imagenet (torchvision mean/std), caffe")
+    r.add_argument("--mean", help="with --model: per-channel mean of (pixel - mean) / std, e.g. 123.7,116.3,103.5")
+    r.add_argument("--std", help="with --model: per-channel std, e.g. 58.4,57.1,57.4")
     r.add_argument("--out", help="run directory (default: output.dir or runs/<name>)")
     r.add_argument("--stages", help="comma-separated stages to run (default: those enabled in the config)")
     r.add_argument("--no-benchmark", action="store_true", help="skip latency benchmarks")
@@ -209,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "threads, rounds and artifacts are unchanged (default: re-measure)")
     r.add_argument("--no-wait", action="store_true", help="refuse, instead of waiting, when another run holds --out")
     r.set_defaults(fn=_cmd_run)
+    sc = sub.add_parser("schema", help="print the JSON Schema of a run config (for editors and checks)")
+    sc.set_defaults(fn=_cmd_schema)
+
     v = sub.add_parser("validate", help="check a config as `edgeq run` would (model, data, counts, output "
                        "directory), without converting or writing anything")
     v.add_argument("config")

@@ -46,3 +46,11 @@ def test_every_config_block_in_the_docs_parses_and_names_only_known_sections(doc
         if not isinstance(raw, dict) or "model" not in raw:
             continue  # an inventory or a fragment
         assert set(raw) <= known, f"{doc.name}: unknown keys {set(raw) - known}"
+
+
+@pytest.mark.slow
+def test_python_example_of_the_docs_runs(tmp_path):
+    p = subprocess.run([sys.executable, str(REPO / "docs" / "examples" / "quantize_in_memory.py"), str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=1200, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "INT8 top-1" in p.stdout and "ship on this host:" in p.stdout

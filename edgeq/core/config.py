@@ -221,6 +221,15 @@ def expand_path(p: Path, key: str, where: str) -> Path:
     return Path(os.path.expanduser(s))
 
 
+def config_schema() -> dict:
+    """The JSON Schema of a run config (`edgeq schema`): every section and option with its default."""
+    schema = RunConfig.model_json_schema(mode="validation")
+    schema["properties"].pop("source", None)  # set by edgeq from the file a config came from, never written
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "edgeq run config"
+    return schema
+
+
 def load_config(path: Path | str) -> RunConfig:
     """A validated RunConfig from a YAML file, or one ConfigError line naming the file and the key."""
     path = Path(path)

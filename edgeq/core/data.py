@@ -26,8 +26,8 @@ FASHION_MNIST_CLASSES = [
 # Fashion-MNIST train indices [0, TRAIN_END) may be used for training; [TRAIN_END, 60000) are held
 # out for calibration; the 10,000 test images are the evaluation set.
 FASHION_MNIST_TRAIN_END = 55_000
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_SAMPLE = REPO_ROOT / "calibration_data" / "fashion_mnist_sample.npz"
+# the shipped 1,000-image sample, package data (in a checkout: a link to calibration_data/, where its script lives)
+SHIPPED_SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist_sample.npz"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
