@@ -162,6 +162,10 @@ def load_fashion_mnist_full() -> tuple[LabelledImages, LabelledImages]:
 
 def load_npz(path: Path, prefix: str = "") -> LabelledImages:
     """uint8 images (N,H,W[,C]) and integer labels (N,) from an .npz; every refusal names the file."""
+    path = Path(path)
+    if path.exists() and not path.is_file():  # a directory, a named pipe, a device: never opened for reading
+        raise DataError(f"{path}: not a regular file; give an .npz file (np.savez(path, {prefix}images=..., "
+                        f"{prefix}labels=...)) or an image folder with data.kind: image_folder")
     try:
         with np.load(path, allow_pickle=False) as z:
             images, labels = z[prefix + "images"], z[prefix + "labels"]

@@ -35,6 +35,16 @@ def _check_link(p: Path) -> None:
         raise DataError(f"{p}: symlink loop (it points back to {target}); remove it")
 
 
+def _warn_special(p: Path) -> None:
+    import stat
+    import sys
+
+    mode = p.stat().st_mode
+    kind = ("named pipe" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+            else "device node" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
+    print(f"edgeq: warning: {p}: a {kind}, not an image file; skipped (not opened)", file=sys.stderr)
+
+
 def _entries(d: Path) -> list[Path]:
     try:
         return sorted(d.iterdir())
@@ -68,6 +78,8 @@ def list_image_folder(root: Path, classes: list[str] | None = None, num_classes:
                 continue
             _check_link(f)
             if not f.is_file():
+                if not f.is_dir():  # a named pipe, socket or device node: never opened (a read could block forever)
+                    _warn_special(f)
                 continue
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError(f"{f}: not an image file (suffix {f.suffix or 'none'}); "

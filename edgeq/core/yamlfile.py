@@ -35,6 +35,27 @@ def _expanded_nodes(node, memo: dict, open_: set) -> int:
     return n
 
 
+def _duplicate_keys(node, where: str = "") -> None:
+    """A mapping that gives one key twice is refused: YAML parsers keep the last value silently, so half of what the
+    user wrote would be ignored."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                inside = f" inside '{where}'" if where else " at the top level"
+                raise ConfigError(f"line {k.start_mark.line + 1}: key '{key}'{inside} is given twice (first on line "
+                                  f"{seen[key] + 1}); keep one")
+            if key is not None:
+                seen[key] = k.start_mark.line
+            _duplicate_keys(v, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _duplicate_keys(v, f"{where}[{i}]")
+
+
 def read_yaml_mapping(path: Path | str, what: str = "config file", expect: str = "a mapping of keys") -> dict:
     """A YAML file whose top level is a mapping, or a one-line ConfigError naming the file."""
     import yaml
@@ -59,6 +80,7 @@ def read_yaml_mapping(path: Path | str, what: str = "config file", expect: str =
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:
             _expanded_nodes(node, {}, set())
+            _duplicate_keys(node)
         raw = yaml.safe_load(text)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -18,6 +18,61 @@ class OnnxInput:
     batch: int | None  # fixed batch size, None when dynamic
 
 
+# operator domains ONNX Runtime runs: the standard ones (checked op by op against ONNX's schemas) and its contrib ops
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+RUNTIME_DOMAINS = ("com.microsoft",)
+
+
+def check_external_data(path: Path, shown_path: Path) -> None:
+    """Every initializer stored outside the .onnx file names a file that exists inside the model's folder and is
+    long enough; else a ModelError naming the tensor and the file (before onnx.load, which would say only
+    "ValidationError")."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelError(f"{shown_path}: not an ONNX model ({e.__class__.__name__}); give a .onnx file exported "
+                         "with torch.onnx.export, tf2onnx or similar") from None
+    folder = path.resolve().parent
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        target = (folder / loc).resolve()
+        if not loc or Path(loc).is_absolute() or not target.is_relative_to(folder):
+            raise ModelError(f"{shown_path}: initializer '{t.name}' keeps its data in {loc!r}, outside the model's "
+                             f"folder {folder}; external data must sit beside the .onnx file (move it there and "
+                             "re-save with a relative location)")
+        if not target.is_file():
+            raise ModelError(f"{shown_path}: initializer '{t.name}' keeps its data in {loc!r}, which is missing "
+                             f"from {folder}; copy that file next to the .onnx file")
+        need = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        if target.stat().st_size < need:
+            raise ModelError(f"{shown_path}: initializer '{t.name}' needs bytes up to {need:,} of {loc!r}, which "
+                             f"holds {target.stat().st_size:,}; the external data file is truncated or not this "
+                             "model's: export the model again")
+
+
+def check_operator_domains(model, shown_path: Path) -> None:
+    """Every node is an operator ONNX or ONNX Runtime knows (or a function the model defines), so nothing downstream
+    meets an op it cannot run; else a ModelError naming the node, the op and its domain."""
+    import onnx
+
+    local = {(f.domain, f.name) for f in model.functions}
+    for node in model.graph.node:
+        dom = node.domain or ""
+        if (dom, node.op_type) in local or dom in RUNTIME_DOMAINS:
+            continue
+        if dom in STANDARD_DOMAINS and onnx.defs.has(node.op_type, dom):
+            continue
+        where = f"domain '{dom}'" if dom else "the standard domain"
+        raise ModelError(f"{shown_path}: node '{node.name or node.output[0]}' is operator {node.op_type} of {where}, "
+                         "which neither ONNX nor ONNX Runtime knows; export the model with standard ONNX operators "
+                         "(or replace that op before quantizing)")
+
+
 def read_onnx_input(path: Path, input_shape_hwc: tuple[int, int, int], where: Path | None = None) -> OnnxInput:
     """Validate an FP32 ONNX image classifier and find its input's layout against model.input_shape.
 
@@ -25,6 +80,7 @@ def read_onnx_input(path: Path, input_shape_hwc: tuple[int, int, int], where: Pa
     import onnx
 
     path, shown_path = Path(path), Path(where or path)
+    check_external_data(path, shown_path)
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError and friends
@@ -37,6 +93,7 @@ def read_onnx_input(path: Path, input_shape_hwc: tuple[int, int, int], where: Pa
         onnx.checker.check_model(model)
     except Exception as e:
         raise ModelError(f"{shown_path}: invalid ONNX model ({first_line(e)})") from None
+    check_operator_domains(model, shown_path)
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:

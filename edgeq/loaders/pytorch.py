@@ -85,6 +85,12 @@ def _factory(spec: str, base: Path | None):
     return fn
 
 
+def _described(value) -> str:
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"a {type(value).__module__}.{type(value).__qualname__} ({shown})".replace("builtins.", "")
+
+
 def load_torch_model(path: Path, factory: str | None = None, base: Path | None = None):
     """The nn.Module in eval mode. Pickled files are read with weights_only=True (no code runs from the file)."""
     torch = torch_module()
@@ -94,6 +100,9 @@ def load_torch_model(path: Path, factory: str | None = None, base: Path | None =
     try:
         if factory:
             module = _factory(factory, base)()
+            if not isinstance(module, torch.nn.Module):
+                raise ModelError(f"model.factory {factory!r} returned {_described(module)}, not a torch.nn.Module; "
+                                 "the factory must build and return the network the state_dict belongs to")
             state = torch.load(str(path), map_location="cpu", weights_only=True)
             if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
                 state = state["state_dict"]

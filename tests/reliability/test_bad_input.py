@@ -282,6 +282,77 @@ def onnx_two_outputs(p: Proj):
                                                                                          "calibration_images": 40}}})
 
 
+@case("c.yaml", "line 2", "key 'path' inside 'model' is given twice", "keep one")
+def config_duplicate_key(p: Proj):
+    return p.raw(f"name: tiny\nmodel: {{path: {p.model}, path: other.keras, input_shape: [16, 16, 3], "
+                 f"num_classes: 3}}\ndata: {{kind: image_folder, path: {p.images}, calibration_size: 40}}\n")
+
+
+@case("c.yaml", "key 'name'", "at the top level is given twice", "first on line 1")
+def config_duplicate_top_level_key(p: Proj):
+    return p.raw(f"name: tiny\nname: other\nmodel: {{path: {p.model}, input_shape: [16, 16, 3], num_classes: 3}}\n"
+                 f"data: {{kind: image_folder, path: {p.images}, calibration_size: 40}}\n")
+
+
+def _onnx_external(p: Proj, location: str, write: bool = True) -> Path:
+    """The tiny ONNX model with its Gemm weight stored outside the file, at `location` (relative to the model)."""
+    import onnx
+
+    m = onnx.load(str(onnx_model(p.root / "plain.onnx")))
+    w = next(t for t in m.graph.initializer if t.name == "w")
+    data = w.float_data or np.frombuffer(w.raw_data, np.float32)
+    raw = np.asarray(data, np.float32).tobytes()
+    w.ClearField("float_data")
+    w.ClearField("raw_data")
+    w.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", str(len(raw)))):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    (p.root / "m").mkdir(exist_ok=True)
+    if write:
+        target = (p.root / "m" / location)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(raw)
+    with open(p.root / "m" / "ext.onnx", "wb") as f:
+        f.write(m.SerializeToString())
+    return p.config({"model": {"path": str(p.root / "m" / "ext.onnx")},
+                     "stages": {"onnx_ptq": {"enabled": True, "calibration_images": 40}}})
+
+
+@case("ext.onnx", "initializer 'w'", "'weights.bin', which is missing", "copy that file next to the .onnx")
+def onnx_external_data_missing(p: Proj):
+    return _onnx_external(p, "weights.bin", write=False)
+
+
+@case("ext.onnx", "initializer 'w'", "outside the model's folder")
+def onnx_external_data_outside_folder(p: Proj):
+    return _onnx_external(p, "../outside.bin")
+
+
+@case("custom.onnx", "node 'mystery'", "operator Frobnicate of domain 'com.example'", "standard ONNX operators")
+def onnx_unknown_domain_op(p: Proj):
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(onnx_model(p.root / "plain.onnx")))
+    g = m.graph
+    first = g.node[0]
+    g.node.insert(0, helper.make_node("Frobnicate", ["x"], ["x2"], name="mystery", domain="com.example"))
+    first.input[0] = "x2"
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    onnx.save(m, str(p.root / "custom.onnx"))
+    return p.config({"model": {"path": str(p.root / "custom.onnx")},
+                     "stages": {"onnx_ptq": {"enabled": True, "calibration_images": 40}}})
+
+
+@case("model.factory 'nets_bad:build' returned a str", "not a torch.nn.Module")
+def model_pytorch_factory_returns_wrong_thing(p: Proj):
+    torch = pytest.importorskip("torch")
+    torch.save({"w": torch.zeros(1)}, p.root / "weights.pth")
+    (p.root / "nets_bad.py").write_text("def build():\n    return 'not a network'\n")
+    return p.config({"model": {"path": str(p.root / "weights.pth"), "format": "pytorch", "factory": "nets_bad:build"}})
+
+
 # ------------------------------------------------------------------------------------- the data
 @case("no_such_dir", "not a directory", "root/<class>/<images>")
 def data_missing(p: Proj):
@@ -471,6 +542,28 @@ def out_under_a_file(p: Proj):
 @case("/sys/edgeq-run", "cannot write the run directory", "choose a writable --out")
 def out_not_writable(p: Proj):
     return p.config({"output": {"dir": "/sys/edgeq-run"}}), []
+
+
+@case("pipe.npz", "not a regular file")
+def data_npz_is_a_named_pipe(p: Proj):
+    os.mkfifo(p.root / "pipe.npz")  # np.load would block on it forever
+    return p.config({"data": {"kind": "npz", "path": str(p.root / "pipe.npz")}})
+
+
+def test_special_files_among_the_images_are_skipped_unopened_with_a_warning(proj, capsys):
+    import socket
+
+    d = proj.folder("imgs")
+    os.mkfifo(d / "class_0" / "pipe.png")  # opening it for reading would block forever
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "class_1" / "sock.png"))
+    try:
+        code, out, err = cli(capsys, "validate", proj.config({"data": {"path": str(d)}}), "--out", proj.out)
+    finally:
+        sock.close()
+    assert code == 0, err
+    assert "pipe.png: a named pipe, not an image file; skipped" in err and "sock.png: a socket" in err
+    assert "Traceback" not in err and not proj.out.exists()
 
 
 # ------------------------------------------------------------------------------------- secrets
