@@ -135,3 +135,45 @@ def images_to_decide(n: int, halfwidth: float, margin: float) -> int | None:
 def relative_width(lo: float, hi: float, centre: float) -> float:
     """(hi - lo) / centre, inf when centre <= 0."""
     return (hi - lo) / centre if centre > 0 else math.inf
+
+
+def holm(pvalues) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error across the comparisons, in the order given)."""
+    p = [float(x) for x in pvalues]
+    m = len(p)
+    out = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda j: p[j])):
+        running = max(running, min(1.0, (m - rank) * p[i]))  # step-down; adjusted p-values never decrease
+        out[i] = running
+    return out
+
+
+@dataclass(frozen=True)
+class ClassTest:
+    """One class's recall under a reference and a candidate on the same images, paired (exact McNemar on the images
+    of that class), with the Holm-adjusted p-value across every class of the comparison."""
+
+    label: int
+    test: PairedTest  # drop = recall lost (positive = candidate worse), on the images whose true class is `label`
+    p_holm: float
+
+    @property
+    def recall_ref(self) -> float:
+        return (self.test.a + self.test.b) / self.test.n if self.test.n else 0.0
+
+    @property
+    def recall_cand(self) -> float:
+        return (self.test.a + self.test.c) / self.test.n if self.test.n else 0.0
+
+
+def per_class_paired(labels: np.ndarray, ref_correct: np.ndarray, cand_correct: np.ndarray) -> list[ClassTest]:
+    """Per class, the paired test of the candidate's recall against the reference's; p-values Holm-corrected across
+    the classes present, so "class k lost recall" holds family-wise at the stated level."""
+    labels = np.asarray(labels).ravel()
+    r = np.asarray(ref_correct, dtype=bool).ravel()
+    k = np.asarray(cand_correct, dtype=bool).ravel()
+    classes = sorted(int(c) for c in np.unique(labels))
+    tests = [paired_test(r[labels == c], k[labels == c]) for c in classes]
+    adjusted = holm([t.p for t in tests])
+    return [ClassTest(c, t, p) for c, t, p in zip(classes, tests, adjusted)]

@@ -216,3 +216,29 @@ def test_relative_width_divides_by_centre_and_is_inf_for_nonpositive_centre():
     assert relative_width(0.9, 1.1, 1.0) == pytest.approx(0.2)
     assert relative_width(0.9, 1.1, 0.0) == math.inf
     assert relative_width(0.9, 1.1, -1.0) == math.inf
+
+
+# ------------------------------------------------------------------ per-class paired tests, Holm
+def test_holm_matches_the_step_down_definition():
+    from edgeq.core.stats import holm
+
+    # m = 4: sorted p 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (monotone), 0.5
+    assert holm([0.03, 0.01, 0.5, 0.02]) == pytest.approx([0.06, 0.04, 0.5, 0.06])
+    assert holm([0.9]) == [0.9] and holm([0.6, 0.6]) == [1.0, 1.0]
+
+
+def test_a_collapsed_class_is_found_inside_a_small_overall_drop():
+    from edgeq.core.stats import paired_test, per_class_paired
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 200)
+    ref = rng.random(labels.size) < 0.9
+    cand = ref.copy()
+    hit = np.flatnonzero((labels == 6) & ref)[:60]  # class 6 loses 60 of its ~180 right answers, nothing else moves
+    cand[hit] = False
+    overall = paired_test(ref, cand)
+    assert overall.drop == pytest.approx(0.03)  # 3 points overall
+    tests = {t.label: t for t in per_class_paired(labels, ref, cand)}
+    assert tests[6].test.drop == pytest.approx(0.3) and tests[6].p_holm < 1e-10
+    assert tests[6].recall_ref - tests[6].recall_cand == pytest.approx(0.3)
+    assert all(t.p_holm == 1.0 and t.test.drop == 0 for c, t in tests.items() if c != 6)
