@@ -133,7 +133,7 @@ def fp32_reference_of(artifacts, available, source=None) -> dict[str, str]:
 def host_predictor(ctx, a, threads: int | None = 1):
     """The predictor this host evaluates artifact `a` with (an ONNX one at its own graph-optimisation level)."""
     from edgeq.measure.predictors import open_predictor
-    from edgeq.targets.host import graph_optimization_of
+    from edgeq.core.artifacts import graph_optimization_of
 
     kw = ({"graph_optimization": graph_optimization_of(a, ctx.cfg.stages.onnx_ptq.graph_optimization)}
           if a.format == "onnx" else {})

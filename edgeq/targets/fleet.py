@@ -18,8 +18,7 @@ from edgeq.core.artifacts import atomic_path
 from edgeq.core.errors import ConfigError, EdgeqError
 from edgeq.core.formats import KINDS, formats_for_kind, target_class
 from edgeq.core.results import LatencyRow
-from edgeq.targets.base import DeviceTarget
-from edgeq.targets.device import AGENT_SOURCE, DeviceSession
+from edgeq.targets.device import AGENT_SOURCE, DeviceSession, DeviceTarget
 from edgeq.targets.interleave import add_ratios, fp32_references, interleave, summarise
 from edgeq.targets.inventory import Device, load_inventory
 from edgeq.targets.ssh import DeviceUnreachable, open_transport
