@@ -12,6 +12,8 @@ from typing import Callable, Protocol, runtime_checkable
 
 from edgeq.core.artifacts import sha256_of
 from edgeq.core.errors import RuntimeUnavailable, TargetError
+from edgeq.core.progress import spinner
+from edgeq.ondevice import agent
 from edgeq.targets.base import Deployable, LatencyStats, Target
 from edgeq.targets.inventory import Device
 from edgeq.targets.ssh import CommandResult, LocalTransport, stderr_tail
@@ -20,8 +22,6 @@ AGENT_SOURCE = Path(__file__).resolve().parent.parent / "ondevice" / "agent.py"
 
 
 def expected_protocol() -> int:
-    from edgeq.ondevice import agent
-
     return agent.PROTOCOL
 
 
@@ -77,8 +77,6 @@ class DeviceSession:
         return self.device.name
 
     def upload(self, local: Path, sha256: str | None = None) -> str:
-        from edgeq.core.progress import spinner
-
         local = Path(local)
         sha256 = sha256 or sha256_of(local)
         if isinstance(self.transport, LocalTransport):  # a host device reads the file where it is: no copy
