@@ -17,10 +17,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: setup
 	$(BIN)/edgeq run $(CONFIG)
 
+# lint-imports checks the import rules of pyproject.toml ([tool.importlinter]; docs/architecture.md) first
 test: setup
+	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/pytest
 
 test-fast: setup
+	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/pytest -m "not slow and not docker"
 
 clean:

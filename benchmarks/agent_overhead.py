@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgeq.run.pipeline import open_run  # noqa: E402
 from edgeq.measure.predictors import open_predictor  # noqa: E402
 from edgeq.targets.device import DeviceSession  # noqa: E402
-from edgeq.targets.host import graph_optimization_of  # noqa: E402
+from edgeq.core.artifacts import graph_optimization_of  # noqa: E402
 from edgeq.targets.inventory import load_inventory  # noqa: E402
 from edgeq.targets.fleet import inputs_file  # noqa: E402
 from edgeq.targets.ssh import open_transport  # noqa: E402

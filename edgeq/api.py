@@ -29,6 +29,9 @@ from edgeq.core.data import check_arrays
 from edgeq.core.errors import ConfigError, DataError, EdgeqError, ModelError
 from edgeq.core.formats import model_input_format
 from edgeq.core.image_folder import list_image_folder
+from edgeq.loaders.keras import load_keras_model
+from edgeq.loaders.onnx import read_onnx_input
+from edgeq.loaders.pytorch import load_torch_model
 from edgeq.run.pipeline import run_pipeline
 from edgeq.stages.registry import STAGES
 
@@ -244,8 +247,6 @@ def _model_io(path: Path, fmt: str, input_shape: Sequence[int] | None) -> tuple[
     if fmt == "onnx":
         import onnx
 
-        from edgeq.loaders.onnx import read_onnx_input
-
         m = onnx.load(str(path), load_external_data=False)
         dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
         out = [d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
@@ -253,8 +254,6 @@ def _model_io(path: Path, fmt: str, input_shape: Sequence[int] | None) -> tuple[
         read_onnx_input(path, hwc, where=str(path))  # the same checks a run makes
         return hwc, (out[-1] or None) if out else None
     if fmt in ("keras", "h5", "savedmodel"):
-        from edgeq.loaders.keras import load_keras_model
-
         m = load_keras_model(path, fmt)
         shp = tuple(int(d) for d in m.input_shape[1:]) if None not in m.input_shape[1:] else None
         hwc = tuple(input_shape) if input_shape else shp
@@ -264,8 +263,6 @@ def _model_io(path: Path, fmt: str, input_shape: Sequence[int] | None) -> tuple[
     if not input_shape:  # pytorch: TorchScript and state_dicts do not say what they take
         raise ConfigError(f"{path}: a PyTorch file does not record its input size; give --input-shape H,W,C")
     import torch
-
-    from edgeq.loaders.pytorch import load_torch_model
 
     h, w, c = input_shape
     net = load_torch_model(path, None, path.resolve().parent)  # TorchScript / torch.export: no code of the file runs

@@ -20,7 +20,10 @@ import numpy as np
 from edgeq import __version__
 from edgeq.core.artifacts import atomic_path
 from edgeq.core.errors import EdgeqError
-from edgeq.targets.device import AGENT_SOURCE
+from edgeq.measure.evaluate import host_predictor
+from edgeq.report.build import build_report
+from edgeq.targets.device import AGENT_SOURCE, DeviceSession
+from edgeq.targets.ssh import open_transport, quote_argv, remote_workdir, stderr_tail
 
 CLASSIFY_SOURCE = Path(__file__).resolve().parent.parent / "ondevice" / "classify.py"
 SAMPLES = 16
@@ -81,9 +84,6 @@ Coral Edge TPU: compile first (`edgetpu_compiler {model}`), then
 
 def make_bundle(ctx, artifact_name: str, out: Path | None = None) -> Path:
     """Write the bundle directory and <dir>.tar.gz (each atomically); returns the tarball's path."""
-    from edgeq.measure.evaluate import host_predictor
-    from edgeq.report.build import build_report
-
     a = ctx.manifest.artifacts.get(artifact_name)
     if a is None:
         raise EdgeqError(f"{ctx.run_dir}: no artifact named {artifact_name!r}; choose from "
@@ -132,9 +132,6 @@ def make_bundle(ctx, artifact_name: str, out: Path | None = None) -> Path:
 def upload_bundle(ctx, tarball: Path, device, log) -> str:
     """Copy the tarball to the device (content-addressed) and unpack it into <workdir>/bundles/; returns the
     bundle directory there. Checked by running its classify.py --check with the device's python."""
-    from edgeq.targets.device import DeviceSession
-    from edgeq.targets.ssh import open_transport, quote_argv, remote_workdir, stderr_tail
-
     transport = open_transport(device, log)
     try:
         session = DeviceSession(device, transport, ctx.run_dir, log)

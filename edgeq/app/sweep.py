@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeq.core.artifacts import write_bytes_atomic, write_json_atomic
+from edgeq.core.config import TargetRef, load_config
 from edgeq.core.errors import ConfigError, EdgeqError
+from edgeq.core.formats import formats_for_kind
+from edgeq.core.yamlfile import read_yaml_mapping
+from edgeq.report.build import write_report
+from edgeq.run.pipeline import open_run
+from edgeq.targets.fleet import inputs_file, merge_outcomes, plans_for, run_device
+from edgeq.targets.inventory import load_inventory
 
 
 @dataclass
@@ -49,10 +56,6 @@ class DeviceJob:
 
 
 def _model_runs(configs: list[Path], out: Path) -> list[ModelRun]:
-    from edgeq.core.config import load_config
-
-    from edgeq.core.yamlfile import read_yaml_mapping
-
     runs, seen = [], set()
     for c in configs:
         raw = read_yaml_mapping(Path(c), "config", "a run config")
@@ -94,12 +97,6 @@ def _already_measured(ctx, device: str, arts) -> bool:
 def measure_devices(runs: list[ModelRun], device_names: list[str], inventory: Path, accuracy: int | None,
                     remeasure: bool, log) -> list[DeviceJob]:
     """One thread per device, each working through its queue of models; outcomes merged here afterwards."""
-    from edgeq.core.config import TargetRef
-    from edgeq.core.formats import formats_for_kind
-    from edgeq.run.pipeline import open_run
-    from edgeq.targets.inventory import load_inventory
-    from edgeq.targets.fleet import plans_for, run_device, inputs_file, merge_outcomes
-
     inv = load_inventory(inventory)
     devices = [inv.get(n) for n in device_names]
     ok_runs = [m for m in runs if m.status == "ok"]
@@ -130,7 +127,6 @@ def measure_devices(runs: list[ModelRun], device_names: list[str], inventory: Pa
 
     with ThreadPoolExecutor(max_workers=max(1, len(devices)), thread_name_prefix="edgeq-sweep-dev") as ex:
         list(ex.map(work, devices))
-    from edgeq.report.build import write_report
 
     jobs = [j for q in queues.values() for j in q]
     for name, ctx in ctxs.items():
@@ -212,12 +208,8 @@ def sweep(configs: list[Path], inventory: Path | None, devices: list[str] | None
     runs = _model_runs(configs, out)
     names = list(dict.fromkeys(devices or []))
     if inventory is not None and not names:
-        from edgeq.targets.inventory import load_inventory
-
         names = [d.name for d in load_inventory(inventory).devices]
     elif names:
-        from edgeq.targets.inventory import load_inventory
-
         inv = load_inventory(inventory)
         for n in names:
             inv.get(n)  # an unknown name fails now, before any run

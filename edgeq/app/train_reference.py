@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edgeq.core.artifacts import atomic_path, write_json_atomic
 from edgeq.core.data import Preprocess, fashion_mnist_splits
+from edgeq.core.tfcompat import keras, set_seed, tf
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,6 @@ RECIPES = {
 
 
 def build(recipe: Recipe):
-    from edgeq.core.tfcompat import keras
-
     k = keras()
     shape = (recipe.input_size, recipe.input_size, 3)
     if recipe.arch == "MobileNetV2":
@@ -57,8 +56,6 @@ def build(recipe: Recipe):
 
 
 def train(name: str, out_dir: Path, train_images: int | None = None, epochs: int | None = None) -> dict:
-    from edgeq.core.tfcompat import keras, set_seed, tf
-
     r = RECIPES[name]
     if train_images or epochs:
         r = Recipe(**{**asdict(r), "train_images": train_images or r.train_images, "epochs": epochs or r.epochs})

@@ -97,6 +97,19 @@ class Artifact:
         return asdict(self)
 
 
+def made_for_elsewhere(artifact: Artifact, kind: str) -> str | None:
+    """Why an artifact made for other device kinds only (notes.only_for) is not run on `kind`, else None."""
+    only = artifact.notes.get("only_for")
+    if not only or kind in only["kinds"]:
+        return None
+    return f"made for {', '.join(only['kinds'])} only: {only['why']}"
+
+
+def graph_optimization_of(artifact: Artifact, default: str) -> str:
+    """The ONNX Runtime graph-optimisation level an artifact runs at: its own if it names one, else `default`."""
+    return artifact.notes.get("graph_optimization") or default
+
+
 def _migrated(entry: dict) -> dict:
     """A manifest entry written by an older edgeq, in today's form (notes renamed since)."""
     notes = entry.get("notes") or {}

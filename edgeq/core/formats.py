@@ -61,7 +61,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 @dataclass(frozen=True)
 class Kind:
     name: str
-    target: str  # "module:Class", constructed as Class(session, graph_optimization) (targets.base.DeviceTarget)
+    target: str  # "module:Class", constructed as Class(session, graph_optimization) (targets.device.DeviceTarget)
     what: str  # what such a device is, for messages
     needs_address: bool = True  # an inventory entry needs `host:`; without it a `host` device runs the agent here
     timed_by_agent: bool = True  # False: the device's own tool times it (trtexec), on its own inputs

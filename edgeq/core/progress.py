@@ -16,6 +16,8 @@ from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
 
+from edgeq.core.tfcompat import keras
+
 console = Console(stderr=False)
 PLAIN_MIN_INTERVAL = 2.0  # seconds between two plain progress lines of one loop (tests set 0)
 PLAIN_UNKNOWN_INTERVAL = 10.0  # ... of a loop whose length is unknown
@@ -135,8 +137,6 @@ def keras_progress(label: str, epochs: int, steps_per_epoch: int):
 
     Call its close() in a `finally` after fit(): Keras skips on_train_end when training raises."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from edgeq.core.tfcompat import keras
 
     def fmt(logs: dict, *keys: str) -> str:
         return ", ".join(f"{k} {float(logs[k]):.4f}" for k in keys if logs.get(k) is not None)

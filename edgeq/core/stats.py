@@ -10,12 +10,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+# scipy.stats is imported where it is used: it takes about a second, which `edgeq --help` should not pay
 
 CONFIDENCE = 0.95
 
 
 def _z(confidence: float) -> float:
+    from scipy import stats
+
     return float(stats.norm.ppf(0.5 + confidence / 2))
 
 
@@ -39,6 +42,8 @@ def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value on the discordant pairs (binomial test of b vs c at 1/2); 1.0 when b + c == 0."""
     if b + c == 0:
         return 1.0
+    from scipy import stats
+
     # At p = 1/2 the binomial is symmetric, so scipy's two-sided p is exactly 2 * min tail, capped at 1.
     return float(min(1.0, stats.binomtest(b, b + c, 0.5).pvalue))
 
@@ -110,6 +115,8 @@ def median_interval(values, confidence: float = CONFIDENCE) -> tuple[float, floa
     n = x.size
     if n == 0:
         raise ValueError("median_interval needs at least one value")
+    from scipy import stats
+
     # P(x(j) <= median <= x(n+1-j)) = 1 - 2 P(B <= j-1), B ~ Bin(n, 1/2), whatever the distribution.
     js = np.arange(1, n // 2 + 1)
     cover = 1.0 - 2.0 * stats.binom.cdf(js - 1, n, 0.5)

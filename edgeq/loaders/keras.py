@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 from edgeq.core.errors import ModelError, first_line
+from edgeq.core.tfcompat import keras, quiet_stderr
 
 
 def _h5_layer_classes(path: Path) -> list[tuple[str, str]]:
@@ -43,7 +44,6 @@ def load_keras_model(path: Path, fmt: str | None = None, trust_lambda_layers: bo
         raise ModelError(f"{path}: not a SavedModel directory (no saved_model.pb)")
     if fmt not in ("keras", "h5", "savedmodel"):
         raise ModelError(f"{path}: unsupported model format {fmt!r}; use .keras, .h5 or a SavedModel directory")
-    from edgeq.core.tfcompat import keras, quiet_stderr
 
     k = keras()
     try:

@@ -7,10 +7,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edgeq.core.artifacts import atomic_path, graph_optimization_of
 from edgeq.core.data import LabelledImages, Preprocess
 from edgeq.core.errors import first_line
+from edgeq.core.progress import track
 from edgeq.core.results import Evaluation, PerLayer, per_layer_key
-from edgeq.measure.predictors import Predictor
+from edgeq.core.tfcompat import quiet_stderr
+from edgeq.measure.predictors import KerasPredictor, Predictor, dequantize_output, open_predictor, quantize_input
 
 
 @dataclass
@@ -38,8 +41,6 @@ def evaluate(predictor: Predictor, data: LabelledImages, pre: Preprocess, datase
              batch_size: int = 64, label: str | None = None) -> EvalResult:
     """Top-1/top-5 of `predictor` on `data`; `label` names the progress display (default: "evaluate <file>")."""
     import os
-
-    from edgeq.core.progress import track
 
     if label is None:  # name what is evaluated: the file, else the Keras model
         path, model = getattr(predictor, "path", None), getattr(predictor, "model", None)
@@ -71,9 +72,6 @@ def _op_outputs(path, x_batch: np.ndarray) -> tuple[list[tuple[str, str]], dict[
     import warnings
 
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    from edgeq.measure.predictors import dequantize_output, quantize_input
-    from edgeq.core.tfcompat import quiet_stderr
 
     with warnings.catch_warnings(), quiet_stderr():
         warnings.simplefilter("ignore")
@@ -132,9 +130,6 @@ def fp32_reference_of(artifacts, available, source=None) -> dict[str, str]:
 
 def host_predictor(ctx, a, threads: int | None = 1):
     """The predictor this host evaluates artifact `a` with (an ONNX one at its own graph-optimisation level)."""
-    from edgeq.measure.predictors import open_predictor
-    from edgeq.targets.host import graph_optimization_of
-
     kw = ({"graph_optimization": graph_optimization_of(a, ctx.cfg.stages.onnx_ptq.graph_optimization)}
           if a.format == "onnx" else {})
     return open_predictor(a.abspath(ctx.run_dir), a.format, threads=threads, **kw)
@@ -142,9 +137,6 @@ def host_predictor(ctx, a, threads: int | None = 1):
 
 def evaluate_artifacts(ctx, artifacts) -> None:
     """Top-1/top-5 of every artifact on the eval split (predictions kept), agreement with FP32, per-layer error."""
-    from edgeq.core.artifacts import atomic_path
-    from edgeq.measure.predictors import KerasPredictor
-
     ev = ctx.splits.eval
     fp = ev.fingerprint()
     preds: dict[str, np.ndarray] = {}

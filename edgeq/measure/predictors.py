@@ -12,10 +12,13 @@ from pathlib import Path
 import numpy as np
 
 # one definition for this machine and the devices: the agent's (it must stay a standalone file)
+from edgeq.core.errors import ModelError, RuntimeUnavailable, first_line
+from edgeq.core.formats import predictor_factory
+from edgeq.core.tfcompat import quiet_stderr, tf
+from edgeq.loaders.keras import load_keras_model
 from edgeq.ondevice.agent import dequantize as dequantize_output
 from edgeq.ondevice.agent import is_nchw, ort_session_options, time_runs
 from edgeq.ondevice.agent import quantize as quantize_input
-from edgeq.core.errors import ModelError, RuntimeUnavailable, first_line
 
 
 class Predictor:
@@ -48,8 +51,6 @@ class KerasPredictor(Predictor):
     fmt = "keras"
 
     def __init__(self, model, batch_size: int = 64):
-        from edgeq.core.tfcompat import tf
-
         self.model = model
         self.batch_size = batch_size
         self.input_shape = tuple(model.input_shape)
@@ -62,8 +63,6 @@ class KerasPredictor(Predictor):
 
 def open_keras(path: Path, threads: int | None = None) -> KerasPredictor:
     """A predictor over a Keras, HDF5 or SavedModel file (the format is told by its name)."""
-    from edgeq.loaders.keras import load_keras_model
-
     return KerasPredictor(load_keras_model(Path(path)))
 
 
@@ -78,13 +77,11 @@ def load_tflite_interpreter(path: Path | None = None, content: bytes | None = No
             from tflite_runtime.interpreter import Interpreter
             rt = "tflite-runtime"
         except ImportError:
-            from edgeq.core.tfcompat import tf
             Interpreter = tf().lite.Interpreter
             rt = "tf.lite"
     kw = {"num_threads": threads} if threads else {}
     if delegates:
         kw["experimental_delegates"] = delegates
-    from edgeq.core.tfcompat import quiet_stderr
 
     try:
         with quiet_stderr():
@@ -212,8 +209,6 @@ class OnnxPredictor(Predictor):
 
 def open_predictor(path: Path, fmt: str, threads: int | None = None, **kw) -> Predictor:
     """A predictor for an artifact file of the given format (edgeq.core.formats names the class)."""
-    from edgeq.core.formats import predictor_factory
-
     factory = predictor_factory(fmt)
     if factory is None:
         raise ModelError(f"{path}: no predictor for format {fmt!r} on this machine")

@@ -1,18 +1,15 @@
 """The device-runner protocol. Every target implements check -> prepare -> benchmark (`Target`): the
 in-process host (targets.host, which also times interleaved rounds) and the inventory devices
-(`DeviceTarget`: targets.cpu, targets.edgetpu, targets.jetson). Every latency figure anywhere in edgeq is a
-`LatencyStats`."""
+(`targets.device.DeviceTarget`: targets.cpu, targets.edgetpu, targets.jetson). Every latency figure anywhere in
+edgeq is a `LatencyStats`."""
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from edgeq.targets.device import DeviceSession
 
 
 QUANTILES = (5, 25, 50, 75, 95)
@@ -100,19 +97,3 @@ class Target(Protocol):
     def prepare(self, artifact, run_dir: Path) -> Deployable: ...
 
     def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None) -> LatencyStats: ...
-
-
-@runtime_checkable
-class DeviceTarget(Target, Protocol):
-    """A target on an inventory device, reached through a DeviceSession and constructed by
-    edgeq.targets.fleet.make_target as Class(session, graph_optimization) from its edgeq.core.formats.KINDS row.
-
-    `benchmark` times on the device's own inputs file (`inputs_remote`, image 0 is timed) and may ask for
-    its outputs; the device's whole answer to the last call (per-run samples, outputs) is `last_answer`.
-    """
-
-    session: DeviceSession
-    last_answer: dict
-
-    def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None,
-                  inputs_remote: str | None = None, return_outputs: bool = False) -> LatencyStats: ...

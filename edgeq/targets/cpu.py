@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeq.core.artifacts import graph_optimization_of, made_for_elsewhere
 from edgeq.core.formats import FORMATS, format_refusal
 from edgeq.targets.base import Compatibility, Deployable, LatencyStats
 from edgeq.targets.device import DeviceSession
-from edgeq.targets.host import graph_optimization_of, made_for_elsewhere
 
 
 class AgentCpuTarget:

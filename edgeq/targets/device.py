@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 from edgeq.core.artifacts import sha256_of
 from edgeq.core.errors import RuntimeUnavailable, TargetError
-from edgeq.targets.base import LatencyStats
+from edgeq.core.progress import spinner
+from edgeq.ondevice import agent
+from edgeq.targets.base import Deployable, LatencyStats, Target
 from edgeq.targets.inventory import Device
 from edgeq.targets.ssh import CommandResult, LocalTransport, stderr_tail
 
@@ -20,8 +22,6 @@ AGENT_SOURCE = Path(__file__).resolve().parent.parent / "ondevice" / "agent.py"
 
 
 def expected_protocol() -> int:
-    from edgeq.ondevice import agent
-
     return agent.PROTOCOL
 
 
@@ -77,8 +77,6 @@ class DeviceSession:
         return self.device.name
 
     def upload(self, local: Path, sha256: str | None = None) -> str:
-        from edgeq.core.progress import spinner
-
         local = Path(local)
         sha256 = sha256 or sha256_of(local)
         if isinstance(self.transport, LocalTransport):  # a host device reads the file where it is: no copy
@@ -126,3 +124,19 @@ class DeviceSession:
         stats = LatencyStats.from_samples(t["samples_ms"], warmup=t["warmup"], threads=t.get("threads"),
                                           runtime=ans["runtime"], device=self.identity())
         return stats, ans
+
+
+@runtime_checkable
+class DeviceTarget(Target, Protocol):
+    """A target on an inventory device, reached through a DeviceSession and constructed by
+    edgeq.targets.fleet.make_target as Class(session, graph_optimization) from its edgeq.core.formats.KINDS row.
+
+    `benchmark` times on the device's own inputs file (`inputs_remote`, image 0 is timed) and may ask for
+    its outputs; the device's whole answer to the last call (per-run samples, outputs) is `last_answer`.
+    """
+
+    session: DeviceSession
+    last_answer: dict
+
+    def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None,
+                  inputs_remote: str | None = None, return_outputs: bool = False) -> LatencyStats: ...

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.core.artifacts import atomic_path
+from edgeq.core.errors import first_line
 from edgeq.core.stats import paired_test, wilson_interval
+from edgeq.measure.evaluate import host_predictor
 
 CHUNK = 200  # images per agent call: bounded JSON answers, and progress a user can follow
 
@@ -48,8 +50,6 @@ def device_outputs(ctx, session, target, dep, n: int, threads: int | None, log) 
 
 def host_outputs(ctx, artifact, n: int) -> np.ndarray:
     """This host's outputs of the same artifact on the same images (the reference the device is held to)."""
-    from edgeq.measure.evaluate import host_predictor
-
     p = host_predictor(ctx, artifact)
     return np.concatenate([p.predict(ctx.pre(ctx.splits.eval.images[s:s + k])) for s, k in chunks(n)])
 
@@ -86,7 +86,6 @@ def measure(ctx, session, target, deps: dict, n: int, threads: int | None, log) 
         try:
             y_dev = device_outputs(ctx, session, target, dep, n, threads, log)
         except Exception as e:  # noqa: BLE001 - recorded per artifact; the device's other figures stand
-            from edgeq.core.errors import first_line
 
             out[name] = {"artifact": name, "sha256": a.sha256, "n": 0, "reason": f"not measured: {first_line(e)}"}
             log(f"! {name}: accuracy not measured: {first_line(e)}")

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeq.core.errors import RuntimeUnavailable, TargetError, first_line
 from edgeq.core.formats import format_refusal
+from edgeq.measure.predictors import load_tflite_interpreter
 from edgeq.targets.base import Compatibility, Deployable, LatencyStats
 from edgeq.targets.edgetpu_ops import (CONSTANT_DTYPES, INSTALL_COMPILER, INSTALL_RUNTIME, MAX_NON_UNIT_DIMS, QUANTIZED_DTYPES, SUPPORTED_OPS)
 
@@ -25,7 +26,6 @@ def _graph(path: Path):
         interp = Interpreter(model_path=str(path),
                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     except ImportError:  # pragma: no cover - other interpreters
-        from edgeq.measure.predictors import load_tflite_interpreter
 
         interp, _ = load_tflite_interpreter(Path(path))
     except (ValueError, RuntimeError) as e:

@@ -18,11 +18,12 @@ from edgeq.core.artifacts import atomic_path
 from edgeq.core.errors import ConfigError, EdgeqError
 from edgeq.core.formats import KINDS, formats_for_kind, target_class
 from edgeq.core.results import LatencyRow
-from edgeq.targets.base import DeviceTarget
-from edgeq.targets.device import AGENT_SOURCE, DeviceSession
+from edgeq.measure.predictors import open_predictor
+from edgeq.targets import device_accuracy
+from edgeq.targets.device import AGENT_SOURCE, DeviceSession, DeviceTarget
 from edgeq.targets.interleave import add_ratios, fp32_references, interleave, summarise
 from edgeq.targets.inventory import Device, load_inventory
-from edgeq.targets.ssh import DeviceUnreachable, open_transport
+from edgeq.targets.ssh import DeviceUnreachable, open_transport, quote_argv, remote_workdir, stderr_tail
 
 
 _LOG_LOCK = threading.Lock()  # devices log from their own threads, one whole line at a time
@@ -91,8 +92,6 @@ def inputs_file(ctx, n: int) -> Path:
 
 def outputs_check(artifact, run_dir: Path, x: np.ndarray, device_out) -> dict:
     """Agreement of the device's outputs with this host's for the same artifact and inputs."""
-    from edgeq.measure.predictors import open_predictor
-
     y_dev = np.asarray(device_out, np.float32)
     y_host = open_predictor(artifact.abspath(run_dir), artifact.format, threads=1).predict(x)
     return {"n": int(len(y_dev)), "top1_agreement_with_host": float(np.mean(y_dev.argmax(1) == y_host.argmax(1))),
@@ -189,8 +188,6 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
 
 def _accuracy(ctx, plan: Plan, session, target, deps: dict, uses_agent: bool, out: DeviceOutcome, log) -> None:
     """accuracy_on_device for the device's measured artifacts (agent-run kinds; others say why not)."""
-    from edgeq.targets import device_accuracy
-
     if not uses_agent:
         why = (f"not measured: a {plan.device.kind} device is timed by its own tool, which returns no outputs "
                "to score; run the artifact through the agent's runtime for on-device accuracy")
@@ -275,8 +272,6 @@ def merge_outcomes(ctx, outcomes: list[DeviceOutcome]) -> None:
 
 def clean_device(device: Device, log) -> dict:
     """Remove the device's edgeq workdir (every run's uploads and bundles); what was there, in bytes."""
-    from edgeq.targets.ssh import quote_argv, remote_workdir, stderr_tail
-
     if device.is_local:
         return {"device": device.name, "removed_bytes": 0,
                 "note": "a host-kind device without an address reads files in place: edgeq copied nothing there"}

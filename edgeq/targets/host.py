@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeq.core.artifacts import graph_optimization_of, made_for_elsewhere
 from edgeq.core.errors import EdgeqError, first_line
 from edgeq.core.formats import FORMATS, host_benchmark_formats
 from edgeq.core.results import LatencyRow, latency_key
@@ -19,19 +20,6 @@ from edgeq.measure.predictors import open_predictor
 from edgeq.core.sysinfo import busy_processes, cpu_info, host_identity, loadavg
 from edgeq.targets.base import Compatibility, Deployable, LatencyStats
 from edgeq.targets.interleave import add_ratios, fp32_references, interleave, summarise
-
-
-def made_for_elsewhere(artifact, kind: str) -> str | None:
-    """Why an artifact made for other device kinds only (notes.only_for) is not run on `kind`, else None."""
-    only = artifact.notes.get("only_for")
-    if not only or kind in only["kinds"]:
-        return None
-    return f"made for {', '.join(only['kinds'])} only: {only['why']}"
-
-
-def graph_optimization_of(artifact, default: str) -> str:
-    """The ONNX Runtime graph-optimisation level an artifact runs at: its own if it names one, else `default`."""
-    return artifact.notes.get("graph_optimization") or default
 
 
 class HostTarget:

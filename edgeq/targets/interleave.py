@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from edgeq.core.errors import EdgeqError
+from edgeq.core.progress import track
 from edgeq.core.stats import median_interval, ratio_interval, relative_width
 from edgeq.targets.base import QUANTILES, LatencyStats, sig
 
@@ -35,7 +36,6 @@ def interleave(names: list[str], time_round: Callable[[str, int], tuple[LatencyS
     per_round: dict[str, list[LatencyStats]] = {n: [] for n in names}
     pooled: dict[str, list[float]] = {n: [] for n in names}
     failed: dict[str, str] = {}
-    from edgeq.core.progress import track
 
     for r, order in enumerate(track(round_orders(names, rounds), rounds, label, unit="rounds")):
         for name in order:

@@ -10,9 +10,10 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgeq.core.config import looks_like_secret
+from edgeq.core.config import format_validation_error, looks_like_secret
 from edgeq.core.errors import ConfigError
 from edgeq.core.formats import KINDS
+from edgeq.core.yamlfile import read_yaml_mapping
 
 
 class Device(BaseModel):
@@ -98,9 +99,6 @@ class Inventory(BaseModel):
 
 def load_inventory(path: Path | str) -> Inventory:
     """Read and validate an inventory file; a problem is one ConfigError naming the file and key."""
-    from edgeq.core.config import format_validation_error
-    from edgeq.core.yamlfile import read_yaml_mapping
-
     path = Path(path)
     raw = read_yaml_mapping(path, "inventory file", "a mapping with a 'devices:' list")
     try:

@@ -11,6 +11,7 @@ from edgeq.core.errors import RuntimeUnavailable, TargetError
 from edgeq.core.formats import FORMATS, format_refusal
 from edgeq.targets.base import Compatibility, Deployable, LatencyStats
 from edgeq.targets.ssh import remote_workdir, stderr_tail
+from edgeq.targets.tensorrt_check import check_tensorrt_qdq
 
 TRTEXEC_FALLBACKS = ("/usr/src/tensorrt/bin/trtexec",)
 TIMING_CACHE = "trt-timing.cache"  # one per device, in its workdir: reused by every engine build there
@@ -98,11 +99,10 @@ class JetsonTarget:
             return Compatibility(True, self.name, artifact.name, [],
                                  {"note": f"{artifact.precision} ONNX: the engine is built with --fp16"})
         try:
-            from edgeq.targets.tensorrt_check import check_tensorrt_qdq
-        except ImportError:  # the QDQ checker is optional; trtexec itself is the final word
+            c = check_tensorrt_qdq(artifact.abspath(run_dir), artifact.name)
+        except ImportError:  # no onnx here: the static QDQ check is optional; trtexec itself is the final word
             return Compatibility(True, self.name, artifact.name, [],
                                  {"note": "no static TensorRT QDQ check available here; trtexec decides"})
-        c = check_tensorrt_qdq(artifact.abspath(run_dir), artifact.name)
         c.target = self.name
         return c
 

@@ -5,13 +5,12 @@ the artifact's "tensorrt" compatibility record, the form device checks use too.
 """
 from __future__ import annotations
 
+from edgeq.report import sections as report_sections
 from edgeq.targets.tensorrt_check import check_tensorrt_qdq
 
 
 def check_artifacts(ctx, artifacts: list) -> None:
     """Check each INT8 ONNX artifact against TensorRT's explicit-quantization rules and record the result."""
-    from edgeq.report import sections as report_sections
-
     checked = [a for a in artifacts if a.format == "onnx" and a.precision == "int8"]
     for a in checked:
         c = check_tensorrt_qdq(a.abspath(ctx.run_dir), a.name)

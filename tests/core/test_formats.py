@@ -16,7 +16,7 @@ import pytest
 from edgeq.ondevice import agent
 from edgeq.core.artifacts import Artifact
 from edgeq.core.formats import (FORMATS, KINDS, Format, Kind, format_from_path, format_refusal, formats_for_kind, host_benchmark_formats, imported_artifact)
-from edgeq.targets.base import DeviceTarget
+from edgeq.targets.device import DeviceTarget
 
 from conftest import build_tiny_cnn
 

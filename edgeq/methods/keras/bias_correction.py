@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgeq.core.progress import track
+from edgeq.core.tfcompat import keras, tf
+from edgeq.measure.predictors import TFLitePredictor
 from edgeq.methods.keras.fakequant import (WeightLayer, clone_model, fake_quant, max_scales, mse_scales, weight_layers)
 
 
@@ -29,9 +32,6 @@ class AdvancedReport:
 
 def input_channel_means(model, batches, label: str = "advanced PTQ") -> dict[str, np.ndarray]:
     """Per-input-channel mean of every quantisable layer's input over the calibration batches."""
-    from edgeq.core.progress import track
-    from edgeq.core.tfcompat import keras, tf
-
     layers = weight_layers(model)
     probe_inputs = [wl.layer.input for wl in layers]
     reduced = [tf().reduce_mean(t, axis=list(range(len(t.shape) - 1))) for t in probe_inputs]
@@ -58,8 +58,6 @@ def output_shift(wl: WeightLayer, d_w: np.ndarray, mean_in: np.ndarray) -> np.nd
 
 
 def _following_batch_norm(layer):
-    from edgeq.core.tfcompat import keras
-
     nodes = getattr(layer, "_outbound_nodes", [])
     if len(nodes) != 1:
         return None
@@ -87,8 +85,6 @@ def quantize_weights_advanced(model, bits: int, calibration_batches, clipping: b
     With clipping=False the grid is max|w|/qmax per channel, exactly the one the TFLite converter
     uses, so a real INT8 export keeps these values bit for bit. `label` names the progress display.
     """
-    from edgeq.core.progress import track
-
     label = label or f"advanced PTQ INT{bits}"
     means = input_channel_means(model, calibration_batches, label)
     m = clone_model(model)
@@ -123,8 +119,6 @@ def tflite_output_errors(ref: np.ndarray, int8_models: dict[str, bytes], x: np.n
     """`output_error` of each .tflite (name -> bytes) on the preprocessed images `x` against the outputs `ref`."""
     import tempfile
     from pathlib import Path
-
-    from edgeq.measure.predictors import TFLitePredictor
 
     out = {}
     with tempfile.TemporaryDirectory() as d:

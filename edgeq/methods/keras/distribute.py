@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgeq.core.config import DistributionSpec
 from edgeq.core.errors import ConfigError, EdgeqError
+from edgeq.core.tfcompat import keras, tf
 
 _STRATEGY: dict = {}  # the one strategy of this process (MultiWorkerMirroredStrategy can be made only once)
 
@@ -60,7 +61,6 @@ def start(spec: DistributionSpec):
         return None
     if spec.strategy in _STRATEGY:
         return _STRATEGY[spec.strategy]
-    from edgeq.core.tfcompat import tf
 
     t = tf()
     if spec.strategy == "mirrored":
@@ -103,8 +103,6 @@ def dataset(strategy, part_batches, batch_size: int):
     its replicas' batches, so every global batch is the one a single process would train on."""
     import itertools
 
-    from edgeq.core.tfcompat import tf
-
     t = tf()
 
     def per_pipeline(ctx):
@@ -131,8 +129,6 @@ def dataset(strategy, part_batches, batch_size: int):
 # ------------------------------------------------------------------ epoch checkpoints
 def resumed_epoch(backup_dir: Path) -> int:
     """The epoch a BackupAndRestore fit in `backup_dir` resumes at (0: no checkpoint, a fresh start)."""
-    from edgeq.core.tfcompat import tf
-
     t = tf()
     ckpt = t.train.latest_checkpoint(str(Path(backup_dir) / "chief"))
     if not ckpt:
@@ -142,8 +138,6 @@ def resumed_epoch(backup_dir: Path) -> int:
 
 
 def backup_callback(backup_dir: Path):
-    from edgeq.core.tfcompat import keras
-
     return keras().callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True)
 
 
@@ -160,8 +154,6 @@ def global_batch_ranges():
     those; outside a multi-replica fit nothing changes.
     """
     from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
-
-    from edgeq.core.tfcompat import tf
 
     t = tf()
     all_values, moving_avg = quant_ops.AllValuesQuantize, quant_ops.MovingAvgQuantize

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeq.methods.keras.fakequant import kernel_of
+from edgeq.core.progress import spinner
+from edgeq.core.tfcompat import keras, tf
+from edgeq.methods.keras.fakequant import clone_model, kernel_of
 
 MIN_SCALE = 1e-4  # dead channels (range ~0) keep their scale instead of being blown up
 
@@ -63,8 +65,6 @@ def _homogeneous_activation(layer) -> bool:
 
 def find_pairs(model) -> list[Pair]:
     """Every (weight layer, weight layer) pair joined by a path that commutes with per-channel scaling."""
-    from edgeq.core.tfcompat import keras
-
     k = keras()
     members = {id(layer) for layer in model.layers}
     pairs = []
@@ -97,8 +97,6 @@ def find_pairs(model) -> list[Pair]:
 
 def channel_ranges(model, tensor_layers: list, batches) -> list[np.ndarray]:
     """max |x| per channel of each layer's output over the calibration batches."""
-    from edgeq.core.tfcompat import keras, tf
-
     outs = [tf().reduce_max(tf().abs(t.output), axis=list(range(len(t.output.shape) - 1))) for t in tensor_layers]
     probe = keras().Model(model.inputs, outs)
     fn = tf().function(lambda x: probe(x, training=False), reduce_retracing=True)
@@ -147,10 +145,6 @@ def scale_pair(pair: Pair, s: np.ndarray) -> None:
 
 def equalize(model, batches, label: str = "cross-layer equalisation") -> tuple[object, EqualizationReport]:
     """A copy of `model` with every equalisable pair rescaled from activation ranges measured on `batches`."""
-    from edgeq.core.progress import spinner
-    from edgeq.core.tfcompat import keras
-    from edgeq.methods.keras.fakequant import clone_model
-
     m = clone_model(model)
     rep = EqualizationReport()
     pairs = find_pairs(m)

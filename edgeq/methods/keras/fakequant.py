@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeq.core.tfcompat import keras
+
 MSE_ALPHAS = np.linspace(0.30, 1.0, 36)  # clipping ratios searched for the MSE-optimal scale
 
 
@@ -27,8 +29,6 @@ def kernel_of(layer) -> WeightLayer | None:
     """The quantisable kernel of one layer, or None: edgeq's one definition of a weight layer.
 
     Conv2D, DepthwiseConv2D and Dense, with the axes reduced per output channel."""
-    from edgeq.core.tfcompat import keras
-
     k = keras()
     if isinstance(layer, k.layers.DepthwiseConv2D):  # before Conv2D: it subclasses it
         return WeightLayer(layer, layer.depthwise_kernel, (0, 1))
@@ -76,8 +76,6 @@ def mse_scales(w: np.ndarray, bits: int, axes: tuple[int, ...]) -> np.ndarray:
 
 def clone_model(model):
     """An independent copy of a tf-keras model with the same weights."""
-    from edgeq.core.tfcompat import keras
-
     m = keras().models.clone_model(model)
     m.set_weights(model.get_weights())
     return m

@@ -12,6 +12,10 @@ import numpy as np
 from edgeq.core.config import QatSpec
 from edgeq.core.data import LabelledImages, Preprocess
 from edgeq.core.errors import DataError
+from edgeq.core.progress import keras_progress, spinner, track
+from edgeq.core.tfcompat import keras, set_seed, tf
+from edgeq.methods.keras import distribute
+from edgeq.methods.keras.fakequant import clone_model, fake_quant, mse_scales, qmax, weight_layers
 from edgeq.methods.keras.qat import calibrate_ranges, fit_softmax_input_range, wrap_for_qat
 
 
@@ -62,8 +66,6 @@ def batch_stream(data: LabelledImages, pre: Preprocess, batch_size: int, seed: i
 
 def outputs_probabilities(model) -> bool:
     """True when the model ends in softmax (its loss then takes probabilities, not logits)."""
-    from edgeq.core.tfcompat import keras
-
     last = model.layers[-1]
     act = getattr(last, "activation", None)
     if isinstance(last, keras().layers.Softmax):
@@ -90,8 +92,6 @@ class QatResult:
 
 
 def _top1(model, x, y, when: str) -> float | None:
-    from edgeq.core.progress import spinner
-
     if x is None:
         return None
     with spinner(f"QAT: validation top-1 {when} fine-tuning ({len(x)} images)"):
@@ -101,8 +101,6 @@ def _top1(model, x, y, when: str) -> float | None:
 
 def _teacher(model):
     """FP32 soft targets for distillation: class probabilities of the FP32 model."""
-    from edgeq.core.tfcompat import tf
-
     t = tf()
     probs = outputs_probabilities(model)
     fn = t.function(lambda x: model(x, training=False), reduce_retracing=True)
@@ -111,8 +109,6 @@ def _teacher(model):
 
 def _objective(model, stream, xv, yv, opts: QatSpec):
     """(training batches, validation data, loss): soft FP32 targets when distilling, else the labels."""
-    from edgeq.core.tfcompat import keras
-
     k = keras()
     from_logits = not outputs_probabilities(model)
     if opts.distill:
@@ -133,9 +129,6 @@ def fine_tune_qat(model, data: TrainData, pre: Preprocess, calibration: np.ndarr
     calibrated weights), with BackupAndRestore checkpoints in `checkpoint_dir`; the result is this process's
     plain model holding the trained weights (what conversion and evaluation take). `callbacks`: extra Keras
     callbacks for the fit (e.g. a step timer)."""
-    from edgeq.core.progress import spinner
-    from edgeq.core.tfcompat import set_seed
-
     set_seed(opts.seed)
     with spinner(f"QAT: wrap {model.name} (tfmot quantize_model)"):
         qmodel = wrap_for_qat(model, opts.passthrough_layers)
@@ -168,8 +161,6 @@ def _fit_distributed(qmodel, model, data: TrainData, pre: Preprocess, val_xy, op
     """`_fit` under the configured tf.distribute strategy: each worker loads and distils only its rows of every
     global batch; Keras all-reduces the gradients; epochs are checkpointed for BackupAndRestore."""
     from pathlib import Path
-
-    from edgeq.methods.keras import distribute
 
     spec = opts.distribution
     strategy = distribute.start(spec)
@@ -207,9 +198,6 @@ def _fit(qmodel, name: str, data: TrainData, stream, val, loss, opts: QatSpec, e
          scope=None) -> QatResult:
     """Keras fit with early stopping; the starting weights are kept when validation loss never improves."""
     import contextlib
-
-    from edgeq.core.progress import keras_progress
-    from edgeq.core.tfcompat import keras
 
     k = keras()
     with scope or contextlib.nullcontext():  # a strategy's optimizer is made in its scope
@@ -253,10 +241,6 @@ def fine_tune_fake_quant(model, bits: int, batches, steps: int, learning_rate: f
     held fixed. `start` (same architecture, e.g. the bias-corrected PTQ model) supplies every other
     weight, so step 0 is that PTQ model. Returns the copy with its kernels at their quantised values.
     """
-    from edgeq.core.progress import track
-    from edgeq.core.tfcompat import keras, set_seed, tf
-    from edgeq.methods.keras.fakequant import clone_model, fake_quant, mse_scales, qmax, weight_layers
-
     t = tf()
     k = keras()
     set_seed(seed)

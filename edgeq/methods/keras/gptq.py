@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgeq.core.errors import QuantizationError
+from edgeq.core.progress import track
+from edgeq.core.tfcompat import keras, tf
 from edgeq.methods.keras.fakequant import clone_model, fake_quant, max_scales, qmax
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (GPTQ's default)
@@ -37,8 +40,6 @@ class GptqReport:
 
 
 def _gptq_layers(model) -> list:
-    from edgeq.core.tfcompat import keras
-
     k = keras()
     out = []
     for layer in model.layers:
@@ -55,9 +56,6 @@ def _gptq_layers(model) -> list:
 
 def hessians(model, layers: list, batches) -> dict[str, np.ndarray]:
     """2/n X^T X of each layer's input over the calibration batches (im2col patches for a convolution)."""
-    from edgeq.core.progress import track
-    from edgeq.core.tfcompat import keras, tf
-
     t = tf()
     probe = keras().Model(model.inputs, [layer.input for layer in layers])
     fn = t.function(lambda x: probe(x, training=False), reduce_retracing=True)
@@ -127,7 +125,6 @@ def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
             return cholesky(inv, lower=False)
         except np.linalg.LinAlgError:
             continue
-    from edgeq.core.errors import QuantizationError
 
     raise QuantizationError("GPTQ: a layer's input Hessian is not positive definite even with extra damping "
                             "(its calibration inputs are degenerate); use more or more varied calibration images")
@@ -139,8 +136,6 @@ def _as_matrix(kernel: np.ndarray) -> np.ndarray:
 
 def gptq_model(model, bits: int, batches, label: str = "GPTQ") -> tuple[object, GptqReport]:
     """A copy of `model` whose Conv2D/Dense kernels hold GPTQ-rounded values on the `bits`-bit per-channel grid."""
-    from edgeq.core.progress import track
-
     m = clone_model(model)
     layers = _gptq_layers(m)
     rep = GptqReport(bits)

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeq.methods.keras import equalize
+from edgeq.methods.keras.bias_correction import lowest_error, output_error
+from edgeq.methods.onnx import ranges as onnx_ranges
+from edgeq.methods.onnx.from_keras import keras_to_onnx
 from edgeq.methods.onnx.ort_int8 import Int8Scheme, prepare, quantize_onnx
+from edgeq.methods.shared.budget import predict
 
 
 def quantize_advanced(tmp: Path, *, prepared: Path, scheme: Int8Scheme, op_types: list[str], calibration: np.ndarray,
@@ -24,10 +29,6 @@ def quantize_advanced(tmp: Path, *, prepared: Path, scheme: Int8Scheme, op_types
 
     `equalized_prepared`: a callable returning the prepared FP32 ONNX of the equalised Keras model (and the
     equalisation notes), or None when there is none."""
-    from edgeq.methods.onnx import ranges as onnx_ranges
-    from edgeq.methods.keras.bias_correction import lowest_error, output_error
-    from edgeq.methods.shared.budget import predict
-
     io = {"input_name": input_name, "nchw": nchw, "batch": batch}
     ref = predict(prepared, held, input_name, nchw, batch)
 
@@ -63,9 +64,6 @@ def quantize_advanced(tmp: Path, *, prepared: Path, scheme: Int8Scheme, op_types
 
 def equalized_onnx(model, calibration: np.ndarray, opset: int, info, hwc, workdir: Path):
     """A callable making the prepared FP32 ONNX of the cross-layer-equalised `model` (None without pairs)."""
-    from edgeq.methods.keras import equalize
-    from edgeq.methods.onnx.from_keras import keras_to_onnx
-
     if not equalize.find_pairs(model):
         return None
 

@@ -10,6 +10,9 @@ import numpy as np
 
 from edgeq.core.errors import ModelError, QuantizationError, first_line
 from edgeq.core.onnx_ops import INT8_COMPUTE_OPS, weight_axis
+from edgeq.core.progress import spinner
+from edgeq.core.tfcompat import tf
+from edgeq.measure.predictors import KerasPredictor, OnnxPredictor
 
 INPUT_NAME = "input"
 
@@ -29,9 +32,6 @@ def keras_to_onnx(model, out_path: Path, opset: int = 17, *, name: str = "fp32_o
     """
     import onnx
     import tf2onnx
-
-    from edgeq.core.progress import spinner
-    from edgeq.core.tfcompat import tf
 
     shape = tuple(model.input_shape)
     if len(shape) != 4:
@@ -93,8 +93,6 @@ def drop_identity_reshapes(model) -> int:
 
 def max_abs_diff_vs_keras(model, onnx_path: Path, x: np.ndarray) -> float:
     """Largest |Keras - ONNX Runtime| output difference on the float NHWC batch `x` (real images)."""
-    from edgeq.measure.predictors import KerasPredictor, OnnxPredictor
-
     ref = KerasPredictor(model).predict(x)
     got = OnnxPredictor(onnx_path, threads=None, graph_optimization="all").predict(x)
     return float(np.max(np.abs(ref - got)))

@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.core.config import OnnxPtqSpec
-from edgeq.core.errors import QuantizationError, first_line
+from edgeq.core.errors import ConfigError, QuantizationError, RuntimeUnavailable, first_line
 from edgeq.core.onnx_ops import INT8_CAPABLE_OPS
+from edgeq.core.progress import spinner
 from edgeq.loaders.onnx import OnnxInput, fix_spatial_dims
+from edgeq.ondevice.agent import ort_session_options
 
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # op types never quantized: int8 class scores tie the top-1 of near classes, and neither ORT nor TensorRT
@@ -119,8 +121,6 @@ def quantize_onnx(prepared: Path, out: Path, scheme: Int8Scheme, calibration: np
     read by later ones, so re-quantizing with other excluded nodes does not calibrate again."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgeq.core.progress import spinner
-
     check_node_names(prepared, exclude_nodes)
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     extra = {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": True,
@@ -152,8 +152,6 @@ def check_node_names(model_path: Path, names: list[str]) -> None:
         return
     import onnx
 
-    from edgeq.core.errors import ConfigError
-
     have = [n.name for n in onnx.load(str(model_path)).graph.node]
     unknown = [n for n in names if n not in set(have)]
     if unknown:
@@ -182,8 +180,6 @@ def ort_kernel_summary(path: Path, graph_optimization: str) -> dict:
     import onnx
     import onnxruntime as ort
 
-    from edgeq.ondevice.agent import ort_session_options
-
     with tempfile.TemporaryDirectory() as d:
         so = ort_session_options(ort, graph_optimization=graph_optimization)  # logs errors only: the saving warning is expected
         so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
@@ -204,8 +200,6 @@ def prepare(fp32_path: Path, info: OnnxInput, input_shape_hwc: tuple[int, int, i
     """fp32 -> (fixed H/W) -> quant_pre_process (shape inference, ORT basic optimisation: Conv+BN fold)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgeq.core.progress import spinner
-
     src = fp32_path
     if None in info.dims[1:]:
         src = Path(workdir) / "fixed.onnx"
@@ -215,6 +209,5 @@ def prepare(fp32_path: Path, info: OnnxInput, input_shape_hwc: tuple[int, int, i
         with spinner(f"prepare {name} for quantization (ORT quant_pre_process)"):
             quant_pre_process(str(src), str(dst))
     except ImportError as e:
-        from edgeq.core.errors import RuntimeUnavailable
         raise RuntimeUnavailable(f"onnxruntime's quant_pre_process needs {e.name}: pip install {e.name}") from None
     return dst

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeq.core.errors import QuantizationError, first_line
 from edgeq.methods.onnx.ort_int8 import Int8Scheme, calibration_reader
+from edgeq.methods.shared.budget import ort_feed, ort_session, with_outputs
 
 ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 CLIP_RATIOS = np.linspace(0.2, 1.0, 41)  # the MSE search: fractions of the min-max range
@@ -68,8 +69,6 @@ def qdq_error(v: np.ndarray, low: float, high: float, scheme: Int8Scheme) -> flo
 def tensor_values(prepared: Path, names: list[str], x: np.ndarray, *, input_name: str, nchw: bool,
                   batch: int | None) -> dict[str, np.ndarray]:
     """Each named tensor's values over the images `x` (flattened; a fixed sample when large)."""
-    from edgeq.methods.shared.budget import ort_feed, ort_session, with_outputs
-
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="edgeq.values.") as d:
         sess = ort_session(with_outputs(prepared, names, Path(d) / "probe.onnx"), "disable")

@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.core.errors import ModelError, QuantizationError, RuntimeUnavailable, first_line
+from edgeq.core.progress import spinner
+from edgeq.core.tfcompat import quiet_stderr
 from edgeq.loaders.onnx import OnnxInput
+from edgeq.measure.predictors import OnnxPredictor, TFLitePredictor
 
 ONNX2TF_PIN = "1.29.24"
 INSTALL = f"pip install --no-deps onnx2tf=={ONNX2TF_PIN} (its wheel pins an older TensorFlow; edgeq carries its real needs)"
@@ -91,8 +94,6 @@ def onnx_to_keras(onnx_path: Path, info: OnnxInput, images_nhwc: np.ndarray, wor
     """(tf-keras model with an NHWC input, notes). `images_nhwc`: preprocessed images onnx2tf checks on; their
     H, W, C are the model's input shape."""
     onnx2tf, impl = _onnx2tf()
-    from edgeq.core.progress import spinner
-    from edgeq.core.tfcompat import quiet_stderr
 
     where = where or onnx_path
     workdir.mkdir(parents=True, exist_ok=True)
@@ -139,8 +140,6 @@ def _version() -> str:
 def fidelity(onnx_path: Path, tflite_path: Path, images_nhwc: np.ndarray) -> dict:
     """How closely the FP32 TFLite reproduces the FP32 ONNX: max |Δlogit|, relative to the largest |logit|,
     and top-1 agreement, over `images_nhwc` (preprocessed)."""
-    from edgeq.measure.predictors import OnnxPredictor, TFLitePredictor
-
     ref = OnnxPredictor(onnx_path, graph_optimization="basic").predict(images_nhwc)
     got = TFLitePredictor(tflite_path).predict(images_nhwc)
     diff = float(np.abs(got - ref).max())

@@ -19,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 
+from edgeq.ondevice.agent import ort_session_options
+
 # device kinds whose INT8 artifact must stay fully integer, and why (fallback is refused for them)
 # the fully integer better-PTQ artifact to use instead, per kind
 BETTER_ROUTE = {"edgetpu": "int8_tflite_ptq_adv (stages.comparison: equalisation + bias correction, fully integer) "
@@ -79,8 +81,6 @@ class FallbackPlan:
 # ------------------------------------------------------------------ running models
 def ort_session(path: Path, graph_optimization: str = "all"):
     import onnxruntime as ort
-
-    from edgeq.ondevice.agent import ort_session_options
 
     return ort.InferenceSession(str(path), ort_session_options(ort, None, graph_optimization),
                                 providers=["CPUExecutionProvider"])

@@ -8,6 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.core.errors import QuantizationError
+from edgeq.core.progress import spinner, track
+from edgeq.core.tfcompat import quiet_stderr, tf
+from edgeq.measure.predictors import load_tflite_interpreter
+from edgeq.methods.keras.fakequant import kernel_of
 
 
 def _converter(model):
@@ -18,8 +22,6 @@ def _converter(model):
     MobileNetV2, more for a tfmot QAT model) and loads it back: 90-95 % of a conversion (benchmarks/
     export_time.py, docs/performance.md). The converter needs only the whole model's inference function: traced
     once here and frozen without the SavedModel round trip. Same ops, same outputs; the input is named "input"."""
-    from edgeq.core.tfcompat import tf
-
     t = tf()
     spec = t.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype, name="input")
     call = t.function(lambda x: model(x, training=False))
@@ -30,9 +32,6 @@ def _converter(model):
 
 def _convert(conv, what: str, name: str) -> bytes:
     import warnings
-
-    from edgeq.core.progress import spinner
-    from edgeq.core.tfcompat import quiet_stderr
 
     try:
         with spinner(f"convert {name} (TFLite converter)"), quiet_stderr(), warnings.catch_warnings():
@@ -74,8 +73,6 @@ def convert_fp32(model, *, name: str = "fp32_tflite") -> bytes:
 
 def _tracked(representative_dataset, images: int | None, name: str):
     """The representative dataset with a progress display over its images (the converter's calibration)."""
-    from edgeq.core.progress import track
-
     return lambda: track(representative_dataset(), images, f"calibrate {name} (representative images)", "images")
 
 
@@ -83,8 +80,6 @@ def convert_int8(model, representative_dataset, *, input_type: str = "int8", out
                  per_channel: bool = True, allow_float_ops: bool = False, name: str = "int8_tflite",
                  calibration_images: int | None = None) -> bytes:
     """Full-integer INT8 TFLite; `name` labels the progress display, `calibration_images` sizes its bar."""
-    from edgeq.core.tfcompat import tf
-
     t = tf()
     conv = _converter(model)
     conv.optimizations = [t.lite.Optimize.DEFAULT]
@@ -108,8 +103,6 @@ def convert_int8(model, representative_dataset, *, input_type: str = "int8", out
 
 def tensor_summary(data: bytes) -> dict:
     """Counts of tensor dtypes and op types in a .tflite model."""
-    from edgeq.measure.predictors import load_tflite_interpreter
-
     interp, _ = load_tflite_interpreter(content=data)
     dtypes: dict[str, int] = {}
     for t in interp.get_tensor_details():
@@ -123,8 +116,6 @@ def tensor_summary(data: bytes) -> dict:
 
 def float_ops(data: bytes, allow_io: bool = False) -> list[str]:
     """'OP_NAME#index(tensor)' for every op that reads or writes a float32 tensor."""
-    from edgeq.measure.predictors import load_tflite_interpreter
-
     interp, _ = load_tflite_interpreter(content=data)
     details = {t["index"]: t for t in interp.get_tensor_details()}
     io = set()
@@ -149,8 +140,6 @@ def float_ops(data: bytes, allow_io: bool = False) -> list[str]:
 def param_floor_bytes(model) -> dict:
     """Lower bound of an INT8 model's size: kernel weights x 1 byte + one int32 bias per output
     channel of every conv/dense layer x 4 bytes (batch norm folds into those)."""
-    from edgeq.methods.keras.fakequant import kernel_of
-
     weights = biases = 0
     for wl in filter(None, map(kernel_of, leaf_layers(model))):
         shape = wl.kernel.shape

@@ -14,6 +14,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgeq.core.errors import QuantizationError, RuntimeUnavailable, first_line
+from edgeq.core.progress import spinner
+from edgeq.core.tfcompat import quiet_stderr
+from edgeq.measure.predictors import load_tflite_interpreter
+from edgeq.methods.tflite.convert import float_ops, tensor_summary
 
 # the op types LiteRT's int4-weight static kernels take (litert-quantizer policy `static_wi4_ai8`); every
 # other op keeps int8 weights
@@ -126,9 +130,6 @@ def calibrate_ranges(fp32_tflite: bytes, calibration: np.ndarray, *, name: str) 
     every recipe here starts from, so several recipes calibrate once."""
     import warnings
 
-    from edgeq.core.progress import spinner
-    from edgeq.core.tfcompat import quiet_stderr
-
     Quantizer = _quantizer()
     try:
         with warnings.catch_warnings(), quiet_stderr(), \
@@ -149,8 +150,6 @@ def quantize_tflite(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray,
     recipe needs `op_ranges` (from `choose_op_ranges`); without it, it quantizes as min-max everywhere."""
     import copy
     import warnings
-
-    from edgeq.core.tfcompat import quiet_stderr
 
     Quantizer = _quantizer()
     entries = recipe_entries(recipe, float_ops, op_ranges)
@@ -190,8 +189,6 @@ def _add_gptq_hessians(fp32_tflite: bytes, entries: list[dict], data: dict, qsv:
 
 
 def _signature_input(data: bytes) -> tuple[str, str]:
-    from edgeq.measure.predictors import load_tflite_interpreter
-
     interp, _ = load_tflite_interpreter(content=data)
     sigs = interp.get_signature_list()
     if len(sigs) != 1:
@@ -266,11 +263,8 @@ def check_weights_quantized(data: bytes, recipe: str) -> None:
 
 def check_fully_integer(data: bytes, recipe: str, allowed_float: bool = False) -> dict:
     """LiteRT loads and runs the model once; no float tensor is left (unless float ops were asked for)."""
-    from edgeq.methods.tflite.convert import float_ops, tensor_summary
-
     try:
         summary = tensor_summary(data)
-        from edgeq.measure.predictors import load_tflite_interpreter
 
         interp, _ = load_tflite_interpreter(content=data)
         inp = interp.get_input_details()[0]

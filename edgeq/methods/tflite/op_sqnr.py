@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeq.core.tfcompat import quiet_stderr
+from edgeq.measure.predictors import TFLitePredictor, dequantize_output, quantize_input
 from edgeq.methods.keras.bias_correction import lowest_error, tflite_output_errors
+from edgeq.methods.shared.budget import Backend, NodeEffect, sqnr
 from edgeq.methods.tflite.litert import (AUTO_METHODS, RANGE_DESC, Recipe, float_op_regex, quantize_tflite, recipe_entries)
 
 
@@ -16,9 +19,6 @@ def _tensors(path_or_bytes, x: np.ndarray) -> tuple[list[tuple[str, str, str]], 
     import warnings
 
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    from edgeq.measure.predictors import dequantize_output, quantize_input
-    from edgeq.core.tfcompat import quiet_stderr
 
     kw = {"model_content": path_or_bytes} if isinstance(path_or_bytes, (bytes, bytearray)) else \
         {"model_path": str(path_or_bytes)}
@@ -54,8 +54,6 @@ def _tensors(path_or_bytes, x: np.ndarray) -> tuple[list[tuple[str, str, str]], 
 def tflite_sensitivity(fp32_tflite: bytes, int8_path, x: np.ndarray) -> list:
     """Every op of the INT8 model with the SQNR it loses (its input's SQNR minus its output's against the FP32
     model), most sensitive first; NodeEffect.node is the op's output tensor (its scope in a recipe)."""
-    from edgeq.methods.shared.budget import NodeEffect
-
     _, ref = _tensors(fp32_tflite, x)
     losses = sqnr_losses(ref, *_tensors(int8_path, x))
     return sorted((NodeEffect(o, op, loss) for o, (op, loss) in losses.items()), key=lambda e: -e.sqnr_loss_db)
@@ -63,9 +61,6 @@ def tflite_sensitivity(fp32_tflite: bytes, int8_path, x: np.ndarray) -> list:
 
 def tflite_backend(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray, ranges: dict, x: np.ndarray):
     """The fallback search's view of litert-quantizer: ops left float by a selective recipe (`no_quantize`)."""
-    from edgeq.measure.predictors import TFLitePredictor
-    from edgeq.methods.shared.budget import Backend
-
     def quantize(exclude: list[str], path) -> None:
         data, _ = quantize_tflite(fp32_tflite, recipe, calibration, name="int8_tflite_fallback",
                                   float_ops=tuple(float_op_regex(n) for n in exclude), ranges=ranges)
@@ -115,8 +110,6 @@ def choose_op_ranges(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray
 
 def sqnr_losses(ref: dict[str, np.ndarray], ops: list, got: dict[str, np.ndarray]) -> dict[str, tuple[str, float]]:
     """op output -> (op type, SQNR its input had minus SQNR its output has, in dB) against the FP32 tensors."""
-    from edgeq.methods.shared.budget import sqnr
-
     out = {}
     for op_name, i, o in ops:
         if o in ref and o in got and i in got and i in ref and ref[o].shape == got[o].shape \
@@ -128,8 +121,6 @@ def sqnr_losses(ref: dict[str, np.ndarray], ops: list, got: dict[str, np.ndarray
 def _predict_tflite(blob: bytes, x: np.ndarray) -> np.ndarray:
     import tempfile
     from pathlib import Path
-
-    from edgeq.measure.predictors import TFLitePredictor
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "m.tflite"
