@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgeq import __version__
 from edgeq.core.errors import EdgeqError
+from edgeq.stages import registry  # the stage table config validation reads
 
 
 def _selected(args):
@@ -26,9 +27,7 @@ def _selected(args):
     if getattr(args, "reuse_benchmarks", False):
         cfg.benchmark.reuse = True
     if wanted is not None:
-        from edgeq.stages.registry import STAGES
-
-        for name in STAGES:
+        for name in registry.names():
             getattr(cfg.stages, name).enabled = name in wanted
     return cfg, wanted
 
@@ -63,8 +62,8 @@ def _run_qat_worker(cfg, out: Path | None, role) -> int:
     dist = cfg.stages.qat.distribution
     if dist.checkpoint_dir is None:
         dist.checkpoint_dir = cfg.run_dir(out) / "qat_backup"  # the chief's default: BackupAndRestore needs it shared
-    for name in ("tflite_ptq", "onnx_ptq", "comparison"):
-        getattr(cfg.stages, name).enabled = False
+    for name in registry.names():  # only the fine-tune runs here
+        getattr(cfg.stages, name).enabled = name == "qat"
     cfg.evaluate.enabled = cfg.benchmark.enabled = False
     cfg.targets = []
     with distribute.scratch_run_dir(role) as scratch:

@@ -27,7 +27,8 @@ from edgeq.run.inputs import load_splits, preprocess_of
 from edgeq.run.preflight import Preflight, preflight
 from edgeq.core.results import Results
 from edgeq.run.lock import run_lock
-from edgeq.stages.registry import AFTER_EVALUATE, KERAS_ONLY_STAGES, STAGES, resolve
+from edgeq.stages import registry
+from edgeq.stages.registry import resolve
 from edgeq.core.sysinfo import package_versions
 
 
@@ -109,10 +110,6 @@ class RunContext:
 
     def sample_input(self) -> np.ndarray:
         return self.pre(self.splits.eval.images[:1])
-
-
-def _run_stage(name: str, ctx: RunContext, options) -> list[Artifact]:
-    return resolve(STAGES[name])(ctx, options)
 
 
 def _import_fp32(ctx: RunContext) -> Artifact:
@@ -210,20 +207,21 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
         with _timed(phases, "import"):
             ctx.fp32 = _import_fp32(ctx)
         produced: list[Artifact] = [ctx.fp32]
-        ran: list[str] = []
-        for name in STAGES:
+        ran: list[registry.Stage] = []
+        for row in registry.STAGES:
+            name = row.name
             opts = getattr(cfg.stages, name)
             if not opts.enabled or (only_stages is not None and name not in only_stages):
                 continue
-            if ctx.is_onnx_input and name in KERAS_ONLY_STAGES:
-                why = f"the input model is {cfg.model.format}; {KERAS_ONLY_STAGES[name]}"
+            if ctx.is_onnx_input and row.needs_keras:
+                why = f"the input model is {cfg.model.format}; {row.needs_keras}"
                 log(f"[{name}] skipped: {why}")
                 ctx.results.sections.setdefault("skipped", {})[name] = why
                 continue
             log(f"[{name}]")
             with _timed(phases, name):
-                produced += _run_stage(name, ctx, opts)
-            ran.append(name)
+                produced += resolve(row.run)(ctx, opts)
+            ran.append(row)
         from edgeq.targets.offline_checks import check_artifacts
         with _timed(phases, "offline_checks"):
             check_artifacts(ctx, produced)  # TensorRT readiness of the INT8 ONNX artifacts, from the targets side
@@ -239,9 +237,9 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
             with _timed(phases, "evaluate"):
                 evaluate_artifacts(ctx, arts)
                 warn_if_chance(ctx)
-        for name in (n for n in ran if n in AFTER_EVALUATE):
-            with _timed(phases, f"{name}:after_evaluate"):
-                resolve(AFTER_EVALUATE[name])(ctx)
+        for row in (r for r in ran if r.after_evaluate):
+            with _timed(phases, f"{row.name}:after_evaluate"):
+                resolve(row.after_evaluate)(ctx)
         if cfg.benchmark.enabled:
             log("[benchmark: host]")
             from edgeq.targets.host import benchmark_host
