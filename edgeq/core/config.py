@@ -16,6 +16,7 @@ from typing import Literal, Mapping, Optional
 from pydantic import Field, PositiveInt, ValidationError, create_model, field_validator, model_validator
 
 from edgeq.core.errors import ConfigError
+from edgeq.core.formats import model_input_format, runs_from_onnx
 from edgeq.core.options import (LITERT_RECIPES, ComparisonSpec, DistributionSpec, LitertQuantSpec, OnnxFallbackSpec,  # noqa: F401
                                 OnnxPtqSpec, QatSpec, StagesSpec, Strict, TflitePtqSpec, stage_options, stages_spec,
                                 tf_config_problem)
@@ -38,8 +39,6 @@ class ModelSpec(Strict):
     @model_validator(mode="after")
     def _infer_format(self):
         if self.format is None:
-            from edgeq.core.formats import model_input_format
-
             object.__setattr__(self, "format", model_input_format(self.path))
         if self.factory is not None and self.format != "pytorch":
             raise ValueError(f"model.factory is for PyTorch state_dict files; this model is {self.format}")
@@ -276,7 +275,6 @@ def check_consistency(cfg: RunConfig, where: str) -> None:
             raise ConfigError(f"{where}: preprocess.{key} has {len(v)} values but the model has {c} channels "
                               f"(model.input_shape {list(cfg.model.input_shape)}); give 1 value or {c}")
     d, s = cfg.data, cfg.stages
-    from edgeq.core.formats import runs_from_onnx
 
     counts = [("stages.onnx_ptq.calibration_images", s.onnx_ptq.calibration_images, s.onnx_ptq.enabled),
               ("stages.tflite_ptq.representative_images", s.tflite_ptq.representative_images, s.tflite_ptq.enabled)]

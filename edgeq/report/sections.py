@@ -16,8 +16,9 @@ from edgeq.stages.comparison import METHOD_LABELS
 def render_sections(sections: dict, rows: list, artifacts: list[Any], compatibility: dict) -> dict:
     """`sections` with each stage section's `markdown` rendered by its row's builder (other sections as they are)."""
     builders = {key: spec for row in rows for key, spec in row.sections.items()}
+    # a section that already has its text was written by an older edgeq (run directories outlive versions): kept
     return {key: ({**value, "markdown": resolve(builders[key])(value, artifacts, compatibility)}
-                  if key in builders and isinstance(value, dict) else value)
+                  if key in builders and isinstance(value, dict) and "markdown" not in value else value)
             for key, value in sections.items()}
 
 

@@ -11,8 +11,14 @@ from edgeq.core.artifacts import size_of
 from edgeq.core.config import RunConfig, check_consistency
 from edgeq.core.data import Preprocess, Splits
 from edgeq.core.errors import ConfigError
+from edgeq.core.formats import runs_from_onnx
+from edgeq.loaders.keras import check_input_shape, check_num_classes, load_keras_model
+from edgeq.loaders.onnx import check_onnx_outputs, read_onnx_input
+from edgeq.loaders.pytorch import check_forward, load_torch_model
+from edgeq.methods.keras.fine_tune import training_split
 from edgeq.run.inputs import check_classes, load_splits, preprocess_of
 from edgeq.stages import registry
+from edgeq.targets.fleet import checked_inventory
 
 
 def parse_stages(text: str) -> set[str]:
@@ -28,8 +34,6 @@ def parse_stages(text: str) -> set[str]:
 
 def planned_stages(cfg: RunConfig, only_stages: set[str] | None = None) -> list[str]:
     """The stages a run will execute, in order: enabled, selected, and applicable to the input model."""
-    from edgeq.core.formats import runs_from_onnx
-
     onnx = runs_from_onnx(cfg.model.format)
     return [s.name for s in registry.STAGES if getattr(cfg.stages, s.name).enabled
             and (only_stages is None or s.name in only_stages) and not (onnx and s.needs_keras)]
@@ -85,23 +89,15 @@ def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | N
     n_artifacts = 1 + sum(registry.stage(s).artifacts for s in stages)
     check_output_dir(run_dir, size_of(m.path) * n_artifacts)
     if cfg.targets:  # a wrong inventory or device name fails now, not after the quantisation
-        from edgeq.targets.fleet import checked_inventory
-
         checked_inventory(cfg)
     model = None
     if m.format == "pytorch":
-        from edgeq.loaders.pytorch import check_forward, load_torch_model
-
         model = load_torch_model(m.path, m.factory, m.factory_base)
         check_forward(model, tuple(m.input_shape), m.num_classes, m.path)
     elif m.format == "onnx":
-        from edgeq.loaders.onnx import check_onnx_outputs, read_onnx_input
-
         read_onnx_input(m.path, tuple(m.input_shape))
         check_onnx_outputs(m.path, m.num_classes)
     else:
-        from edgeq.loaders.keras import check_input_shape, check_num_classes, load_keras_model
-
         model = load_keras_model(m.path, m.format, m.trust_lambda_layers)
         check_input_shape(model, m.input_shape, str(m.path))
         check_num_classes(model, m.num_classes, str(m.path))
@@ -109,7 +105,5 @@ def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | N
     splits = load_splits(cfg, pre)
     check_classes(cfg, splits)
     if "qat" in stages:
-        from edgeq.methods.keras.fine_tune import training_split
-
         training_split(splits.train, cfg.stages.qat)
     return Preflight(run_dir, pre, splits, stages, model)
