@@ -239,7 +239,8 @@ def _stages_spec(items: tuple[tuple[str, type[Strict]], ...]) -> type[StagesSpec
                         **{name: (cls, Field(default_factory=cls)) for name, cls in items})
 
 
-# core imports no other edgeq layer, so the stages layer hands its table over (a function: rows added later count)
+# core imports no other edgeq layer, so the stages layer hands its table over (a function: rows added later count);
+# the package's __init__ imports edgeq.stages.registry, so every user of edgeq has it set
 _stage_table: Callable[[], Mapping[str, type[Strict]]] | None = None
 
 
