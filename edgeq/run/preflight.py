@@ -18,7 +18,6 @@ from edgeq.loaders.pytorch import check_forward, load_torch_model
 from edgeq.methods.keras.fine_tune import training_split
 from edgeq.run.inputs import check_classes, load_splits, preprocess_of
 from edgeq.stages import registry
-from edgeq.targets.fleet import checked_inventory
 
 
 def parse_stages(text: str) -> set[str]:
@@ -89,6 +88,9 @@ def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | N
     n_artifacts = 1 + sum(registry.stage(s).artifacts for s in stages)
     check_output_dir(run_dir, size_of(m.path) * n_artifacts)
     if cfg.targets:  # a wrong inventory or device name fails now, not after the quantisation
+        # lazy: targets.fleet pulls in scipy (core.stats), which `edgeq validate` of a target-less config never needs
+        from edgeq.targets.fleet import checked_inventory
+
         checked_inventory(cfg)
     model = None
     if m.format == "pytorch":
