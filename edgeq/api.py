@@ -33,7 +33,7 @@ from edgeq.loaders.keras import load_keras_model
 from edgeq.loaders.onnx import read_onnx_input
 from edgeq.loaders.pytorch import load_torch_model
 from edgeq.run.pipeline import run_pipeline
-from edgeq.stages.registry import STAGES
+from edgeq.stages import registry
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # model-family preprocessing: uint8 pixel -> (pixel - mean) / std, per channel
@@ -173,10 +173,10 @@ def select_stages(cfg: RunConfig, stages: Iterable[str] | None) -> None:
     if stages is None:
         return
     wanted = list(stages)
-    unknown = [s for s in wanted if s not in STAGES]
+    unknown = [s for s in wanted if s not in registry.names()]
     if unknown:
-        raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    for name in STAGES:
+        raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(registry.names())}")
+    for name in registry.names():
         getattr(cfg.stages, name).enabled = name in wanted
 
 
@@ -310,10 +310,10 @@ def _data_section(data, calibration, evaluation, labels_file) -> dict:
 def _default_stages(fmt: str, n_cal: int, stages: Sequence[str] | None) -> dict:
     """The default stages of a model format: INT8 TFLite and INT8 ONNX (ONNX Runtime) for every input."""
     wanted = list(stages) if stages is not None else ["tflite_ptq", "onnx_ptq"]
-    unknown = [s for s in wanted if s not in STAGES]
+    unknown = [s for s in wanted if s not in registry.names()]
     if unknown:
-        raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    out: dict[str, dict] = {s: {"enabled": s in wanted} for s in STAGES}
+        raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(registry.names())}")
+    out: dict[str, dict] = {s: {"enabled": s in wanted} for s in registry.names()}
     out["tflite_ptq"]["representative_images"] = n_cal
     out["onnx_ptq"]["calibration_images"] = n_cal
     out["litert_quant"]["calibration_images"] = n_cal
@@ -353,7 +353,7 @@ def quantize(model: Any, *, calibration: Any, evaluation: Any, input_shape: Sequ
     stage_options = options.pop("stage_options", {}) or {}
     for stage, opts in stage_options.items():
         if stage not in raw["stages"]:
-            raise ConfigError(f"stage_options: unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+            raise ConfigError(f"stage_options: unknown stage {stage!r}; choose from {', '.join(registry.names())}")
         raw["stages"][stage].update(opts)
     if isinstance(benchmark, Mapping):
         options["benchmark"] = {**options.get("benchmark", {}), **benchmark}

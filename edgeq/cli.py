@@ -23,7 +23,7 @@ from edgeq.methods.keras import distribute
 from edgeq.report.build import print_device_table, print_summary, write_report
 from edgeq.run.pipeline import open_run, run_pipeline
 from edgeq.run.preflight import parse_stages, preflight
-from edgeq.stages.registry import STAGES
+from edgeq.stages import registry  # the stage table config validation reads
 from edgeq.targets.fleet import benchmark_devices, clean_device
 from edgeq.targets.inventory import load_inventory
 
@@ -38,7 +38,7 @@ def _selected(args):
     if getattr(args, "reuse_benchmarks", False):
         cfg.benchmark.reuse = True
     if wanted is not None:
-        for name in STAGES:
+        for name in registry.names():
             getattr(cfg.stages, name).enabled = name in wanted
     return cfg, wanted
 
@@ -103,8 +103,8 @@ def _run_qat_worker(cfg, out: Path | None, role) -> int:
     dist = cfg.stages.qat.distribution
     if dist.checkpoint_dir is None:
         dist.checkpoint_dir = cfg.run_dir(out) / "qat_backup"  # the chief's default: BackupAndRestore needs it shared
-    for name in ("tflite_ptq", "onnx_ptq", "comparison"):
-        getattr(cfg.stages, name).enabled = False
+    for name in registry.names():  # only the fine-tune runs here
+        getattr(cfg.stages, name).enabled = name == "qat"
     cfg.evaluate.enabled = cfg.benchmark.enabled = False
     cfg.targets = []
     with distribute.scratch_run_dir(role) as scratch:

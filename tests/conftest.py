@@ -18,6 +18,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
+from edgeq.stages import registry  # noqa: E402  (the stage table: config validation reads it)
+
 
 def _colour_image(rng, cls: int, size: int = 16) -> np.ndarray:
     a = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
@@ -72,9 +74,6 @@ benchmark: {{runs: 20, warmup: 2}}
 
 
 # ------------------------------------------------------------------ run configs
-STAGE_NAMES = ("tflite_ptq", "litert_quant", "onnx_ptq", "onnx_fallback", "qat", "comparison")  # `--stages` names, run order
-
-
 def shipped_model_configs() -> dict[str, Path]:
     """Every run config under models/ (name -> file): a new models/*.yaml is picked up by every test using this."""
     found = {}
@@ -83,6 +82,35 @@ def shipped_model_configs() -> dict[str, Path]:
         if isinstance(raw, dict) and "model" in raw:  # devices.example.yaml is an inventory, not a run config
             found[p.stem] = p
     return found
+
+
+# ------------------------------------------------------------------ per-stage test parametrization (from the registry)
+HEAVY_MODEL_BYTES = 20e6  # a stage marked heavy is `slow` on a model with more weights than this (ResNet-50)
+
+
+def _weights_bytes(config: Path) -> int:
+    p = config.parent / yaml.safe_load(config.read_text())["model"]["path"]
+    return p.stat().st_size if p.exists() else 0
+
+
+def stage_test_params(rows, models: dict[str, Path]) -> list:
+    """pytest params (model, stage) of every row on each shipped model config its tests ask for (row.tests)."""
+    out = []
+    for model, config in models.items():
+        for row in rows:
+            if row.tests.models is not None and model not in row.tests.models:
+                continue
+            slow = row.tests.heavy and _weights_bytes(config) > HEAVY_MODEL_BYTES
+            out.append(pytest.param(model, row.name, id=f"{model}-{row.name}",
+                                    marks=[pytest.mark.slow] if slow else []))
+    return out
+
+
+def stage_made(row, rows) -> tuple[list[str], list[str]]:
+    """(always, maybe): the report.json names a stage's test run adds, with those of the stages it runs with."""
+    by_name = {r.name: r for r in rows}
+    runs = [by_name[n] for n in row.tests.run_with] + [row]
+    return [n for r in runs for n in r.tests.artifacts], [n for r in runs for n in r.tests.may_make]
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -112,11 +140,11 @@ def make_config(directory: Path, model: str | Path, /, *, stages: list[str] | di
     cfg = _base_config(model)
     if stages is not None:
         options = stages if isinstance(stages, dict) else {n: {} for n in stages}
-        unknown = set(options) - set(STAGE_NAMES)
-        assert not unknown, f"unknown stages {sorted(unknown)}; choose from {sorted(STAGE_NAMES)}"
+        names = registry.names()  # `--stages` names, run order
+        unknown = set(options) - set(names)
+        assert not unknown, f"unknown stages {sorted(unknown)}; choose from {names}"
         base = cfg.get("stages", {})
-        cfg["stages"] = {n: _merge({**base.get(n, {}), "enabled": n in options}, options.get(n, {}))
-                         for n in STAGE_NAMES}
+        cfg["stages"] = {n: _merge({**base.get(n, {}), "enabled": n in options}, options.get(n, {})) for n in names}
     cfg = _merge(cfg, overrides)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / filename

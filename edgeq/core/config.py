@@ -6,17 +6,20 @@ directory (model and data) or the current directory (output).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Mapping, Optional
 
-from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationError, create_model, field_validator, model_validator
 
 from edgeq.core.errors import ConfigError
 from edgeq.core.formats import model_input_format, runs_from_onnx
-from edgeq.core.options import (LITERT_RECIPES, ComparisonSpec, DistributionSpec, LitertQuantSpec, OnnxFallbackSpec, OnnxPtqSpec, QatSpec, StagesSpec, Strict, TflitePtqSpec, tf_config_problem)
+from edgeq.core.options import (LITERT_RECIPES, ComparisonSpec, DistributionSpec, LitertQuantSpec, OnnxFallbackSpec,  # noqa: F401
+                                OnnxPtqSpec, QatSpec, StagesSpec, Strict, TflitePtqSpec, stage_options, stages_spec,
+                                tf_config_problem)
 from edgeq.core.yamlfile import read_yaml_mapping
 
 
@@ -136,7 +139,7 @@ class RunConfig(Strict):
     model: ModelSpec
     preprocess: PreprocessSpec = PreprocessSpec()
     data: DataSpec = DataSpec()
-    stages: StagesSpec = StagesSpec()
+    stages: StagesSpec = Field(default_factory=StagesSpec)  # its fields: the stage table's (`run_config_model`)
     evaluate: EvaluateSpec = EvaluateSpec()
     benchmark: BenchmarkSpec = BenchmarkSpec()
     inventory: Optional[Path] = None
@@ -235,9 +238,19 @@ def load_config(path: Path | str) -> RunConfig:
     return config_from_dict(read_yaml_mapping(path), base_dir=path.parent, where=str(path))
 
 
+def run_config_model(stages: Mapping[str, type[Strict]] | None = None) -> type[RunConfig]:
+    """The RunConfig model whose `stages:` has one field per stage of `stages` (default: the stage table)."""
+    return _run_config_model(stages_spec(stage_options() if stages is None else stages))
+
+
+@functools.cache
+def _run_config_model(spec: type[StagesSpec]) -> type[RunConfig]:
+    return create_model("RunConfig", __base__=RunConfig, stages=(spec, Field(default_factory=spec)))
+
+
 def config_from_dict(raw: dict, base_dir: Path = Path("."), where: str = "config") -> RunConfig:
     try:
-        cfg = RunConfig.model_validate(raw)
+        cfg = run_config_model().model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, where)) from None
     base = Path(base_dir)

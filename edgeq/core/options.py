@@ -1,15 +1,20 @@
 """The stages' options (`stages:` of a run config): one spec per stage, every option with its default.
 
 Part of the run schema in edgeq.core.config, which re-exports these names; `Strict` is the base every config
-section shares (unknown keys and wrong types refused).
+section shares (unknown keys and wrong types refused). Which stages exist is the stages layer's table
+(edgeq.stages.registry, one row per stage naming its options class here): it hands that table over with
+`use_stage_table`, and `stages_spec` builds the `stages:` section from it, so a row added later is validated too.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from edgeq.core.errors import EdgeqError
 
 
 class Strict(BaseModel):
@@ -219,9 +224,34 @@ class OnnxFallbackSpec(Strict):
 
 
 class StagesSpec(Strict):
-    tflite_ptq: TflitePtqSpec = TflitePtqSpec()
-    litert_quant: LitertQuantSpec = LitertQuantSpec()
-    onnx_ptq: OnnxPtqSpec = OnnxPtqSpec()
-    onnx_fallback: OnnxFallbackSpec = OnnxFallbackSpec()
-    qat: QatSpec = QatSpec()
-    comparison: ComparisonSpec = ComparisonSpec()
+    """The `stages:` section: one field per stage (its name -> its options, defaults when absent), built from the
+    stage table by `stages_spec`; an unknown stage key is refused like any unknown key."""
+
+
+def stages_spec(options: Mapping[str, type[Strict]]) -> type[StagesSpec]:
+    """The StagesSpec model of a stage table (stage name -> options class), in the table's order."""
+    return _stages_spec(tuple(options.items()))
+
+
+@functools.cache
+def _stages_spec(items: tuple[tuple[str, type[Strict]], ...]) -> type[StagesSpec]:
+    return create_model("StagesSpec", __base__=StagesSpec,
+                        **{name: (cls, Field(default_factory=cls)) for name, cls in items})
+
+
+# core imports no other edgeq layer, so the stages layer hands its table over (a function: rows added later count);
+# the package's __init__ imports edgeq.stages.registry, so every user of edgeq has it set
+_stage_table: Callable[[], Mapping[str, type[Strict]]] | None = None
+
+
+def use_stage_table(table: Callable[[], Mapping[str, type[Strict]]]) -> None:
+    """Set where config validation finds the stages (name -> options class): edgeq.stages.registry calls this."""
+    global _stage_table
+    _stage_table = table
+
+
+def stage_options() -> Mapping[str, type[Strict]]:
+    """The stage table config validation uses (stage name -> options class)."""
+    if _stage_table is None:
+        raise EdgeqError("no stage table: import edgeq.stages.registry before validating a run config")
+    return _stage_table()

@@ -13,7 +13,10 @@ import numpy as np
 from edgeq.report import sections as report_sections
 from edgeq.core.artifacts import write_bytes_atomic, write_json_atomic
 from edgeq.core.sysinfo import cpu_info
+from edgeq.measure.evaluate import fp32_reference_of
+from edgeq.report.html import render_html
 from edgeq.report.verdicts import accuracy_interval, int8_method_tests, ship, vs_reference
+from edgeq.stages import registry
 
 SCHEMA_VERSION = 2
 LATENCY_KEYS = ("median", "median_ci95", "ci_coverage", "p90", "p99", "mean", "min", "max", "runs", "rounds", "warmup",
@@ -48,8 +51,6 @@ def _correct(ctx, arts) -> dict:
 
 def _vs_fp32(ctx, arts, correct: dict) -> dict:
     """artifact name -> report.json `vs_fp32`: each non-reference artifact against the FP32 of its format."""
-    from edgeq.measure.evaluate import fp32_reference_of
-
     return {name: vs_reference(ref, correct[ref], correct[name], ctx.cfg.max_accuracy_drop)
             for name, ref in fp32_reference_of(arts, correct, ctx.fp32).items() if ref != name}
 
@@ -98,7 +99,8 @@ def build_report(ctx) -> dict:
         entries.append(e)
     checks = derive_checks(entries)
     cpu = cpu_info()
-    sections = dict(ctx.results.sections)
+    # the stages stored data; their sections' markdown is rendered now, after every check that feeds it
+    sections = report_sections.render_sections(ctx.results.sections, registry.STAGES, arts, ctx.results.compatibility)
     tests, lines = int8_method_tests(entries, correct, budget)
     if "comparison" in sections or tests:
         sections["comparison"] = _comparison_with_tests(sections.get("comparison"), tests, lines, budget)
@@ -332,8 +334,6 @@ def write_report(ctx) -> dict:
     write_json_atomic(ctx.run_dir / "report.json", rep)
     md = markdown(rep)
     write_bytes_atomic(ctx.run_dir / "report.md", md.encode())
-    from edgeq.report.html import render_html
-
     write_bytes_atomic(ctx.run_dir / "report.html", render_html(rep).encode())
     return rep
 

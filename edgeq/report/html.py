@@ -10,6 +10,8 @@ import html
 import io
 import math
 
+from edgeq.report.sections import device_accuracy_markdown
+
 CSS = """*{box-sizing:border-box}body{margin:0;background:#eef1f5;color:#1d2330;font:14px/1.45 system-ui,sans-serif}
 main{max-width:1240px;margin:0 auto;padding:14px 22px 36px;background:#fff}h1{font-size:25px;margin:6px 0 2px}
 h2{font-size:19px;margin:26px 0 8px;padding-bottom:3px;border-bottom:1px solid #d8dee6}h3{font-size:15px;margin:16px 0 6px}
@@ -380,8 +382,6 @@ def render_html(rep: dict) -> str:
     pl = "".join(_per_layer(e, e["per_layer_error"]) for e in arts if isinstance(e.get("per_layer_error"), dict))
     plots += f"<h2>Per-layer quantisation error</h2>{pl}" if pl else ""
     footer = f"<footer><p>Machine-readable: report.json, manifest.json.</p><p>{_e(versions)}</p></footer>"
-    from edgeq.report.sections import device_accuracy_markdown
-
     on_device = device_accuracy_markdown(_d(rep.get("accuracy_on_device")))
     on_device = f'<section class="md" id="sec-accuracy-on-device">{markdown_html(on_device)}</section>' if on_device else ""
     body = (_header(rep) + _ship(rep) + _main_table(rep, arts, targets) + plots + _sections(rep)

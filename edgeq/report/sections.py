@@ -1,23 +1,31 @@
-"""Markdown of the report sections the stages contribute (ONNX PTQ, QAT, PTQ vs QAT), from their data.
+"""Markdown of the report sections the stages contribute, rendered at report time from the data they stored.
 
-Stages keep data in their sections; these functions turn it into the `markdown` text the report shows.
-The ONNX section's TensorRT table comes from the run's compatibility results, so it is rendered again
-(`refresh_compatibility`) once the offline checks have run.
+Stages keep typed data in their results sections (results.json); the rows of edgeq.stages.registry name the
+builder of each section here. Every builder is `f(section, artifacts, compatibility) -> markdown`: the
+section's data, the run's artifacts (objects with `name`, `stage`, `notes`) and its compatibility results
+(artifact -> target -> result), so a section shows the checks that ran after its stage (TensorRT for ONNX).
 """
 from __future__ import annotations
 
 from typing import Any
 
-METHOD_LABELS = {"fp32": "FP32", "ptq_naive": "PTQ naive", "ptq_advanced": "PTQ advanced",
-                 "ptq_litert": "PTQ LiteRT (OCTAV/GPTQ)", "fallback": "float fallback", "qat": "QAT"}
+from edgeq.core.formats import resolve
+from edgeq.stages.comparison import METHOD_LABELS
+
+
+def render_sections(sections: dict, rows: list, artifacts: list[Any], compatibility: dict) -> dict:
+    """`sections` with each stage section's `markdown` rendered by its row's builder (other sections as they are)."""
+    builders = {key: spec for row in rows for key, spec in row.sections.items()}
+    # a section that already has its text was written by an older edgeq (run directories outlive versions): kept
+    return {key: ({**value, "markdown": resolve(builders[key])(value, artifacts, compatibility)}
+                  if key in builders and isinstance(value, dict) and "markdown" not in value else value)
+            for key, value in sections.items()}
 
 
 # ------------------------------------------------------------------ ONNX Runtime PTQ
 def onnx_ptq_markdown(section: dict, artifacts: list[Any], compatibility: dict) -> str:
-    """The onnx_ptq section: export or input, host scheme and why, ORT kernels per artifact, TensorRT checks.
-
-    `artifacts`: the stage's artifacts (objects with `name` and `notes`); `compatibility`: the run's
-    results["compatibility"] (artifact -> target -> result)."""
+    """The onnx_ptq section: export or input, host scheme and why, ORT kernels per artifact, TensorRT checks."""
+    artifacts = [a for a in artifacts if a.stage == "onnx_ptq"]
     h = section["host_scheme"]
     lines = ["## ONNX Runtime PTQ", ""]
     if "export" in section:
@@ -51,7 +59,7 @@ def onnx_ptq_markdown(section: dict, artifacts: list[Any], compatibility: dict) 
 
 
 # ------------------------------------------------------------------ ONNX / PyTorch input -> TFLite
-def tflite_translation_markdown(section: dict) -> str:
+def tflite_translation_markdown(section: dict, artifacts: list[Any] = (), compatibility: dict | None = None) -> str:
     """The tflite_ptq section of an ONNX (or PyTorch) input: how it became TensorFlow, and how close it stayed."""
     lines = ["## TFLite from ONNX", ""]
     src = section.get("source") or {}
@@ -88,22 +96,40 @@ def _ort_lines(name: str, notes: dict) -> list[str]:
     return lines
 
 
-def refresh_compatibility(sections: dict, artifacts: list[Any], compatibility: dict) -> None:
-    """Render again the sections that show compatibility results (the onnx_ptq one), now that they exist."""
-    onnx = [a for a in artifacts if a.stage == "onnx_ptq"]
-    if onnx and isinstance(sections.get("onnx_ptq"), dict) and "host_scheme" in sections["onnx_ptq"]:
-        sections["onnx_ptq"]["markdown"] = onnx_ptq_markdown(sections["onnx_ptq"], onnx, compatibility)
+# ------------------------------------------------------------------ LiteRT Quantizer
+def litert_quant_markdown(section: dict, artifacts: list[Any] = (), compatibility: dict | None = None) -> str:
+    """The litert_quant section: per recipe its size against the converter's INT8 and its weight bytes; how each
+    auto-recipe artifact was chosen; the recipes not made and why."""
+    floor = section.get("int4_floor")
+    int8_name = floor["of"] if floor else None
+    md = ["## LiteRT Quantizer", "",
+          "Fully integer .tflite per recipe (litert-quantizer over fp32.tflite; one calibration for all). Size against "
+          f"the converter's INT8 ({int8_name or 'not made'}); weight bytes as stored (int4: two per byte); "
+          "per-channel scales and zero points (12 bytes per output channel of every weight and bias) do not shrink "
+          "with the weight bits." + (f" {int8_name} with every int8 weight at 4 bits and nothing else changed would be "
+                                  f"{floor['bytes']:,} bytes = {floor['ratio']:.3f}× the INT8 file: about as small as "
+                                  "int4 weights can make this model." if floor else ""), "",
+          "| artifact | recipe | ranges | rounding | bytes | × INT8 file | weight bytes by type | s |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in section.get("rows", []):
+        ratio = f"{r['size_vs_int8_tflite_ptq']:.3f}" if r["size_vs_int8_tflite_ptq"] else "—"
+        wb = ", ".join(f"{k} {v:,}" for k, v in sorted(r["weight_bytes"].items()))
+        md.append(f"| {r['artifact']} | {r['recipe']} | {r['range_method']} | {r['rounding']} | {r['size_bytes']:,} | "
+                  f"{ratio} | {wb} | {r['seconds']} |")
+    made = {r["artifact"] for r in section.get("rows", [])}
+    md += [""] + [route_line(a.name, a.notes) for a in artifacts if a.name in made and a.notes.get("route")]
+    md += [f"\n{art}: not made: {why}" for art, why in (section.get("not_made") or {}).items()]
+    return "\n".join(md)
 
 
 # ------------------------------------------------------------------ QAT
-def qat_markdown(notes: dict, opts: Any, calibration_images: int, onnx_note: str | None,
-                 onnx_notes: dict | None = None) -> str:
-    """The qat section from the QAT artifact's notes and the stage's options (a `QatSpec`); `onnx_notes`: those of
-    the QAT INT8 ONNX, whose ORT kernel summary shows whether it runs as integer kernels."""
-    n = notes
-    how = "distilled from the FP32 outputs" if opts.distill else "on the labels"
-    how += f", Adam lr {opts.learning_rate:g}, "
-    how += (f"activation ranges calibrated on {calibration_images} images" if opts.calibrate_ranges
+def qat_markdown(section: dict, artifacts: list[Any] = (), compatibility: dict | None = None) -> str:
+    """The qat section: how the fine-tune ran and what it changed; the ORT kernel summary of the QAT INT8 ONNX
+    (whether it runs as integer kernels), when one was made."""
+    n = section
+    how = "distilled from the FP32 outputs" if n.get("distill") else "on the labels"
+    how += f", Adam lr {n.get('learning_rate'):g}, "
+    how += (f"activation ranges calibrated on {n.get('calibration_images')} images" if n.get("calibrate_ranges")
             else "tfmot's initial ranges")
     text = (f"tfmot quantize_model ({how}), fine-tuned {n.get('epochs_run')} epoch(s) / {n.get('steps')} steps "
             f"on {n.get('train_images')} training images in {n.get('fine_tune_seconds')} s (conversion "
@@ -111,7 +137,9 @@ def qat_markdown(notes: dict, opts: Any, calibration_images: int, onnx_note: str
             f"fine-tuning, {n.get('validation_top1_after_fine_tune')} after")
     if not n.get("fine_tune_kept", True):
         text += " (fine-tuning did not lower the validation loss, so the range-calibrated weights were exported)"
-    ort = _ort_lines("int8_onnx_qat", onnx_notes) if onnx_notes else []
+    onnx = next((a for a in artifacts if a.name == "int8_onnx_qat" and a.name in (n.get("artifacts") or [])), None)
+    ort = _ort_lines(onnx.name, onnx.notes) if onnx is not None and onnx.notes else []
+    onnx_note = n.get("onnx")
     return "\n".join(["## QAT", "", text + "."] + (["", *ort] if ort else []) + (["", onnx_note] if onnx_note else []))
 
 
@@ -152,7 +180,7 @@ def route_line(name: str, notes: dict) -> str:
             f"calibration images ({errs}).{more}")
 
 
-def comparison_markdown(section: dict) -> str:
+def comparison_markdown(section: dict, artifacts: list[Any] = (), compatibility: dict | None = None) -> str:
     """The comparison table (rows of bits x format x method against FP32) and its verdict lines."""
     rows, n = section["rows"], section["eval_images"]
     fp32 = rows[0]
@@ -243,3 +271,13 @@ def fallback_markdown(section: dict, fmt: str) -> str:
         if why:
             lines.append(f"\n{a}: {why}.")
     return "\n".join(lines)
+
+
+def onnx_fallback_markdown(section: dict, artifacts: list[Any] = (), compatibility: dict | None = None) -> str:
+    """The onnx_fallback section (float fallback of the host INT8 ONNX)."""
+    return fallback_markdown(section, "ONNX")
+
+
+def tflite_fallback_markdown(section: dict, artifacts: list[Any] = (), compatibility: dict | None = None) -> str:
+    """The tflite_fallback section (litert_quant's float fallback of the w8a8 model)."""
+    return fallback_markdown(section, "TFLite")

@@ -20,20 +20,31 @@ import numpy as np
 from edgeq import __version__
 from edgeq.core import interrupt
 from edgeq.core.artifacts import Artifact, Manifest, atomic_path, sha256_of, stage_key
-from edgeq.core.config import RunConfig
+from edgeq.core.config import RunConfig, load_config
 from edgeq.core.data import Preprocess, Splits
 from edgeq.core.errors import EdgeqError
-from edgeq.run.inputs import load_splits, preprocess_of
-from edgeq.run.preflight import Preflight, preflight
+from edgeq.core.formats import imported_artifact, runs_from_onnx
+from edgeq.core.progress import log
 from edgeq.core.results import Results
-from edgeq.run.lock import run_lock
-from edgeq.stages.registry import AFTER_EVALUATE, KERAS_ONLY_STAGES, STAGES, resolve
 from edgeq.core.sysinfo import package_versions
+from edgeq.core.tfcompat import set_seed
+from edgeq.loaders import pytorch as torch_import
+from edgeq.loaders.keras import check_input_shape, check_num_classes, load_keras_model
+from edgeq.loaders.onnx import read_onnx_input
+from edgeq.measure.evaluate import evaluate_artifacts, warn_if_chance
+from edgeq.methods.onnx.to_tf import onnx_to_keras
+from edgeq.report.build import write_report
+from edgeq.run.inputs import load_splits, preprocess_of
+from edgeq.run.lock import run_lock
+from edgeq.run.preflight import Preflight, preflight
+from edgeq.stages import registry
+from edgeq.stages.registry import resolve
+from edgeq.targets.fleet import benchmark_devices
+from edgeq.targets.host import benchmark_host
+from edgeq.targets.offline_checks import check_artifacts
 
 
 def log_print(msg: str) -> None:
-    from edgeq.core.progress import log
-
     log(msg)
 
 
@@ -56,9 +67,6 @@ class RunContext:
     # -- the FP32 Keras model, loaded once (for ONNX and PyTorch input: the FP32 ONNX translated by onnx2tf)
     def keras_model(self):
         if self._model is None and self.is_onnx_input:
-            from edgeq.loaders.onnx import read_onnx_input
-            from edgeq.methods.onnx.to_tf import onnx_to_keras
-
             hwc = tuple(self.cfg.model.input_shape)
             src = self.fp32.abspath(self.run_dir)
             info = read_onnx_input(src, hwc, where=self.cfg.model.path)
@@ -66,8 +74,6 @@ class RunContext:
                 self._model, self.translation = onnx_to_keras(src, info, self.pre(self.splits.calibration.images[:20]),
                                                               Path(work), where=self.cfg.model.path)
         elif self._model is None:
-            from edgeq.loaders.keras import check_input_shape, check_num_classes, load_keras_model
-
             m = self.cfg.model
             self._model = load_keras_model(m.path, m.format, m.trust_lambda_layers)
             check_input_shape(self._model, m.input_shape, str(m.path))
@@ -77,8 +83,6 @@ class RunContext:
     @property
     def is_onnx_input(self) -> bool:
         """The run's FP32 model is ONNX: given as ONNX, or exported to it from PyTorch."""
-        from edgeq.core.formats import runs_from_onnx
-
         return runs_from_onnx(self.cfg.model.format)
 
     def artifact_dir(self) -> Path:
@@ -111,13 +115,7 @@ class RunContext:
         return self.pre(self.splits.eval.images[:1])
 
 
-def _run_stage(name: str, ctx: RunContext, options) -> list[Artifact]:
-    return resolve(STAGES[name])(ctx, options)
-
-
 def _import_fp32(ctx: RunContext) -> Artifact:
-    from edgeq.core.formats import imported_artifact
-
     m = ctx.cfg.model
     src = Path(m.path)
     if m.format == "pytorch":
@@ -146,7 +144,6 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
                  only_stages: set[str] | None = None, wait: bool = True) -> Path:
     """Run one config end to end into its run directory (checked first, locked, resumable); returns the directory."""
     t0 = time.perf_counter()
-    from edgeq.core.tfcompat import set_seed
 
     def checked_log(msg: str) -> None:  # every progress line is also a point where Ctrl-C stops the run
         interrupt.check()
@@ -163,8 +160,6 @@ def run_pipeline(cfg: RunConfig, out: Path | None = None, log: Callable[[str], N
 
 def _export_pytorch(ctx: RunContext) -> Artifact:
     """A PyTorch input becomes the run's FP32 ONNX (`fp32_onnx`), exported by edgeq and checked against PyTorch."""
-    from edgeq.loaders import pytorch as torch_import
-
     m = ctx.cfg.model
     src = Path(m.path)
     module = ctx._model if ctx._model is not None else torch_import.load_torch_model(src, m.factory, m.factory_base)
@@ -210,21 +205,21 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
         with _timed(phases, "import"):
             ctx.fp32 = _import_fp32(ctx)
         produced: list[Artifact] = [ctx.fp32]
-        ran: list[str] = []
-        for name in STAGES:
+        ran: list[registry.Stage] = []
+        for row in registry.STAGES:
+            name = row.name
             opts = getattr(cfg.stages, name)
             if not opts.enabled or (only_stages is not None and name not in only_stages):
                 continue
-            if ctx.is_onnx_input and name in KERAS_ONLY_STAGES:
-                why = f"the input model is {cfg.model.format}; {KERAS_ONLY_STAGES[name]}"
+            if ctx.is_onnx_input and row.needs_keras:
+                why = f"the input model is {cfg.model.format}; {row.needs_keras}"
                 log(f"[{name}] skipped: {why}")
                 ctx.results.sections.setdefault("skipped", {})[name] = why
                 continue
             log(f"[{name}]")
             with _timed(phases, name):
-                produced += _run_stage(name, ctx, opts)
-            ran.append(name)
-        from edgeq.targets.offline_checks import check_artifacts
+                produced += resolve(row.run)(ctx, opts)
+            ran.append(row)
         with _timed(phases, "offline_checks"):
             check_artifacts(ctx, produced)  # TensorRT readiness of the INT8 ONNX artifacts, from the targets side
         # keep only artifacts of this config (an earlier run in the same dir may have made others)
@@ -233,31 +228,24 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
         manifest.save()
         arts = list(manifest.artifacts.values())
         if cfg.evaluate.enabled:
-            from edgeq.measure.evaluate import evaluate_artifacts, warn_if_chance
-
             log("[evaluate]")
             with _timed(phases, "evaluate"):
                 evaluate_artifacts(ctx, arts)
                 warn_if_chance(ctx)
-        for name in (n for n in ran if n in AFTER_EVALUATE):
-            with _timed(phases, f"{name}:after_evaluate"):
-                resolve(AFTER_EVALUATE[name])(ctx)
+        for row in (r for r in ran if r.after_evaluate):
+            with _timed(phases, f"{row.name}:after_evaluate"):
+                resolve(row.after_evaluate)(ctx)
         if cfg.benchmark.enabled:
             log("[benchmark: host]")
-            from edgeq.targets.host import benchmark_host
-
             with _timed(phases, "benchmark:host"):
                 benchmark_host(ctx, arts)
         if cfg.targets:
             log("[benchmark: devices]")
-            from edgeq.targets.fleet import benchmark_devices
-
             with _timed(phases, "benchmark:devices"):
                 benchmark_devices(ctx, arts)
     finally:
         ctx.results.stage_seconds_last_run = phases  # a failed run keeps where its time went
         ctx.results.save()
-    from edgeq.report.build import write_report
 
     # wall_seconds: the last run that made something; a rerun that reused everything keeps it and adds its own
     seconds = round(time.perf_counter() - t0, 1)
@@ -279,8 +267,6 @@ def _work_done(ctx: RunContext) -> tuple:
 
 def open_run(run_dir: Path, config: Path | None = None, log: Callable[[str], None] = log_print) -> RunContext:
     """The RunContext of a finished run directory (its manifest names the config), e.g. for `edgeq bench`."""
-    from edgeq.core.config import load_config
-
     run_dir = Path(run_dir)
     mpath = run_dir / "manifest.json"
     if not mpath.is_file():

@@ -11,32 +11,31 @@ from edgeq.core.artifacts import size_of
 from edgeq.core.config import RunConfig, check_consistency
 from edgeq.core.data import Preprocess, Splits
 from edgeq.core.errors import ConfigError
+from edgeq.core.formats import runs_from_onnx
+from edgeq.loaders.keras import check_input_shape, check_num_classes, load_keras_model
+from edgeq.loaders.onnx import check_onnx_outputs, read_onnx_input
+from edgeq.loaders.pytorch import check_forward, load_torch_model
+from edgeq.methods.keras.fine_tune import training_split
 from edgeq.run.inputs import check_classes, load_splits, preprocess_of
-from edgeq.stages.registry import KERAS_ONLY_STAGES, STAGES
+from edgeq.stages import registry
 
 
 def parse_stages(text: str) -> set[str]:
     """`--stages a,b` -> {"a", "b"}; an unknown or empty name is an error listing the stages."""
     names = [n.strip() for n in text.split(",")]
-    unknown = [n for n in names if n not in STAGES]
+    known = registry.names()
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise ConfigError(f"--stages: unknown stage {', '.join(repr(n) for n in unknown)}; choose from "
-                          f"{', '.join(STAGES)} (comma-separated), or disable stages in the config")
+                          f"{', '.join(known)} (comma-separated), or disable stages in the config")
     return set(names)
 
 
 def planned_stages(cfg: RunConfig, only_stages: set[str] | None = None) -> list[str]:
     """The stages a run will execute, in order: enabled, selected, and applicable to the input model."""
-    from edgeq.core.formats import runs_from_onnx
-
     onnx = runs_from_onnx(cfg.model.format)
-    return [n for n in STAGES if getattr(cfg.stages, n).enabled and (only_stages is None or n in only_stages)
-            and not (onnx and n in KERAS_ONLY_STAGES)]
-
-
-# artifacts each stage writes (for the free-space estimate)
-_STAGE_ARTIFACTS = {"tflite_ptq": 2, "litert_quant": 3, "onnx_ptq": 3, "onnx_fallback": 1, "qat": 2,
-                    "comparison": 1}
+    return [s.name for s in registry.STAGES if getattr(cfg.stages, s.name).enabled
+            and (only_stages is None or s.name in only_stages) and not (onnx and s.needs_keras)]
 
 
 def check_output_dir(run_dir: Path, need_bytes: int) -> None:
@@ -86,26 +85,21 @@ def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | N
     m = cfg.model
     if not m.path.exists():
         raise ConfigError(f"{m.path}: model file not found (model.path in {where}); fix the path")
-    n_artifacts = 1 + sum(_STAGE_ARTIFACTS[s] for s in stages)
+    n_artifacts = 1 + sum(registry.stage(s).artifacts for s in stages)
     check_output_dir(run_dir, size_of(m.path) * n_artifacts)
     if cfg.targets:  # a wrong inventory or device name fails now, not after the quantisation
+        # lazy: targets.fleet pulls in scipy (core.stats), which `edgeq validate` of a target-less config never needs
         from edgeq.targets.fleet import checked_inventory
 
         checked_inventory(cfg)
     model = None
     if m.format == "pytorch":
-        from edgeq.loaders.pytorch import check_forward, load_torch_model
-
         model = load_torch_model(m.path, m.factory, m.factory_base)
         check_forward(model, tuple(m.input_shape), m.num_classes, m.path)
     elif m.format == "onnx":
-        from edgeq.loaders.onnx import check_onnx_outputs, read_onnx_input
-
         read_onnx_input(m.path, tuple(m.input_shape))
         check_onnx_outputs(m.path, m.num_classes)
     else:
-        from edgeq.loaders.keras import check_input_shape, check_num_classes, load_keras_model
-
         model = load_keras_model(m.path, m.format, m.trust_lambda_layers)
         check_input_shape(model, m.input_shape, str(m.path))
         check_num_classes(model, m.num_classes, str(m.path))
@@ -113,7 +107,5 @@ def preflight(cfg: RunConfig, out: Path | None = None, only_stages: set[str] | N
     splits = load_splits(cfg, pre)
     check_classes(cfg, splits)
     if "qat" in stages:
-        from edgeq.methods.keras.fine_tune import training_split
-
         training_split(splits.train, cfg.stages.qat)
     return Preflight(run_dir, pre, splits, stages, model)

@@ -9,21 +9,25 @@ on the same evaluation images, and the verdict is derived from those numbers.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from edgeq.report import sections as report_sections
 from edgeq.core.artifacts import Artifact, stage_key
 from edgeq.core.config import ComparisonSpec, QatSpec
 from edgeq.core.data import LabelledImages
-from edgeq.report.sections import METHOD_LABELS
 from edgeq.methods.keras import bias_correction as advanced
 from edgeq.stages.support import advanced_tflite as better_ptq
+from edgeq.measure.evaluate import evaluate
+from edgeq.measure.predictors import KerasPredictor
 from edgeq.methods.keras import fakequant
 from edgeq.stages.support.advanced_tflite import calibration_batches
 from edgeq.methods.shared.calibration import calibration_count
 from edgeq.methods.keras.fine_tune import batch_stream, fine_tune_fake_quant, training_split
 from edgeq.stages.support.inputs import ComparisonInputs, comparison_inputs
 
+METHOD_LABELS = {"fp32": "FP32", "ptq_naive": "PTQ naive", "ptq_advanced": "PTQ advanced",
+                 "ptq_litert": "PTQ LiteRT (OCTAV/GPTQ)", "fallback": "float fallback", "qat": "QAT"}
 METHODS = ("ptq_naive", "ptq_advanced", "qat")  # the cells simulated below 8 bits when no real artifact exists
 # comparison method -> Artifact.method of a real artifact, in order of preference
 REAL_METHODS = {"ptq_naive": ("ptq",), "ptq_advanced": ("ptq_advanced",),
@@ -101,11 +105,6 @@ def _advanced_model(ctx, opts: ComparisonSpec, model, bits: int, cache: dict):
 
 def _simulated_cell(ctx, opts: ComparisonSpec, inputs: ComparisonInputs, model, bits: int, method: str,
                     ev: LabelledImages, adv_models: dict) -> dict:
-    import time
-
-    from edgeq.measure.evaluate import evaluate
-    from edgeq.measure.predictors import KerasPredictor
-
     t = time.perf_counter()
     cell: dict = {"bits": bits, "method": method}
     if method == "ptq_naive":
@@ -174,9 +173,6 @@ def _artifact_top1(ctx, a: Artifact | None, idx: np.ndarray) -> tuple[float | No
 def _fp32_top1(ctx, opts: ComparisonSpec, idx: np.ndarray) -> float:
     top1, _ = _artifact_top1(ctx, ctx.fp32, idx)
     if top1 is None:  # Keras baseline not evaluated by the pipeline: measure it here
-        from edgeq.measure.evaluate import evaluate
-        from edgeq.measure.predictors import KerasPredictor
-
         ev, _ = _eval_subset(ctx, opts)
         top1 = evaluate(KerasPredictor(ctx.keras_model()), ev, ctx.pre, ctx.splits.dataset,
                         ctx.cfg.evaluate.batch_size, label=f"evaluate {ctx.fp32.name} (comparison baseline)").top1
@@ -335,7 +331,6 @@ def after_evaluate(ctx, inputs: ComparisonInputs | None = None) -> None:
                                                         "gptq_codes_kept") if k in a.notes}
                           for a in ctx.manifest.artifacts.values()
                           if a.method == "ptq_advanced" and (a.notes.get("route") or a.notes.get("gptq"))}}
-    section["markdown"] = report_sections.comparison_markdown(section)
     ctx.results.set_section("comparison", section)
     for v in verdict:
         ctx.log(f"  {v}")

@@ -5,14 +5,17 @@ the calibration split, so any input model that reaches .tflite gets these artifa
 """
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 
-from edgeq.report import sections as report_sections
-from edgeq.core.artifacts import Artifact
+from edgeq.core.artifacts import Artifact, stage_key
 from edgeq.core.config import LitertQuantSpec
 from edgeq.core.errors import EdgeqError, QuantizationError
 from edgeq.methods.tflite import op_sqnr as litert_ops
 from edgeq.methods.tflite import litert as litert_quant
+from edgeq.methods.shared import budget as fallback
 from edgeq.methods.shared.calibration import calibration_count, held_back
 
 FILE_OF = {"w8a8": "int8_lq.tflite", "w8a8_octav": "int8_lq_octav.tflite", "w8a8_gptq": "int8_lq_gptq.tflite",
@@ -89,7 +92,8 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
 
 
 def _section(ctx, arts: list[Artifact], not_made: dict[str, str]) -> None:
-    """The report's LiteRT Quantizer section: per recipe its size against the converter's INT8 and weight bytes."""
+    """The LiteRT Quantizer section's data: per recipe its size against the converter's INT8 and its weight bytes
+    (rendered by report.sections.litert_quant_markdown)."""
     int8 = next((a for a in ctx.manifest.artifacts.values()
                  if a.format == "tflite" and a.precision == "int8" and a.stage == "tflite_ptq"), None)
     rows = []
@@ -100,24 +104,7 @@ def _section(ctx, arts: list[Artifact], not_made: dict[str, str]) -> None:
                      "size_vs_int8_tflite_ptq": round(a.size_bytes / int8.size_bytes, 4) if int8 else None,
                      "weight_bytes": wb, "seconds": a.notes.get("seconds")})
     floor = int4_floor(ctx, int8)
-    md = ["## LiteRT Quantizer", "",
-          "Fully integer .tflite per recipe (litert-quantizer over fp32.tflite; one calibration for all). Size against "
-          f"the converter's INT8 ({int8.name if int8 else 'not made'}); weight bytes as stored (int4: two per byte); "
-          "per-channel scales and zero points (12 bytes per output channel of every weight and bias) do not shrink "
-          "with the weight bits." + (f" {int8.name} with every int8 weight at 4 bits and nothing else changed would be "
-                                  f"{floor['bytes']:,} bytes = {floor['ratio']:.3f}× the INT8 file: about as small as "
-                                  "int4 weights can make this model." if floor else ""), "",
-          "| artifact | recipe | ranges | rounding | bytes | × INT8 file | weight bytes by type | s |",
-          "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ratio = f"{r['size_vs_int8_tflite_ptq']:.3f}" if r["size_vs_int8_tflite_ptq"] else "—"
-        wb = ", ".join(f"{k} {v:,}" for k, v in sorted(r["weight_bytes"].items()))
-        md.append(f"| {r['artifact']} | {r['recipe']} | {r['range_method']} | {r['rounding']} | {r['size_bytes']:,} | "
-                  f"{ratio} | {wb} | {r['seconds']} |")
-    md += [""] + [report_sections.route_line(a.name, a.notes) for a in arts if a.notes.get("route")]
-    md += [f"\n{art}: not made: {why}" for art, why in not_made.items()]
-    ctx.results.set_section("litert_quant", {"rows": rows, "not_made": not_made, "int4_floor": floor,
-                                             "markdown": "\n".join(md)})
+    ctx.results.set_section("litert_quant", {"rows": rows, "not_made": not_made, "int4_floor": floor})
 
 
 def int4_floor(ctx, int8: Artifact | None) -> dict | None:
@@ -134,12 +121,6 @@ def int4_floor(ctx, int8: Artifact | None) -> dict | None:
 def _fallback(ctx, opts: LitertQuantSpec, fp32: Artifact, n: int, calibrated) -> list[Artifact]:
     """int8_tflite_fallback: the w8a8 (min-max) model with its most sensitive ops left float, when it misses the
     budget on the held-back slice; else nothing (the section says why)."""
-    import tempfile
-    from pathlib import Path
-
-    from edgeq.core.artifacts import stage_key
-    from edgeq.methods.shared import budget as fallback
-
     name, budget = "int8_tflite_fallback", ctx.cfg.max_accuracy_drop
     cal = ctx.splits.calibration
     held = cal.take(np.arange(n, n + opts.holdout_images))
@@ -187,5 +168,4 @@ def _fallback(ctx, opts: LitertQuantSpec, fp32: Artifact, n: int, calibrated) ->
 
 
 def _finish(ctx, section: dict) -> None:
-    section["markdown"] = report_sections.fallback_markdown(section, "TFLite")
-    ctx.results.set_section("tflite_fallback", section)
+    ctx.results.set_section("tflite_fallback", section)  # rendered by report.sections.tflite_fallback_markdown

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.report import sections as report_sections
 from edgeq.core.artifacts import Artifact, stage_key
 from edgeq.core.config import OnnxFallbackSpec
 from edgeq.core.errors import EdgeqError
@@ -106,5 +105,4 @@ def run_stage(ctx, opts: OnnxFallbackSpec) -> list[Artifact]:
 
 
 def _finish(ctx, section: dict) -> None:
-    section["markdown"] = report_sections.fallback_markdown(section, "ONNX")
-    ctx.results.set_section("onnx_fallback", section)
+    ctx.results.set_section("onnx_fallback", section)  # rendered by report.sections.onnx_fallback_markdown

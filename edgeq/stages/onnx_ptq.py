@@ -11,10 +11,12 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from edgeq.report import sections as report_sections
 from edgeq.core.artifacts import Artifact
 from edgeq.core.config import OnnxPtqSpec
 from edgeq.core.errors import QuantizationError
+from edgeq.core.sysinfo import cpu_info
+from edgeq.methods.onnx import advanced as onnx_advanced
+from edgeq.methods.onnx import ranges as onnx_ranges
 from edgeq.methods.shared.calibration import calibration_count, held_back
 from edgeq.methods.onnx.from_keras import INPUT_NAME, keras_to_onnx, max_abs_diff_vs_keras
 from edgeq.loaders.onnx import OnnxInput, read_onnx_input
@@ -35,8 +37,6 @@ TENSORRT_NOTES = {
 
 def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
     """The FP32 ONNX model (exported, or the input) quantized for this host and, optionally, for TensorRT."""
-    from edgeq.core.sysinfo import cpu_info
-
     n = calibration_count(ctx.splits.calibration, opts.calibration_images, "stages.onnx_ptq.calibration_images")
     fp32, info, section = _fp32_onnx(ctx, opts)
     out = [] if fp32 is ctx.fp32 else [fp32]
@@ -70,7 +70,6 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
     section.update({"host_scheme": {**host.to_dict(), "chosen_by": chosen},
                     "tensorrt_scheme": TENSORRT_SCHEME.to_dict() if opts.tensorrt_artifact else None,
                     "cpu": cpu_notes})
-    section["markdown"] = report_sections.onnx_ptq_markdown(section, out, {})
     ctx.results.set_section("onnx_ptq", section)
     return out
 
@@ -102,9 +101,6 @@ def _advanced(ctx, opts: OnnxPtqSpec, q: "_Quantizer", host: Int8Scheme, fp32: A
               key: dict, host_params: dict) -> Artifact:
     """int8_onnx_ptq_adv: per-tensor range methods (and cross-layer equalisation for a Keras input), each kept
     only where the measured output error on held-back calibration images says so (`onnx_advanced`)."""
-    from edgeq.methods.onnx import advanced as onnx_advanced
-    from edgeq.methods.onnx import ranges as onnx_ranges
-
     held_images = held_back(ctx.splits.calibration, n, opts.selection_images)
     held, where = ctx.pre(held_images.images), held_images.source
     hwc = tuple(ctx.cfg.model.input_shape)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-from edgeq.report import sections as report_sections
 from edgeq.core.artifacts import Artifact
 from edgeq.core.config import QatSpec
 from edgeq.core.data import representative_dataset
@@ -17,6 +16,7 @@ from edgeq.methods.tflite import convert as tflite_ptq
 from edgeq.methods.shared.calibration import calibration_count
 from edgeq.methods.keras.fine_tune import QatResult, TrainData, fine_tune_qat, training_split
 from edgeq.methods.onnx.from_keras import add_weight_qdq, keras_to_onnx, missing_exporter
+from edgeq.methods.onnx.ort_int8 import ort_kernel_summary
 from edgeq.stages.support.inputs import QatInputs, qat_inputs
 from edgeq.methods.keras.qat import check_supported
 
@@ -85,10 +85,9 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
         out.append(ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
                                method="qat", stage="qat", params=onnx_params, parent=parent))
     notes = out[0].notes
-    ctx.results.set_section("qat", {"markdown": report_sections.qat_markdown(notes, opts, n_cal, onnx_note,
-                                                                         out[1].notes if len(out) > 1 else None),
-                            **{k: notes.get(k) for k in SECTION_KEYS}, "artifacts": [a.name for a in out],
-                            "onnx": onnx_note})
+    ctx.results.set_section("qat", {**{k: notes.get(k) for k in SECTION_KEYS}, "artifacts": [a.name for a in out],
+                                    "onnx": onnx_note, "distill": opts.distill, "learning_rate": opts.learning_rate,
+                                    "calibrate_ranges": opts.calibrate_ranges, "calibration_images": n_cal})
     return out
 
 
@@ -98,8 +97,6 @@ def export_qat_onnx(qmodel, path, opset: int, name: str = "int8_onnx_qat") -> di
 
     tf2onnx turns tfmot's activation FakeQuant nodes into QuantizeLinear/DequantizeLinear pairs; add_weight_qdq
     folds the batch norms it left, re-quantizes after MaxPool/Pad and stores the weights as int8."""
-    from edgeq.methods.onnx.ort_int8 import ort_kernel_summary
-
     notes = {**keras_to_onnx(qmodel, path, opset, name=name), **add_weight_qdq(path)}
     notes["ort_kernels"] = ort_kernel_summary(path, "all")
     return notes

@@ -1,25 +1,93 @@
-"""The stages of a run, in order: name -> "module:function", imported on first use (heavy imports stay lazy).
+"""The stages of a run, in order: one `Stage` row each, carrying everything the other parts need to know of it.
 
-Each stage function is `run_stage(ctx, options) -> list[Artifact]`; AFTER_EVALUATE hooks summarise
-evaluated artifacts (e.g. the PTQ-vs-QAT table).
+The pipeline runs the rows in order, the preflight sizes the run from them, config validation builds the
+`stages:` section from their options classes, the report renders their sections with the builders they name,
+and tests/stages parametrizes over them. Adding a stage is its module plus one row here.
+
+Functions are named as "module:function" strings, imported on first use: heavy imports stay lazy, and this
+table imports neither the stage modules nor the report.
 """
 from __future__ import annotations
 
-from edgeq.core.formats import resolve  # noqa: F401  (re-exported: stages are named 'module:function')
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-# stage name -> "module:function"; each function is run_stage(ctx, options) -> list[Artifact]
-STAGES: dict[str, str] = {
-    "tflite_ptq": "edgeq.stages.tflite_ptq:run_stage",
-    "litert_quant": "edgeq.stages.litert_quant:run_stage",
-    "onnx_ptq": "edgeq.stages.onnx_ptq:run_stage",
-    "onnx_fallback": "edgeq.stages.onnx_fallback:run_stage",
-    "qat": "edgeq.stages.qat:run_stage",
-    "comparison": "edgeq.stages.comparison:run_stage",
-}
-# stages that need a trainable Keras model (not one translated from ONNX) -> why, for the skip message
-KERAS_ONLY_STAGES = {
-    "qat": "QAT fine-tunes a Keras model (for PyTorch, fine-tune with torchao's QAT and export the result)",
-    "comparison": "the PTQ-vs-QAT comparison needs QAT",
-}
-# stage name -> "module:function(ctx)" run after [evaluate], for stages that summarise evaluated artifacts
-AFTER_EVALUATE: dict[str, str] = {"comparison": "edgeq.stages.comparison:after_evaluate"}
+from edgeq.core.formats import resolve  # noqa: F401  (re-exported: the rows name functions as 'module:function')
+from edgeq.core.options import (ComparisonSpec, LitertQuantSpec, OnnxFallbackSpec, OnnxPtqSpec, QatSpec, Strict,
+                                TflitePtqSpec, use_stage_table)
+
+
+@dataclass(frozen=True)
+class StageTests:
+    """How tests/stages/test_stages.py runs a stage on each shipped model config: a real `edgeq run --stages`
+    of it (and of `run_with`, the stages it needs) on small subsets."""
+
+    artifacts: tuple[str, ...] = ()  # report.json names its fast run always adds
+    may_make: tuple[str, ...] = ()  # names it adds only when the data asks (e.g. a fallback over the budget)
+    options: Mapping[str, Any] = field(default_factory=dict)  # small subsets: every step still runs, on less
+    run_with: tuple[str, ...] = ()  # stages its run needs before it (their own fast options apply)
+    heavy: bool = False  # slow on a large model (tens of MB of weights): in the `slow` set there
+    models: tuple[str, ...] | None = None  # the shipped configs (models/<name>.yaml) to run on; None: all
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its module's name is its config key (`stages.<name>`) and its `--stages` name."""
+
+    name: str
+    run: str  # "module:function", run(ctx, options) -> list[Artifact]
+    options: type[Strict]  # its `stages.<name>` options (edgeq.core.options)
+    artifacts: int  # the most artifacts it writes (preflight's free-space estimate: model size x artifacts)
+    # results section key -> "module:function" rendering it at report time, (section, artifacts, compatibility) -> md
+    sections: Mapping[str, str] = field(default_factory=dict)
+    needs_keras: str | None = None  # why it needs a trainable Keras model (skipped, with this, for ONNX input)
+    after_evaluate: str | None = None  # "module:function", f(ctx) once the artifacts are evaluated
+    tests: StageTests = StageTests()
+
+
+_SECTIONS = "edgeq.report.sections"
+
+STAGES: tuple[Stage, ...] = (
+    Stage("tflite_ptq", "edgeq.stages.tflite_ptq:run_stage", TflitePtqSpec, artifacts=2,
+          sections={"tflite_ptq": f"{_SECTIONS}:tflite_translation_markdown"},
+          tests=StageTests(artifacts=("fp32_tflite", "int8_tflite_ptq"), options={"representative_images": 50})),
+    Stage("litert_quant", "edgeq.stages.litert_quant:run_stage", LitertQuantSpec, artifacts=3,
+          sections={"litert_quant": f"{_SECTIONS}:litert_quant_markdown",
+                    "tflite_fallback": f"{_SECTIONS}:tflite_fallback_markdown"},
+          tests=StageTests(artifacts=("int8_tflite_lq",), options={"recipes": ["w8a8"], "calibration_images": 50},
+                           run_with=("tflite_ptq",), heavy=True)),
+    Stage("onnx_ptq", "edgeq.stages.onnx_ptq:run_stage", OnnxPtqSpec, artifacts=3,
+          sections={"onnx_ptq": f"{_SECTIONS}:onnx_ptq_markdown"},
+          tests=StageTests(artifacts=("fp32_onnx", "int8_onnx_ptq", "int8_onnx_ptq_adv", "int8_onnx_trt"),
+                           options={"calibration_images": 30})),
+    Stage("onnx_fallback", "edgeq.stages.onnx_fallback:run_stage", OnnxFallbackSpec, artifacts=1,
+          sections={"onnx_fallback": f"{_SECTIONS}:onnx_fallback_markdown"},
+          tests=StageTests(may_make=("int8_onnx_fallback",), run_with=("onnx_ptq",), heavy=True,
+                           options={"holdout_images": 20, "candidates": 1, "max_float_nodes": 1})),
+    Stage("qat", "edgeq.stages.qat:run_stage", QatSpec, artifacts=2,
+          sections={"qat": f"{_SECTIONS}:qat_markdown"},
+          needs_keras="QAT fine-tunes a Keras model (for PyTorch, fine-tune with torchao's QAT and export the result)",
+          tests=StageTests(artifacts=("int8_tflite_qat",), heavy=True,
+                           options={"train_images": 256, "steps_per_epoch": 2, "batch_size": 32,
+                                    "validation_images": 32, "calibration_images": 50})),
+    Stage("comparison", "edgeq.stages.comparison:run_stage", ComparisonSpec, artifacts=1,
+          sections={"comparison": f"{_SECTIONS}:comparison_markdown"},
+          needs_keras="the PTQ-vs-QAT comparison needs QAT",
+          after_evaluate="edgeq.stages.comparison:after_evaluate",
+          tests=StageTests(artifacts=("int8_tflite_ptq_adv",), heavy=True,
+                           options={"bits": [8], "eval_images": 200, "calibration_images": 50})),
+)
+
+
+def stage(name: str) -> Stage:
+    """The row of stage `name` (a KeyError for an unknown one: callers check names against `names()`)."""
+    return {s.name: s for s in STAGES}[name]
+
+
+def names() -> list[str]:
+    """Every stage's name, in run order."""
+    return [s.name for s in STAGES]
+
+
+# config validation (edgeq.core) reads the stages from here; read at each validation, so a row added later counts
+use_stage_table(lambda: {s.name: s.options for s in STAGES})

@@ -5,12 +5,12 @@ Keras model by onnx2tf (onnx_to_tf), and its FP32 .tflite is checked against the
 is quantised from it."""
 from __future__ import annotations
 
-from edgeq.report import sections as report_sections
 from edgeq.core.artifacts import Artifact
 from edgeq.core.config import TflitePtqSpec
 from edgeq.core.data import representative_dataset
 from edgeq.core.errors import QuantizationError
 from edgeq.methods.tflite import convert as tflite_ptq
+from edgeq.methods.onnx.to_tf import fidelity, param_floor_bytes
 from edgeq.methods.shared.calibration import calibration_count
 
 FIDELITY_IMAGES = 256  # calibration images the FP32 .tflite of an ONNX input is checked on
@@ -41,8 +41,6 @@ def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
         tmp.write_bytes(data)
         notes = tflite_ptq.int8_notes(data, model)
         if onnx_input:
-            from edgeq.methods.onnx.to_tf import param_floor_bytes
-
             notes["size_floor"] = param_floor_bytes(ctx.fp32.abspath(ctx.run_dir))
         return notes
 
@@ -53,7 +51,6 @@ def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
     if onnx_input:
         section = {"source": ctx.fp32.notes if ctx.fp32.stage == "import" and ctx.fp32.notes.get("source_format")
                    else None, "translation": out[0].notes.get("translation"), "vs_onnx": out[0].notes.get("vs_onnx")}
-        section["markdown"] = report_sections.tflite_translation_markdown(section)
         ctx.results.set_section("tflite_ptq", section)
     return out
 
@@ -61,8 +58,6 @@ def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
 def _translation_notes(ctx, tmp, opts: TflitePtqSpec) -> dict:
     """The FP32 .tflite of an ONNX input against the FP32 ONNX on calibration images; a QuantizationError if it
     does not match."""
-    from edgeq.methods.onnx.to_tf import fidelity
-
     vs = fidelity(ctx.fp32.abspath(ctx.run_dir), tmp, ctx.pre(ctx.splits.calibration.images[:FIDELITY_IMAGES]))
     if vs["relative"] > opts.max_translation_error:
         raise QuantizationError(

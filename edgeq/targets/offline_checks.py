@@ -5,16 +5,13 @@ the artifact's "tensorrt" compatibility record, the form device checks use too.
 """
 from __future__ import annotations
 
-from edgeq.report import sections as report_sections
 from edgeq.targets.tensorrt_check import check_tensorrt_qdq
 
 
 def check_artifacts(ctx, artifacts: list) -> None:
-    """Check each INT8 ONNX artifact against TensorRT's explicit-quantization rules and record the result."""
-    checked = [a for a in artifacts if a.format == "onnx" and a.precision == "int8"]
-    for a in checked:
+    """Check each INT8 ONNX artifact against TensorRT's explicit-quantization rules and record the result (the
+    report shows it in the onnx_ptq section, rendered afterwards)."""
+    for a in (a for a in artifacts if a.format == "onnx" and a.precision == "int8"):
         c = check_tensorrt_qdq(a.abspath(ctx.run_dir), a.name)
         ctx.results.put_compatibility(a.name, "tensorrt", c.to_dict())
-    if checked:
-        report_sections.refresh_compatibility(ctx.results.sections, artifacts, ctx.results.compatibility)
     ctx.results.save()

@@ -9,52 +9,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import make_config, run_edgeq, shipped_model_configs
+from conftest import make_config, run_edgeq, shipped_model_configs, stage_made, stage_test_params
+from edgeq.stages import registry
 
 MODELS = shipped_model_configs()
-# what each stage adds to the run (report.json names, a contract of #10); the FP32 source is always there too
-STAGE_ARTIFACTS = {
-    "tflite_ptq": ("fp32_tflite", "int8_tflite_ptq"),
-    "onnx_ptq": ("fp32_onnx", "int8_onnx_ptq", "int8_onnx_ptq_adv", "int8_onnx_trt"),
-    "qat": ("int8_tflite_qat",),
-    "comparison": ("int8_tflite_ptq_adv",),
-}
 EVAL_IMAGES = 200
-# small subsets of the shipped config: every stage still does all its steps, on fewer images and steps
-FAST_STAGES = {"tflite_ptq": {"representative_images": 50},
-               "onnx_ptq": {"calibration_images": 50},
-               "qat": {"train_images": 256, "steps_per_epoch": 2, "batch_size": 32, "validation_images": 32,
-                       "calibration_images": 50},
-               "comparison": {"bits": [8], "eval_images": EVAL_IMAGES, "calibration_images": 50}}
+# each stage's small subsets (its row's tests.options): every stage still does all its steps, on fewer images
+FAST_STAGES = {s.name: dict(s.tests.options) for s in registry.STAGES}
 FAST = {"data": {"calibration_size": 50, "eval_size": EVAL_IMAGES}, "benchmark": {"rounds": 2, "runs": 5, "warmup": 1}}
-# QAT's TFLite conversion takes ~4x a PTQ one and the comparison stage converts once more: on a model with
-# tens of MB of weights (ResNet-50: ~90 s each on 2 cores) these two are the slow set
-HEAVY_STAGES = {"qat", "comparison"}
-HEAVY_MODEL_BYTES = 20e6
 
 
-def _weights_bytes(config: Path) -> int:
-    p = config.parent / yaml.safe_load(config.read_text())["model"]["path"]
-    return p.stat().st_size if p.exists() else 0
+def _combos(names=None) -> list:
+    """(model, stage) params of the rows named (all rows: None), read from the registry."""
+    return stage_test_params([s for s in registry.STAGES if names is None or s.name in names], MODELS)
 
 
-def _combos(stages) -> list:
-    out = []
-    for model, config in MODELS.items():
-        for stage in stages:
-            slow = stage in HEAVY_STAGES and _weights_bytes(config) > HEAVY_MODEL_BYTES
-            out.append(pytest.param(model, stage, id=f"{model}-{stage}", marks=[pytest.mark.slow] if slow else []))
-    return out
-
-
-ALL = _combos(STAGE_ARTIFACTS)
-INT8_TFLITE = _combos([s for s, names in STAGE_ARTIFACTS.items() if any(n.startswith("int8_tflite") for n in names)])
+ALL = _combos()
+INT8_TFLITE = _combos([s.name for s in registry.STAGES
+                       if any(n.startswith("int8_tflite") for n in stage_made(s, registry.STAGES)[0])])
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +42,8 @@ def stage_run(tmp_path_factory):
         if (model, stage) not in cache:
             root = tmp_path_factory.mktemp(f"{model}-{stage}")
             cfg = make_config(root, model, stages=FAST_STAGES, **FAST)  # `--stages` picks the one stage
-            proc = run_edgeq("run", cfg, "--out", root / "run", "--stages", stage, timeout=1800)
+            selected = ",".join((*registry.stage(stage).tests.run_with, stage))
+            proc = run_edgeq("run", cfg, "--out", root / "run", "--stages", selected, timeout=1800)
             rep = json.loads((root / "run" / "report.json").read_text()) if proc.returncode == 0 else None
             cache[(model, stage)] = (root / "run", proc, rep)
         out, proc, rep = cache[(model, stage)]
@@ -79,14 +56,21 @@ def _by_name(rep: dict) -> dict:
     return {a["name"]: a for a in rep["artifacts"]}
 
 
+def _made(rep: dict, stage: str) -> list[str]:
+    """The artifacts the stage's run made (the row's, with those of the stages it runs with)."""
+    always, may = stage_made(registry.stage(stage), registry.STAGES)
+    return [*always, *(n for n in may if n in _by_name(rep))]
+
+
 @pytest.mark.parametrize("model,stage", ALL)
 def test_stage_writes_its_artifacts_and_only_those(stage_run, model, stage):
     out, rep = stage_run(model, stage)
     arts = _by_name(rep)
     fp32_source = [n for n, a in arts.items() if a["precision"] == "fp32" and a["format"] in ("keras", "savedmodel")]
-    assert set(arts) == {*fp32_source, *STAGE_ARTIFACTS[stage]} and len(fp32_source) == 1
+    always, may = stage_made(registry.stage(stage), registry.STAGES)
+    assert {*fp32_source, *always} <= set(arts) <= {*fp32_source, *always, *may} and len(fp32_source) == 1
     manifest = {a["name"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
-    for name in STAGE_ARTIFACTS[stage]:
+    for name in _made(rep, stage):
         f = out / arts[name]["path"]
         assert f.is_file() and f.stat().st_size == arts[name]["size_bytes"] > 0
         assert hashlib.sha256(f.read_bytes()).hexdigest() == arts[name]["sha256"] == manifest[name]["sha256"]
@@ -97,7 +81,7 @@ def test_stage_artifacts_are_evaluated_on_the_eval_subset(stage_run, model, stag
     _, rep = stage_run(model, stage)
     assert rep["dataset"]["n_eval"] == EVAL_IMAGES
     arts = _by_name(rep)
-    for name in STAGE_ARTIFACTS[stage]:
+    for name in _made(rep, stage):
         acc = arts[name]["accuracy"]
         assert acc["n"] == EVAL_IMAGES and acc["dataset"] == rep["dataset"]["eval"]
         assert acc["ci95"][0] <= acc["top1"] <= acc["ci95"][1] and acc["top1"] <= acc["top5"]
@@ -108,7 +92,7 @@ def test_stage_int8_artifacts_agree_with_fp32(stage_run, model, stage):
     """A trained model's INT8 twin predicts the FP32 top-1 on nearly every image, and loses no significant top-1."""
     _, rep = stage_run(model, stage)
     arts = _by_name(rep)
-    int8 = [n for n in STAGE_ARTIFACTS[stage] if arts[n]["precision"] == "int8"]
+    int8 = [n for n in _made(rep, stage) if arts[n]["precision"] == "int8"]
     assert int8
     for name in int8:
         assert arts[name]["agreement_with_fp32"]["top1_agreement"] >= 0.9, name
@@ -122,7 +106,7 @@ def test_stage_int8_tflite_is_fully_integer(stage_run, model, stage):
 
     out, rep = stage_run(model, stage)
     arts = _by_name(rep)
-    for name in (n for n in STAGE_ARTIFACTS[stage] if n.startswith("int8_tflite")):
+    for name in (n for n in _made(rep, stage) if n.startswith("int8_tflite")):
         interp = Interpreter(model_path=str(out / arts[name]["path"]))
         dtypes = {np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
         assert dtypes <= {"int8", "int32"}, (name, dtypes)  # activations and weights int8, biases int32
@@ -170,10 +154,9 @@ def test_shipped_config_validates_with_every_stage_and_writes_nothing(model, tmp
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"ok ({model}" in proc.stdout
     from edgeq.core.config import load_config
-    from edgeq.stages.registry import STAGES
 
     cfg = load_config(MODELS[model])
-    enabled = [n for n in STAGES if getattr(cfg.stages, n).enabled]
+    enabled = [n for n in registry.names() if getattr(cfg.stages, n).enabled]
     assert {"tflite_ptq", "onnx_ptq", "qat", "comparison"} <= set(enabled)  # every default config runs these
     assert "stages " + ", ".join(enabled) + ";" in proc.stdout
     assert not (tmp_path / "run").exists()

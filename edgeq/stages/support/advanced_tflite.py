@@ -13,8 +13,9 @@ from edgeq.core.config import ComparisonSpec
 from edgeq.core.data import representative_dataset
 from edgeq.core.errors import QuantizationError
 from edgeq.methods.keras import bias_correction as advanced
-from edgeq.methods.keras import equalize
+from edgeq.methods.keras import equalize, gptq
 from edgeq.methods.tflite import convert as tflite_ptq
+from edgeq.methods.tflite import litert as litert_quant
 from edgeq.methods.shared.calibration import calibration_count, held_back
 from edgeq.stages.support.inputs import Int8Tflite
 
@@ -78,9 +79,6 @@ def int4_gptq(ctx, opts: ComparisonSpec, model) -> Artifact | None:
     """int4_tflite_ptq_adv: GPTQ-rounded Conv2D/Dense kernels on LiteRT's int4 grid, made a real W4A8 .tflite by
     litert-quantizer's min-max recipe, which keeps every GPTQ code (checked); None, with the reason logged, where
     litert-quantizer is not installed (the INT4 advanced cell is then simulated)."""
-    from edgeq.methods.keras import gptq
-    from edgeq.methods.tflite import litert as litert_quant
-
     cal = ctx.splits.calibration
     n = calibration_count(cal, opts.calibration_images, "stages.comparison.calibration_images")
     params = {"bits": 4, "rounding": "GPTQ, Conv2D/Dense, per-channel max grid", "recipe": "w4a8",
