@@ -9,7 +9,9 @@ _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
-<<<<<<< HEAD
+# the stage table (one row per stage) that config validation in edgeq.core reads; core cannot import it itself
+from edgeq.stages import registry as _registry  # noqa: E402,F401
+
 __all__ = ["run", "quantize", "load_run", "example", "infer_config", "Run", "ArtifactResult", "__version__"]
 
 
@@ -19,8 +21,3 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'edgeq' has no attribute {name!r}")
-=======
-
-# the stage table (one row per stage) that config validation in edgeq.core reads; core cannot import it itself
-from edgeq.stages import registry as _registry  # noqa: E402,F401
->>>>>>> wt-a
