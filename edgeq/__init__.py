@@ -8,7 +8,7 @@ import os as _os
 _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__version__ = "0.1.0"
+from edgeq.core import __version__  # noqa: E402
 # the stage table (one row per stage) that config validation in edgeq.core reads; core cannot import it itself
 from edgeq.stages import registry as _registry  # noqa: E402,F401
 

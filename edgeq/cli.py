@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgeq import __version__
+from edgeq.core import __version__
 from edgeq.api import example, run_inferred
 from edgeq.app.bundle import make_bundle, upload_bundle
 from edgeq.app.compare import compare_runs, load_runs, print_comparison, to_json

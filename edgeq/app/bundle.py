@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq import __version__
+from edgeq.core import __version__
 from edgeq.core.artifacts import atomic_path
 from edgeq.core.errors import EdgeqError
 from edgeq.measure.evaluate import host_predictor

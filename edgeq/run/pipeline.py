@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeq import __version__
+from edgeq.core import __version__
 from edgeq.core import interrupt
 from edgeq.core.artifacts import Artifact, Manifest, atomic_path, sha256_of, stage_key
 from edgeq.core.config import RunConfig, load_config
