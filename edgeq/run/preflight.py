@@ -35,7 +35,7 @@ def planned_stages(cfg: RunConfig, only_stages: set[str] | None = None) -> list[
 
 
 # artifacts each stage writes (for the free-space estimate)
-_STAGE_ARTIFACTS = {"tflite_ptq": 2, "litert_quant": 3, "onnx_ptq": 3, "onnx_fallback": 1, "qat": 2,
+_STAGE_ARTIFACTS = {"tflite_ptq": 2, "litert_quant": 3, "onnx_ptq": 3, "onnx_fallback": 1, "precision": 4, "qat": 2,
                     "comparison": 1}
 
 

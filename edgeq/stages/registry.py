@@ -13,6 +13,7 @@ STAGES: dict[str, str] = {
     "litert_quant": "edgeq.stages.litert_quant:run_stage",
     "onnx_ptq": "edgeq.stages.onnx_ptq:run_stage",
     "onnx_fallback": "edgeq.stages.onnx_fallback:run_stage",
+    "precision": "edgeq.stages.precision:run_stage",  # after onnx_ptq: int16_onnx needs its FP32 ONNX
     "qat": "edgeq.stages.qat:run_stage",
     "comparison": "edgeq.stages.comparison:run_stage",
 }
