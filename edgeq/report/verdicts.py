@@ -188,9 +188,10 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
         why.append(f"as fast as {', '.join(others)} (intervals overlap or medians within 2 %); chosen as the "
                    + ("unquantised one: quantisation buys no speed here" if best["precision"] == "fp32"
                       else "most accurate of them"))
-    if passed_over:
-        why.append(", ".join(e["name"] for e in passed_over) + " passed over: " + "; ".join(
-            dict.fromkeys(_slow_kernels(e) for e in passed_over)))
+    quicker = [e for e in passed_over if med(e) < med(best)]  # said only where it changed the choice
+    if quicker:
+        why.append(", ".join(e["name"] for e in quicker) + " passed over: " + "; ".join(
+            dict.fromkeys(_slow_kernels(e) for e in quicker)))
     faster = [e for e in timed if med(e) < med(best) and not ok(e)]
     if faster:
         f = min(faster, key=med)

@@ -32,8 +32,8 @@ TFLITE_VARIANTS = {
 ONNX_VARIANTS = {"int16": ("int16_onnx", "int16_qdq.onnx", "int16", "ptq")}
 # precisions CPU runtimes run on reference (or Q/DQ-around-float) kernels: what-to-ship passes them over on a CPU
 SLOW_ON_CPU = {
-    "int16x8": "LiteRT has no XNNPACK int16x8 kernels: reference kernels, measured ~40x FP32 on x86-64 "
-               "(docs/precision.md)",
+    "int16x8": "LiteRT has no XNNPACK int16x8 kernels: reference kernels, tens of times slower than FP32 on "
+               "CPUs (docs/precision.md)",
     "int16": "ONNX Runtime has no int16 convolution kernels on CPUs: each op runs in float between a "
              "DequantizeLinear and a QuantizeLinear",
 }

@@ -78,8 +78,6 @@ TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 def engine_precision(flags: list[str]) -> str:
     """What an engine built with these trtexec flags computes in: int8 (with fp16 fallback) | fp16 | fp32."""
-    if "--best" in flags:
-        return "best (int8+fp16)"
     if "--int8" in flags:
         return "int8+fp16" if "--fp16" in flags else "int8"
     return "fp16" if "--fp16" in flags else "fp32"

@@ -148,3 +148,25 @@ def test_int16_onnx_without_an_fp32_onnx_is_not_made_and_says_why(tmp_path):
     run_dir = run_pipeline(cfg, tmp_path / "run", log=lambda m: None)
     section = json.loads((run_dir / "report.json").read_text())["precision"]
     assert section["made"] == [] and "enable stages.onnx_ptq" in section["not_made"]["int16_onnx"]
+
+
+def _entry(name, precision, median, within=True, slow=None):
+    e = {"name": name, "format": "tflite", "precision": precision, "method": "ptq", "accuracy": {"top1": 0.9},
+         "latency_ms": {"host": {"median": median, "median_ci95": [median * 0.99, median * 1.01]}}}
+    if precision != "fp32":
+        e["vs_fp32"] = {"reference": "fp32_tflite", "drop_pt": 0.1, "drop_ci95_pt": [-0.2, 0.4],
+                        "mcnemar": {"b": 9, "c": 7, "p": 0.8}, "within_budget": within, "images_to_decide": None}
+    if slow:
+        e["notes"] = {"slow_kernels": slow}
+    return e
+
+
+def test_ship_passes_over_a_slow_kernel_precision_unless_it_is_the_only_one_within_the_budget():
+    from edgeq.report.verdicts import ship
+
+    slow = "LiteRT has no XNNPACK int16x8 kernels"
+    entries = [_entry("fp32_tflite", "fp32", 1.0), _entry("int16x8_tflite", "int16x8", 0.5, slow=slow)]
+    s = ship(entries, "host", 1.0)  # timed faster here (synthetic figures: the rule is under test), still passed over
+    assert s["artifact"] == "fp32_tflite" and f"int16x8_tflite passed over: {slow}" in s["why"]
+    alone = [_entry("int8_tflite_ptq", "int8", 0.3, within=False), _entry("int16x8_tflite", "int16x8", 0.5, slow=slow)]
+    assert ship(alone, "host", 1.0)["artifact"] == "int16x8_tflite"
