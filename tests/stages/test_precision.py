@@ -170,3 +170,11 @@ def test_ship_passes_over_a_slow_kernel_precision_unless_it_is_the_only_one_with
     assert s["artifact"] == "fp32_tflite" and f"int16x8_tflite passed over: {slow}" in s["why"]
     alone = [_entry("int8_tflite_ptq", "int8", 0.3, within=False), _entry("int16x8_tflite", "int16x8", 0.5, slow=slow)]
     assert ship(alone, "host", 1.0)["artifact"] == "int16x8_tflite"
+
+
+def test_more_representative_images_than_the_calibration_split_is_refused_before_the_run(tmp_path):
+    from edgeq.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stages.precision.representative_images is 80 but the calibration split "
+                                          r"has 40 images"):
+        _config(tmp_path, precision={"enabled": True, "representative_images": 80})
