@@ -112,8 +112,8 @@ def convert_int8(model, representative_dataset, *, input_type: str = "int8", out
 KERNEL_NOTES = {
     "fp16": "XNNPACK dequantizes FP16 weights to FP32 at load: FP32 arithmetic and speed on CPUs, half the file; "
             "FP16 arithmetic needs a GPU delegate or an Armv8.2+ core with FP16 support",
-    "int8-dynamic": "hybrid kernels: int8 weights, activations quantized per op at run time (float I/O between ops); "
-                    "often no faster than FP32 on CPUs with XNNPACK",
+    "int8-dynamic": "hybrid kernels: int8 weights, activations quantized per op at run time (float between ops); "
+                    "its speed against FP32 and full INT8 depends on the model: measure it",
     "int16x8": "reference (no XNNPACK int16x8 kernels): slow on CPUs",
 }
 
