@@ -138,3 +138,13 @@ def test_ship_on_a_jetson_keeps_the_fp16_engine_when_int8_is_not_faster(jetson_r
         entries.append(e)
     s = ship(entries, "dev", 1.0)
     assert s["artifact"] == "fp32_onnx" and "fp16 engine" in s["why"]
+
+
+def test_recorded_fp16_logs_parse_as_trtexec_8_6():
+    from edgeq.targets.jetson import parse_trtexec_log
+
+    build = parse_trtexec_log(FP16_BUILD.format(argv="trtexec --fp16"))
+    assert build["passed"] and build["tensorrt_version"] == "8.6.2" and "latency" not in build
+    run = parse_trtexec_log(RUNS[".fp16.engine"])
+    assert run["passed"] and run["gpu"] == "Orin" and run["latency"]["median"] == 1.20557
+    assert run["latency"]["p90"] == 1.23291 and run["gpu_compute"]["median"] == 1.16602
