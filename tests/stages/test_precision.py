@@ -178,3 +178,24 @@ def test_more_representative_images_than_the_calibration_split_is_refused_before
     with pytest.raises(ConfigError, match=r"stages.precision.representative_images is 80 but the calibration split "
                                           r"has 40 images"):
         _config(tmp_path, precision={"enabled": True, "representative_images": 80})
+
+
+def test_an_onnx_input_gets_its_variants_from_the_translated_model_and_the_onnx_itself(precision_run, tmp_path):
+    import shutil
+
+    from edgeq.core.config import config_from_dict
+    from edgeq.run.pipeline import run_pipeline
+
+    run_dir, manifest, _ = precision_run
+    shutil.copyfile(run_dir / manifest["fp32_onnx"]["path"], tmp_path / "wide.onnx")
+    write_image_folder(tmp_path / "images", 60)
+    cfg = config_from_dict({
+        "name": "wide_onnx", "model": {"path": "wide.onnx", "input_shape": [16, 16, 3], "num_classes": 3},
+        "data": {"kind": "image_folder", "path": "images", "calibration_size": 40},
+        "stages": {"tflite_ptq": {"representative_images": 40},
+                   "precision": {"enabled": True, "tflite": ["fp16"], "onnx": ["int16"]}},
+        "benchmark": {"enabled": False}}, base_dir=tmp_path)
+    rep = json.loads((run_pipeline(cfg, tmp_path / "run", log=lambda m: None) / "report.json").read_text())
+    arts = {e["name"]: e for e in rep["artifacts"]}
+    assert arts["fp16_tflite"]["vs_fp32"]["reference"] == "fp32_tflite"
+    assert arts["int16_onnx"]["vs_fp32"]["reference"] == "fp32_onnx" and arts["int16_onnx"]["parent"] == "fp32_onnx"
