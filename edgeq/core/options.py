@@ -223,6 +223,26 @@ class OnnxFallbackSpec(Strict):
     max_float_nodes: int = Field(8, ge=1)  # give up (and say so) rather than keep more nodes float
 
 
+class PrecisionSpec(Strict):
+    """Other precisions beside INT8, each a real artifact evaluated and timed like the others: TFLite FP16 weights
+    (fp16_tflite), dynamic-range INT8 (dynamic_tflite: int8 weights, float activations), 16x8 (int16x8_tflite:
+    int16 activations, int8 weights) and ONNX INT16-activation QDQ (int16_onnx, from the run's FP32 ONNX; needs
+    stages.onnx_ptq for a Keras input). A variant a runtime has no fast kernels for says so in its notes, and
+    what-to-ship passes it over on a CPU unless it is the only one within the budget."""
+
+    enabled: bool = False
+    tflite: list[Literal["fp16", "dynamic", "int16x8"]] = ["fp16", "dynamic", "int16x8"]
+    onnx: list[Literal["int16"]] = ["int16"]
+    # calibration images of int16x8 / int16 (the first N of the calibration split); None: as many as the INT8
+    # TFLite (stages.tflite_ptq.representative_images), the same images
+    representative_images: Optional[int] = Field(None, ge=1)
+
+    @field_validator("tflite", "onnx")
+    @classmethod
+    def _unique(cls, v):
+        return list(dict.fromkeys(v))
+
+
 class StagesSpec(Strict):
     """The `stages:` section: one field per stage (its name -> its options, defaults when absent), built from the
     stage table by `stages_spec`; an unknown stage key is refused like any unknown key."""

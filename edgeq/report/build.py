@@ -196,6 +196,8 @@ def _flags(rep: dict, e: dict, target: str = "host") -> str:
         flags.append("ship")
     if s.get("noisy"):
         flags.append("noisy")
+    if (e.get("notes") or {}).get("slow_kernels"):  # e.g. 16x8 on reference kernels (stages.precision)
+        flags.append("slow kernels")
     return ",".join(flags)
 
 

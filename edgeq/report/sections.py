@@ -281,3 +281,13 @@ def onnx_fallback_markdown(section: dict, artifacts: list[Any] = (), compatibili
 def tflite_fallback_markdown(section: dict, artifacts: list[Any] = (), compatibility: dict | None = None) -> str:
     """The tflite_fallback section (litert_quant's float fallback of the w8a8 model)."""
     return fallback_markdown(section, "TFLite")
+
+
+def precision_markdown(section: dict, artifacts=None, compatibility=None) -> str:
+    """The report's `precision` section: what was made, what CPUs make of each precision, what was not made."""
+    lines = ["## Other precisions", "",
+             f"Calibrated variants use the first {section['calibration_images']} calibration images (those of the "
+             "INT8 TFLite). Accuracy, paired test, size and latency: the artifact table.", ""]
+    lines += [f"- **{name}**: {kernels}" for name, kernels in section["kernels"].items()]
+    lines += [f"- **{name}**: not made: {why}" for name, why in section["not_made"].items()]
+    return "\n".join(lines)

@@ -165,12 +165,17 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
     if not eligible:
         return {"artifact": None, "why": f"no artifact measured on {target} is shown to be within the "
                                          f"{budget_pt:g} pt budget"}
+    # a precision CPU runtimes run on reference kernels (notes.slow_kernels, e.g. 16x8) only if nothing else qualifies
+    passed_over = [e for e in eligible if _slow_kernels(e)] if any(not _slow_kernels(e) for e in eligible) else []
+    eligible = [e for e in eligible if e not in passed_over]
     tied = [e for e in eligible if _tied(eligible[0]["latency_ms"][target], e["latency_ms"][target])]
-    best = max(tied, key=lambda e: e["accuracy"]["top1"])  # statistically as fast: the most accurate of them
+    # statistically as fast: the unquantised reference if it is among them (e.g. a Jetson's FP16 engine when the
+    # INT8 engine is not faster), else the most accurate of them
+    best = max(tied, key=lambda e: (e["precision"] == "fp32", e["accuracy"]["top1"]))
     s = best["latency_ms"][target]
     ci = s.get("median_ci95")
     why = [f"fastest within the {budget_pt:g} pt budget: median {s['median']:.4g} ms"
-           + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")]
+           + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "") + (f" ({s['runtime']})" if s.get("runtime") else "")]
     r = s.get("ratio_to_fp32")
     if r and r.get("value") is not None:
         why.append(f"{r['value']:.2f}x {r['reference']}" + (f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]" if r.get("ci95") else ""))
@@ -181,7 +186,12 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
     others = [e["name"] for e in tied if e is not best]
     if others:
         why.append(f"as fast as {', '.join(others)} (intervals overlap or medians within 2 %); chosen as the "
-                   "most accurate of them")
+                   + ("unquantised one: quantisation buys no speed here" if best["precision"] == "fp32"
+                      else "most accurate of them"))
+    quicker = [e for e in passed_over if med(e) < med(best)]  # said only where it changed the choice
+    if quicker:
+        why.append(", ".join(e["name"] for e in quicker) + " passed over: " + "; ".join(
+            dict.fromkeys(_slow_kernels(e) for e in quicker)))
     faster = [e for e in timed if med(e) < med(best) and not ok(e)]
     if faster:
         f = min(faster, key=med)
@@ -198,3 +208,8 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
     if s.get("noisy"):
         why.append(f"caution, noisy: {s.get('noisy_reason')}")
     return {"artifact": best["name"], "why": "; ".join(why)}
+
+
+def _slow_kernels(e: dict) -> str | None:
+    """Why the CPU runtimes run this artifact's precision on slow (reference) kernels, if they do."""
+    return (e.get("notes") or {}).get("slow_kernels")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from edgeq.core.formats import resolve  # noqa: F401  (re-exported: the rows name functions as 'module:function')
-from edgeq.core.options import (ComparisonSpec, LitertQuantSpec, OnnxFallbackSpec, OnnxPtqSpec, QatSpec, Strict,
-                                TflitePtqSpec, use_stage_table)
+from edgeq.core.options import (ComparisonSpec, LitertQuantSpec, OnnxFallbackSpec, OnnxPtqSpec, PrecisionSpec, QatSpec,
+                                Strict, TflitePtqSpec, use_stage_table)
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,11 @@ STAGES: tuple[Stage, ...] = (
           sections={"onnx_fallback": f"{_SECTIONS}:onnx_fallback_markdown"},
           tests=StageTests(may_make=("int8_onnx_fallback",), run_with=("onnx_ptq",), heavy=True,
                            options={"holdout_images": 20, "candidates": 1, "max_float_nodes": 1})),
+    # after onnx_ptq: int16_onnx needs its FP32 ONNX
+    Stage("precision", "edgeq.stages.precision:run_stage", PrecisionSpec, artifacts=4,
+          sections={"precision": f"{_SECTIONS}:precision_markdown"},
+          tests=StageTests(artifacts=("fp16_tflite", "dynamic_tflite"), run_with=("tflite_ptq",),
+                           options={"tflite": ["fp16", "dynamic"], "onnx": []})),
     Stage("qat", "edgeq.stages.qat:run_stage", QatSpec, artifacts=2,
           sections={"qat": f"{_SECTIONS}:qat_markdown"},
           needs_keras="QAT fine-tunes a Keras model (for PyTorch, fine-tune with torchao's QAT and export the result)",

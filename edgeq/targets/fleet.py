@@ -222,6 +222,9 @@ def _time_interleaved(ctx, plan: Plan, target, deps: dict, inputs_remote, x_chec
     noisy_limit = ctx.cfg.benchmark.noisy_limit
     stats = {n: summarise(per_round[n], pooled[n], noisy_limit) for n in deps if per_round[n]}
     add_ratios(stats, per_round, fp32_references([a for a, _ in deps.values()]), noisy_limit)
+    compare = getattr(target, "compare_engines", None)  # a Jetson: each INT8 engine against the FP16 baseline
+    if compare is not None:
+        out.summary.update(compare({n: a for n, (a, _) in deps.items()}, stats))
     for name, (a, _) in deps.items():
         if name not in stats:
             out.latency[key(a)] = _row(a, plan.device.name, reason=f"not measured: {failed.get(name)}")

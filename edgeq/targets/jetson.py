@@ -1,5 +1,9 @@
 """NVIDIA Jetson: the QDQ ONNX goes to the device, `trtexec` builds the engine there (--int8, optional
---fp16 fallback, a timing cache kept per device) and times it; trtexec's own figures are parsed."""
+--fp16 fallback, a timing cache kept per device) and times it; trtexec's own figures are parsed.
+
+The FP32 ONNX is built with --fp16: on a Jetson the FP16 engine is the baseline an INT8 engine must beat
+(INT8 engines often run no faster than FP16 ones). Both are timed in the same interleaved rounds, and
+`compare_engines` gives each INT8 engine's latency ratio to the FP16 engine with its interval."""
 from __future__ import annotations
 
 import re
@@ -69,14 +73,27 @@ def parse_trtexec_log(text: str) -> dict:
     return out
 
 
-def stats_from_trtexec(parsed: dict, runs: int, warmup: int, device: str) -> LatencyStats:
+# precisions TensorRT builds an engine from: float ONNX (built as FP16) and int8 Q/DQ
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def engine_precision(flags: list[str]) -> str:
+    """What an engine built with these trtexec flags computes in: int8 (with fp16 fallback) | fp16 | fp32."""
+    if "--int8" in flags:
+        return "int8+fp16" if "--fp16" in flags else "int8"
+    return "fp16" if "--fp16" in flags else "fp32"
+
+
+def stats_from_trtexec(parsed: dict, runs: int, warmup: int, device: str, engine: str | None = None) -> LatencyStats:
+    """trtexec's summary as LatencyStats; `engine` (the engine's precision) is named in the runtime."""
     lat = parsed.get("latency")
     if not lat:
         raise TargetError(f"trtexec on {device} printed no performance summary"
                           + (f": {parsed['errors'][-1]}" if parsed.get("errors") else ""))
     return LatencyStats(min=lat["min"], median=lat["median"], mean=lat["mean"], p90=lat.get("p90"),
                         p99=lat.get("p99"), max=lat["max"], runs=runs, warmup=warmup, threads=None,
-                        runtime=f"TensorRT {parsed.get('tensorrt_version', '?')} (trtexec)", device=device,
+                        runtime=f"TensorRT {parsed.get('tensorrt_version', '?')} (trtexec"
+                                + (f", {engine} engine)" if engine else ")"), device=device,
                         timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 
@@ -95,9 +112,14 @@ class JetsonTarget:
         refused = format_refusal(artifact.format, self.kind)
         if refused:
             return Compatibility(False, self.name, artifact.name, [refused])
+        if artifact.precision not in TENSORRT_PRECISIONS:
+            return Compatibility(False, self.name, artifact.name, [
+                f"{artifact.precision} ONNX: TensorRT builds engines from float or int8 Q/DQ ONNX only (no "
+                f"{artifact.precision} Q/DQ); deploy int8_onnx_trt, or the FP32 ONNX as an FP16 engine"])
         if artifact.precision != "int8":
             return Compatibility(True, self.name, artifact.name, [],
-                                 {"note": f"{artifact.precision} ONNX: the engine is built with --fp16"})
+                                 {"note": f"{artifact.precision} ONNX: the engine is built with --fp16, the baseline "
+                                          "an INT8 engine must beat"})
         try:
             c = check_tensorrt_qdq(artifact.abspath(run_dir), artifact.name)
         except ImportError:  # no onnx here: the static QDQ check is optional; trtexec itself is the final word
@@ -133,7 +155,8 @@ class JetsonTarget:
         cache = f"{remote_workdir(self.session.device)}/{TIMING_CACHE}"
         run = self.session.transport.run
         exists = run(["test", "-s", engine], timeout=60).returncode == 0
-        build = {"engine": engine, "flags": flags, "timing_cache": cache, "reused": exists}
+        build = {"engine": engine, "flags": flags, "precision": engine_precision(flags), "timing_cache": cache,
+                 "reused": exists}
         if not exists:
             argv = [trtexec, f"--onnx={onnx_remote}", f"--saveEngine={engine}.part", f"--timingCacheFile={cache}",
                     "--skipInference", *flags]
@@ -166,4 +189,24 @@ class JetsonTarget:
                               + ("; ".join(parsed.get("errors", [])[-3:]) or stderr_tail(r.stdout + r.stderr, 3)))
         self.last_answer = {"trtexec": parsed}
         ident = f"{self.name}: {parsed.get('gpu', self.session.identity())}"
-        return stats_from_trtexec(parsed, runs, warmup, ident)
+        return stats_from_trtexec(parsed, runs, warmup, ident, deployable.details["build"].get("precision"))
+
+    def compare_engines(self, artifacts: dict, stats: dict[str, LatencyStats]) -> dict:
+        """`int8_vs_fp16` for the device's summary: each INT8 engine's latency over the FP16 engine of its FP32
+        ONNX, from the interleaved rounds' per-round ratio (`ratio_to_fp32`: on a Jetson the FP32 ONNX runs as
+        the FP16 engine), with its interval and whether the INT8 engine is faster."""
+        rows = []
+        for name, s in stats.items():
+            a, r = artifacts.get(name), s.ratio_to_fp32
+            if a is None or a.precision != "int8" or not r or r.get("value") is None or r["reference"] not in stats:
+                continue
+            base = stats[r["reference"]]
+            ci = r.get("ci95")
+            faster = ci[1] < 1.0 if ci else False  # an INT8 engine is faster only when its whole interval says so
+            rows.append({"int8": name, "fp16": r["reference"], "ratio": r["value"], "ci95": ci,
+                         "rounds": r.get("rounds"), "int8_median_ms": s.median, "fp16_median_ms": base.median,
+                         "int8_faster": faster,
+                         "verdict": (f"{name}'s INT8 engine is {r['value']:.2f}x the FP16 engine of {r['reference']}"
+                                     + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else " (one round: no interval)")
+                                     + ("" if faster else ": not faster than the FP16 engine"))})
+        return {"int8_vs_fp16": rows} if rows else {}

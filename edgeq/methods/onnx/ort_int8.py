@@ -122,7 +122,7 @@ def quantize_onnx(prepared: Path, out: Path, scheme: Int8Scheme, calibration: np
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     check_node_names(prepared, exclude_nodes)
-    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "int16": QuantType.QInt16}  # int16: stages.precision
     extra = {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": True,
              "QuantizeBias": scheme.quantize_bias,
              # Dense layers export as MatMul: per-channel on the output axis like Conv's

@@ -1,4 +1,5 @@
-"""TFLite post-training quantisation: full-integer INT8 with a representative dataset.
+"""TFLite post-training quantisation: full-integer INT8 with a representative dataset; FP16, dynamic-range INT8
+and 16x8 variants (stages.precision) beside it.
 
 A model is never shipped silently hybrid: when full-integer is asked and any tensor stays float, the
 stage fails and names the ops (unless `allow_float_ops` is set).
@@ -99,6 +100,50 @@ def convert_int8(model, representative_dataset, *, input_type: str = "int8", out
                                     + ", ".join(floats[:20]) + " — exclude or replace these layers, "
                                     "or set stages.tflite_ptq.allow_float_ops: true for a hybrid model")
     return data
+
+
+# ------------------------------------------------------------------ other precisions (stages.precision)
+# what LiteRT's CPU kernels make of each precision; measured on x86-64 with LiteRT 2.3 (docs/precision.md)
+KERNEL_NOTES = {
+    "fp16": "XNNPACK dequantizes FP16 weights to FP32 at load: FP32 arithmetic and speed on CPUs, half the file; "
+            "FP16 arithmetic needs a GPU delegate or an Armv8.2+ core with FP16 support",
+    "int8-dynamic": "hybrid kernels: int8 weights, activations quantized per op at run time (float between ops); "
+                    "its speed against FP32 and full INT8 depends on the model: measure it",
+    "int16x8": "reference (no XNNPACK int16x8 kernels): slow on CPUs",
+}
+
+
+def convert_fp16(model, *, name: str = "fp16_tflite") -> bytes:
+    """FP16 weights, float32 I/O and arithmetic where the runtime dequantizes (supported_types=[float16])."""
+    from edgeq.core.tfcompat import tf
+
+    t = tf()
+    conv = _converter(model)
+    conv.optimizations = [t.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_types = [t.float16]
+    return _convert(conv, "the FP16 conversion", name)
+
+
+def convert_dynamic(model, *, name: str = "dynamic_tflite") -> bytes:
+    """Dynamic-range INT8: int8 weights, float activations (Optimize.DEFAULT, no representative dataset)."""
+    from edgeq.core.tfcompat import tf
+
+    conv = _converter(model)
+    conv.optimizations = [tf().lite.Optimize.DEFAULT]
+    return _convert(conv, "the dynamic-range INT8 quantisation", name)
+
+
+def convert_int16x8(model, representative_dataset, *, name: str = "int16x8_tflite",
+                    calibration_images: int | None = None) -> bytes:
+    """16x8: int16 activations, int8 weights, float32 I/O, calibrated like the full-integer INT8 model."""
+    from edgeq.core.tfcompat import tf
+
+    t = tf()
+    conv = _converter(model)
+    conv.optimizations = [t.lite.Optimize.DEFAULT]
+    conv.representative_dataset = _tracked(representative_dataset, calibration_images, name)
+    conv.target_spec.supported_ops = [t.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    return _convert(conv, "the 16x8 quantisation (int16 activations, int8 weights)", name)
 
 
 def tensor_summary(data: bytes) -> dict:
