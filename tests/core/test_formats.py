@@ -66,6 +66,10 @@ def run_dir(tmp_path_factory) -> Path:
     keras_to_onnx(m, d / "fp32.onnx", 17)
     _int8_qdq_onnx(d / "fp32.onnx", d / "tiny.onnx", x.transpose(0, 3, 1, 2).copy())
     (d / "tiny.engine").write_bytes(b"a TensorRT engine is built on the device")
+    pytest.importorskip("openvino")  # the openvino row: the FP32 ONNX as an IR directory (edgeq[openvino])
+    from edgeq.methods.openvino.convert import onnx_to_ir
+
+    onnx_to_ir(d / "fp32.onnx", d / "tiny.openvino")
     torch = pytest.importorskip("torch")  # the pytorch row: a TorchScript file (exported to ONNX by a run)
     torch.jit.save(torch.jit.trace(torch.nn.Conv2d(3, 3, 16), torch.zeros(1, 3, 16, 16)), str(d / "tiny.pt"))
     np.save(d / "inputs.npy", x)
@@ -73,7 +77,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 FILES = {"keras": "tiny.keras", "h5": "tiny.h5", "savedmodel": "tiny_savedmodel", "tflite": "tiny.tflite",
-         "onnx": "tiny.onnx", "engine": "tiny.engine", "pytorch": "tiny.pt"}
+         "onnx": "tiny.onnx", "engine": "tiny.engine", "pytorch": "tiny.pt", "openvino": "tiny.openvino"}
 
 
 def artifact(run_dir: Path, fmt: str) -> Artifact:
