@@ -72,7 +72,7 @@ benchmark: {{runs: 20, warmup: 2}}
 
 
 # ------------------------------------------------------------------ run configs
-STAGE_NAMES = ("tflite_ptq", "litert_quant", "onnx_ptq", "onnx_fallback", "qat", "comparison")  # `--stages` names, run order
+STAGE_NAMES = ("tflite_ptq", "litert_quant", "onnx_ptq", "onnx_fallback", "qat", "comparison", "nncf_ptq")  # `--stages` names, run order
 
 
 def shipped_model_configs() -> dict[str, Path]:

@@ -218,6 +218,33 @@ class OnnxFallbackSpec(Strict):
     max_float_nodes: int = Field(8, ge=1)  # give up (and say so) rather than keep more nodes float
 
 
+NNCF_ROUTES = ("openvino", "onnx", "openvino_ac")  # int8_openvino_nncf, int8_onnx_nncf, int8_openvino_nncf_ac
+
+
+class NncfPtqSpec(Strict):
+    """NNCF + OpenVINO as a toolchain beside edgeq's own routes (needs edgeq[openvino]). The run's FP32 ONNX becomes
+    an FP32 OpenVINO IR (fp32_openvino); then per route: `openvino` nncf.quantize on the IR -> int8_openvino_nncf;
+    `onnx` nncf.quantize on the ONNX -> int8_onnx_nncf (QDQ ONNX, timed on ONNX Runtime); `openvino_ac`
+    nncf.quantize_with_accuracy_control with max_accuracy_drop as its budget, validated on `validation_images`
+    held-back calibration images (never the evaluation split) -> int8_openvino_nncf_ac. The NNCF options below are
+    passed through as NNCF names them."""
+
+    enabled: bool = False
+    routes: list[Literal[NNCF_ROUTES]] = ["openvino", "onnx"]
+    calibration_images: int = Field(300, ge=1)  # NNCF's subset_size, the first N of the calibration split
+    preset: Optional[Literal["performance", "mixed"]] = None  # None: NNCF's default (performance for a CNN)
+    fast_bias_correction: bool = True  # False: NNCF's full BiasCorrection (slower)
+    model_type: Optional[Literal["transformer"]] = None
+    validation_images: int = Field(200, ge=16)  # openvino_ac: held-back calibration images
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, v):
+        if not v:
+            raise ValueError("name at least one route, or set enabled: false")
+        return list(dict.fromkeys(v))
+
+
 class StagesSpec(Strict):
     tflite_ptq: TflitePtqSpec = TflitePtqSpec()
     litert_quant: LitertQuantSpec = LitertQuantSpec()
@@ -225,3 +252,4 @@ class StagesSpec(Strict):
     onnx_fallback: OnnxFallbackSpec = OnnxFallbackSpec()
     qat: QatSpec = QatSpec()
     comparison: ComparisonSpec = ComparisonSpec()
+    nncf_ptq: NncfPtqSpec = NncfPtqSpec()

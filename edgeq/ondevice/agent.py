@@ -341,7 +341,8 @@ def openvino_properties(compiled) -> dict:
     """What the compiled model really runs with, read back from OpenVINO (not what was asked)."""
     def prop(name):
         try:
-            return str(compiled.get_property(name))
+            v = compiled.get_property(name)
+            return v.to_string() if hasattr(v, "to_string") else str(v)  # an ov.Type prints as <Type: 'float32'>
         except Exception:  # noqa: BLE001 - a property an older OpenVINO lacks is just unknown
             return None
 

@@ -15,6 +15,7 @@ STAGES: dict[str, str] = {
     "onnx_fallback": "edgeq.stages.onnx_fallback:run_stage",
     "qat": "edgeq.stages.qat:run_stage",
     "comparison": "edgeq.stages.comparison:run_stage",
+    "nncf_ptq": "edgeq.stages.nncf_ptq:run_stage",
 }
 # stages that need a trainable Keras model (not one translated from ONNX) -> why, for the skip message
 KERAS_ONLY_STAGES = {

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from edgeq.core.errors import ModelError, RuntimeUnavailable, first_line
 
 IR_XML, IR_BIN = "model.xml", "model.bin"
@@ -62,3 +64,20 @@ def read_ir(directory: Path):
         raise ModelError(f"{directory}: no {IR_XML} in it; an OpenVINO artifact is a directory with model.xml and "
                          f"model.bin")
     return ov.Core().read_model(str(xml))
+
+
+def max_rel_diff_vs_onnx(ir: Path, onnx_path: Path, x: np.ndarray, precision: str = "f32") -> float:
+    """max |OpenVINO - ONNX Runtime| / max |ONNX Runtime| over the outputs of `x` (in the model's layout), OpenVINO
+    compiled at `precision`: how far the IR is from the model it was converted from."""
+    import onnxruntime as ort
+
+    from edgeq.ondevice.agent import openvino_config
+
+    ov = import_openvino()
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(ir_xml(ir))), "CPU", openvino_config(1, precision))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    ref = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    got = np.concatenate([compiled(x[i:i + 1])[compiled.output(0)] for i in range(len(x))])
+    return float(np.max(np.abs(got - ref)) / max(float(np.max(np.abs(ref))), 1e-12))

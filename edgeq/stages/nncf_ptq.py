@@ -1,0 +1,155 @@
+"""The `nncf_ptq` stage: NNCF + OpenVINO as a toolchain judged beside edgeq's own routes, on the same images.
+
+From the run's FP32 ONNX (the input, or the Keras model exported as `fp32_onnx`, shared with onnx_ptq):
+- `fp32_openvino`: the FP32 OpenVINO IR (ov.convert_model, weights not compressed to FP16), run at f32;
+- route `openvino` -> `int8_openvino_nncf`: nncf.quantize on the IR, run by OpenVINO;
+- route `onnx` -> `int8_onnx_nncf`: nncf.quantize on the ONNX (QDQ), run by ONNX Runtime like every ONNX artifact
+  (its Q/DQ placement is made for OpenVINO: a route is judged on the runtime that runs it);
+- route `openvino_ac` -> `int8_openvino_nncf_ac`: nncf.quantize_with_accuracy_control within max_accuracy_drop on
+  held-back calibration images (never the evaluation split), the layers it reverted to float named in its notes.
+Every route sees the first `calibration_images` of the calibration split, preprocessed as for every other route.
+A route that cannot be made (openvino/nncf missing, an op NNCF refuses) is recorded as not made with the reason;
+the others stand.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeq.core.artifacts import Artifact
+from edgeq.core.options import NncfPtqSpec
+from edgeq.core.errors import ModelError, QuantizationError, RuntimeUnavailable
+from edgeq.loaders.onnx import OnnxInput, read_onnx_input
+from edgeq.methods.openvino import convert as ov_convert
+from edgeq.methods.openvino import nncf_routes
+from edgeq.methods.shared.calibration import calibration_count, held_back
+
+INFERENCE_PRECISION = "f32"  # what every artifact of this stage is evaluated and timed at (OpenVINO's hint)
+CHECK_IMAGES = 16  # calibration images the FP32 IR is checked on against the FP32 ONNX
+NOT_MADE = (RuntimeUnavailable, QuantizationError, ModelError)
+ROUTE_ARTIFACTS = {"openvino": "int8_openvino_nncf", "onnx": "int8_onnx_nncf", "openvino_ac": "int8_openvino_nncf_ac"}
+
+
+def run_stage(ctx, opts: NncfPtqSpec) -> list[Artifact]:
+    """The FP32 IR and one INT8 artifact per NNCF route; routes that cannot be made are named with the reason."""
+    n = calibration_count(ctx.splits.calibration, opts.calibration_images, "stages.nncf_ptq.calibration_images")
+    fp32_onnx, info = _fp32_onnx(ctx)
+    out = [] if fp32_onnx is ctx.fp32 else [fp32_onnx]
+    nchw = info.layout == "NCHW"
+    cal = ctx.splits.calibration
+    x = _layout(ctx.pre(cal.images[:n]), nchw)
+    nncf_opts = nncf_routes.NncfOptions(opts.preset, opts.fast_bias_correction, n, opts.model_type)
+    params = {**nncf_opts.to_dict(), "calibration_images": n, "inference_precision": INFERENCE_PRECISION}
+    key = {"calibration": cal.fingerprint(), "n": n, "nncf": nncf_opts.to_dict()}
+    section: dict = {"fp32_onnx": fp32_onnx.name, "input_layout": info.layout, "options": params, "not_made": {},
+                     "seconds": {}}
+
+    def attempt(name: str, make_artifact):
+        try:
+            a = make_artifact()
+        except NOT_MADE as e:
+            section["not_made"][name] = str(e)
+            ctx.log(f"  - {name}: not made: {e}")
+            return None
+        section["seconds"][name] = a.notes.get("seconds")
+        out.append(a)
+        return a
+
+    fp32_ir = attempt("fp32_openvino", lambda: _fp32_ir(ctx, fp32_onnx, x[:CHECK_IMAGES]))
+    for route in opts.routes:
+        name = ROUTE_ARTIFACTS[route]
+        if route != "onnx" and fp32_ir is None:
+            section["not_made"][name] = f"no FP32 OpenVINO IR to quantize ({section['not_made']['fp32_openvino']})"
+            continue
+        if route == "openvino":
+            attempt(name, lambda: ctx.produce(
+                name, "int8_nncf.openvino", key, lambda tmp: nncf_routes.quantize_ir(
+                    fp32_ir.abspath(ctx.run_dir), tmp, x, nncf_opts),
+                fmt="openvino", precision="int8", method="nncf_ptq", stage="nncf_ptq",
+                params={**params, "route": "nncf.quantize(openvino)"}, parent=fp32_ir.name))
+        elif route == "onnx":
+            attempt(name, lambda: ctx.produce(
+                name, "int8_nncf.onnx", {**key, "input": info.name}, lambda tmp: {
+                    **nncf_routes.quantize_onnx(fp32_onnx.abspath(ctx.run_dir), tmp, x, info.name, nncf_opts),
+                    "runs_on": "onnxruntime (its Q/DQ placement is NNCF's, made for OpenVINO)",
+                    "input_layout": info.layout},
+                fmt="onnx", precision="int8", method="nncf_ptq", stage="nncf_ptq",
+                params={**{k: v for k, v in params.items() if k != "inference_precision"},
+                        "route": "nncf.quantize(onnx)"}, parent=fp32_onnx.name))
+        else:
+            attempt(name, lambda: _accuracy_control(ctx, opts, fp32_ir, x, n, nchw, key, params, nncf_opts))
+    section["markdown"] = _markdown(section, out)
+    ctx.results.set_section("nncf_ptq", section)
+    return out
+
+
+def _layout(x_nhwc: np.ndarray, nchw: bool) -> np.ndarray:
+    return np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2) if nchw else x_nhwc, np.float32)
+
+
+def _fp32_onnx(ctx) -> tuple[Artifact, OnnxInput]:
+    """The run's FP32 ONNX: its input as given, or the Keras model exported exactly as onnx_ptq exports it (the same
+    artifact `fp32_onnx`, reused when onnx_ptq made it)."""
+    if ctx.is_onnx_input:
+        hwc = tuple(ctx.cfg.model.input_shape)
+        return ctx.fp32, read_onnx_input(ctx.fp32.abspath(ctx.run_dir), hwc, where=ctx.cfg.model.path)
+    from edgeq.stages.onnx_ptq import _fp32_onnx as export_fp32_onnx
+
+    fp32, info, _ = export_fp32_onnx(ctx, ctx.cfg.stages.onnx_ptq)
+    return fp32, info
+
+
+def _fp32_ir(ctx, fp32_onnx: Artifact, check_x: np.ndarray) -> Artifact:
+    """fp32_openvino, checked on calibration images against the FP32 ONNX under ONNX Runtime at f32."""
+    src = fp32_onnx.abspath(ctx.run_dir)
+
+    def make(tmp: Path) -> dict:
+        notes = ov_convert.onnx_to_ir(src, tmp)
+        notes["max_rel_diff_vs_onnx"] = ov_convert.max_rel_diff_vs_onnx(tmp, src, check_x)
+        notes["checked_on"] = f"{len(check_x)} calibration images, inference precision {INFERENCE_PRECISION}"
+        return notes
+
+    return ctx.produce("fp32_openvino", "fp32.openvino", {"onnx": fp32_onnx.sha256}, make, fmt="openvino",
+                       precision="fp32", method="none", stage="nncf_ptq",
+                       params={"converter": "ov.convert_model", "compress_to_fp16": False,
+                               "inference_precision": INFERENCE_PRECISION}, parent=fp32_onnx.name)
+
+
+def _accuracy_control(ctx, opts: NncfPtqSpec, fp32_ir: Artifact, x: np.ndarray, n: int, nchw: bool, key: dict,
+                      params: dict, nncf_opts) -> Artifact:
+    held = held_back(ctx.splits.calibration, n, opts.validation_images)
+    held_x = _layout(ctx.pre(held.images), nchw)
+    budget = ctx.cfg.max_accuracy_drop
+    name = ROUTE_ARTIFACTS["openvino_ac"]
+
+    def make(tmp: Path) -> dict:
+        notes = nncf_routes.quantize_ir_with_accuracy_control(fp32_ir.abspath(ctx.run_dir), tmp, x, held_x,
+                                                              held.labels, budget, nncf_opts)
+        notes["accuracy_control"]["validated_on"] = held.source
+        return notes
+
+    return ctx.produce(name, "int8_nncf_ac.openvino", {**key, "held": held.source, "budget": budget}, make,
+                       fmt="openvino", precision="int8", method="nncf_ptq_accuracy_control", stage="nncf_ptq",
+                       params={**params, "route": "nncf.quantize_with_accuracy_control(openvino)",
+                               "max_accuracy_drop": budget, "validation_images": len(held)},
+                       parent=fp32_ir.name)
+
+
+def _markdown(section: dict, made: list[Artifact]) -> str:
+    lines = ["## NNCF + OpenVINO routes",
+             f"Every OpenVINO artifact runs with inference precision {INFERENCE_PRECISION} (INFERENCE_PRECISION_HINT "
+             "set explicitly: OpenVINO's default runs bfloat16 on CPUs that have it). NNCF options: "
+             + ", ".join(f"{k}={v}" for k, v in section["options"].items()) + ".", ""]
+    for a in made:
+        if a.stage != "nncf_ptq":
+            continue
+        line = f"- `{a.name}` ({a.format}, {a.precision}): {a.notes.get('seconds')} s to make"
+        ac = a.notes.get("accuracy_control")
+        if ac:
+            reverted = ac["reverted_layers"]
+            line += (f"; accuracy control within {ac['max_drop_points']} pt on {ac['validated_on']}: "
+                     f"{len(reverted)} layer(s) reverted to float" + (f" ({', '.join(reverted)})" if reverted else ""))
+        lines.append(line)
+    lines += [f"- `{name}`: not made: {why}" for name, why in section["not_made"].items()]
+    return "\n".join(lines)
