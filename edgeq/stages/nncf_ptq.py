@@ -144,11 +144,14 @@ def _markdown(section: dict, made: list[Artifact]) -> str:
     for a in made:
         if a.stage != "nncf_ptq":
             continue
-        line = f"- `{a.name}` ({a.format}, {a.precision}): {a.notes.get('seconds')} s to make"
+        run_at = a.params.get("inference_precision")
+        line = (f"- `{a.name}` ({a.format}, {a.precision}" + (f", run at {run_at}" if run_at else ", run by ONNX Runtime")
+                + f"): {a.notes.get('seconds')} s to make")
         ac = a.notes.get("accuracy_control")
         if ac:
             reverted = ac["reverted_layers"]
-            line += (f"; accuracy control within {ac['max_drop_points']} pt on {ac['validated_on']}: "
+            line += (f"; accuracy control within {ac['max_drop_points']} pt on {ac['validated_on']} (top-1 "
+                     f"{ac['initial_metric']} FP32, {ac['quantized_metric']} INT8 before any revert): "
                      f"{len(reverted)} layer(s) reverted to float" + (f" ({', '.join(reverted)})" if reverted else ""))
         lines.append(line)
     lines += [f"- `{name}`: not made: {why}" for name, why in section["not_made"].items()]

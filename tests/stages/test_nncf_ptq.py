@@ -82,6 +82,7 @@ def test_nncf_options_and_the_accuracy_control_account_are_recorded(nncf_run):
     assert p["subset_size"] == 40 and p["fast_bias_correction"] is True and p["preset"] is None
     ac = arts["int8_openvino_nncf_ac"]["notes"]["accuracy_control"]
     assert isinstance(ac["reverted_layers"], list) and ac["validation_precision"] == "f32"
+    assert 0 <= ac["initial_metric"] <= 1 and 0 <= ac["quantized_metric"] <= 1
     assert ac["validated_on"].startswith("calibration images 40..59")  # held back: never the evaluation split
     assert (out / arts["fp32_openvino"]["path"] / "model.xml").is_file()
     assert (out / arts["fp32_openvino"]["path"] / "model.bin").is_file()
@@ -108,3 +109,30 @@ def test_routes_are_not_made_with_the_reason_when_openvino_and_nncf_are_missing(
 
 def acc_n(arts: dict, name: str) -> int:
     return arts[name]["accuracy"]["n"]
+
+
+# NNCF 3.4's accuracy-control messages, as its algorithm logs them when it has to revert (recorded, MobileNetV2-like)
+RECORDED_AC_LOG = [
+    "Metric of initial model: 0.905",
+    "Collecting values for each data item using the initial model",
+    "Metric of quantized model: 0.87",
+    "Accuracy drop: 0.035 (absolute)",
+    "Total number of quantized operations in the model: 53",
+    "Changing the scope of quantizer nodes was started",
+    "Reverted 1 operations to the floating-point precision: \n\tblock_16_project/Conv2D",
+    "Accuracy drop with the new quantization scope is 0.015 (absolute)",
+    "Reverted 1 operations to the floating-point precision: \n\tConv_1/Conv2D",
+    "Algorithm completed: achieved required accuracy drop 0.005 (absolute)",
+    "2 out of 53 were reverted back to the floating-point precision:\n\tblock_16_project/Conv2D\n\tConv_1/Conv2D",
+]
+
+
+def test_accuracy_control_account_names_the_reverted_layers_from_nncfs_log():
+    from edgeq.methods.openvino.nncf_routes import accuracy_control_log
+
+    ac = accuracy_control_log(RECORDED_AC_LOG)
+    assert ac["reverted_layers"] == ["block_16_project/Conv2D", "Conv_1/Conv2D"]
+    assert (ac["initial_metric"], ac["quantized_metric"], ac["drop_before_revert"]) == (0.905, 0.87, 0.035)
+    assert ac["outcome"].startswith("Algorithm completed: achieved required accuracy drop")
+    within = accuracy_control_log(RECORDED_AC_LOG[:4])
+    assert within["reverted_layers"] == [] and within["outcome"] == "within the budget without reverting any layer"

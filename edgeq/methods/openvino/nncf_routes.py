@@ -84,16 +84,25 @@ class _Collect(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def reverted_from_log(lines: list[str]) -> tuple[list[str], str]:
-    """The operations NNCF's accuracy control reverted to float, and how it ended, from its log messages
-    (its report is only logged: nncf 3.4 returns the model alone)."""
-    reverted, outcome = [], ""
+def accuracy_control_log(lines: list[str]) -> dict:
+    """What NNCF's accuracy control did, from its log messages (nncf 3.4 returns the model alone; its report is
+    only logged): the top-1 it measured before and after quantization, the drop before any revert, the operations it reverted to
+    float, and how it ended."""
+    out: dict = {"initial_metric": None, "quantized_metric": None, "drop_before_revert": None, "reverted_layers": [],
+                 "outcome": "within the budget without reverting any layer"}
     for line in lines:
-        if "were reverted back to the floating-point precision" in line:
-            reverted = [s.strip() for s in line.split("\n")[1:] if s.strip()]
-        if line.startswith("Algorithm completed") or "could not achieve" in line:
-            outcome = (outcome + "; " if outcome else "") + line.strip()
-    return reverted, outcome
+        head, _, value = line.partition(": ")
+        if head == "Metric of initial model":
+            out["initial_metric"] = float(value)
+        elif head == "Metric of quantized model" and out["quantized_metric"] is None:
+            out["quantized_metric"] = float(value)
+        elif head == "Accuracy drop":
+            out["drop_before_revert"] = float(value.split()[0])
+        elif "were reverted back to the floating-point precision" in line:
+            out["reverted_layers"] = [s.strip() for s in line.split("\n")[1:] if s.strip()]
+        elif line.startswith("Algorithm completed") or "could not achieve" in line:
+            out["outcome"] = line.strip()
+    return out
 
 
 def quantize_ir_with_accuracy_control(fp32_ir: Path, out_dir: Path, calibration: np.ndarray, held_x: np.ndarray,
@@ -123,9 +132,8 @@ def quantize_ir_with_accuracy_control(fp32_ir: Path, out_dir: Path, calibration:
                                 f"({first_line(e)})") from None
     finally:
         logger.removeHandler(handler)
-    reverted, outcome = reverted_from_log(handler.lines)
     return {"nncf": nncf.__version__, "backend": "openvino", "accuracy_control": {
                 "max_drop_points": max_drop_points, "drop_type": "absolute top-1", "validation_images": len(labels),
-                "validation_precision": "f32", "reverted_layers": reverted, "outcome": outcome},
+                "validation_precision": "f32", **accuracy_control_log(handler.lines)},
             "calibration_samples": min(len(calibration), opts.subset_size),
             "fake_quantize_nodes": count_ops(q, "FakeQuantize"), **save_ir(q, out_dir)}
