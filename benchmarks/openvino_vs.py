@@ -14,6 +14,7 @@ its default picks on CPUs with AVX512-BF16/AMX) beside it, so the silent-bf16 fi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -112,8 +113,11 @@ def main() -> None:
         for label, (_, _, p) in preds.items():
             p.set_input(x1)
             invokers[label] = p.invoke
+        before = os.getloadavg()
         meds = interleaved(invokers, a.rounds, a.runs, a.warmup)
         report(name, preds, meds)
+        print(f"  load average before/after the rounds: {before[0]:.2f} / {os.getloadavg()[0]:.2f} "
+              f"({os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
