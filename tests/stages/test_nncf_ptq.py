@@ -136,3 +136,29 @@ def test_accuracy_control_account_names_the_reverted_layers_from_nncfs_log():
     assert ac["outcome"].startswith("Algorithm completed: achieved required accuracy drop")
     within = accuracy_control_log(RECORDED_AC_LOG[:4])
     assert within["reverted_layers"] == [] and within["outcome"] == "within the budget without reverting any layer"
+
+
+def test_an_nhwc_onnx_input_is_quantized_as_given_without_an_export(tiny_project, tmp_path):
+    """A run starting from an ONNX model (tf2onnx's NHWC default): the IR comes from it as given, calibration
+    images stay NHWC, and the NNCF artifacts are paired with it."""
+    import onnx
+    import tf2onnx
+
+    from edgeq.core.tfcompat import tf
+    from edgeq.loaders.keras import load_keras_model
+
+    spec = (tf().TensorSpec((None, 16, 16, 3), tf().float32, name="pixels"),)
+    proto, _ = tf2onnx.convert.from_keras(load_keras_model(tiny_project / "tiny.keras"), input_signature=spec,
+                                          opset=17)
+    onnx.save(proto, str(tmp_path / "tiny_nhwc.onnx"))
+    cfg = make_config(tmp_path, tiny_project, stages={"nncf_ptq": {"calibration_images": 40}},
+                      model={"path": str(tmp_path / "tiny_nhwc.onnx")}, benchmark={"runs": 5, "warmup": 1})
+    r = run_edgeq("run", cfg, "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    arts = by_name(rep)
+    assert set(arts) == {"fp32_onnx", "fp32_openvino", "int8_openvino_nncf", "int8_onnx_nncf"}
+    assert arts["fp32_onnx"]["stage"] == "import" and rep["nncf_ptq"]["input_layout"] == "NHWC"
+    assert arts["fp32_openvino"]["notes"]["max_rel_diff_vs_onnx"] <= 1e-4
+    assert arts["int8_onnx_nncf"]["vs_fp32"]["reference"] == "fp32_onnx"
+    assert arts["fp32_openvino"]["accuracy"]["top1"] == arts["fp32_onnx"]["accuracy"]["top1"]
