@@ -14,7 +14,8 @@ import numpy as np
 # one definition for this machine and the devices: the agent's (it must stay a standalone file)
 from edgeq.ondevice.agent import dequantize as dequantize_output
 from edgeq.ondevice.agent import is_nchw, ort_session_options, time_runs
-from edgeq.ondevice.agent import openvino_config, openvino_properties, openvino_runtime_name, openvino_xml
+from edgeq.ondevice.agent import (OPENVINO_PRECISIONS, openvino_config, openvino_properties, openvino_runtime_name,
+                                  openvino_xml)
 from edgeq.ondevice.agent import quantize as quantize_input
 from edgeq.core.errors import ModelError, RuntimeUnavailable, first_line
 
@@ -221,9 +222,11 @@ class OpenVINOPredictor(Predictor):
 
     def __init__(self, path: Path, threads: int | None = None, inference_precision: str = "f32",
                  batch_size: int = 32):
-        from edgeq.core.errors import EdgeqError
         from edgeq.methods.openvino.convert import import_openvino
 
+        if inference_precision not in OPENVINO_PRECISIONS:
+            raise ModelError(f"{path}: inference precision {inference_precision!r} is not one OpenVINO's CPU runs; "
+                             f"use one of {', '.join(OPENVINO_PRECISIONS)}")
         ov = import_openvino()
         self.path = Path(path)
         self.threads = threads
@@ -235,8 +238,6 @@ class OpenVINOPredictor(Predictor):
             model = core.read_model(xml)
             self._dynamic = model.input(0).get_partial_shape()[0].is_dynamic
             self.compiled = core.compile_model(model, "CPU", openvino_config(threads, inference_precision))
-        except EdgeqError:
-            raise
         except Exception as e:  # openvino raises its own exception types
             raise ModelError(f"{self.path}: openvino cannot load it ({first_line(e)})") from None
         self.request = self.compiled.create_infer_request()

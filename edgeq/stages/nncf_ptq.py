@@ -57,28 +57,17 @@ def run_stage(ctx, opts: NncfPtqSpec) -> list[Artifact]:
         return a
 
     fp32_ir = attempt("fp32_openvino", lambda: _fp32_ir(ctx, fp32_onnx, x[:CHECK_IMAGES]))
-    for route in opts.routes:
-        name = ROUTE_ARTIFACTS[route]
-        if route != "onnx" and fp32_ir is None:
+    route = _Route(ctx, x, nchw, key, params, nncf_opts)
+    for r in opts.routes:
+        name = ROUTE_ARTIFACTS[r]
+        if r == "onnx":
+            attempt(name, lambda: route.onnx(fp32_onnx, info))
+        elif fp32_ir is None:
             section["not_made"][name] = f"no FP32 OpenVINO IR to quantize ({section['not_made']['fp32_openvino']})"
-            continue
-        if route == "openvino":
-            attempt(name, lambda: ctx.produce(
-                name, "int8_nncf.openvino", key, lambda tmp: nncf_routes.quantize_ir(
-                    fp32_ir.abspath(ctx.run_dir), tmp, x, nncf_opts),
-                fmt="openvino", precision="int8", method="nncf_ptq", stage="nncf_ptq",
-                params={**params, "route": "nncf.quantize(openvino)"}, parent=fp32_ir.name))
-        elif route == "onnx":
-            attempt(name, lambda: ctx.produce(
-                name, "int8_nncf.onnx", {**key, "input": info.name}, lambda tmp: {
-                    **nncf_routes.quantize_onnx(fp32_onnx.abspath(ctx.run_dir), tmp, x, info.name, nncf_opts),
-                    "runs_on": "onnxruntime (its Q/DQ placement is NNCF's, made for OpenVINO)",
-                    "input_layout": info.layout},
-                fmt="onnx", precision="int8", method="nncf_ptq", stage="nncf_ptq",
-                params={**{k: v for k, v in params.items() if k != "inference_precision"},
-                        "route": "nncf.quantize(onnx)"}, parent=fp32_onnx.name))
+        elif r == "openvino":
+            attempt(name, lambda: route.openvino(fp32_ir))
         else:
-            attempt(name, lambda: _accuracy_control(ctx, opts, fp32_ir, x, n, nchw, key, params, nncf_opts))
+            attempt(name, lambda: route.accuracy_control(fp32_ir, opts.validation_images))
     section["markdown"] = _markdown(section, out)
     ctx.results.set_section("nncf_ptq", section)
     return out
@@ -116,24 +105,55 @@ def _fp32_ir(ctx, fp32_onnx: Artifact, check_x: np.ndarray) -> Artifact:
                                "inference_precision": INFERENCE_PRECISION}, parent=fp32_onnx.name)
 
 
-def _accuracy_control(ctx, opts: NncfPtqSpec, fp32_ir: Artifact, x: np.ndarray, n: int, nchw: bool, key: dict,
-                      params: dict, nncf_opts) -> Artifact:
-    held = held_back(ctx.splits.calibration, n, opts.validation_images)
-    held_x = _layout(ctx.pre(held.images), nchw)
-    budget = ctx.cfg.max_accuracy_drop
-    name = ROUTE_ARTIFACTS["openvino_ac"]
+class _Route:
+    """Makes one NNCF route's artifact from the shared calibration images, key and parameters."""
 
-    def make(tmp: Path) -> dict:
-        notes = nncf_routes.quantize_ir_with_accuracy_control(fp32_ir.abspath(ctx.run_dir), tmp, x, held_x,
-                                                              held.labels, budget, nncf_opts)
-        notes["accuracy_control"]["validated_on"] = held.source
-        return notes
+    def __init__(self, ctx, x: np.ndarray, nchw: bool, key: dict, params: dict, nncf_opts):
+        self.ctx, self.x, self.nchw, self.key, self.params, self.nncf_opts = ctx, x, nchw, key, params, nncf_opts
 
-    return ctx.produce(name, "int8_nncf_ac.openvino", {**key, "held": held.source, "budget": budget}, make,
-                       fmt="openvino", precision="int8", method="nncf_ptq_accuracy_control", stage="nncf_ptq",
-                       params={**params, "route": "nncf.quantize_with_accuracy_control(openvino)",
-                               "max_accuracy_drop": budget, "validation_images": len(held)},
-                       parent=fp32_ir.name)
+    def openvino(self, fp32_ir: Artifact) -> Artifact:
+        """int8_openvino_nncf: nncf.quantize on the FP32 IR, run by OpenVINO at f32."""
+        src = fp32_ir.abspath(self.ctx.run_dir)
+        return self.ctx.produce(
+            ROUTE_ARTIFACTS["openvino"], "int8_nncf.openvino", self.key,
+            lambda tmp: nncf_routes.quantize_ir(src, tmp, self.x, self.nncf_opts), fmt="openvino", precision="int8",
+            method="nncf_ptq", stage="nncf_ptq", params={**self.params, "route": "nncf.quantize(openvino)"},
+            parent=fp32_ir.name)
+
+    def onnx(self, fp32_onnx: Artifact, info: OnnxInput) -> Artifact:
+        """int8_onnx_nncf: nncf.quantize on the FP32 ONNX -> QDQ ONNX, run by ONNX Runtime like every ONNX artifact."""
+        src = fp32_onnx.abspath(self.ctx.run_dir)
+
+        def make(tmp: Path) -> dict:
+            notes = nncf_routes.quantize_onnx(src, tmp, self.x, info.name, self.nncf_opts)
+            return {**notes, "runs_on": "onnxruntime (its Q/DQ placement is NNCF's, made for OpenVINO)",
+                    "input_layout": info.layout}
+
+        params = {k: v for k, v in self.params.items() if k != "inference_precision"}  # not an OpenVINO artifact
+        return self.ctx.produce(ROUTE_ARTIFACTS["onnx"], "int8_nncf.onnx", {**self.key, "input": info.name}, make,
+                                fmt="onnx", precision="int8", method="nncf_ptq", stage="nncf_ptq",
+                                params={**params, "route": "nncf.quantize(onnx)"}, parent=fp32_onnx.name)
+
+    def accuracy_control(self, fp32_ir: Artifact, validation_images: int) -> Artifact:
+        """int8_openvino_nncf_ac: within max_accuracy_drop on held-back calibration images (never the eval split)."""
+        ctx, n = self.ctx, self.nncf_opts.subset_size
+        held = held_back(ctx.splits.calibration, n, validation_images)
+        held_x = _layout(ctx.pre(held.images), self.nchw)
+        budget = ctx.cfg.max_accuracy_drop
+        src = fp32_ir.abspath(ctx.run_dir)
+
+        def make(tmp: Path) -> dict:
+            notes = nncf_routes.quantize_ir_with_accuracy_control(src, tmp, self.x, held_x, held.labels, budget,
+                                                                  self.nncf_opts)
+            notes["accuracy_control"]["validated_on"] = held.source
+            return notes
+
+        return ctx.produce(ROUTE_ARTIFACTS["openvino_ac"], "int8_nncf_ac.openvino",
+                           {**self.key, "held": held.source, "budget": budget}, make, fmt="openvino", precision="int8",
+                           method="nncf_ptq_accuracy_control", stage="nncf_ptq",
+                           params={**self.params, "route": "nncf.quantize_with_accuracy_control(openvino)",
+                                   "max_accuracy_drop": budget, "validation_images": len(held)},
+                           parent=fp32_ir.name)
 
 
 def _markdown(section: dict, made: list[Artifact]) -> str:
