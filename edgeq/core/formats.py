@@ -25,7 +25,7 @@ class Format:
     name: str
     suffixes: tuple[str, ...]  # file name endings, the one edgeq writes first; () for a directory format
     predictor: str | None  # "module:callable(path, threads=None, **kw) -> Predictor" on this machine
-    runtime: str  # what runs it: tf-keras | tflite | onnxruntime | tensorrt
+    runtime: str  # what runs it: tf-keras | tflite | onnxruntime | openvino | tensorrt
     install: str  # how to get that runtime
     host_benchmark: bool = False  # a deployment format: timed on this CPU beside the others
     kinds: tuple[str, ...] = ()  # device kinds (KINDS) that take an artifact of this format
@@ -48,6 +48,11 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            agent_runtimes=TFLITE_INTERPRETERS),
     Format("onnx", (".onnx",), "edgeq.measure.predictors:OnnxPredictor", "onnxruntime", "pip install onnxruntime",
            host_benchmark=True, kinds=("host", "rpi", "jetson"), agent_runtimes=("onnxruntime",), model_input=True),
+    # OpenVINO IR: a directory `<name>.openvino/` holding model.xml + model.bin (one artifact: one sha256, one atomic
+    # rename); every OpenVINO figure names the inference precision it ran at (f32 unless the artifact says otherwise)
+    Format("openvino", (".openvino",), "edgeq.measure.predictors:OpenVINOPredictor", "openvino",
+           "pip install 'edgeq[openvino]' (or pip install openvino)", host_benchmark=True, kinds=("host", "rpi"),
+           agent_runtimes=("openvino",), directory=True),
     # exported to ONNX by edgeq (loaders/pytorch.py); the run's FP32 artifact is that ONNX
     Format("pytorch", (".pt2", ".pt", ".pth", ".ts"), None, "torch", "pip install 'edgeq[torch]'", model_input=True,
            imported_as="onnx"),

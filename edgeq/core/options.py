@@ -243,6 +243,33 @@ class PrecisionSpec(Strict):
         return list(dict.fromkeys(v))
 
 
+NNCF_ROUTES = ("openvino", "onnx", "openvino_ac")  # int8_openvino_nncf, int8_onnx_nncf, int8_openvino_nncf_ac
+
+
+class NncfPtqSpec(Strict):
+    """NNCF + OpenVINO as a toolchain beside edgeq's own routes (needs edgeq[openvino]). The run's FP32 ONNX becomes
+    an FP32 OpenVINO IR (fp32_openvino); then per route: `openvino` nncf.quantize on the IR -> int8_openvino_nncf;
+    `onnx` nncf.quantize on the ONNX -> int8_onnx_nncf (QDQ ONNX, timed on ONNX Runtime); `openvino_ac`
+    nncf.quantize_with_accuracy_control with max_accuracy_drop as its budget, validated on `validation_images`
+    held-back calibration images (never the evaluation split) -> int8_openvino_nncf_ac. The NNCF options below are
+    passed through as NNCF names them."""
+
+    enabled: bool = False
+    routes: list[Literal[NNCF_ROUTES]] = ["openvino", "onnx"]
+    calibration_images: int = Field(300, ge=1)  # NNCF's subset_size, the first N of the calibration split
+    preset: Optional[Literal["performance", "mixed"]] = None  # None: NNCF's default (performance for a CNN)
+    fast_bias_correction: bool = True  # False: NNCF's full BiasCorrection (slower)
+    model_type: Optional[Literal["transformer"]] = None
+    validation_images: int = Field(200, ge=16)  # openvino_ac: held-back calibration images
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, v):
+        if not v:
+            raise ValueError("name at least one route, or set enabled: false")
+        return list(dict.fromkeys(v))
+
+
 class StagesSpec(Strict):
     """The `stages:` section: one field per stage (its name -> its options, defaults when absent), built from the
     stage table by `stages_spec`; an unknown stage key is refused like any unknown key."""

@@ -1,4 +1,4 @@
-"""One Predictor over Keras, the LiteRT/TFLite interpreter and ONNX Runtime.
+"""One Predictor over Keras, the LiteRT/TFLite interpreter, ONNX Runtime and OpenVINO.
 
 Evaluation and benchmarking only ever see `Predictor`: float32 NHWC batches in (already normalised by
 the model's preprocessing), float32 scores out. int8/uint8 input and output quantisation parameters
@@ -18,6 +18,8 @@ from edgeq.core.tfcompat import quiet_stderr, tf
 from edgeq.loaders.keras import load_keras_model
 from edgeq.ondevice.agent import dequantize as dequantize_output
 from edgeq.ondevice.agent import is_nchw, ort_session_options, time_runs
+from edgeq.ondevice.agent import (OPENVINO_PRECISIONS, openvino_config, openvino_properties, openvino_runtime_name,
+                                  openvino_xml)
 from edgeq.ondevice.agent import quantize as quantize_input
 
 
@@ -205,6 +207,74 @@ class OnnxPredictor(Predictor):
     def describe(self):
         return {"runtime": self.runtime, "threads": self.threads, "graph_optimization": self.graph_optimization,
                 "layout": "NCHW" if self.nchw else "NHWC"}
+
+
+# ------------------------------------------------------------------- OpenVINO
+OPENVINO_INSTALL = "pip install 'edgeq[openvino]' (openvino and nncf)"
+
+
+def import_openvino():
+    """The openvino module; RuntimeUnavailable naming the install when it is missing."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise RuntimeUnavailable(f"openvino is not installed: {OPENVINO_INSTALL}") from None
+    return ov
+
+
+class OpenVINOPredictor(Predictor):
+    """An OpenVINO IR (directory with model.xml + model.bin) on this CPU. The inference precision is always set
+    (f32 unless asked otherwise: OpenVINO's default runs bfloat16 on CPUs with AMX/AVX512-BF16), one stream,
+    and what OpenVINO really compiled (precision, threads, streams) is read back and recorded."""
+
+    fmt = "openvino"
+
+    def __init__(self, path: Path, threads: int | None = None, inference_precision: str = "f32",
+                 batch_size: int = 32):
+        if inference_precision not in OPENVINO_PRECISIONS:
+            raise ModelError(f"{path}: inference precision {inference_precision!r} is not one OpenVINO's CPU runs; "
+                             f"use one of {', '.join(OPENVINO_PRECISIONS)}")
+        ov = import_openvino()
+        self.path = Path(path)
+        self.threads = threads
+        xml = openvino_xml(str(self.path))
+        if xml is None:
+            raise ModelError(f"{self.path}: not an OpenVINO IR (a directory with one model.xml and its model.bin)")
+        core = ov.Core()
+        try:
+            model = core.read_model(xml)
+            self._dynamic = model.input(0).get_partial_shape()[0].is_dynamic
+            self.compiled = core.compile_model(model, "CPU", openvino_config(threads, inference_precision))
+        except Exception as e:  # openvino raises its own exception types
+            raise ModelError(f"{self.path}: openvino cannot load it ({first_line(e)})") from None
+        self.request = self.compiled.create_infer_request()
+        self.properties = openvino_properties(self.compiled)
+        self.inference_precision = self.properties["inference_precision"]
+        self.runtime = openvino_runtime_name(ov, self.properties)
+        shape = [d.get_length() if d.is_static else -1 for d in self.compiled.input(0).get_partial_shape()]
+        self.nchw = is_nchw(shape)
+        self.input_shape = (shape[0], shape[2], shape[3], shape[1]) if self.nchw else tuple(shape)
+        self.batch_size = batch_size if self._dynamic else 1
+
+    def _feed(self, x):
+        return np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2) if self.nchw else x, np.float32)
+
+    def predict(self, x):
+        outs = []
+        for s in range(0, len(x), self.batch_size):
+            self.request.infer({0: self._feed(x[s:s + self.batch_size])})
+            outs.append(self.request.get_output_tensor(0).data.copy())
+        return np.concatenate(outs).astype(np.float32)
+
+    def set_input(self, x1):
+        self._single = self._feed(x1[:1])
+
+    def invoke(self):
+        self.request.infer({0: self._single}, share_inputs=True)
+
+    def describe(self):
+        return {"runtime": self.runtime, "layout": "NCHW" if self.nchw else "NHWC", **self.properties,
+                "threads": self.threads, "openvino_threads": self.properties["threads"]}
 
 
 def open_predictor(path: Path, fmt: str, threads: int | None = None, **kw) -> Predictor:

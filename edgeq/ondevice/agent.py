@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """edgeq on-device agent: time one model on this machine and print one JSON object.
 
-A single file that needs only numpy and an interpreter (ai-edge-litert, tflite-runtime, tf.lite or
-onnxruntime). It is copied to a device and run there; it imports nothing from edgeq.
+A single file that needs only numpy and an interpreter (ai-edge-litert, tflite-runtime, tf.lite,
+onnxruntime or openvino). It is copied to a device and run there; it imports nothing from edgeq.
 
 Usage (stable; scripts and the Docker images rely on it):
 
@@ -11,9 +11,10 @@ Usage (stable; scripts and the Docker images rely on it):
     python3 agent.py --model m.tflite [--runs 100] [--warmup 10] [--threads 4]
                      [--inputs x.npy] [--outputs-out y.npy | --return-outputs]
                      [--delegate libedgetpu.so.1] [--runtime auto|litert|tflite-runtime|tf|onnxruntime]
-                     [--graph-optimization disable|basic|extended|all]
+                     [--graph-optimization disable|basic|extended|all] [--inference-precision f32|bf16|f16]
 
-    --model         .tflite (LiteRT/TFLite interpreter) or .onnx (ONNX Runtime, CPU)
+    --model         .tflite (LiteRT/TFLite interpreter), .onnx (ONNX Runtime, CPU), or an OpenVINO IR
+                    (a directory holding model.xml + model.bin, or the .xml itself; OpenVINO, CPU)
     --inputs        float32 NHWC batch, already normalised (a .npy, loaded with allow_pickle=False);
                     quantised here with the model's own input scale/zero-point. Without it, one random
                     float image in [-1, 1] (the usual normalised range) is used, quantised the same way.
@@ -22,6 +23,8 @@ Usage (stable; scripts and the Docker images rely on it):
     --return-outputs  the same, but put the outputs in the JSON (small batches only)
     --delegate      a TFLite external delegate library, e.g. libedgetpu.so.1 for the Coral Edge TPU
     --graph-optimization  ONNX Runtime graph-optimisation level (default all), as edgeq's host figures use
+    --inference-precision  OpenVINO INFERENCE_PRECISION_HINT, always set (default f32: OpenVINO's own default
+                    runs bfloat16 or float16 on CPUs that have them, a different artifact from the FP32 one)
 
 Output: exactly one JSON object on stdout, always with "protocol" (PROTOCOL below) and "ok".
 On success: "runtime", "device", "model", "timing": {"samples_ms": [...], "runs", "warmup",
@@ -99,7 +102,7 @@ def _version(dist: str) -> str:
 # runtime name (as --info reports it and --runtime takes it) -> (module, distribution)
 RUNTIMES = {"litert": ("ai_edge_litert", "ai-edge-litert"), "tflite-runtime": ("tflite_runtime", "tflite-runtime"),
             "onnxruntime": ("onnxruntime", "onnxruntime"), "tensorrt": ("tensorrt", "tensorrt"),
-            "tf": ("tensorflow", "tensorflow")}
+            "tf": ("tensorflow", "tensorflow"), "openvino": ("openvino", "openvino")}
 TFLITE_INTERPRETERS = ("litert", "tflite-runtime", "tf")  # tried in this order; edgeq.core.formats reads it
 
 
@@ -267,7 +270,98 @@ class OnnxRunner:
         return {"input_shape": self.input_shape, "layout": "NCHW" if self.nchw else "NHWC"}
 
 
+OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
+
+
+def openvino_config(threads: int | None, precision: str = "f32") -> dict:
+    """OpenVINO CPU compile config: the inference precision always named (OpenVINO's default is bf16/f16 where the
+    CPU has it), one stream (one image at a time, as the other runtimes are timed), threads when given.
+    Also used by edgeq.measure.predictors, so host and device compile alike."""
+    if precision not in OPENVINO_PRECISIONS:
+        raise AgentError("usage", f"inference precision {precision!r}: use one of {', '.join(OPENVINO_PRECISIONS)}")
+    cfg = {"INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": 1}
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = int(threads)
+    return cfg
+
+
+def openvino_xml(path: str) -> str | None:
+    """The model.xml of an OpenVINO IR given as its directory or as the .xml; None if `path` is neither."""
+    if os.path.isdir(path):
+        xmls = sorted(f for f in os.listdir(path) if f.endswith(".xml"))
+        return os.path.join(path, xmls[0]) if len(xmls) == 1 else None
+    return path if path.endswith(".xml") else None
+
+
+class OpenVINORunner:
+    def __init__(self, path: str, threads: int | None, precision: str = "f32"):
+        import numpy as np
+
+        try:
+            import openvino as ov
+        except ImportError:
+            raise AgentError("runtime_missing", "openvino is not installed on this machine; "
+                             "install it with: pip install openvino") from None
+        xml = openvino_xml(path)
+        if xml is None:
+            raise AgentError("model", f"{path}: not an OpenVINO IR (a directory with one model.xml and its .bin)")
+        core = ov.Core()
+        try:
+            self.compiled = core.compile_model(core.read_model(xml), "CPU", openvino_config(threads, precision))
+        except Exception as e:  # noqa: BLE001 - openvino raises its own exception types
+            raise AgentError("model", f"{path}: openvino cannot load it ({str(e).strip().splitlines()[0][:200]})") \
+                from None
+        self.request = self.compiled.create_infer_request()
+        self.properties = openvino_properties(self.compiled)
+        self.runtime = openvino_runtime_name(ov, self.properties)
+        shape = [d.get_length() if d.is_static else -1 for d in self.compiled.input(0).get_partial_shape()]
+        self.nchw = is_nchw(shape)
+        shape = [d if d > 0 else 1 for d in shape]
+        self.input_shape = [shape[0], shape[2], shape[3], shape[1]] if self.nchw else shape
+        self.in_dtype = np.dtype(np.float32)
+        self.x = None
+
+    def set_input(self, x1):
+        import numpy as np
+
+        x = x1.transpose(0, 3, 1, 2) if self.nchw else x1
+        self.x = np.ascontiguousarray(x, np.float32)
+
+    def invoke(self):
+        self.request.infer({0: self.x}, share_inputs=True)
+
+    def output(self):
+        return self.request.get_output_tensor(0).data.astype("float32")
+
+    def describe(self) -> dict:
+        return {"input_shape": self.input_shape, "layout": "NCHW" if self.nchw else "NHWC", **self.properties}
+
+
+def openvino_properties(compiled) -> dict:
+    """What the compiled model really runs with, read back from OpenVINO (not what was asked)."""
+    def prop(name):
+        try:
+            v = compiled.get_property(name)
+            return v.to_string() if hasattr(v, "to_string") else str(v)  # an ov.Type prints as <Type: 'float32'>
+        except Exception:  # noqa: BLE001 - a property an older OpenVINO lacks is just unknown
+            return None
+
+    return {"device": "CPU", "inference_precision": prop("INFERENCE_PRECISION_HINT"),
+            "threads": prop("INFERENCE_NUM_THREADS"), "streams": prop("NUM_STREAMS")}
+
+
+def openvino_runtime_name(ov, props: dict) -> str:
+    return (f"openvino {ov.get_version().split('-')[0]} (CPU, precision={props['inference_precision']}, "
+            f"streams={props['streams']})")
+
+
 def open_runner(args):
+    if openvino_xml(args.model) is not None or args.runtime == "openvino":
+        if not os.path.exists(args.model):
+            raise AgentError("model", f"{args.model}: no such file on {platform.node()}")
+        if args.delegate:
+            raise AgentError("usage", "--delegate applies to .tflite models only")
+        return OpenVINORunner(args.model, args.threads, args.inference_precision)
     if not os.path.isfile(args.model):
         raise AgentError("model", f"{args.model}: no such file on {platform.node()}")
     if args.model.endswith(".onnx") or args.runtime == "onnxruntime":
@@ -323,6 +417,12 @@ def run_outputs(runner, x):
     return np.concatenate(outs).astype(np.float32)
 
 
+def _bytes(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    return os.path.getsize(path)
+
+
 def benchmark(args) -> dict:
     import numpy as np
 
@@ -330,7 +430,7 @@ def benchmark(args) -> dict:
     x = load_inputs(args.inputs, runner)
     samples = time_runs(runner, x[:1], args.runs, args.warmup)
     res = {"protocol": PROTOCOL, "ok": True, "agent_version": AGENT_VERSION, "runtime": runner.runtime,
-           "device": identity(), "model": {"path": args.model, "bytes": os.path.getsize(args.model),
+           "device": identity(), "model": {"path": args.model, "bytes": _bytes(args.model),
                                            **runner.describe()},
            "timing": {"samples_ms": [round(s, 5) for s in samples], "runs": args.runs, "warmup": args.warmup,
                       "threads": args.threads},
@@ -364,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--return-outputs", action="store_true")
     p.add_argument("--delegate")
     p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
-    p.add_argument("--runtime", default="auto", choices=["auto", *TFLITE_INTERPRETERS, "onnxruntime"])
+    p.add_argument("--runtime", default="auto", choices=["auto", *TFLITE_INTERPRETERS, "onnxruntime", "openvino"])
+    p.add_argument("--inference-precision", default="f32", choices=list(OPENVINO_PRECISIONS))
     return p
 
 

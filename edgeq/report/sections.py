@@ -291,3 +291,27 @@ def precision_markdown(section: dict, artifacts=None, compatibility=None) -> str
     lines += [f"- **{name}**: {kernels}" for name, kernels in section["kernels"].items()]
     lines += [f"- **{name}**: not made: {why}" for name, why in section["not_made"].items()]
     return "\n".join(lines)
+
+
+def nncf_ptq_markdown(section: dict, artifacts=(), compatibility=None) -> str:
+    """The report's nncf_ptq section: the OpenVINO precision every figure ran at, each route's artifact, what was not made."""
+    made = list(artifacts)
+    lines = ["## NNCF + OpenVINO routes",
+             f"Every OpenVINO artifact runs with inference precision {section.get('inference_precision', 'f32')} (INFERENCE_PRECISION_HINT "
+             "set explicitly: OpenVINO's default runs bfloat16 on CPUs that have it). NNCF options: "
+             + ", ".join(f"{k}={v}" for k, v in section["options"].items()) + ".", ""]
+    for a in made:
+        if a.stage != "nncf_ptq":
+            continue
+        run_at = a.params.get("inference_precision")
+        line = (f"- `{a.name}` ({a.format}, {a.precision}" + (f", run at {run_at}" if run_at else ", run by ONNX Runtime")
+                + f"): {a.notes.get('seconds')} s to make")
+        ac = a.notes.get("accuracy_control")
+        if ac:
+            reverted = ac["reverted_layers"]
+            line += (f"; accuracy control within {ac['max_drop_points']} pt on {ac['validated_on']} (top-1 "
+                     f"{ac['initial_metric']} FP32, {ac['quantized_metric']} INT8 before any revert): "
+                     f"{len(reverted)} layer(s) reverted to float" + (f" ({', '.join(reverted)})" if reverted else ""))
+        lines.append(line)
+    lines += [f"- `{name}`: not made: {why}" for name, why in section["not_made"].items()]
+    return "\n".join(lines)

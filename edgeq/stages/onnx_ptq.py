@@ -18,12 +18,10 @@ from edgeq.core.sysinfo import cpu_info
 from edgeq.methods.onnx import advanced as onnx_advanced
 from edgeq.methods.onnx import ranges as onnx_ranges
 from edgeq.methods.shared.calibration import calibration_count, held_back
-from edgeq.methods.onnx.from_keras import INPUT_NAME, keras_to_onnx, max_abs_diff_vs_keras
-from edgeq.loaders.onnx import OnnxInput, read_onnx_input
+from edgeq.loaders.onnx import OnnxInput
+from edgeq.stages.support.fp32_onnx import fp32_onnx
 from edgeq.methods.onnx.ort_int8 import (TENSORRT_SCHEME, Int8Scheme, host_op_types, ort_kernel_summary, prepare, quantize_onnx, resolve_host_scheme, tensorrt_op_types)
 
-EXPORT_NOTES = ("exporter", "opset", "input_layout", "onnx_checker", "max_abs_diff_vs_keras", "transposes",
-                "identity_reshapes_removed")
 # evaluate what TensorRT computes (int8 Q/DQ, int32 accumulation), not what ORT's fused CPU kernels make of a
 # symmetric int8 graph: at the basic level ORT runs the Q/DQ nodes as written
 TENSORRT_NOTES = {
@@ -38,7 +36,7 @@ TENSORRT_NOTES = {
 def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
     """The FP32 ONNX model (exported, or the input) quantized for this host and, optionally, for TensorRT."""
     n = calibration_count(ctx.splits.calibration, opts.calibration_images, "stages.onnx_ptq.calibration_images")
-    fp32, info, section = _fp32_onnx(ctx, opts)
+    fp32, info, section = fp32_onnx(ctx, opts.opset)
     out = [] if fp32 is ctx.fp32 else [fp32]
     cal = ctx.splits.calibration
     cal_key = {"calibration": cal.fingerprint(), "n": n, "input": asdict(info)}
@@ -72,29 +70,6 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
                     "cpu": cpu_notes})
     ctx.results.set_section("onnx_ptq", section)
     return out
-
-
-def _fp32_onnx(ctx, opts: OnnxPtqSpec) -> tuple[Artifact, OnnxInput, dict]:
-    """The FP32 ONNX to quantize, its input, and the section's account of it: the run's ONNX input as given,
-    or the Keras model exported (`fp32_onnx`) and checked against Keras on calibration images."""
-    hwc = tuple(ctx.cfg.model.input_shape)
-    if ctx.is_onnx_input:
-        info = read_onnx_input(ctx.fp32.abspath(ctx.run_dir), hwc, where=ctx.cfg.model.path)
-        return ctx.fp32, info, {"input": {"source": str(ctx.cfg.model.path), "input": info.name, "dims": info.dims,
-                                          "layout": info.layout, "exporter": ctx.fp32.notes.get("exporter")}}
-    model = ctx.keras_model()
-    check_x = ctx.pre(ctx.splits.calibration.images[:64])
-
-    def make_fp32(tmp: Path) -> dict:
-        notes = keras_to_onnx(model, tmp, opts.opset, name="fp32_onnx")
-        notes["max_abs_diff_vs_keras"] = max_abs_diff_vs_keras(model, tmp, check_x)
-        notes["checked_on"] = f"{len(check_x)} calibration images"
-        return notes
-
-    fp32 = ctx.produce("fp32_onnx", "fp32.onnx", {"opset": opts.opset}, make_fp32, fmt="onnx", precision="fp32",
-                       method="none", stage="onnx_export", params={"opset": opts.opset}, parent=ctx.fp32.name)
-    info = OnnxInput(INPUT_NAME, [None, hwc[2], hwc[0], hwc[1]], "NCHW", None)
-    return fp32, info, {"export": {k: fp32.notes.get(k) for k in EXPORT_NOTES}}
 
 
 def _advanced(ctx, opts: OnnxPtqSpec, q: "_Quantizer", host: Int8Scheme, fp32: Artifact, info: OnnxInput, n: int,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from edgeq.core.formats import resolve  # noqa: F401  (re-exported: the rows name functions as 'module:function')
-from edgeq.core.options import (ComparisonSpec, LitertQuantSpec, OnnxFallbackSpec, OnnxPtqSpec, PrecisionSpec, QatSpec,
+from edgeq.core.options import (ComparisonSpec, LitertQuantSpec, OnnxFallbackSpec, NncfPtqSpec, OnnxPtqSpec, PrecisionSpec, QatSpec,
                                 Strict, TflitePtqSpec, use_stage_table)
 
 
@@ -69,6 +69,11 @@ STAGES: tuple[Stage, ...] = (
           sections={"precision": f"{_SECTIONS}:precision_markdown"},
           tests=StageTests(artifacts=("fp16_tflite", "dynamic_tflite"), run_with=("tflite_ptq",),
                            options={"tflite": ["fp16", "dynamic"], "onnx": []})),
+    # NNCF + OpenVINO, judged beside edgeq's own routes (edgeq[openvino]); a route that cannot be made is recorded so
+    Stage("nncf_ptq", "edgeq.stages.nncf_ptq:run_stage", NncfPtqSpec, artifacts=4,
+          sections={"nncf_ptq": f"{_SECTIONS}:nncf_ptq_markdown"},
+          tests=StageTests(may_make=("fp32_onnx", "fp32_openvino", "int8_openvino_nncf", "int8_onnx_nncf"),
+                           options={"calibration_images": 30}, models=("mobilenet_v2",))),
     Stage("qat", "edgeq.stages.qat:run_stage", QatSpec, artifacts=2,
           sections={"qat": f"{_SECTIONS}:qat_markdown"},
           needs_keras="QAT fine-tunes a Keras model (for PyTorch, fine-tune with torchao's QAT and export the result)",

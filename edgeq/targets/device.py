@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
-from edgeq.core.artifacts import sha256_of
+from edgeq.core.artifacts import sha256_of, size_of
 from edgeq.core.errors import RuntimeUnavailable, TargetError
 from edgeq.core.progress import spinner
 from edgeq.ondevice import agent
@@ -81,7 +81,7 @@ class DeviceSession:
         sha256 = sha256 or sha256_of(local)
         if isinstance(self.transport, LocalTransport):  # a host device reads the file where it is: no copy
             return self.transport.put(local, sha256, self.subdir)
-        size = local.stat().st_size
+        size = size_of(local)  # a directory artifact (OpenVINO IR): its files together
         with spinner(f"upload {local.name} ({size / 1e6:.2f} MB) to {self.name}"):
             return self.transport.put(local, sha256, self.subdir)
 

@@ -1,5 +1,5 @@
 """Reaching a device: one SSH transport (paramiko) and its local twin, with the same three calls:
-`run(argv)`, `put(local_file, sha256)` (content-addressed) and `close()`.
+`run(argv)`, `put(local_file, sha256)` (content-addressed; a directory artifact is copied whole) and `close()`.
 
 Host keys are verified against known_hosts (paramiko's RejectPolicy); an unknown key is accepted
 only with the device's explicit `trust_on_first_use`, which is logged and recorded. A changed key is
@@ -219,6 +219,8 @@ class SSHTransport:
         local = Path(local)
         remote_dir = f"{remote_workdir(self.device)}/{subdir}"
         remote = f"{remote_dir}/{content_name(sha256, local.name)}"
+        if local.is_dir():
+            return self._put_dir(local, remote)
         size = local.stat().st_size
         with self._lock:
             sftp = self._sftp()
@@ -237,6 +239,33 @@ class SSHTransport:
                 sftp.rename(tmp, remote)
             self.copies.copied.append(remote)
             self.copies.bytes += size
+        return remote
+
+    def _put_dir(self, local: Path, remote: str) -> str:
+        """A directory artifact (an OpenVINO IR: model.xml + model.bin) copied into <remote>.part and renamed into
+        place whole, so a directory at its content-addressed path is always complete."""
+        import stat
+
+        files = sorted(f for f in local.rglob("*") if f.is_file())
+        with self._lock:
+            sftp = self._sftp()
+            try:
+                if stat.S_ISDIR(sftp.stat(remote).st_mode or 0):
+                    self.copies.reused.append(remote)
+                    return remote
+            except OSError:
+                pass
+            tmp = f"{remote}.part"
+            for f in files:  # a killed copy's leftovers in tmp are overwritten file by file
+                rel = f.relative_to(local).as_posix()
+                self._mkdirs(f"{tmp}/{rel}".rsplit("/", 1)[0])
+                sftp.put(str(f), f"{tmp}/{rel}")
+                self.copies.bytes += f.stat().st_size
+            try:
+                sftp.posix_rename(tmp, remote)
+            except OSError:
+                sftp.rename(tmp, remote)
+            self.copies.copied.append(remote)
         return remote
 
     def close(self) -> None:

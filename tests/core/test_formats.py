@@ -67,6 +67,12 @@ def run_dir(tmp_path_factory) -> Path:
     _int8_qdq_onnx(d / "fp32.onnx", d / "tiny.onnx", x.transpose(0, 3, 1, 2).copy())
     (d / "tiny.engine").write_bytes(b"a TensorRT engine is built on the device")
     np.save(d / "inputs.npy", x)
+    try:  # the openvino row: the FP32 ONNX as an IR directory (edgeq[openvino]); only its own tests need it
+        from edgeq.methods.openvino.convert import onnx_to_ir
+
+        onnx_to_ir(d / "fp32.onnx", d / "tiny.openvino")
+    except ImportError:
+        pass
     try:  # the pytorch row: a TorchScript file (exported to ONNX by a run); only its own tests need torch
         import torch
     except ImportError:
@@ -89,7 +95,7 @@ def needs_file(run_dir: Path, fmt: str) -> None:
 
 
 FILES = {"keras": "tiny.keras", "h5": "tiny.h5", "savedmodel": "tiny_savedmodel", "tflite": "tiny.tflite",
-         "onnx": "tiny.onnx", "engine": "tiny.engine", "pytorch": "tiny.pt"}
+         "onnx": "tiny.onnx", "engine": "tiny.engine", "pytorch": "tiny.pt", "openvino": "tiny.openvino"}
 
 
 def artifact(run_dir: Path, fmt: str) -> Artifact:

@@ -30,3 +30,61 @@ def test_cpu_info_parses_flags():
 def test_latency_stats_percentiles():
     s = LatencyStats.from_samples(list(range(1, 101)), warmup=5, threads=1, runtime="r", device="d")
     assert s.min == 1 and s.max == 100 and s.median == 50.5 and s.runs == 100 and 90 <= s.p90 <= 91
+
+
+# ------------------------------------------------------------------- OpenVINO
+def _tiny_onnx_and_ir(tmp_path):
+    """The tiny CNN as FP32 ONNX (NCHW, as edgeq exports it) and as the OpenVINO IR converted from it."""
+    from conftest import build_tiny_cnn
+    from edgeq.methods.onnx.from_keras import keras_to_onnx
+    from edgeq.methods.openvino.convert import onnx_to_ir
+
+    keras_to_onnx(build_tiny_cnn(train=False), tmp_path / "fp32.onnx", 17)
+    onnx_to_ir(tmp_path / "fp32.onnx", tmp_path / "fp32.openvino")
+    return tmp_path / "fp32.onnx", tmp_path / "fp32.openvino"
+
+
+def test_openvino_fp32_ir_agrees_with_the_fp32_onnx_on_every_image_at_true_fp32(tmp_path):
+    """Forced f32, the IR matches the ONNX it came from to 1e-4 of the largest output on every image: a silent
+    bf16 (OpenVINO's default on CPUs with AVX512-BF16/AMX, ~3 significant digits) cannot pass this."""
+    import pytest
+
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgeq[openvino]')")
+    from edgeq.measure.predictors import OnnxPredictor, OpenVINOPredictor
+
+    onnx_path, ir = _tiny_onnx_and_ir(tmp_path)
+    x = np.random.default_rng(1).uniform(-1, 1, (64, 16, 16, 3)).astype(np.float32)
+    ov_pred = OpenVINOPredictor(ir, threads=1)
+    assert ov_pred.describe()["inference_precision"] == "f32" and ov_pred.describe()["streams"] == "1"
+    assert ov_pred.describe()["device"] == "CPU" and "precision=f32" in ov_pred.runtime
+    ref = OnnxPredictor(onnx_path, threads=1).predict(x)
+    got = np.concatenate([ov_pred.predict(x[i:i + 1]) for i in range(len(x))])  # each image on its own
+    rel = np.max(np.abs(got - ref), axis=1) / np.max(np.abs(ref), axis=1)
+    assert rel.max() <= 1e-4, rel.max()
+    np.testing.assert_allclose(ov_pred.predict(x), got, rtol=0, atol=1e-5)  # batched the same
+
+
+def test_openvino_predictor_names_the_precision_it_runs_not_the_one_asked_for(tmp_path):
+    """A bf16 hint is read back from the compiled model: bf16 where this CPU has it, f32 where OpenVINO falls back."""
+    import pytest
+
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgeq[openvino]')")
+    from edgeq.measure.predictors import OpenVINOPredictor
+
+    _, ir = _tiny_onnx_and_ir(tmp_path)
+    bf16 = OpenVINOPredictor(ir, threads=1, inference_precision="bf16")
+    has_bf16 = {"AVX512-BF16", "AMX"} & set(cpu_info()["simd"]) or "avx512_bf16" in open("/proc/cpuinfo").read()
+    assert bf16.inference_precision == ("bf16" if has_bf16 else "f32")
+    assert f"precision={bf16.inference_precision}" in bf16.runtime
+
+
+def test_openvino_predictor_refuses_a_directory_without_an_ir(tmp_path):
+    import pytest
+
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgeq[openvino]')")
+    from edgeq.core.errors import ModelError
+    from edgeq.measure.predictors import OpenVINOPredictor
+
+    (tmp_path / "empty.openvino").mkdir()
+    with pytest.raises(ModelError, match="not an OpenVINO IR"):
+        OpenVINOPredictor(tmp_path / "empty.openvino")

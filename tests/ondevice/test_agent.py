@@ -17,7 +17,7 @@ from conftest import convert_tflite
 
 # what the agent may import: the standard library, numpy and the interpreters (never edgeq)
 ALLOWED_TOP_LEVEL = {"argparse", "json", "os", "platform", "sys", "time", "traceback", "importlib", "numpy",
-                     "ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime", "__future__"}
+                     "ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime", "openvino", "__future__"}
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +151,29 @@ def test_agent_missing_model_file_names_it(agent):
 def test_agent_uses_the_onnx_optimisation_level_it_is_given(agent, models):
     rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--runs", 3, "--graph-optimization", "basic")
     assert rc == 0 and ans["runtime"].endswith("(CPU EP, opt=basic)")
+
+
+def test_agent_runs_an_openvino_ir_at_f32_and_returns_the_host_predictors_outputs(agent, models, tmp_path):
+    """The IR as a directory (model.xml + model.bin), as edgeq stores and copies it; precision f32 unless asked."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgeq[openvino]')")
+    from edgeq.measure.predictors import open_predictor
+    from edgeq.methods.openvino.convert import onnx_to_ir
+
+    ir = tmp_path / "fp32.openvino"
+    onnx_to_ir(models["onnx"], ir)
+    rc, ans, err = run_agent(agent, "--model", ir, "--runs", 5, "--threads", 1, "--inputs", models["inputs"],
+                             "--return-outputs")
+    assert rc == 0 and ans["ok"], err[-2000:]
+    assert ans["runtime"].startswith("openvino") and "precision=f32" in ans["runtime"]
+    m = ans["model"]
+    assert (m["inference_precision"], m["streams"], m["threads"], m["device"]) == ("f32", "1", "1", "CPU")
+    assert m["layout"] == "NCHW" and m["bytes"] == sum(f.stat().st_size for f in ir.iterdir())
+    y_host = open_predictor(ir, "openvino", threads=1).predict(np.load(models["inputs"]))
+    np.testing.assert_allclose(np.asarray(ans["outputs"], np.float32), y_host, rtol=1e-6, atol=1e-7)
+    y_onnx = open_predictor(models["onnx"], "onnx", threads=1).predict(np.load(models["inputs"]))
+    np.testing.assert_allclose(y_host, y_onnx, rtol=1e-4, atol=1e-6)
+
+
+def test_agent_refuses_an_unknown_openvino_precision(agent, models):
+    rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--inference-precision", "int4")
+    assert rc == 2 and ans["error_kind"] == "usage" and "--inference-precision" in ans["error"]

@@ -519,3 +519,28 @@ def test_default_mobilenet_fp32_and_int8_in_one_bench_over_loopback_ssh(sshd, tm
         assert s["median"] > 0 and s["runs"] > 0, s
     assert "loop-rpi" in r.stdout  # the devices table
     assert "loop-rpi" in rep["devices"]  # the devices section: identity the agent reported
+
+
+def test_bench_runs_openvino_irs_through_the_agent_over_ssh_with_host_accuracy(tiny_project, sshd, tmp_path):
+    """An OpenVINO IR (a directory artifact) is copied whole to a loopback rpi, timed by the agent's openvino runtime
+    at precision f32, and its on-device top-1 equals the host's on the same images."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgeq[openvino]')")
+    pytest.importorskip("nncf", reason="nncf is not installed (pip install 'edgeq[openvino]')")
+    inv = _inventory(tmp_path / "devices.yaml", [sshd.device("ov-rpi", threads=1)])
+    cfg = make_config(tmp_path, tiny_project, filename="tiny_ov.yaml",
+                      stages={"tflite_ptq": {"representative_images": 40},
+                              "nncf_ptq": {"routes": ["openvino"], "calibration_images": 40}})
+    r = run_edgeq("run", cfg, "--out", tmp_path / "run", "--no-benchmark", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_edgeq("bench", tmp_path / "run", "--inventory", inv, "--device", "ov-rpi", "--accuracy", "40",
+                  "--rounds", "2", "--runs", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = _report(tmp_path / "run")
+    for name in ("fp32_openvino", "int8_openvino_nncf"):
+        s = _art(rep, name)["latency_ms"]["ov-rpi"]
+        assert s["median"] > 0 and s["runtime"].startswith("openvino") and "precision=f32" in s["runtime"]
+        e = rep["accuracy_on_device"]["ov-rpi"][name]
+        assert e["top1"] == e["host_top1"] and e["top1_agreement_with_host"] == 1.0 and e["n"] == 40
+        assert e["paired_vs_host"]["b"] == e["paired_vs_host"]["c"] == 0
+    copied = [p for p in Path(sshd_workdir(inv, "ov-rpi")).rglob("model.bin")]
+    assert len(copied) == 2 and all((p.parent / "model.xml").is_file() for p in copied)

@@ -1,0 +1,1 @@
+"""OpenVINO IR conversion and NNCF's post-training quantization routes (plain functions; no knowledge of runs)."""
