@@ -154,3 +154,14 @@ class Manifest:
 
     def save(self) -> None:
         write_json_atomic(self.path, {**self.header, "artifacts": [a.to_dict() for a in self.artifacts.values()]})
+
+
+def fp32_baselines(artifacts, among=None, source=None) -> dict[str, str]:
+    """artifact name -> the FP32 artifact it is judged against, for accuracy and latency alike (the one rule): the
+    FP32 artifact of its own format, else the run's FP32 source model (`source`); an FP32 artifact is its own.
+    Only artifacts named in `among` take part (e.g. those evaluated, or those timed on one target); None: all."""
+    arts = [a for a in artifacts if among is None or a.name in among]
+    by_fmt = {a.format: a.name for a in arts if a.precision == "fp32"}
+    base = source.name if source is not None and source.name in {a.name for a in arts} else None
+    refs = {a.name: by_fmt.get(a.format, base) for a in arts}
+    return {name: ref for name, ref in refs.items() if ref is not None}

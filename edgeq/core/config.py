@@ -297,6 +297,7 @@ def check_consistency(cfg: RunConfig, where: str) -> None:
     pr = s.precision  # 16x8 / int16 calibrate on the INT8 TFLite's images unless representative_images is set
     counts.append(("stages.precision.representative_images",
                    pr.representative_images or s.tflite_ptq.representative_images, pr.enabled))
+    counts.append(("stages.nncf_ptq.calibration_images", s.nncf_ptq.calibration_images, s.nncf_ptq.enabled))
     lq = s.litert_quant
     counts.append(("stages.litert_quant.calibration_images", lq.calibration_images + (lq.holdout_images if lq.fallback
                                                                                        else 0), lq.enabled))

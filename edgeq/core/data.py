@@ -261,12 +261,3 @@ def split_one(data: LabelledImages, calibration_size: int, eval_size: int | None
     tr_idx = perm[calibration_size + n_eval:]
     tr = data.take(tr_idx, f"{data.source} (train split)") if len(tr_idx) else None
     return Splits(cal, ev, tr, f"{data.source} eval split ({len(ev)} images)")
-
-
-def representative_dataset(cal: LabelledImages, pre: Preprocess, n: int):
-    """Generator factory for the TFLite converter: one float32 image per yield."""
-    def gen():
-        for x, _ in cal.take(np.arange(min(n, len(cal)))).batches(pre, 32):
-            for img in x:
-                yield [img[None]]
-    return gen

@@ -8,9 +8,12 @@ set aside (results.json.corrupt) and the run measures again instead of failing.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 from edgeq.core.artifacts import write_json_atomic
 
@@ -46,16 +49,72 @@ class Evaluation:
     agreement: dict | None = None  # {reference, top1_agreement}
 
 
+QUANTILES = (5, 25, 50, 75, 95)
+
+
+def sig(x: float, digits: int = 5) -> float:
+    """x to `digits` significant digits: microsecond models keep their resolution, second-long ones no noise."""
+    return float(f"{x:.{digits}g}")
+
+
+@dataclass
+class LatencyStats:
+    min: float
+    median: float
+    mean: float
+    p90: float | None  # None only where a tool reports no such percentile (older trtexec)
+    p99: float | None
+    max: float
+    runs: int
+    warmup: int
+    threads: int | None
+    runtime: str  # e.g. "ai-edge-litert 2.3.0 (XNNPACK)"
+    device: str  # identity of the machine that measured, e.g. "host: AMD EPYC 7B13"
+    timestamp: str = ""
+    # Filled when the figure comes from interleaved rounds (edgeq.targets.interleave): the median is then
+    # the median of the round medians, and its interval is an order-statistic interval over rounds.
+    rounds: int = 1
+    median_ci95: list[float] | None = None
+    ci_coverage: float | None = None
+    round_medians: list[float] = field(default_factory=list)
+    quantiles: dict = field(default_factory=dict)  # pooled p5/p25/p50/p75/p95 of every timed run
+    noisy: bool = False
+    noisy_reason: str | None = None
+    ratio_to_fp32: dict | None = None  # {value, ci95, reference, rounds}
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float], *, warmup: int, threads: int | None, runtime: str,
+                     device: str) -> "LatencyStats":
+        a = np.asarray(samples_ms, np.float64)
+        if a.size == 0:
+            raise ValueError("no latency samples")
+        q = lambda p: sig(float(np.percentile(a, p)))  # noqa: E731
+        return cls(min=sig(float(a.min())), median=q(50), mean=sig(float(a.mean())), p90=q(90),
+                   p99=q(99), max=sig(float(a.max())), runs=int(a.size), warmup=warmup, threads=threads,
+                   runtime=runtime, device=device, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   quantiles={f"p{p}": q(p) for p in QUANTILES})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class LatencyRow:
     artifact: str
     sha256: str
     target: str  # "host" or a device name
-    stats: dict | None = None  # a LatencyStats as a dict; None when not measured
+    stats: LatencyStats | None = None  # None when not measured (then `reason` says why)
     reason: str | None = None  # why not measured
     cpu: str | None = None
     set_key: str | None = None  # the interleaved set it was timed in (host reuse)
     details: dict | None = None  # device-side extras: remote path, outputs check
+
+
+def _latency_row(d: dict) -> LatencyRow:
+    row = _from_dict(LatencyRow, d)
+    if isinstance(row.stats, dict):
+        row.stats = _from_dict(LatencyStats, row.stats)
+    return row
 
 
 @dataclass
@@ -97,7 +156,7 @@ class Results:
     def _parse(cls, path: Path, raw: dict) -> "Results":
         r = cls(path)
         r.evaluations = {k: _from_dict(Evaluation, v) for k, v in (raw.get("evaluations") or {}).items()}
-        r.latency = {k: _from_dict(LatencyRow, v) for k, v in (raw.get("latency") or {}).items()}
+        r.latency = {k: _latency_row(v) for k, v in (raw.get("latency") or {}).items()}
         r.per_layer = {k: _from_dict(PerLayer, v) for k, v in (raw.get("per_layer") or {}).items()}
         for name in ("compatibility", "sections", "conditions", "comparison_cells", "stage_seconds",
                      "stage_seconds_last_run"):

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edgeq.core.artifacts import atomic_path, graph_optimization_of
+from edgeq.core.artifacts import atomic_path, fp32_baselines, graph_optimization_of
 from edgeq.core.data import LabelledImages, Preprocess
 from edgeq.core.errors import first_line
 from edgeq.core.progress import track
@@ -119,15 +119,6 @@ def per_layer_error(fp32_tflite, int8_tflite, x_batch: np.ndarray) -> tuple[list
 
 
 # ------------------------------------------------------------------ a run's artifacts
-def fp32_reference_of(artifacts, available, source=None) -> dict[str, str]:
-    """artifact name -> the FP32 artifact it is compared with: the FP32 of its own format, else the source
-    model; only among the names in `available` (e.g. those evaluated)."""
-    by_fmt = {a.format: a.name for a in artifacts if a.precision == "fp32" and a.name in available}
-    base = source.name if source is not None and source.name in available else next(iter(by_fmt.values()), None)
-    refs = {a.name: by_fmt.get(a.format, base) for a in artifacts if a.name in available}
-    return {name: ref for name, ref in refs.items() if ref is not None}
-
-
 def host_predictor(ctx, a, threads: int | None = 1):
     """The predictor this host evaluates artifact `a` with (an ONNX one at its own graph-optimisation level)."""
     kw = ({"graph_optimization": graph_optimization_of(a, ctx.cfg.stages.onnx_ptq.graph_optimization)}
@@ -170,7 +161,7 @@ def evaluate_artifacts(ctx, artifacts) -> None:
                                                             pred.describe()))
         ctx.log(f"  * {a.name}: top-1 {r.top1:.4f} top-5 {r.top5} on {r.n} images ({r.seconds} s)")
     # agreement of every artifact's top-1 with its FP32 reference
-    refs = fp32_reference_of(artifacts, preds, ctx.fp32)
+    refs = fp32_baselines(artifacts, preds, ctx.fp32)
     for a in artifacts:
         ref = refs.get(a.name)
         if ref is None:

@@ -11,9 +11,8 @@ from dataclasses import asdict
 import numpy as np
 
 from edgeq.report import sections as report_sections
-from edgeq.core.artifacts import write_bytes_atomic, write_json_atomic
+from edgeq.core.artifacts import fp32_baselines, write_bytes_atomic, write_json_atomic
 from edgeq.core.sysinfo import cpu_info
-from edgeq.measure.evaluate import fp32_reference_of
 from edgeq.report.html import render_html
 from edgeq.report.verdicts import accuracy_interval, int8_method_tests, ship, vs_reference
 from edgeq.stages import registry
@@ -52,7 +51,7 @@ def _correct(ctx, arts) -> dict:
 def _vs_fp32(ctx, arts, correct: dict) -> dict:
     """artifact name -> report.json `vs_fp32`: each non-reference artifact against the FP32 of its format."""
     return {name: vs_reference(ref, correct[ref], correct[name], ctx.cfg.max_accuracy_drop)
-            for name, ref in fp32_reference_of(arts, correct, ctx.fp32).items() if ref != name}
+            for name, ref in fp32_baselines(arts, correct, ctx.fp32).items() if ref != name}
 
 
 def _agreement(ctx, a):
@@ -68,7 +67,7 @@ def _latency(ctx, a) -> dict:
         out["host"] = {"median": None, "p90": None, "p99": None, "runs": 0, "threads": None, "reason": why}
     for v in rows:
         if v.stats:
-            out[v.target] = {k: v.stats.get(k) for k in LATENCY_KEYS}
+            out[v.target] = {k: getattr(v.stats, k) for k in LATENCY_KEYS}
         else:
             out[v.target] = {"median": None, "p90": None, "p99": None, "runs": 0, "threads": None,
                              "reason": v.reason or "not measured"}

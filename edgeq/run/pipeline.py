@@ -42,6 +42,7 @@ from edgeq.stages.registry import resolve
 from edgeq.targets.fleet import benchmark_devices
 from edgeq.targets.host import benchmark_host
 from edgeq.targets.offline_checks import check_artifacts
+from edgeq.methods.shared.calibration import CalibrationImages
 
 
 def log_print(msg: str) -> None:
@@ -79,6 +80,10 @@ class RunContext:
             check_input_shape(self._model, m.input_shape, str(m.path))
             check_num_classes(self._model, m.num_classes, str(m.path))
         return self._model
+
+    def calibration(self, n: int, option: str) -> CalibrationImages:
+        """The first `n` calibration images (config key `option` asked for them), as every quantizer takes them."""
+        return CalibrationImages.take(self.splits.calibration, self.pre, n, option)
 
     @property
     def is_onnx_input(self) -> bool:

@@ -22,7 +22,6 @@ from edgeq.measure.evaluate import evaluate
 from edgeq.measure.predictors import KerasPredictor
 from edgeq.methods.keras import fakequant
 from edgeq.stages.support.advanced_tflite import calibration_batches
-from edgeq.methods.shared.calibration import calibration_count
 from edgeq.methods.keras.fine_tune import batch_stream, fine_tune_fake_quant, training_split
 from edgeq.stages.support.inputs import ComparisonInputs, comparison_inputs
 
@@ -64,7 +63,7 @@ def run_stage(ctx, opts: ComparisonSpec, inputs: ComparisonInputs | None = None)
     `inputs`: the TFLite conversion and fine-tune settings shared with the tflite_ptq and qat stages; by
     default resolved from the run's config (`stage_inputs.comparison_inputs`)."""
     inputs = inputs or comparison_inputs(ctx.cfg)
-    calibration_count(ctx.splits.calibration, opts.calibration_images, "stages.comparison.calibration_images")
+    ctx.calibration(opts.calibration_images, "stages.comparison.calibration_images")  # the count fits, before any work
     model = ctx.keras_model()
     out = []
     if 8 in opts.bits:

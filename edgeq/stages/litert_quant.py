@@ -8,7 +8,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from edgeq.core.artifacts import Artifact, stage_key
 from edgeq.core.config import LitertQuantSpec
@@ -16,7 +15,6 @@ from edgeq.core.errors import EdgeqError, QuantizationError
 from edgeq.methods.tflite import op_sqnr as litert_ops
 from edgeq.methods.tflite import litert as litert_quant
 from edgeq.methods.shared import budget as fallback
-from edgeq.methods.shared.calibration import calibration_count, held_back
 
 FILE_OF = {"w8a8": "int8_lq.tflite", "w8a8_octav": "int8_lq_octav.tflite", "w8a8_gptq": "int8_lq_gptq.tflite",
            "w8a8_auto": "int8_lq_auto.tflite", "w4a8": "int4_w4a8.tflite", "w4a8_octav": "int4_w4a8_octav.tflite",
@@ -40,20 +38,20 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
     if fp32 is None:
         raise EdgeqError("stages.litert_quant needs the run's FP32 .tflite: enable stages.tflite_ptq with "
                          "export_fp32: true (or disable stages.litert_quant)")
-    cal = ctx.splits.calibration
-    n = calibration_count(cal, opts.calibration_images, "stages.litert_quant.calibration_images")
+    calibration = ctx.calibration(opts.calibration_images, "stages.litert_quant.calibration_images")
+    n = calibration.n
     cache: dict = {}
 
     def calibrated():
         """The preprocessed calibration images and litert-quantizer's ranges: made once, only if needed."""
         if not cache:
-            x = ctx.pre(cal.images[:n])
+            x = calibration.array()
             cache.update(x=x, ranges=litert_quant.calibrate_ranges(fp32.abspath(ctx.run_dir).read_bytes(), x,
                                                                    name="litert_quant"))
         return cache["x"], cache["ranges"]
 
     # images no recipe calibrates on, for the auto recipes' choice (the fallback's held-back slice)
-    held = held_back(cal, n, opts.holdout_images)
+    held = calibration.held_back(opts.holdout_images)
     out, not_made = [], {}
     for name in opts.recipes:
         recipe = litert_quant.RECIPES[name]
@@ -78,7 +76,7 @@ def run_stage(ctx, opts: LitertQuantSpec) -> list[Artifact]:
         if recipe.range_method == "auto":
             params["selection"] = held.source
         try:
-            out.append(ctx.produce(art, FILE_OF[name], {"calibration": cal.fingerprint(), "n": n,
+            out.append(ctx.produce(art, FILE_OF[name], {**calibration.key,
                                                         "recipe": litert_quant.recipe_entries(recipe)}, make,
                                    fmt="tflite", precision=recipe.precision, method=recipe.method,
                                    stage="litert_quant", params=params, parent=fp32.name))
@@ -122,8 +120,9 @@ def _fallback(ctx, opts: LitertQuantSpec, fp32: Artifact, n: int, calibrated) ->
     """int8_tflite_fallback: the w8a8 (min-max) model with its most sensitive ops left float, when it misses the
     budget on the held-back slice; else nothing (the section says why)."""
     name, budget = "int8_tflite_fallback", ctx.cfg.max_accuracy_drop
-    cal = ctx.splits.calibration
-    held = cal.take(np.arange(n, n + opts.holdout_images))
+    calibration = ctx.calibration(n, "stages.litert_quant.calibration_images")
+    cal = calibration.split
+    held = calibration.held_back(opts.holdout_images)
     params = {"budget_pt": budget, "holdout_images": opts.holdout_images, "candidates": opts.fallback_candidates,
               "max_float_ops": opts.max_float_ops, "base_recipe": "w8a8", "calibration_images": n}
     key_parts = {"calibration": cal.fingerprint()}

@@ -23,7 +23,6 @@ from edgeq.core.errors import ModelError, QuantizationError, RuntimeUnavailable
 from edgeq.loaders.onnx import OnnxInput, read_onnx_input
 from edgeq.methods.openvino import convert as ov_convert
 from edgeq.methods.openvino import nncf_routes
-from edgeq.methods.shared.calibration import calibration_count, held_back
 from edgeq.stages.support.fp32_onnx import fp32_onnx as export_fp32_onnx
 
 INFERENCE_PRECISION = "f32"  # what every artifact of this stage is evaluated and timed at (OpenVINO's hint)
@@ -34,12 +33,13 @@ ROUTE_ARTIFACTS = {"openvino": "int8_openvino_nncf", "onnx": "int8_onnx_nncf", "
 
 def run_stage(ctx, opts: NncfPtqSpec) -> list[Artifact]:
     """The FP32 IR and one INT8 artifact per NNCF route; routes that cannot be made are named with the reason."""
-    n = calibration_count(ctx.splits.calibration, opts.calibration_images, "stages.nncf_ptq.calibration_images")
+    calibration = ctx.calibration(opts.calibration_images, "stages.nncf_ptq.calibration_images")
+    n = calibration.n
     fp32_onnx, info = _fp32_onnx_of(ctx)
     out = [] if fp32_onnx is ctx.fp32 else [fp32_onnx]
     nchw = info.layout == "NCHW"
     cal = ctx.splits.calibration
-    x = _layout(ctx.pre(cal.images[:n]), nchw)
+    x = calibration.array("NCHW" if nchw else "NHWC")
     nncf_opts = nncf_routes.NncfOptions(opts.preset, opts.fast_bias_correction, n, opts.model_type)
     params = {**nncf_opts.to_dict(), "calibration_images": n, "inference_precision": INFERENCE_PRECISION}
     key = {"calibration": cal.fingerprint(), "n": n, "nncf": nncf_opts.to_dict()}
@@ -135,7 +135,7 @@ class _Route:
     def accuracy_control(self, fp32_ir: Artifact, validation_images: int) -> Artifact:
         """int8_openvino_nncf_ac: within max_accuracy_drop on held-back calibration images (never the eval split)."""
         ctx, n = self.ctx, self.nncf_opts.subset_size
-        held = held_back(ctx.splits.calibration, n, validation_images)
+        held = self.ctx.calibration(n, "stages.nncf_ptq.calibration_images").held_back(validation_images)
         held_x = _layout(ctx.pre(held.images), self.nchw)
         budget = ctx.cfg.max_accuracy_drop
         src = fp32_ir.abspath(ctx.run_dir)

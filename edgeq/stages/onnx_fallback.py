@@ -10,7 +10,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from edgeq.core.artifacts import Artifact, stage_key
 from edgeq.core.config import OnnxFallbackSpec
@@ -50,7 +49,7 @@ def run_stage(ctx, opts: OnnxFallbackSpec) -> list[Artifact]:
         raise EdgeqError(f"stages.onnx_fallback.holdout_images ({opts.holdout_images}) come after the {n} images ORT "
                          f"calibrated on, but the calibration split has {len(cal)}; raise data.calibration_size or "
                          "lower holdout_images")
-    held = cal.take(np.arange(n, n + opts.holdout_images))
+    held = ctx.calibration(n, "stages.onnx_ptq.calibration_images").held_back(opts.holdout_images)
     scheme = Int8Scheme(**host.params["scheme"])
     params = {"budget_pt": budget, "holdout_images": opts.holdout_images, "candidates": opts.candidates,
               "max_float_nodes": opts.max_float_nodes, "base": host.name}

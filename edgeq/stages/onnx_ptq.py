@@ -17,7 +17,6 @@ from edgeq.core.errors import QuantizationError
 from edgeq.core.sysinfo import cpu_info
 from edgeq.methods.onnx import advanced as onnx_advanced
 from edgeq.methods.onnx import ranges as onnx_ranges
-from edgeq.methods.shared.calibration import calibration_count, held_back
 from edgeq.loaders.onnx import OnnxInput
 from edgeq.stages.support.fp32_onnx import fp32_onnx
 from edgeq.methods.onnx.ort_int8 import (TENSORRT_SCHEME, Int8Scheme, host_op_types, ort_kernel_summary, prepare, quantize_onnx, resolve_host_scheme, tensorrt_op_types)
@@ -35,7 +34,8 @@ TENSORRT_NOTES = {
 
 def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
     """The FP32 ONNX model (exported, or the input) quantized for this host and, optionally, for TensorRT."""
-    n = calibration_count(ctx.splits.calibration, opts.calibration_images, "stages.onnx_ptq.calibration_images")
+    calibration = ctx.calibration(opts.calibration_images, "stages.onnx_ptq.calibration_images")
+    n = calibration.n
     fp32, info, section = fp32_onnx(ctx, opts.opset)
     out = [] if fp32 is ctx.fp32 else [fp32]
     cal = ctx.splits.calibration
@@ -44,7 +44,7 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
     cpu_notes = {k: cpu[k] for k in ("model", "machine", "simd", "int8_dot_product")}
     host, chosen = resolve_host_scheme(opts, cpu)
     with tempfile.TemporaryDirectory(dir=ctx.artifact_dir(), prefix=".onnx_ptq.") as work:
-        q = _Quantizer(ctx, opts, fp32, info, ctx.pre(cal.images[:n]), cpu_notes, Path(work))
+        q = _Quantizer(ctx, opts, fp32, info, calibration.array(), cpu_notes, Path(work))
         host_params = {**opts.model_dump(include={"quant_format", "per_channel", "calibration_method",
                                                   "exclude_nodes", "calibration_images"}),
                        "scheme": host.to_dict(), "chosen_by": chosen}
@@ -76,7 +76,7 @@ def _advanced(ctx, opts: OnnxPtqSpec, q: "_Quantizer", host: Int8Scheme, fp32: A
               key: dict, host_params: dict) -> Artifact:
     """int8_onnx_ptq_adv: per-tensor range methods (and cross-layer equalisation for a Keras input), each kept
     only where the measured output error on held-back calibration images says so (`onnx_advanced`)."""
-    held_images = held_back(ctx.splits.calibration, n, opts.selection_images)
+    held_images = ctx.calibration(n, "stages.onnx_ptq.calibration_images").held_back(opts.selection_images)
     held, where = ctx.pre(held_images.images), held_images.source
     hwc = tuple(ctx.cfg.model.input_shape)
 

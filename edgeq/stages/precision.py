@@ -17,10 +17,8 @@ import tempfile
 from pathlib import Path
 
 from edgeq.core.artifacts import Artifact
-from edgeq.core.data import representative_dataset
 from edgeq.core.errors import QuantizationError
 from edgeq.core.options import PrecisionSpec
-from edgeq.methods.shared.calibration import calibration_count
 from edgeq.methods.tflite import convert as tflite_convert
 
 # variant -> (artifact name, file name, manifest precision, manifest method)
@@ -45,9 +43,8 @@ def run_stage(ctx, opts: PrecisionSpec) -> list[Artifact]:
     """The TFLite variants in `opts.tflite` and the ONNX variants in `opts.onnx`; the not-made ones say why."""
     out: list[Artifact] = []
     not_made: dict[str, str] = {}
-    n = calibration_count(ctx.splits.calibration,
-                          opts.representative_images or ctx.cfg.stages.tflite_ptq.representative_images,
-                          "stages.precision.representative_images")
+    n = ctx.calibration(opts.representative_images or ctx.cfg.stages.tflite_ptq.representative_images,
+                        "stages.precision.representative_images").n
     for variant in opts.tflite:
         name = TFLITE_VARIANTS[variant][0]
         try:
@@ -78,6 +75,7 @@ def _kernel_notes(precision_key: str, kernels: str) -> dict:
 def _tflite_variant(ctx, variant: str, n: int) -> Artifact:
     name, filename, precision, method = TFLITE_VARIANTS[variant]
     calibrated = variant == "int16x8"
+    cal = ctx.calibration(n, "stages.precision.representative_images")
 
     def make(tmp: Path) -> dict:
         model = ctx.keras_model()
@@ -86,13 +84,13 @@ def _tflite_variant(ctx, variant: str, n: int) -> Artifact:
         elif variant == "dynamic":
             data = tflite_convert.convert_dynamic(model, name=name)
         else:
-            data = tflite_convert.convert_int16x8(model, representative_dataset(ctx.splits.calibration, ctx.pre, n),
+            data = tflite_convert.convert_int16x8(model, cal.one_at_a_time(),
                                                   name=name, calibration_images=n)
         tmp.write_bytes(data)
         return {**tflite_convert.tensor_summary(data),
                 **_kernel_notes(variant, tflite_convert.KERNEL_NOTES[precision])}
 
-    key = {"variant": variant, **({"calibration": ctx.splits.calibration.fingerprint(), "n": n} if calibrated else {})}
+    key = {"variant": variant, **(cal.key if calibrated else {})}
     params = {"variant": variant, **({"representative_images": n} if calibrated else {})}
     return ctx.produce(name, filename, key, make, fmt="tflite", precision=precision, method=method,
                        stage="precision", params=params, parent=ctx.fp32.name)
@@ -122,7 +120,8 @@ def _onnx_int16(ctx, n: int) -> Artifact:
     fp32, info = _fp32_onnx(ctx)
     scheme = Int8Scheme("int16", "int8", True, False, True, "qdq", True,
                         "A16W8: int16 activations with zero-point 0, per-channel int8 weights, QDQ (opset 21)")
-    images = ctx.pre(ctx.splits.calibration.images[:n])
+    cal = ctx.calibration(n, "stages.precision.representative_images")
+    images = cal.array()
 
     def make(tmp: Path) -> dict:
         import onnx
@@ -138,7 +137,7 @@ def _onnx_int16(ctx, n: int) -> Artifact:
         _check_runs(tmp)
         return {**notes, **_kernel_notes("int16", ONNX_INT16_KERNELS)}
 
-    key = {"calibration": ctx.splits.calibration.fingerprint(), "n": n, "scheme": scheme.to_dict()}
+    key = {**cal.key, "scheme": scheme.to_dict()}
     return ctx.produce(name, filename, key, make, fmt="onnx", precision=precision, method=method,
                        stage="precision", params={"scheme": scheme.to_dict(), "calibration_images": n},
                        parent=fp32.name)

@@ -11,9 +11,7 @@ import time
 
 from edgeq.core.artifacts import Artifact
 from edgeq.core.config import QatSpec
-from edgeq.core.data import representative_dataset
 from edgeq.methods.tflite import convert as tflite_ptq
-from edgeq.methods.shared.calibration import calibration_count
 from edgeq.methods.keras.fine_tune import QatResult, TrainData, fine_tune_qat, training_split
 from edgeq.methods.onnx.from_keras import add_weight_qdq, keras_to_onnx, missing_exporter
 from edgeq.methods.onnx.ort_int8 import ort_kernel_summary
@@ -35,9 +33,10 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
     check_supported(model, opts.passthrough_layers)  # fail before any training
     data = training_split(ctx.splits.train, opts)
     cal = ctx.splits.calibration
-    n_cal = calibration_count(cal, opts.calibration_images, "stages.qat.calibration_images") \
-        if opts.calibrate_ranges else 0
-    n_rep = calibration_count(cal, inputs.tflite.representative_images, "stages.tflite_ptq.representative_images")
+    ranges = ctx.calibration(opts.calibration_images, "stages.qat.calibration_images") if opts.calibrate_ranges else None
+    n_cal = ranges.n if ranges else 0
+    rep = ctx.calibration(inputs.tflite.representative_images, "stages.tflite_ptq.representative_images")
+    n_rep = rep.n
     key = {"train": data.train.fingerprint(), "val": data.val.fingerprint() if data.val is not None else None,
            "calibration": cal.fingerprint()}
     # where the cluster runs and checkpoints does not change the artifact; the strategy (replica count) does
@@ -50,7 +49,7 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
 
     def fine_tuned() -> QatResult:
         if "r" not in cache:
-            calibration = ctx.pre(cal.images[:n_cal]) if n_cal else None
+            calibration = ranges.array() if ranges else None
             backup = opts.distribution.checkpoint_dir or ctx.run_dir / "qat_backup"
             cache["r"] = fine_tune_qat(model, data, ctx.pre, calibration, opts, ctx.log, checkpoint_dir=backup)
         return cache["r"]
@@ -58,7 +57,7 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
     def make_tflite(tmp):
         r = fine_tuned()
         t = time.perf_counter()
-        blob = tflite_ptq.convert_int8(r.model, representative_dataset(cal, ctx.pre, n_rep),
+        blob = tflite_ptq.convert_int8(r.model, rep.one_at_a_time(),
                                        input_type=inputs.tflite.input_type, output_type=inputs.tflite.output_type,
                                        per_channel=True, allow_float_ops=False, name="int8_tflite_qat",
                                        calibration_images=n_rep)

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from edgeq.core.artifacts import Artifact
 from edgeq.core.config import TflitePtqSpec
-from edgeq.core.data import representative_dataset
 from edgeq.core.errors import QuantizationError
 from edgeq.methods.tflite import convert as tflite_ptq
 from edgeq.methods.onnx.to_tf import fidelity, param_floor_bytes
-from edgeq.methods.shared.calibration import calibration_count
 
 FIDELITY_IMAGES = 256  # calibration images the FP32 .tflite of an ONNX input is checked on
 
@@ -28,16 +26,15 @@ def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
         fp32_params = {"max_translation_error": opts.max_translation_error} if onnx_input else {}
         out.append(ctx.produce("fp32_tflite", "fp32.tflite", {}, make_fp32, fmt="tflite", precision="fp32",
                                method="none", stage="tflite_export", params=fp32_params, parent=parent))
-    n = calibration_count(ctx.splits.calibration, opts.representative_images,
-                          "stages.tflite_ptq.representative_images")
+    cal = ctx.calibration(opts.representative_images, "stages.tflite_ptq.representative_images")
     params = opts.model_dump(exclude={"enabled", "export_fp32", "max_translation_error"})
 
     def make_int8(tmp):
         model = ctx.keras_model()
-        data = tflite_ptq.convert_int8(model, representative_dataset(ctx.splits.calibration, ctx.pre, n),
+        data = tflite_ptq.convert_int8(model, cal.one_at_a_time(),
                                        input_type=opts.input_type, output_type=opts.output_type,
                                        per_channel=opts.per_channel, allow_float_ops=opts.allow_float_ops,
-                                       name="int8_tflite_ptq", calibration_images=n)
+                                       name="int8_tflite_ptq", calibration_images=cal.n)
         tmp.write_bytes(data)
         notes = tflite_ptq.int8_notes(data, model)
         if onnx_input:
@@ -45,7 +42,7 @@ def run_stage(ctx, opts: TflitePtqSpec) -> list[Artifact]:
         return notes
 
     out.append(ctx.produce("int8_tflite_ptq", "int8_ptq.tflite",
-                           {"calibration": ctx.splits.calibration.fingerprint()}, make_int8,
+                           {"calibration": cal.split.fingerprint()}, make_int8,
                            fmt="tflite", precision="int8", method="ptq", stage="tflite_ptq", params=params,
                            parent=parent))
     if onnx_input:

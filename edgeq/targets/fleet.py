@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.core.artifacts import atomic_path
+from edgeq.core.artifacts import atomic_path, fp32_baselines
 from edgeq.core.errors import ConfigError, EdgeqError
 from edgeq.core.formats import KINDS, formats_for_kind, target_class
 from edgeq.core.results import LatencyRow
 from edgeq.measure.predictors import open_predictor
 from edgeq.targets import device_accuracy
 from edgeq.targets.device import AGENT_SOURCE, DeviceSession, DeviceTarget
-from edgeq.targets.interleave import add_ratios, fp32_references, interleave, summarise
+from edgeq.targets.interleave import add_ratios, interleave, summarise
 from edgeq.targets.inventory import Device, load_inventory
 from edgeq.targets.ssh import DeviceUnreachable, open_transport, quote_argv, remote_workdir, stderr_tail
 
@@ -221,7 +221,7 @@ def _time_interleaved(ctx, plan: Plan, target, deps: dict, inputs_remote, x_chec
     out.summary["conditions"] = cond
     noisy_limit = ctx.cfg.benchmark.noisy_limit
     stats = {n: summarise(per_round[n], pooled[n], noisy_limit) for n in deps if per_round[n]}
-    add_ratios(stats, per_round, fp32_references([a for a, _ in deps.values()]), noisy_limit)
+    add_ratios(stats, per_round, fp32_baselines([a for a, _ in deps.values()]), noisy_limit)
     compare = getattr(target, "compare_engines", None)  # a Jetson: each INT8 engine against the FP16 baseline
     if compare is not None:
         out.summary.update(compare({n: a for n, (a, _) in deps.items()}, stats))
@@ -230,7 +230,7 @@ def _time_interleaved(ctx, plan: Plan, target, deps: dict, inputs_remote, x_chec
             out.latency[key(a)] = _row(a, plan.device.name, reason=f"not measured: {failed.get(name)}")
             continue
         s = stats[name]
-        out.latency[key(a)] = _row(a, plan.device.name, s.to_dict(), details=details[name])
+        out.latency[key(a)] = _row(a, plan.device.name, s, details=details[name])
         out.summary.setdefault("runtime", s.runtime)
         ci = f" [{s.median_ci95[0]:.4g}, {s.median_ci95[1]:.4g}]" if s.median_ci95 else ""
         log(f"* {name}: median {s.median:.4g} ms{ci}, p90 {_f(s.p90)} ms ({s.rounds} x {plan.runs} runs, "

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.core.artifacts import graph_optimization_of, made_for_elsewhere
+from edgeq.core.artifacts import fp32_baselines, graph_optimization_of, made_for_elsewhere
 from edgeq.core.errors import EdgeqError, first_line
 from edgeq.core.formats import FORMATS, host_benchmark_formats
 from edgeq.core.results import LatencyRow, latency_key
 from edgeq.measure.predictors import open_predictor
 from edgeq.core.sysinfo import busy_processes, cpu_info, host_identity, loadavg
 from edgeq.targets.base import Compatibility, Deployable, LatencyStats
-from edgeq.targets.interleave import add_ratios, fp32_references, interleave, summarise
+from edgeq.targets.interleave import add_ratios, interleave, summarise
 
 
 class HostTarget:
@@ -114,14 +114,14 @@ def benchmark_host(ctx, artifacts) -> None:
     per_round, pooled, failed = interleave(list(deps), time_round, b.rounds, lambda m: ctx.log(f"    {m}"),
                                            label="benchmark host (interleaved)")
     stats = {n: summarise(per_round[n], pooled[n], b.noisy_limit) for n in deps if per_round[n]}
-    add_ratios(stats, per_round, fp32_references(runnable), b.noisy_limit)
+    add_ratios(stats, per_round, fp32_baselines(runnable), b.noisy_limit)
     cond.update(loadavg_after=loadavg(), rounds=b.rounds, runs_per_round=b.runs, warmup_per_round=b.warmup,
                 set_key=key)
     ctx.results.conditions["host"] = cond
     for a in runnable:
         row = LatencyRow(a.name, a.sha256, "host", cpu=cpu["model"], set_key=key)
         if a.name in stats:
-            row.stats = stats[a.name].to_dict()
+            row.stats = stats[a.name]
             _log_stats(ctx.log, a.name, stats[a.name])
         else:
             row.reason = f"not measured: {failed.get(a.name)}"

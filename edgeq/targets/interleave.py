@@ -117,9 +117,3 @@ def add_ratios(stats: dict[str, LatencyStats], per_round: dict[str, list[Latency
             stats[name].noisy_reason = (f"the 95 % interval of its ratio to {ref} spans "
                                         f"{relative_width(*ci, value) * 100:.0f} % of it: too wide to decide; "
                                         "rerun on an idle machine or raise benchmark.rounds")
-
-
-def fp32_references(artifacts) -> dict[str, str]:
-    """artifact name -> the FP32 artifact of the same format among `artifacts` (itself for an FP32 one)."""
-    fp32 = {a.format: a.name for a in artifacts if a.precision == "fp32"}
-    return {a.name: fp32[a.format] for a in artifacts if a.format in fp32}

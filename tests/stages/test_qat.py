@@ -125,7 +125,8 @@ def test_custom_layer_gives_error_naming_the_layer():
 
 
 def test_passthrough_layer_is_left_unquantised_and_export_stays_integer():
-    from edgeq.core.data import LabelledImages, Preprocess, representative_dataset
+    from edgeq.core.data import LabelledImages, Preprocess
+    from edgeq.methods.shared.calibration import CalibrationImages
     from edgeq.methods.keras.qat import calibrate_ranges, wrap_for_qat
     from edgeq.methods.tflite.convert import convert_int8, float_ops
 
@@ -134,7 +135,8 @@ def test_passthrough_layer_is_left_unquantised_and_export_stays_integer():
     imgs = LabelledImages(np.random.default_rng(0).integers(0, 255, (16, 16, 16, 3), dtype=np.uint8),
                           np.zeros(16, int), "noise")
     calibrate_ranges(q, pre(imgs.images))
-    assert float_ops(convert_int8(q, representative_dataset(imgs, pre, 16))) == []
+    cal = CalibrationImages.take(imgs, pre, 16, "stages.tflite_ptq.representative_images")
+    assert float_ops(convert_int8(q, cal.one_at_a_time())) == []
 
 
 def test_lambda_layer_is_named_as_unsupported():

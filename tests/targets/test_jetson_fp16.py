@@ -132,7 +132,7 @@ def test_ship_on_a_jetson_keeps_the_fp16_engine_when_int8_is_not_faster(jetson_r
         (row,) = ctx.results.latency_of(name, a.sha256)
         e = {"name": name, "format": "onnx", "precision": a.precision, "method": a.method,
              "accuracy": {"top1": 0.90 if a.precision == "fp32" else 0.9005},  # INT8 a shade more accurate
-             "latency_ms": {"dev": {k: row.stats.get(k) for k in LATENCY_KEYS}}}
+             "latency_ms": {"dev": {k: getattr(row.stats, k) for k in LATENCY_KEYS}}}
         if a.precision == "int8":
             e["vs_fp32"] = within
         entries.append(e)

@@ -6,40 +6,36 @@
 """
 from __future__ import annotations
 
-import numpy as np
 
 from edgeq.core.artifacts import Artifact
 from edgeq.core.config import ComparisonSpec
-from edgeq.core.data import representative_dataset
 from edgeq.core.errors import QuantizationError
 from edgeq.methods.keras import bias_correction as advanced
 from edgeq.methods.keras import equalize, gptq
 from edgeq.methods.tflite import convert as tflite_ptq
 from edgeq.methods.tflite import litert as litert_quant
-from edgeq.methods.shared.calibration import calibration_count, held_back
 from edgeq.stages.support.inputs import Int8Tflite
 
 
 def calibration_batches(ctx, opts: ComparisonSpec):
     """The comparison's calibration images in batches of 32 (bias correction, equalisation ranges, GPTQ)."""
-    cal = ctx.splits.calibration
-    n = calibration_count(cal, opts.calibration_images, "stages.comparison.calibration_images")
-    return cal.take(np.arange(n)).batches(ctx.pre, 32)
+    return ctx.calibration(opts.calibration_images, "stages.comparison.calibration_images").batches(32)
 
 
 def int8_advanced(ctx, opts: ComparisonSpec, conv: Int8Tflite, model) -> Artifact:
     """int8_tflite_ptq_adv: the better of bias correction alone and cross-layer equalisation + bias correction,
     chosen by the INT8 model's measured output error against FP32 on held-back calibration images."""
-    cal = ctx.splits.calibration
-    n_rep = calibration_count(cal, conv.representative_images, "stages.tflite_ptq.representative_images")
-    held = held_back(cal, max(n_rep, opts.calibration_images), opts.selection_images)
+    rep = ctx.calibration(conv.representative_images, "stages.tflite_ptq.representative_images")
+    n_rep = rep.n
+    held = ctx.calibration(max(n_rep, opts.calibration_images), "stages.comparison.calibration_images").held_back(
+        opts.selection_images)
     params = {"bits": 8, "weights": "bias-corrected, on the converter's per-channel max grid",
               "equalize": opts.equalize, "selection_images": opts.selection_images,
               "calibration_images": opts.calibration_images, "representative_images": n_rep,
               "input_type": conv.input_type, "output_type": conv.output_type}
 
     def convert(m, label: str) -> bytes:
-        return tflite_ptq.convert_int8(m, representative_dataset(cal, ctx.pre, n_rep), input_type=conv.input_type,
+        return tflite_ptq.convert_int8(m, rep.one_at_a_time(), input_type=conv.input_type,
                                        output_type=conv.output_type, per_channel=True, name=label,
                                        calibration_images=n_rep)
 
@@ -70,7 +66,7 @@ def int8_advanced(ctx, opts: ComparisonSpec, conv: Int8Tflite, model) -> Artifac
                 "selection": f"lowest output MSE against FP32 on {len(held)} held-back calibration images "
                              f"({held.source})", **tflite_ptq.int8_notes(blob, model)}
 
-    return ctx.produce("int8_tflite_ptq_adv", "int8_ptq_adv.tflite", {"calibration": cal.fingerprint()}, make,
+    return ctx.produce("int8_tflite_ptq_adv", "int8_ptq_adv.tflite", {"calibration": ctx.splits.calibration.fingerprint()}, make,
                        fmt="tflite", precision="int8", method="ptq_advanced", stage="comparison", params=params,
                        parent=ctx.fp32.name)
 
@@ -79,15 +75,15 @@ def int4_gptq(ctx, opts: ComparisonSpec, model) -> Artifact | None:
     """int4_tflite_ptq_adv: GPTQ-rounded Conv2D/Dense kernels on LiteRT's int4 grid, made a real W4A8 .tflite by
     litert-quantizer's min-max recipe, which keeps every GPTQ code (checked); None, with the reason logged, where
     litert-quantizer is not installed (the INT4 advanced cell is then simulated)."""
-    cal = ctx.splits.calibration
-    n = calibration_count(cal, opts.calibration_images, "stages.comparison.calibration_images")
+    calibration = ctx.calibration(opts.calibration_images, "stages.comparison.calibration_images")
+    n = calibration.n
     params = {"bits": 4, "rounding": "GPTQ, Conv2D/Dense, per-channel max grid", "recipe": "w4a8",
               "calibration_images": n, "litert_quantizer": litert_quant.quantizer_version()}
 
     def make(tmp):
         gm, rep = gptq.gptq_model(model, 4, calibration_batches(ctx, opts), label="int4_tflite_ptq_adv: GPTQ")
         fp32 = tflite_ptq.convert_fp32(gm, name="int4_tflite_ptq_adv: FP32 .tflite of the GPTQ model")
-        data, notes = litert_quant.quantize_tflite(fp32, litert_quant.RECIPES["w4a8"], ctx.pre(cal.images[:n]),
+        data, notes = litert_quant.quantize_tflite(fp32, litert_quant.RECIPES["w4a8"], calibration.array(),
                                                    name="int4_tflite_ptq_adv")
         kept = gptq.codes_kept(gm, 4, litert_quant.int4_codes(data))
         tmp.write_bytes(data)
@@ -99,7 +95,7 @@ def int4_gptq(ctx, opts: ComparisonSpec, model) -> Artifact | None:
         ctx.log(f"  - int4_tflite_ptq_adv: not made ({why}); the INT4 advanced cell is simulated")
         return None
     try:
-        return ctx.produce("int4_tflite_ptq_adv", "int4_ptq_adv.tflite", {"calibration": cal.fingerprint()}, make,
+        return ctx.produce("int4_tflite_ptq_adv", "int4_ptq_adv.tflite", {"calibration": ctx.splits.calibration.fingerprint()}, make,
                            fmt="tflite", precision="int4", method="ptq_advanced", stage="comparison", params=params,
                            parent=ctx.fp32.name)
     except QuantizationError as e:  # e.g. an op litert-quantizer cannot take: the INT4 cell is simulated instead
