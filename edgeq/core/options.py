@@ -142,6 +142,8 @@ class QatSpec(Strict):
     export_onnx: bool = True  # INT8 QDQ ONNX of the QAT model when stages.onnx_ptq is enabled
     seed: int = Field(0, ge=0)
     distribution: DistributionSpec = DistributionSpec()  # tf.distribute: mirrored or multi-worker fine-tune
+    # PyTorch QAT (NNCF): auto = this worker's CUDA device when PyTorch sees one, else the CPU (Keras: unused)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class ComparisonSpec(Strict):

@@ -27,7 +27,7 @@ from edgeq.run.inputs import load_splits, preprocess_of
 from edgeq.run.preflight import Preflight, preflight
 from edgeq.core.results import Results
 from edgeq.run.lock import run_lock
-from edgeq.stages.registry import AFTER_EVALUATE, KERAS_ONLY_STAGES, STAGES, resolve
+from edgeq.stages.registry import AFTER_EVALUATE, STAGES, resolve, skip_reason
 from edgeq.core.sysinfo import package_versions
 
 
@@ -215,8 +215,8 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
             opts = getattr(cfg.stages, name)
             if not opts.enabled or (only_stages is not None and name not in only_stages):
                 continue
-            if ctx.is_onnx_input and name in KERAS_ONLY_STAGES:
-                why = f"the input model is {cfg.model.format}; {KERAS_ONLY_STAGES[name]}"
+            why = skip_reason(name, cfg.model)
+            if why:
                 log(f"[{name}] skipped: {why}")
                 ctx.results.sections.setdefault("skipped", {})[name] = why
                 continue

@@ -12,7 +12,7 @@ from edgeq.core.config import RunConfig, check_consistency
 from edgeq.core.data import Preprocess, Splits
 from edgeq.core.errors import ConfigError
 from edgeq.run.inputs import check_classes, load_splits, preprocess_of
-from edgeq.stages.registry import KERAS_ONLY_STAGES, STAGES
+from edgeq.stages.registry import STAGES, skip_reason
 
 
 def parse_stages(text: str) -> set[str]:
@@ -27,11 +27,8 @@ def parse_stages(text: str) -> set[str]:
 
 def planned_stages(cfg: RunConfig, only_stages: set[str] | None = None) -> list[str]:
     """The stages a run will execute, in order: enabled, selected, and applicable to the input model."""
-    from edgeq.core.formats import runs_from_onnx
-
-    onnx = runs_from_onnx(cfg.model.format)
     return [n for n in STAGES if getattr(cfg.stages, n).enabled and (only_stages is None or n in only_stages)
-            and not (onnx and n in KERAS_ONLY_STAGES)]
+            and not skip_reason(n, cfg.model)]
 
 
 # artifacts each stage writes (for the free-space estimate)
