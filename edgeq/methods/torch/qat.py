@@ -160,9 +160,14 @@ def export_qdq_onnx(qmodel, out: Path, input_shape_hwc, opset: int) -> dict:
     m = onnx.load(str(out))
     requantized = requantize_grid_ops(m.graph)
     biases = quantize_biases(m.graph)
+    # ONNX Runtime's optimiser writes an opset import for every domain it knows; keep the ones the graph uses
+    used = {n.domain for n in m.graph.node} | {""}
+    keep = [o for o in m.opset_import if o.domain in used]
+    del m.opset_import[:]
+    m.opset_import.extend(keep)
     onnx.checker.check_model(m)
     onnx.save(m, str(out))
-    domains = sorted({n.domain for n in m.graph.node if n.domain not in ("", "ai.onnx")})
+    domains = sorted(used - {"", "ai.onnx"})
     if domains:
         raise QuantizationError(f"the QAT ONNX export holds non-standard ops (domains {domains}); edgeq writes "
                                 "standard QDQ ONNX only")
