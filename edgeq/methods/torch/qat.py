@@ -218,12 +218,13 @@ def quantize_biases(g) -> int:
     return len(added)
 
 
-def qdq_to_float_onnx(src: Path, out: Path) -> int:
+def qdq_to_float_onnx(src: Path, out: Path, clip_ranges: bool = True) -> int:
     """`src` with every QuantizeLinear/DequantizeLinear removed and each quantized weight stored as its
-    dequantized float value: the fine-tuned model on its int8 weight grid, float activations (what the TFLite
-    converter re-quantizes with its own activation ranges). Returns the Q/DQ nodes removed."""
+    dequantized float value: the fine-tuned model on its int8 weight grid, float activations, for the TFLite
+    converter to re-quantize. `clip_ranges`: each activation Q/DQ pair becomes a Clip to the range QAT learned,
+    so the converter's min/max calibration finds (at most) those ranges. Returns the Q/DQ pairs replaced."""
     import onnx
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     m = onnx.load(str(src))
     g = m.graph
@@ -242,6 +243,19 @@ def qdq_to_float_onnx(src: Path, out: Path) -> int:
                 shape[axis] = -1
                 scale, zp = scale.reshape(shape), zp.reshape(shape)
             new_inits[n.output[0]] = numpy_helper.from_array(((q - zp) * scale).astype(np.float32), n.output[0])
+            removed += 1
+        elif n.op_type == "QuantizeLinear" and clip_ranges and n.input[1] in inits and arr(n.input[1]).size == 1:
+            scale = float(arr(n.input[1]))
+            zp_init = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            zp = int(numpy_helper.to_array(zp_init)) if zp_init is not None else 0
+            info = np.iinfo(numpy_helper.to_array(zp_init).dtype if zp_init is not None else np.uint8)
+            lo, hi = (info.min - zp) * scale, (info.max - zp) * scale
+            name = n.output[0] + "_qat_range"
+            bounds = [numpy_helper.from_array(np.array(v, np.float32), f"{name}_{k}") for k, v in (("lo", lo), ("hi", hi))]
+            new_inits.update({b.name: b for b in bounds})
+            keep.append(helper.make_node("Clip", [rename.get(n.input[0], n.input[0]), *[b.name for b in bounds]],
+                                         [name], name=name))
+            rename[n.output[0]] = name
             removed += 1
         elif n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             rename[n.output[0]] = rename.get(n.input[0], n.input[0])

@@ -25,9 +25,10 @@ from edgeq.methods.torch.fine_tune import TorchQatResult, fine_tune
 SECTION_KEYS = ("fine_tune_seconds", "convert_seconds", "epochs_run", "steps", "train_images", "validation_images",
                 "validation_top1_before_fine_tune", "validation_top1_after_fine_tune", "validation_loss_before",
                 "fine_tune_kept", "history")
-TFLITE_ROUTE = ("QAT ONNX with its weights dequantized onto the float values of their int8 grid (Q/DQ removed) -> "
-                "onnx2tf -> TFLite full-integer converter; activation ranges from the converter's representative "
-                "images (onnx2tf writes Q/DQ as float Round/Clip arithmetic, which the converter cannot keep integer)")
+TFLITE_ROUTE = ("QAT ONNX with its int8 weights stored as their float values and each activation Q/DQ pair "
+                "replaced by a Clip to the range QAT learned -> onnx2tf -> TFLite full-integer converter, whose "
+                "min/max calibration on the representative images then finds at most those ranges (onnx2tf "
+                "writes Q/DQ as float Round/Clip arithmetic, which the converter cannot keep integer)")
 
 
 def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
