@@ -53,7 +53,7 @@ def _cell_key(ctx, opts: ComparisonSpec, fine_tune: QatSpec, bits: int, method: 
              "calibration": ctx.splits.calibration.fingerprint(), "calibration_images": opts.calibration_images}
     if method == "qat":
         parts.update(steps=opts.low_bit_qat_steps, lr=opts.low_bit_qat_learning_rate,
-                     qat=fine_tune.model_dump(exclude={"enabled", "export_onnx"}),
+                     qat=fine_tune.model_dump(exclude={"enabled", "export_onnx", "device"}),
                      train=ctx.splits.train.fingerprint() if ctx.splits.train is not None else None)
     return stage_key("comparison", ctx.fp32.sha256, parts, ctx.cfg.seed)
 

@@ -46,7 +46,7 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
     key = {"train": data.train.fingerprint(), "val": data.val.fingerprint() if data.val is not None else None,
            "calibration": cal.fingerprint()}
     # where the cluster runs and checkpoints does not change the artifact; the strategy (replica count) does
-    params = opts.model_dump(exclude={"enabled", "export_onnx", "distribution"})
+    params = opts.model_dump(exclude={"enabled", "export_onnx", "distribution", "device"})
     if opts.distribution.strategy != "none":
         params["distribution"] = opts.distribution.strategy
     params.update(input_type=inputs.tflite.input_type, output_type=inputs.tflite.output_type,
