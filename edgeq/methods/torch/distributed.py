@@ -79,3 +79,14 @@ def barrier(role: TorchRole) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def stop(backend: str | None) -> None:
+    """Leave the process group `start` joined (None: there was none)."""
+    if backend is None:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -15,13 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from edgeq.core.config import QatSpec
 from edgeq.core.data import Preprocess
 from edgeq.core.errors import ConfigError, DataError
 from edgeq.methods.keras.fine_tune import TrainData, batch_stream
-from edgeq.methods.torch.distributed import TorchRole, barrier, device_for, start, torch_role
+from edgeq.methods.torch.distributed import TorchRole, barrier, device_for, start, stop, torch_role
 from edgeq.methods.torch.qat import nchw
 
 CHECKPOINT = "qat_torch_epoch.pt"
@@ -205,6 +204,7 @@ def fine_tune(qmodel, teacher, data: TrainData, pre: Preprocess, opts: QatSpec, 
     after_top1 = _evaluate(qmodel, teacher, xv, yv, opts, probs, dev)[1] if xv is not None else None
     qmodel.cpu().eval()
     teacher.cpu()
+    stop(backend)
     epochs_run = len(hist["loss"])
     return TorchQatResult(qmodel, seconds, epochs_run * data.steps_per_epoch, epochs_run, hist, before_top1,
                           after_top1, before_loss, kept,

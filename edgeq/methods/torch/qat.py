@@ -22,9 +22,6 @@ INSTALL = f"pip install nncf=={NNCF_PIN}"
 # NNCF compiles its CPU quantizer kernels on first use (about a minute, cached in ~/.cache/torch_extensions);
 # its 60 s default fails on a busy machine, and without a compiler it falls back to plain torch operations
 EXTENSION_TIMEOUT_S = "600"
-# what PyTorch QAT quantizes: INT8 only (NNCF's 4-bit weights are weight compression of Linear/MatMul layers, not
-# quantisation-aware training of convolutions)
-QAT_BITS = (8,)
 
 
 def nncf_module():

@@ -104,9 +104,10 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
 def _fine_tune(ctx, module, data: TrainData, cal_images, opts: QatSpec, role) -> TorchQatResult:
     import copy
 
+    import torch
+
     from edgeq.core.progress import spinner
 
-    torch = __import__("torch")
     torch.manual_seed(opts.seed)
     teacher = copy.deepcopy(module).eval()
     student = copy.deepcopy(module).eval()
