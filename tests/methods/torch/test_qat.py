@@ -155,10 +155,17 @@ def test_float_weights_onnx_drops_every_qdq_and_keeps_the_int8_grid(qdq, tmp_pat
     np.testing.assert_allclose(codes, np.rint(codes), atol=1e-3)
 
 
-def test_two_torchrun_workers_match_one_process_and_only_rank0_writes(driver, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    r1 = _run(driver, one, 2, 1)
-    assert r1.returncode == 0, r1.stderr[-2000:]
+@pytest.fixture(scope="module")
+def one_process(driver, tmp_path_factory) -> Path:
+    """The driver's 2-epoch fine-tune in one process, uninterrupted: the reference weights."""
+    out = tmp_path_factory.mktemp("one_process")
+    r = _run(driver, out, 2, 1)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def test_two_torchrun_workers_match_one_process_and_only_rank0_writes(driver, one_process, tmp_path):
+    one, two = one_process, tmp_path / "two"
     r2 = _run(driver, two, 2, 2)
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert "DistributedDataParallel (gloo, rank 0 of 2, global batch 16)" in r2.stdout
@@ -172,10 +179,8 @@ def test_two_torchrun_workers_match_one_process_and_only_rank0_writes(driver, tm
         np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), atol=2e-5, err_msg=k)
 
 
-def test_killed_job_resumes_from_its_last_epoch_checkpoint(driver, tmp_path):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    r = _run(driver, whole, 2, 1)
-    assert r.returncode == 0, r.stderr[-2000:]
+def test_killed_job_resumes_from_its_last_epoch_checkpoint(driver, one_process, tmp_path):
+    whole, killed = one_process, tmp_path / "killed"
     r = _run(driver, killed, 2, 1, KILL_AFTER_EPOCH="1")
     assert r.returncode != 0 and "killing myself" in r.stdout and not (killed / "weights.pt").exists()
     r = _run(driver, killed, 2, 1)
