@@ -68,7 +68,7 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
         return {**_notes(r, data), **torch_qat.export_qdq_onnx(r.model, tmp, hwc, opset)}
 
     onnx_params = {**params, "weights": "int8 per-channel symmetric (NNCF)",
-                   "activations": "int8 per-tensor (NNCF range init + fine-tune)"}
+                   "activations": "uint8 per-tensor with a zero-point (NNCF MIXED preset; range init + fine-tune)"}
     out = [ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
                        method="qat", stage="qat", params=onnx_params, parent=parent)]
     qdq = out[0]
