@@ -54,6 +54,12 @@ def _cmd_run(args) -> int:
     cfg, _ = _selected(args)
     out = Path(args.out) if args.out else None
     dist = cfg.stages.qat.distribution
+    if cfg.stages.qat.enabled and cfg.model.format == "pytorch":
+        from edgeq.methods.torch.distributed import torch_role
+
+        role = torch_role()  # under torchrun: rank 0 runs the whole run, the other ranks only fine-tune with it
+        if role.distributed and not role.writes:
+            return _run_torch_qat_worker(cfg, out, role)
     if cfg.stages.qat.enabled and dist.strategy != "none":
         distribute.start(dist)  # MultiWorkerMirroredStrategy must come before any other TensorFlow op
         role = distribute.worker_role(dist)
@@ -117,6 +123,30 @@ def _run_qat_worker(cfg, out: Path | None, role) -> int:
     with distribute.scratch_run_dir(role) as scratch:
         run_pipeline(cfg, scratch)
     print(f"edgeq: {role.name}: QAT fine-tune done; the chief writes the artifacts and the report")
+    return 0
+
+
+def _run_torch_qat_worker(cfg, out: Path | None, role) -> int:
+    """A torchrun worker other than rank 0: the same fine-tune (DistributedDataParallel pairs it with rank 0's),
+    in a scratch run directory that is deleted; rank 0 alone writes the run."""
+    import shutil
+    import tempfile
+
+    from edgeq.run.pipeline import run_pipeline
+
+    dist = cfg.stages.qat.distribution
+    if dist.checkpoint_dir is None:
+        dist.checkpoint_dir = cfg.run_dir(out) / "qat_backup"  # rank 0's default: resuming reads it on every rank
+    for name in ("tflite_ptq", "litert_quant", "onnx_ptq", "onnx_fallback", "comparison"):
+        getattr(cfg.stages, name).enabled = False
+    cfg.evaluate.enabled = cfg.benchmark.enabled = False
+    cfg.targets = []
+    scratch = Path(tempfile.mkdtemp(prefix=f"edgeq-rank{role.rank}-"))
+    try:
+        run_pipeline(cfg, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"edgeq: {role.name}: QAT fine-tune done; rank 0 writes the artifacts and the report")
     return 0
 
 

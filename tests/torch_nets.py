@@ -68,3 +68,42 @@ def mobilenet_v2_like(classes: int = 1000, seed: int = 0) -> nn.Module:
     net = MobileNetLike(classes, widths=(16, 24, 32, 64, 96, 160, 320), strides=(1, 2, 2, 2, 1, 2, 1), repeats=2,
                         expand=6, stem=32)
     return _seeded(net, seed)
+
+
+class FashionNet(nn.Module):
+    """A MobileNet-style depthwise classifier for 28x28 grey Fashion-MNIST: strided stem, an inverted residual
+    block that downsamples and one with a residual Add, global average pool, Linear head. `bn=False`: the same
+    net without batch norms (convolution biases instead), for the distributed-training tests."""
+
+    def __init__(self, classes: int = 10, bn: bool = True):
+        super().__init__()
+
+        def norm(c):
+            return nn.BatchNorm2d(c) if bn else nn.Identity()
+
+        def block(cin, cout, stride, expand=2):
+            mid = cin * expand
+            return nn.Sequential(nn.Conv2d(cin, mid, 1, bias=not bn), norm(mid), nn.ReLU6(),
+                                 nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=not bn), norm(mid), nn.ReLU6(),
+                                 nn.Conv2d(mid, cout, 1, bias=not bn), norm(cout))
+
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=not bn), norm(16), nn.ReLU6())
+        self.down = block(16, 24, 2)
+        self.same = block(24, 24, 1)
+        self.head = nn.Linear(24, classes)
+
+    def forward(self, x):
+        x = self.down(self.stem(x))
+        x = x + self.same(x)
+        return self.head(x.mean((2, 3)))
+
+
+def fashion_net() -> nn.Module:
+    """`factory` of the PyTorch QAT tests (model.factory: torch_nets:fashion_net)."""
+    torch.manual_seed(0)
+    return FashionNet().eval()
+
+
+def fashion_net_plain() -> nn.Module:
+    torch.manual_seed(0)
+    return FashionNet(bn=False).eval()

@@ -287,8 +287,9 @@ def check_consistency(cfg: RunConfig, where: str) -> None:
 
     counts = [("stages.onnx_ptq.calibration_images", s.onnx_ptq.calibration_images, s.onnx_ptq.enabled),
               ("stages.tflite_ptq.representative_images", s.tflite_ptq.representative_images, s.tflite_ptq.enabled)]
-    if not runs_from_onnx(cfg.model.format):
-        # QAT and the comparison convert with the TFLite PTQ representative images too
+    if not runs_from_onnx(cfg.model.format) or (cfg.model.format == "pytorch" and cfg.model.factory):
+        # QAT and the comparison convert with the TFLite PTQ representative images too (a PyTorch state_dict
+        # + factory runs them as well: NNCF QAT)
         needs_rep = s.tflite_ptq.enabled or s.qat.enabled or s.comparison.enabled
         counts = [("stages.tflite_ptq.representative_images", s.tflite_ptq.representative_images, needs_rep),
                   *counts,

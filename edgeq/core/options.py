@@ -144,9 +144,11 @@ class QatSpec(Strict):
     # softmax output can show) instead of the lowest logit of any class; see qat.fit_softmax_input_range
     narrow_logits_range: bool = False
     passthrough_layers: list[str] = []  # layer names or classes left unquantised during fine-tuning
-    export_onnx: bool = True  # INT8 QDQ ONNX of the QAT model when stages.onnx_ptq is enabled
+    export_onnx: bool = True  # INT8 QDQ ONNX of the QAT model when stages.onnx_ptq is enabled (PyTorch: always)
     seed: int = Field(0, ge=0)
     distribution: DistributionSpec = DistributionSpec()  # tf.distribute: mirrored or multi-worker fine-tune
+    # PyTorch QAT (NNCF): auto = this worker's CUDA device when PyTorch sees one, else the CPU (Keras: unused)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class ComparisonSpec(Strict):

@@ -9,7 +9,8 @@ Three ways to give the model (config `model:`):
 
 The export is `torch.onnx.export` (TorchScript tracer, `dynamo=False`) with the settings in
 `export_settings`; an explicit call with those settings gives byte-identical ONNX (tested).
-QAT needs a Keras model: a PyTorch input runs the PTQ stages (TFLite via ONNX, ONNX Runtime) only.
+A PyTorch input runs the PTQ stages (TFLite via ONNX, ONNX Runtime); a state_dict + factory also runs QAT
+(NNCF, `edgeq.methods.torch`), whose nn.Module this loader gives again.
 """
 from __future__ import annotations
 

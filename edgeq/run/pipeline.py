@@ -216,8 +216,8 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
             opts = getattr(cfg.stages, name)
             if not opts.enabled or (only_stages is not None and name not in only_stages):
                 continue
-            if ctx.is_onnx_input and row.needs_keras:
-                why = f"the input model is {cfg.model.format}; {row.needs_keras}"
+            why = registry.skip_reason(name, cfg.model)
+            if why:
                 log(f"[{name}] skipped: {why}")
                 ctx.results.sections.setdefault("skipped", {})[name] = why
                 continue

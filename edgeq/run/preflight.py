@@ -11,7 +11,6 @@ from edgeq.core.artifacts import size_of
 from edgeq.core.config import RunConfig, check_consistency
 from edgeq.core.data import Preprocess, Splits
 from edgeq.core.errors import ConfigError
-from edgeq.core.formats import runs_from_onnx
 from edgeq.loaders.keras import check_input_shape, check_num_classes, load_keras_model
 from edgeq.loaders.onnx import check_onnx_outputs, read_onnx_input
 from edgeq.loaders.pytorch import check_forward, load_torch_model
@@ -33,9 +32,8 @@ def parse_stages(text: str) -> set[str]:
 
 def planned_stages(cfg: RunConfig, only_stages: set[str] | None = None) -> list[str]:
     """The stages a run will execute, in order: enabled, selected, and applicable to the input model."""
-    onnx = runs_from_onnx(cfg.model.format)
     return [s.name for s in registry.STAGES if getattr(cfg.stages, s.name).enabled
-            and (only_stages is None or s.name in only_stages) and not (onnx and s.needs_keras)]
+            and (only_stages is None or s.name in only_stages) and not registry.skip_reason(s.name, cfg.model)]
 
 
 def check_output_dir(run_dir: Path, need_bytes: int) -> None:

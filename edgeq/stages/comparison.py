@@ -36,6 +36,11 @@ ADVANCED_DESC = ("INT8 TFLite: cross-layer equalisation (kept where it lowers th
                  "bias correction on the converter's own grid; INT8 ONNX: per-tensor range method by measured error "
                  "(+ equalisation, same rule); INT4: GPTQ rounding of Conv2D/Dense kernels, a real W4A8 .tflite where "
                  "litert-quantizer is installed, else simulated with MSE-clipped scales + bias correction")
+# why no simulated cell: they fake-quantise Keras Conv2D/Dense kernels, which a model translated from ONNX lacks
+NO_KERNELS = {"pytorch": "not available for PyTorch input: simulated cells fake-quantise Keras Conv2D/Dense kernels, "
+                         "and the onnx2tf translation of the PyTorch model holds its convolutions as TensorFlow ops; "
+                         "NNCF's PyTorch QAT quantizes convolutions at INT8 only",
+              None: "not available: the model has no Keras Conv2D/Dense kernels to fake-quantise"}
 LITERT_DESC = ("LiteRT Quantizer: range method per op by measured error (auto recipes), else OCTAV ranges (GPTQ "
                "rounding of FULLY_CONNECTED where the recipe asks)")
 
@@ -51,7 +56,7 @@ def _cell_key(ctx, opts: ComparisonSpec, fine_tune: QatSpec, bits: int, method: 
              "calibration": ctx.splits.calibration.fingerprint(), "calibration_images": opts.calibration_images}
     if method == "qat":
         parts.update(steps=opts.low_bit_qat_steps, lr=opts.low_bit_qat_learning_rate,
-                     qat=fine_tune.model_dump(exclude={"enabled", "export_onnx"}),
+                     qat=fine_tune.model_dump(exclude={"enabled", "export_onnx", "device"}),
                      train=ctx.splits.train.fingerprint() if ctx.splits.train is not None else None)
     return stage_key("comparison", ctx.fp32.sha256, parts, ctx.cfg.seed)
 
@@ -106,6 +111,8 @@ def _simulated_cell(ctx, opts: ComparisonSpec, inputs: ComparisonInputs, model, 
                     ev: LabelledImages, adv_models: dict) -> dict:
     t = time.perf_counter()
     cell: dict = {"bits": bits, "method": method}
+    if not fakequant.weight_layers(model):
+        return {**cell, "top1": None, "reason": NO_KERNELS.get(ctx.cfg.model.format, NO_KERNELS[None])}
     if method == "ptq_naive":
         m = fakequant.quantize_weights_rtn(model, bits)
         cell["how"] = "round-to-nearest, per-channel max scale"

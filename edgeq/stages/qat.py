@@ -1,4 +1,5 @@
-"""The `qat` stage: quantisation-aware fine-tuning with tfmot, exported as full-integer INT8.
+"""The `qat` stage: quantisation-aware fine-tuning with tfmot, exported as full-integer INT8 (a PyTorch input
+model: NNCF's PyTorch QAT instead, `edgeq.methods.torch.run_qat`).
 
 The FP32 model is wrapped with `tfmot.quantization.keras.quantize_model` (`tfmot_qat`), its activation
 ranges are initialised from calibration images, it is fine-tuned on the training split (`fine_tune`; early
@@ -29,6 +30,10 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
     `inputs`: the TFLite conversion and ONNX export settings this stage shares with the others; by default
     resolved from the run's config (`stage_inputs.qat_inputs`)."""
     inputs = inputs or qat_inputs(ctx.cfg)
+    if ctx.cfg.model.format == "pytorch":  # NNCF QAT of the nn.Module -> the same two artifact names
+        from edgeq.methods.torch.run_qat import run_pytorch_qat
+
+        return run_pytorch_qat(ctx, opts, inputs.tflite, inputs.onnx.opset if inputs.onnx else ctx.cfg.model.opset)
     model = ctx.keras_model()
     check_supported(model, opts.passthrough_layers)  # fail before any training
     data = training_split(ctx.splits.train, opts)
@@ -40,7 +45,7 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
     key = {"train": data.train.fingerprint(), "val": data.val.fingerprint() if data.val is not None else None,
            "calibration": cal.fingerprint()}
     # where the cluster runs and checkpoints does not change the artifact; the strategy (replica count) does
-    params = opts.model_dump(exclude={"enabled", "export_onnx", "distribution"})
+    params = opts.model_dump(exclude={"enabled", "export_onnx", "distribution", "device"})
     if opts.distribution.strategy != "none":
         params["distribution"] = opts.distribution.strategy
     params.update(input_type=inputs.tflite.input_type, output_type=inputs.tflite.output_type,

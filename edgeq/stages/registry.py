@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from edgeq.core.formats import resolve  # noqa: F401  (re-exported: the rows name functions as 'module:function')
+from edgeq.core.formats import resolve, runs_from_onnx  # noqa: F401  (re-exported: the rows name functions as 'module:function')
 from edgeq.core.options import (ComparisonSpec, LitertQuantSpec, OnnxFallbackSpec, NncfPtqSpec, OnnxPtqSpec, PrecisionSpec, QatSpec,
                                 Strict, TflitePtqSpec, use_stage_table)
 
@@ -40,7 +40,9 @@ class Stage:
     artifacts: int  # the most artifacts it writes (preflight's free-space estimate: model size x artifacts)
     # results section key -> "module:function" rendering it at report time, (section, artifacts, compatibility) -> md
     sections: Mapping[str, str] = field(default_factory=dict)
-    needs_keras: str | None = None  # why it needs a trainable Keras model (skipped, with this, for ONNX input)
+    # why it needs a trainable model: a Keras model, or a PyTorch nn.Module given as state_dict + model.factory
+    # (fine-tuned with NNCF); skipped, with this, for an ONNX graph, a TorchScript file or a torch.export program
+    needs_trainable: str | None = None
     after_evaluate: str | None = None  # "module:function", f(ctx) once the artifacts are evaluated
     tests: StageTests = StageTests()
 
@@ -76,13 +78,15 @@ STAGES: tuple[Stage, ...] = (
                            options={"calibration_images": 30}, models=("mobilenet_v2",))),
     Stage("qat", "edgeq.stages.qat:run_stage", QatSpec, artifacts=2,
           sections={"qat": f"{_SECTIONS}:qat_markdown"},
-          needs_keras="QAT fine-tunes a Keras model (for PyTorch, fine-tune with torchao's QAT and export the result)",
+          needs_trainable="QAT fine-tunes a Keras model, or a PyTorch nn.Module given as its state_dict with "
+                          "model.factory (an ONNX graph, TorchScript file or torch.export program holds no trainable "
+                          "module): give one of those",
           tests=StageTests(artifacts=("int8_tflite_qat",), heavy=True,
                            options={"train_images": 256, "steps_per_epoch": 2, "batch_size": 32,
                                     "validation_images": 32, "calibration_images": 50})),
     Stage("comparison", "edgeq.stages.comparison:run_stage", ComparisonSpec, artifacts=1,
           sections={"comparison": f"{_SECTIONS}:comparison_markdown"},
-          needs_keras="the PTQ-vs-QAT comparison needs QAT",
+          needs_trainable="the PTQ-vs-QAT comparison needs QAT",
           after_evaluate="edgeq.stages.comparison:after_evaluate",
           tests=StageTests(artifacts=("int8_tflite_ptq_adv",), heavy=True,
                            options={"bits": [8], "eval_images": 200, "calibration_images": 50})),
@@ -92,6 +96,16 @@ STAGES: tuple[Stage, ...] = (
 def stage(name: str) -> Stage:
     """The row of stage `name` (a KeyError for an unknown one: callers check names against `names()`)."""
     return {s.name: s for s in STAGES}[name]
+
+
+def skip_reason(name: str, model) -> str | None:
+    """Why stage `name` cannot run for the input model (the config's `model:` section), or None."""
+    row = stage(name)
+    if row.needs_trainable is None or not runs_from_onnx(model.format):
+        return None
+    if model.format == "pytorch" and model.factory:
+        return None  # the nn.Module is fine-tuned with NNCF (edgeq.methods.torch)
+    return f"the input model is {model.format}; {row.needs_trainable}"
 
 
 def names() -> list[str]:

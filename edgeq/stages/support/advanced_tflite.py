@@ -62,9 +62,14 @@ def int8_advanced(ctx, opts: ComparisonSpec, conv: Int8Tflite, model) -> Artifac
         chosen = advanced.lowest_error(errors)
         blob, rep = candidates[chosen]
         tmp.write_bytes(blob)
-        return {**rep, "route": chosen, "equalization": eq_notes, "candidates": errors,
-                "selection": f"lowest output MSE against FP32 on {len(held)} held-back calibration images "
-                             f"({held.source})", **tflite_ptq.int8_notes(blob, model)}
+        notes = {**rep, "route": chosen, "equalization": eq_notes, "candidates": errors,
+                 "selection": f"lowest output MSE against FP32 on {len(held)} held-back calibration images "
+                              f"({held.source})", **tflite_ptq.int8_notes(blob, model)}
+        if ctx.is_onnx_input:  # a translated model holds no Keras kernels: the size floor from the ONNX weights
+            from edgeq.methods.onnx.to_tf import param_floor_bytes
+
+            notes["size_floor"] = param_floor_bytes(ctx.fp32.abspath(ctx.run_dir))
+        return notes
 
     return ctx.produce("int8_tflite_ptq_adv", "int8_ptq_adv.tflite", {"calibration": ctx.splits.calibration.fingerprint()}, make,
                        fmt="tflite", precision="int8", method="ptq_advanced", stage="comparison", params=params,

@@ -1,0 +1,194 @@
+"""The `qat` stage's work for a PyTorch input model: NNCF QAT of the user's nn.Module, exported as a standard
+QDQ ONNX (`int8_onnx_qat`) and, through the ONNX -> TensorFlow translation the PTQ routes use, a full-integer
+INT8 TFLite (`int8_tflite_qat`), or the reason it was not made. Same artifact names as the Keras QAT, so the
+PTQ-vs-QAT comparison finds them.
+
+Takes the run context (`ctx`: config, splits, preprocessing, `produce`, results) and the stage's options; the
+algorithms are in `qat` and `fine_tune`. Under torchrun only rank 0 makes artifacts; the other ranks fine-tune.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from edgeq.core.artifacts import Artifact
+from edgeq.core.config import QatSpec
+from edgeq.core.data import representative_dataset
+from edgeq.core.errors import QuantizationError
+from edgeq.methods.keras.fine_tune import TrainData, training_split
+from edgeq.methods.shared.calibration import calibration_count
+from edgeq.methods.torch import qat as torch_qat
+from edgeq.methods.torch.distributed import torch_role
+from edgeq.methods.torch.fine_tune import TorchQatResult, fine_tune
+
+SECTION_KEYS = ("fine_tune_seconds", "convert_seconds", "epochs_run", "steps", "train_images", "validation_images",
+                "validation_top1_before_fine_tune", "validation_top1_after_fine_tune", "validation_loss_before",
+                "fine_tune_kept", "history")
+TFLITE_ROUTE = ("QAT ONNX with its int8 weights stored as their float values and each activation Q/DQ pair "
+                "replaced by a Clip to the range QAT learned -> onnx2tf -> TFLite full-integer converter, whose "
+                "min/max calibration on the representative images then finds at most those ranges (onnx2tf "
+                "writes Q/DQ as float Round/Clip arithmetic, which the converter cannot keep integer)")
+
+
+def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
+    """NNCF QAT of the run's PyTorch model -> int8_onnx_qat and int8_tflite_qat (or a recorded reason).
+
+    `tflite`: the run's INT8 TFLite settings (input/output types, representative images); `opset`: of the ONNX."""
+    from edgeq.loaders.pytorch import load_torch_model
+
+    m = ctx.cfg.model
+    module = load_torch_model(Path(m.path), m.factory, m.factory_base)
+    torch_qat.check_trainable(module, m.path)
+    torch_qat.nncf_module()  # fail before any work when NNCF is missing
+    data = training_split(ctx.splits.train, opts)
+    cal = ctx.splits.calibration
+    n_cal = calibration_count(cal, opts.calibration_images, "stages.qat.calibration_images")
+    n_rep = calibration_count(cal, tflite.representative_images, "stages.tflite_ptq.representative_images")
+    role = torch_role()
+    key = {"train": data.train.fingerprint(), "val": data.val.fingerprint() if data.val is not None else None,
+           "calibration": cal.fingerprint(), "framework": "pytorch"}
+    params = opts.model_dump(mode="json", exclude={"enabled", "export_onnx", "distribution", "device"})
+    params.update(framework="pytorch (NNCF)", workers=role.world_size, opset=opset)
+    cache: dict = {}
+
+    def fine_tuned() -> TorchQatResult:
+        if "r" not in cache:
+            cache["r"] = _fine_tune(ctx, module, data, cal.images[:n_cal], opts, role)
+        return cache["r"]
+
+    if not role.writes:  # a torchrun worker other than rank 0: train in step with rank 0, write nothing
+        fine_tuned()
+        return []
+    parent = ctx.fp32.name
+    hwc = tuple(m.input_shape)
+
+    def make_onnx(tmp):
+        r = fine_tuned()
+        return {**_notes(r, data), **torch_qat.export_qdq_onnx(r.model, tmp, hwc, opset)}
+
+    onnx_params = {**params, "weights": "int8 per-channel symmetric (NNCF)",
+                   "activations": "uint8 per-tensor with a zero-point (NNCF MIXED preset; range init + fine-tune)"}
+    out = [ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
+                       method="qat", stage="qat", params=onnx_params, parent=parent)]
+    qdq = out[0]
+
+    def make_tflite(tmp):
+        t = time.perf_counter()
+        blob, notes = qdq_onnx_to_tflite(ctx, qdq.abspath(ctx.run_dir), n_rep, tflite)
+        tmp.write_bytes(blob)
+        return {**{k: qdq.notes.get(k) for k in SECTION_KEYS}, **notes,
+                "convert_seconds": round(time.perf_counter() - t, 1)}
+
+    tflite_params = {**params, "input_type": tflite.input_type, "output_type": tflite.output_type,
+                     "representative_images": n_rep, "route": "qdq_onnx -> onnx2tf -> tflite int8"}
+    tflite_note = None
+    try:
+        out.append(ctx.produce("int8_tflite_qat", "int8_qat.tflite", {**key, "qdq_onnx": qdq.sha256}, make_tflite,
+                               fmt="tflite", precision="int8", method="qat", stage="qat", params=tflite_params,
+                               parent=qdq.name))
+    except QuantizationError as e:
+        tflite_note = f"INT8 TFLite of the QAT model not made: {e}"
+        ctx.log(f"  ! {tflite_note}")
+    notes = qdq.notes
+    section = {"markdown": qat_markdown(notes, opts, n_cal, out, tflite_note),
+               **{k: notes.get(k) for k in SECTION_KEYS}, "artifacts": [a.name for a in out], "onnx": None,
+               "tflite": tflite_note, "framework": "pytorch", "quantizer": notes.get("quantizer"),
+               **({"distribution": notes["distribution"]} if notes.get("distribution") else {})}
+    if len(out) > 1:
+        section["convert_seconds"] = out[1].notes.get("convert_seconds")
+    ctx.results.set_section("qat", section)
+    return out
+
+
+def _fine_tune(ctx, module, data: TrainData, cal_images, opts: QatSpec, role) -> TorchQatResult:
+    import copy
+
+    import torch
+
+    from edgeq.core.progress import spinner
+
+    torch.manual_seed(opts.seed)
+    teacher = copy.deepcopy(module).eval()
+    student = copy.deepcopy(module).eval()
+    folded = torch_qat.fold_batch_norms(student)
+    t = time.perf_counter()
+    with spinner(f"QAT: nncf.quantize ({len(cal_images)} calibration images)"):
+        qmodel = torch_qat.quantize(student, ctx.pre(cal_images))
+    ctx.log(f"  QAT: NNCF range init on {len(cal_images)} calibration images in {time.perf_counter() - t:.1f} s; "
+            f"{folded} batch norm(s) folded into their convolutions first")
+    backup = ctx.cfg.stages.qat.distribution.checkpoint_dir or ctx.run_dir / "qat_backup"
+    r = fine_tune(qmodel, teacher, data, ctx.pre, opts, ctx.log, checkpoint_dir=backup, role=role,
+                  device=opts.device)
+    r.quantizer = {**torch_qat.quantizer_summary(qmodel), "batch_norms_folded": folded,
+                   "range_init_images": len(cal_images), "nncf": _version("nncf")}
+    return r
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+
+    return version(pkg)
+
+
+def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite) -> tuple[bytes, dict]:
+    """The QAT QDQ ONNX as a full-integer INT8 TFLite (TFLITE_ROUTE); QuantizationError when it cannot be."""
+    from edgeq.loaders.onnx import read_onnx_input
+    from edgeq.methods.onnx.to_tf import onnx_to_keras, param_floor_bytes
+    from edgeq.methods.tflite import convert as tflite_convert
+
+    hwc = tuple(ctx.cfg.model.input_shape)
+    with tempfile.TemporaryDirectory(prefix=".onnx2tf-qat-", dir=ctx.run_dir) as work:
+        flat = Path(work) / "qat_float_weights.onnx"
+        removed = torch_qat.qdq_to_float_onnx(qdq_path, flat)
+        info = read_onnx_input(flat, hwc)
+        model, translation = onnx_to_keras(flat, info, ctx.pre(ctx.splits.calibration.images[:20]), Path(work) / "tf",
+                                           where=qdq_path)
+        blob = tflite_convert.convert_int8(model, representative_dataset(ctx.splits.calibration, ctx.pre, n_rep),
+                                           input_type=tflite.input_type, output_type=tflite.output_type,
+                                           per_channel=True, allow_float_ops=False, name="int8_tflite_qat",
+                                           calibration_images=n_rep)
+        notes = {"route": TFLITE_ROUTE, "qdq_nodes_removed": removed, "translation": translation,
+                 **tflite_convert.int8_notes(blob, model), "size_floor": param_floor_bytes(flat)}
+    return blob, notes
+
+
+def _notes(r: TorchQatResult, data: TrainData) -> dict:
+    return {"fine_tune_seconds": r.seconds, "steps": r.steps, "epochs_run": r.epochs_run,
+            "train_images": len(data.train), "validation_images": len(data.val) if data.val is not None else 0,
+            "validation_top1_before_fine_tune": r.val_top1_before,
+            "validation_top1_after_fine_tune": r.val_top1_after, "validation_loss_before": r.val_loss_before,
+            "fine_tune_kept": r.fine_tune_kept, "history": r.history,
+            "quantizer": r.quantizer,
+            **({"distribution": r.distribution} if r.distribution else {})}
+
+
+def qat_markdown(notes: dict, opts: QatSpec, n_cal: int, artifacts: list, tflite_note: str | None) -> str:
+    """The qat section of a PyTorch run: how the NNCF QAT ran, and what ONNX Runtime makes of its ONNX."""
+    n = notes
+    q = n.get("quantizer") or {}
+    how = "distilled from the FP32 outputs" if opts.distill else "on the labels"
+    text = (f"NNCF {q.get('nncf', '?')} QAT of the PyTorch model ({q.get('quantizers', '?')} INT8 quantizers, "
+            f"{q.get('batch_norms_folded', 0)} batch norms folded first; ranges initialised on {n_cal} calibration "
+            f"images; {how}, Adam lr {opts.learning_rate:g}), fine-tuned {n.get('epochs_run')} epoch(s) / "
+            f"{n.get('steps')} steps on {n.get('train_images')} training images in {n.get('fine_tune_seconds')} s; "
+            f"validation top-1 {n.get('validation_top1_before_fine_tune')} before fine-tuning, "
+            f"{n.get('validation_top1_after_fine_tune')} after")
+    if not n.get("fine_tune_kept", True):
+        text += " (fine-tuning did not lower the validation loss, so the range-calibrated weights were exported)"
+    lines = ["## QAT (PyTorch, NNCF)", "", text + "."]
+    d = n.get("distribution")
+    if d:
+        lines += ["", f"- fine-tune: {d.get('workers', 1)} worker(s), {d.get('backend') or 'no process group'}, "
+                      f"device {d.get('device')}, resumed at epoch {d.get('resumed_at_epoch', 0)}"]
+    k = n.get("ort_kernels")
+    if k:
+        lines += ["", f"- int8_onnx_qat in ORT (optimisation {k['graph_optimization']}): {k['integer_convs']} integer / "
+                      f"{k['float_convs']} float Conv, {k['integer_matmuls']} integer / {k['float_matmuls']} float "
+                      f"MatMul/Gemm, {k['batch_norms']} BatchNormalization"]
+    t = next((a for a in artifacts if a.name == "int8_tflite_qat"), None)
+    if t is not None:
+        lines.append(f"- int8_tflite_qat: {TFLITE_ROUTE}")
+    if tflite_note:
+        lines += ["", tflite_note]
+    return "\n".join(lines)

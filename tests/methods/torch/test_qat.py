@@ -1,0 +1,191 @@
+"""NNCF QAT of a PyTorch classifier: batch-norm folding, a standard QDQ ONNX that ONNX Runtime runs as integer
+kernels, the float-weights ONNX the TFLite route translates, and the fine-tune under two torchrun workers (gloo)
+matching one process with the same global batch, rank 0 alone writing, a killed job resuming from its epoch
+checkpoint."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("nncf")
+
+import torch_nets  # noqa: E402
+from edgeq.core.data import SHIPPED_SAMPLE, Preprocess  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[3]
+PRE = Preprocess((28, 28), 1)
+WORKER_TIMEOUT = 300
+
+# the fine-tune of a BN-free FashionNet on 160 sample images, as a torchrun worker or one process; rank 0 (or the
+# one process) saves the fine-tuned weights. KILL_AFTER_EPOCH: SIGKILL right after that epoch's checkpoint.
+DRIVER = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np, torch
+import torch_nets
+from edgeq.core.config import QatSpec
+from edgeq.core.data import SHIPPED_SAMPLE, LabelledImages, Preprocess
+from edgeq.methods.keras.fine_tune import training_split
+from edgeq.methods.torch import fine_tune as ft, qat
+from edgeq.methods.torch.distributed import torch_role
+
+out, epochs = Path(sys.argv[1]), int(sys.argv[2])
+z = np.load(SHIPPED_SAMPLE)
+pre = Preprocess((28, 28), 1)
+opts = QatSpec(enabled=True, epochs=epochs, batch_size=16, validation_images=32, early_stop_patience=0,
+               learning_rate=1e-3, seed=3)
+data = training_split(LabelledImages(z["train_images"][:192], z["train_labels"][:192], "sample"), opts)
+q = qat.quantize(torch_nets.fashion_net_plain(), pre(z["calibration_images"][:32]))
+if os.environ.get("KILL_AFTER_EPOCH"):
+    save = ft._save_checkpoint
+    def dying(path, state):
+        save(path, state)
+        if state["epoch"] == int(os.environ["KILL_AFTER_EPOCH"]):
+            print("test: killing myself", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    ft._save_checkpoint = dying
+r = ft.fine_tune(q, torch_nets.fashion_net_plain(), data, pre, opts, log=print, checkpoint_dir=out / "checkpoints")
+if torch_role().writes:
+    torch.save(r.model.state_dict(), out / "weights.pt")
+print("resumed_at", r.distribution.get("resumed_at_epoch", 0), flush=True)
+"""
+
+
+def _sample(n: int, part: str = "calibration"):
+    z = np.load(SHIPPED_SAMPLE)
+    return PRE(z[f"{part}_images"][:n])
+
+
+def _run(driver: Path, out: Path, epochs: int, workers: int, **env) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **env}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(k, None)
+    cmd = [sys.executable, str(driver), str(out), str(epochs)]
+    if workers > 1:  # torchrun, as a user starts it on each node
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}", *cmd[1:]]
+    return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=WORKER_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("driver") / "driver.py"
+    p.write_text(DRIVER)
+    return p
+
+
+def test_batch_norms_fold_into_their_convolutions_without_changing_outputs():
+    from edgeq.methods.torch.qat import fold_batch_norms, nchw
+
+    net = torch_nets.small_net(classes=3)  # seeded, non-identity batch norms
+    x = nchw(np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32))
+    with torch.no_grad():
+        ref = net(x)
+        assert fold_batch_norms(net) == sum(isinstance(m, torch.nn.Identity) for m in net.modules()) > 0
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+        np.testing.assert_allclose(net(x).numpy(), ref.numpy(), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def qdq(tmp_path_factory):
+    """FashionNet (batch norms folded), quantized by NNCF on 64 sample images, exported as QDQ ONNX."""
+    from edgeq.methods.torch.qat import export_qdq_onnx, fold_batch_norms, quantize
+
+    net = torch_nets.fashion_net()
+    fold_batch_norms(net)
+    q = quantize(net, _sample(64))
+    path = tmp_path_factory.mktemp("qdq") / "qat.onnx"
+    return q, path, export_qdq_onnx(q, path, (28, 28, 1), 17)
+
+
+def test_qat_onnx_is_standard_qdq_with_int8_weights(qdq):
+    import onnx
+
+    _, path, notes = qdq
+    m = onnx.load(str(path))
+    assert {o.domain for o in m.opset_import} <= {"", "ai.onnx"}
+    assert {n.domain for n in m.graph.node} <= {"", "ai.onnx"}
+    ops = notes["op_counts"]
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0 and "BatchNormalization" not in ops
+    assert notes["int8_weight_tensors"] == ops["Conv"] + ops["Gemm"] == 8
+
+
+def test_ort_runs_every_conv_add_and_gemm_of_the_qat_onnx_as_integer_kernels(qdq):
+    k = qdq[2]["ort_kernels"]
+    assert k["integer_convs"] == 7 and k["float_convs"] == 0 and k["batch_norms"] == 0
+    assert k["integer_matmuls"] == 1 and k["float_matmuls"] == 0
+    assert k["integer_adds"] == 1 and k["float_adds"] == 0
+
+
+def test_qat_onnx_computes_what_the_nncf_model_computes(qdq):
+    import onnxruntime as ort
+
+    from edgeq.methods.torch.qat import nchw
+
+    q, path, _ = qdq
+    x = _sample(16)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(None, {"input": nchw(x[i:i + 1]).numpy()})[0] for i in range(len(x))])
+    with torch.no_grad():
+        ref = q(nchw(x)).numpy()
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_float_weights_onnx_drops_every_qdq_and_keeps_the_int8_grid(qdq, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeq.methods.torch.qat import qdq_to_float_onnx
+
+    _, path, notes = qdq
+    out = tmp_path / "flat.onnx"
+    removed = qdq_to_float_onnx(path, out)
+    m = onnx.load(str(out))
+    assert removed == notes["op_counts"]["QuantizeLinear"] + notes["op_counts"]["DequantizeLinear"]
+    assert not [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    w = numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == convs[0].input[1]))
+    codes = w / (np.abs(w).max(axis=(1, 2, 3), keepdims=True) / 127)  # symmetric per-channel grid: integers
+    np.testing.assert_allclose(codes, np.rint(codes), atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def one_process(driver, tmp_path_factory) -> Path:
+    """The driver's 2-epoch fine-tune in one process, uninterrupted: the reference weights."""
+    out = tmp_path_factory.mktemp("one_process")
+    r = _run(driver, out, 2, 1)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def test_two_torchrun_workers_match_one_process_and_only_rank0_writes(driver, one_process, tmp_path):
+    one, two = one_process, tmp_path / "two"
+    r2 = _run(driver, two, 2, 2)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert "DistributedDataParallel (gloo, rank 0 of 2, global batch 16)" in r2.stdout
+    assert sorted(str(p.relative_to(two)) for p in two.rglob("*") if p.is_file()) == \
+        ["checkpoints/qat_torch_epoch.pt", "weights.pt"]
+    w1, w2 = torch.load(one / "weights.pt"), torch.load(two / "weights.pt")
+    assert w1.keys() == w2.keys()
+    start = torch_nets.fashion_net_plain().state_dict()
+    assert any(not torch.equal(w1[k], start[k]) for k in start)  # it trained
+    for k in w1:
+        np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), atol=2e-5, err_msg=k)
+
+
+def test_killed_job_resumes_from_its_last_epoch_checkpoint(driver, one_process, tmp_path):
+    whole, killed = one_process, tmp_path / "killed"
+    r = _run(driver, killed, 2, 1, KILL_AFTER_EPOCH="1")
+    assert r.returncode != 0 and "killing myself" in r.stdout and not (killed / "weights.pt").exists()
+    r = _run(driver, killed, 2, 1)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming from the epoch checkpoint" in r.stdout and "resumed_at 1" in r.stdout
+    w1, w2 = torch.load(whole / "weights.pt"), torch.load(killed / "weights.pt")
+    for k in w1:
+        np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), atol=1e-6, err_msg=k)
