@@ -156,7 +156,7 @@ def test_test_files_sit_in_the_folder_of_the_package_they_test():
         if folder and folder[0] in WHOLE_TOOL_TEST_DIRS:
             continue
         if not folder:  # tests/test_<entry point>.py, and this file
-            if p.stem[len("test_"):] not in TOP_LEVEL_MODULES | {"architecture"}:
+            if p.stem[len("test_"):] not in TOP_LEVEL_MODULES | {"architecture", "docs"}:
                 misplaced.append(f"{p.relative_to(ROOT)}: not an entry point; move it to tests/<layer>/")
             continue
         if not (PACKAGE.joinpath(*folder) / "__init__.py").exists():

@@ -111,8 +111,8 @@ def test_jetson_times_int8_against_the_fp16_engine_interleaved_and_reports_the_r
     loads = [c for c in far.calls if c[0] == TRTEXEC and any(a.startswith("--loadEngine=") for a in c)]
     assert len(loads) == 12  # 6 rounds x 2 engines, alternating
     fp16, int8 = out.latency["fp32_onnx"].stats, out.latency["int8_onnx_trt"].stats
-    assert fp16["runtime"] == "TensorRT 8.6.2 (trtexec, fp16 engine)"
-    assert int8["runtime"] == "TensorRT 8.6.2 (trtexec, int8+fp16 engine)"
+    assert fp16.runtime == "TensorRT 8.6.2 (trtexec, fp16 engine)"
+    assert int8.runtime == "TensorRT 8.6.2 (trtexec, int8+fp16 engine)"
     (row,) = ctx.results.sections["devices"]["dev"]["int8_vs_fp16"]
     assert row["int8"] == "int8_onnx_trt" and row["fp16"] == "fp32_onnx" and row["rounds"] == 6
     assert row["ratio"] == pytest.approx(1.22876 / 1.20557, rel=1e-4) and row["ci95"] is not None
