@@ -36,7 +36,7 @@ def planned_stages(cfg: RunConfig, only_stages: set[str] | None = None) -> list[
 
 # artifacts each stage writes (for the free-space estimate)
 _STAGE_ARTIFACTS = {"tflite_ptq": 2, "litert_quant": 3, "onnx_ptq": 3, "onnx_fallback": 1, "qat": 2,
-                    "comparison": 1}
+                    "comparison": 1, "mixed_precision": 1}
 
 
 def check_output_dir(run_dir: Path, need_bytes: int) -> None:

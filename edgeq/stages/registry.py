@@ -11,6 +11,7 @@ from edgeq.core.formats import resolve  # noqa: F401  (re-exported: stages are n
 STAGES: dict[str, str] = {
     "tflite_ptq": "edgeq.stages.tflite_ptq:run_stage",
     "litert_quant": "edgeq.stages.litert_quant:run_stage",
+    "mixed_precision": "edgeq.stages.mixed_precision:run_stage",
     "onnx_ptq": "edgeq.stages.onnx_ptq:run_stage",
     "onnx_fallback": "edgeq.stages.onnx_fallback:run_stage",
     "qat": "edgeq.stages.qat:run_stage",
