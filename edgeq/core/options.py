@@ -229,7 +229,7 @@ class MixedPrecisionSpec(Strict):
     allow_float: bool = False
     calibration_images: int = Field(200, ge=1)  # the first N of the calibration split
     holdout_images: int = Field(300, ge=20)  # the calibration images after those: every plan is measured on them
-    sensitivity_images: int = Field(100, ge=4)  # of the held-back ones: single-layer output KL against FP32
+    sensitivity_images: int = Field(300, ge=4)  # of the held-back ones: single-layer output KL against FP32
     range_method: Literal["minmax", "octav"] = "octav"
     search_rounds: int = Field(6, ge=1)  # solver runs of the error-budget bisection (each one real model)
 
