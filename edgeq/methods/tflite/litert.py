@@ -323,11 +323,11 @@ def weight_layers(data: bytes) -> dict[str, tuple[str, str, int]]:
 
     m = fu.read_model_from_bytearray(bytearray(data))
     g = m.subgraphs[0]
+    names = _builtin_names()
     out = {}
     for op in g.operators:
         code = m.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        name = _BUILTIN_NAMES().get(builtin)
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
         if name not in WEIGHT_OPS or len(op.inputs) < 2 or not len(op.outputs):
             continue
         w = g.tensors[op.inputs[1]]
@@ -349,7 +349,7 @@ def layer_inputs(data: bytes) -> dict[str, str]:
 
     m = fu.read_model_from_bytearray(bytearray(data))
     g = m.subgraphs[0]
-    names = _BUILTIN_NAMES()
+    names = _builtin_names()
     out = {}
     for op in g.operators:
         code = m.operatorCodes[op.opcodeIndex]
@@ -359,7 +359,7 @@ def layer_inputs(data: bytes) -> dict[str, str]:
     return out
 
 
-def _BUILTIN_NAMES() -> dict[int, str]:
+def _builtin_names() -> dict[int, str]:
     from ai_edge_litert import schema_py_generated as schema
 
     return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from edgeq.core.errors import QuantizationError
 from edgeq.methods.shared import mixed_precision as mp
 
 
@@ -120,5 +121,25 @@ def test_a_layer_forced_to_int4_by_a_hand_written_plan_is_int4_in_the_file(tiny_
     assert all(stored[o][1] == "int8" for o in types if o not in (c2, dw))
     # and LiteRT's own interpreter sees the int4 weights: a packed buffer of half the bytes
     assert litert.weight_bytes(data)["int4"] == -(-layers[c2][2] // 2)
-    with pytest.raises(Exception, match="int4 weights only"):
+    with pytest.raises(QuantizationError, match="int4 weights only"):
         litert.quantize_plan(blob, plan | {dw: "int4"}, types, x, range_method="minmax", ranges=ranges, name="plan")
+
+
+def test_expected_drop_follows_the_counted_drop_and_moves_smoothly_with_the_error():
+    rng = np.random.default_rng(1)
+    n, k = 20000, 10
+    y = rng.integers(0, k, n)
+    ref = rng.normal(0, 1, (n, k))
+    ref[np.arange(n), y] += 2.5  # FP32 right on most images
+    noise = rng.normal(0, 1, (n, k))
+    def both(scale):
+        got = ref + scale * noise
+        return mp.expected_drop(ref, got, y)[0], np.mean(ref.argmax(1) == y) - np.mean(got.argmax(1) == y)
+
+    drop, counted = both(0.2)  # small errors (~6 % of answers change): the expectation matches the count
+    assert abs(drop - counted) < 0.005
+    drop, counted = both(0.5)  # large ones: flips past the runner-up are not counted, so it runs low (acceptance
+    assert drop < counted      # then uses the counted drop)
+    # on 300 images the counted drop moves in steps of 1/300; the expected one grows smoothly with the error
+    small = [mp.expected_drop(ref[:300], ref[:300] + s * noise[:300], y[:300])[0] for s in np.linspace(0.05, 0.3, 6)]
+    assert all(b >= a for a, b in zip(small, small[1:])) and len(set(np.round(small, 6))) == 6
