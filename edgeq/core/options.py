@@ -272,6 +272,22 @@ class NncfPtqSpec(Strict):
         return list(dict.fromkeys(v))
 
 
+class MixedPrecisionSpec(Strict):
+    """A precision per weight layer (CONV_2D / FULLY_CONNECTED: int4 or int8 weights; DEPTHWISE_CONV_2D: int8;
+    float where allow_float) -> the smallest .tflite whose drop on held-back calibration images (never the
+    evaluation split) stays within max_accuracy_drop -> artifact mixed_tflite. Needs the run's FP32 .tflite."""
+
+    enabled: bool = False
+    objective: Literal["size"] = "size"  # minimise the weight bytes
+    # float layers make a hybrid model: leave false for full-integer targets (Edge TPU, TensorRT INT8 builds)
+    allow_float: bool = False
+    calibration_images: int = Field(200, ge=1)  # the first N of the calibration split
+    holdout_images: int = Field(300, ge=20)  # the calibration images after those: every plan is measured on them
+    sensitivity_images: int = Field(300, ge=4)  # of the held-back ones: single-layer output KL against FP32
+    range_method: Literal["minmax", "octav"] = "octav"
+    search_rounds: int = Field(6, ge=1)  # solver runs of the error-budget bisection (each one real model)
+
+
 class StagesSpec(Strict):
     """The `stages:` section: one field per stage (its name -> its options, defaults when absent), built from the
     stage table by `stages_spec`; an unknown stage key is refused like any unknown key."""

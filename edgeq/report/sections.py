@@ -11,6 +11,7 @@ from typing import Any
 
 from edgeq.core.formats import resolve
 from edgeq.stages.comparison import METHOD_LABELS
+from edgeq.stages.mixed_precision import short_name
 
 
 def render_sections(sections: dict, rows: list, artifacts: list[Any], compatibility: dict) -> dict:
@@ -315,3 +316,41 @@ def nncf_ptq_markdown(section: dict, artifacts=(), compatibility=None) -> str:
         lines.append(line)
     lines += [f"- `{name}`: not made: {why}" for name, why in section["not_made"].items()]
     return "\n".join(lines)
+
+
+def mixed_precision_markdown(s: dict, artifacts=(), compatibility=None) -> str:
+    """The report's mixed_precision section: every plan measured, the one shipped, its per-layer table."""
+    def row(m: dict) -> str:
+        c = m.get("plan_counts") or {}
+        counts = ", ".join(f"{k} {v}" for k, v in c.items() if v) or "—"
+        return (f"| {m['label']} | {counts} | {m['file_bytes']:,} | {m['drop_pt']:+.2f} "
+                f"[{m['drop_ci95_pt'][0]:+.2f}, {m['drop_ci95_pt'][1]:+.2f}] | {m['expected_drop_pt']:+.2f} | {m['kl_mean']:.4f} | "
+                f"{'yes' if m['accepted'] else 'no'} |")
+
+    md = ["## Mixed precision", "",
+          f"A weight precision per layer, smallest file within the {s['budget_pt']:g} pt budget. Sensitivity: "
+          f"{s['sensitivity']}. Search: scipy MILP (one precision per layer, least weight bytes under an error "
+          f"budget), bisected over the error budget; every plan made for real and measured on all {s['naive']['n']} "
+          f"held-back images ({s['held_back']}); accepted when the drop expected from the continuous output error "
+          f"(per image, the FP32 top-two margin against the distribution of the plan's margin errors; the counted "
+          f"drop where larger) plus the interval half-width the {s['eval_images']:,}-image evaluation will have is "
+          f"within the budget. Search {s['seconds']} s after {s.get('sensitivity_seconds', 0):.1f} s of "
+          f"sensitivity models.", "",
+          "| model | layers by precision | bytes | held-back drop pt [95 %] | expected drop pt | KL | accepted |",
+          "|---|---|---|---|---|---|---|",
+          row(s["naive"])] + [row(m) for m in s["tried"]]
+    best = s.get("best")
+    if best:
+        ratio = f" = {s['size_vs_naive']:.3f}× {s['naive']['label']}" if s.get("size_vs_naive") else ""
+        md += ["", f"Shipped: {s['artifact']} ({best['label']}, {best['file_bytes']:,} bytes{ratio})"
+               + ("" if s["budget_met_on_held_back"] else "; NOT within the budget on the held-back images, "
+                  "but measured no worse than the naive artifact") + "."]
+    else:
+        md += ["", f"Nothing made: {s['why_not']}"]
+    if s.get("too_few_held_back"):
+        md += ["", s["too_few_held_back"] + "."]
+    if s.get("plan"):
+        md += ["", "| layer | op | precision | SQNR lost dB | weight bytes |", "|---|---|---|---|---|"]
+        md += [f"| {short_name(r['layer'])} | {r['op_type']} | {r['precision']} | {r['sqnr_loss_db']} | "
+               f"{r['bytes']:,} |" for r in s["plan"]]
+    return "\n".join(md)

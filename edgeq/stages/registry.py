@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from edgeq.core.formats import resolve, runs_from_onnx  # noqa: F401  (re-exported: the rows name functions as 'module:function')
-from edgeq.core.options import (ComparisonSpec, LitertQuantSpec, OnnxFallbackSpec, NncfPtqSpec, OnnxPtqSpec, PrecisionSpec, QatSpec,
+from edgeq.core.options import (ComparisonSpec, LitertQuantSpec, OnnxFallbackSpec, MixedPrecisionSpec, NncfPtqSpec, OnnxPtqSpec, PrecisionSpec, QatSpec,
                                 Strict, TflitePtqSpec, use_stage_table)
 
 
@@ -71,6 +71,12 @@ STAGES: tuple[Stage, ...] = (
           sections={"precision": f"{_SECTIONS}:precision_markdown"},
           tests=StageTests(artifacts=("fp16_tflite", "dynamic_tflite"), run_with=("tflite_ptq",),
                            options={"tflite": ["fp16", "dynamic"], "onnx": []})),
+    # a bit width per weight layer under the accuracy budget, smallest file (after tflite_ptq: needs the FP32 .tflite)
+    Stage("mixed_precision", "edgeq.stages.mixed_precision:run_stage", MixedPrecisionSpec, artifacts=1,
+          sections={"mixed_precision": f"{_SECTIONS}:mixed_precision_markdown"},
+          tests=StageTests(may_make=("mixed_tflite",), run_with=("tflite_ptq",), heavy=True, models=(),  # tests/stages/test_mixed_precision.py
+                           options={"calibration_images": 20, "holdout_images": 20, "sensitivity_images": 20,
+                                    "search_rounds": 1})),
     # NNCF + OpenVINO, judged beside edgeq's own routes (edgeq[openvino]); a route that cannot be made is recorded so
     Stage("nncf_ptq", "edgeq.stages.nncf_ptq:run_stage", NncfPtqSpec, artifacts=4,
           sections={"nncf_ptq": f"{_SECTIONS}:nncf_ptq_markdown"},

@@ -73,11 +73,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 
 
 def recipe_entries(recipe: Recipe, float_ops: tuple[str, ...] = (),
-                   op_ranges: dict[str, tuple[str, str]] | None = None) -> list[dict]:
+                   op_ranges: dict[str, tuple[str, str]] | None = None,
+                   int4_ops: dict[str, str] | None = None) -> list[dict]:
     """The recipe as litert-quantizer's JSON recipe list (later entries override earlier ones per op).
 
     `float_ops`: regexes of op output tensor names left float (selective quantization). `op_ranges`: op output
-    tensor -> (op type, range method) overriding the recipe's method for that op (an `auto` recipe's choice)."""
+    tensor -> (op type, range method) overriding the recipe's method for that op (an `auto` recipe's choice).
+    `int4_ops`: op output tensor -> op type (one of INT4_OPS) given int4 weights (a mixed-precision plan)."""
     def op_config(weight_bits: int) -> dict:
         return {"activation_tensor_config": {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE",
                                              "dtype": "INT"},
@@ -98,6 +100,11 @@ def recipe_entries(recipe: Recipe, float_ops: tuple[str, ...] = (),
         bits = recipe.weight_bits if op_type in INT4_OPS else 8
         entries.append({"regex": float_op_regex(out), "operation": op_type, "algorithm_key": ALGORITHMS[method],
                         "op_config": op_config(bits)})
+    for out, op_type in sorted((int4_ops or {}).items()):
+        if op_type not in INT4_OPS:
+            raise QuantizationError(f"op {out} is {op_type}: LiteRT takes int4 weights only on {', '.join(INT4_OPS)}")
+        entries.append({"regex": float_op_regex(out), "operation": op_type, "algorithm_key": algo,
+                        "op_config": op_config(4)})
     entries += [{"regex": rx, "operation": "*", "algorithm_key": "no_quantize"} for rx in float_ops]
     return entries
 
@@ -143,7 +150,8 @@ def calibrate_ranges(fp32_tflite: bytes, calibration: np.ndarray, *, name: str) 
 
 def quantize_tflite(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray, *, name: str,
                     float_ops: tuple[str, ...] = (), ranges: dict | None = None,
-                    op_ranges: dict[str, tuple[str, str]] | None = None) -> tuple[bytes, dict]:
+                    op_ranges: dict[str, tuple[str, str]] | None = None,
+                    int4_ops: dict[str, str] | None = None) -> tuple[bytes, dict]:
     """`fp32_tflite` quantized by `recipe`, calibrated on `calibration` (float NHWC, preprocessed); and notes.
 
     `ranges`: `calibrate_ranges` of the same model and images, when already made (not changed here). An `auto`
@@ -152,7 +160,7 @@ def quantize_tflite(fp32_tflite: bytes, recipe: Recipe, calibration: np.ndarray,
     import warnings
 
     Quantizer = _quantizer()
-    entries = recipe_entries(recipe, float_ops, op_ranges)
+    entries = recipe_entries(recipe, float_ops, op_ranges, int4_ops)
     t0 = time.perf_counter()
     qsv = copy.deepcopy(ranges if ranges is not None else calibrate_ranges(fp32_tflite, calibration, name=name))
     try:
@@ -295,3 +303,76 @@ def float_op_regex(output_tensor: str) -> str:
     import re
 
     return "^" + re.escape(output_tensor) + ";$"
+
+
+# ------------------------------------------------------------------ weight layers (mixed precision)
+WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+_TYPE_NAMES = {9: "int8", 17: "int4", 2: "int32", 0: "float32", 1: "float16", 7: "int16", 3: "uint8"}
+
+
+def weight_layers(data: bytes) -> dict[str, tuple[str, str, int]]:
+    """Every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op by its output tensor name (its scope in a recipe):
+    (op type, weight tensor type as stored, weight elements) — read from the flatbuffer itself."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    m = fu.read_model_from_bytearray(bytearray(data))
+    g = m.subgraphs[0]
+    names = _builtin_names()
+    out = {}
+    for op in g.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        if name not in WEIGHT_OPS or len(op.inputs) < 2 or not len(op.outputs):
+            continue
+        w = g.tensors[op.inputs[1]]
+        src = w
+        if m.buffers[w.buffer].data is None or not len(m.buffers[w.buffer].data):
+            # a float op behind a DEQUANTIZE of its weights (or fed by one): follow the DEQUANTIZE to the constant
+            producer = next((p for p in g.operators if len(p.outputs) and p.outputs[0] == op.inputs[1]), None)
+            if producer is not None and len(producer.inputs):
+                src = g.tensors[producer.inputs[0]]
+        n = int(np.prod(w.shape)) if w.shape is not None and len(w.shape) else 0
+        out[g.tensors[op.outputs[0]].name.decode(errors="replace")] = (name, _TYPE_NAMES.get(src.type, f"type{src.type}"),
+                                                                      n)
+    return out
+
+
+def layer_inputs(data: bytes) -> dict[str, str]:
+    """Every weight op (by output tensor name) -> the name of the activation tensor it reads."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    m = fu.read_model_from_bytearray(bytearray(data))
+    g = m.subgraphs[0]
+    names = _builtin_names()
+    out = {}
+    for op in g.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        if names.get(max(code.builtinCode, code.deprecatedBuiltinCode)) in WEIGHT_OPS and len(op.outputs):
+            out[g.tensors[op.outputs[0]].name.decode(errors="replace")] = \
+                g.tensors[op.inputs[0]].name.decode(errors="replace")
+    return out
+
+
+def _builtin_names() -> dict[int, str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def quantize_plan(fp32_tflite: bytes, plan: dict[str, str], op_types: dict[str, str], calibration: np.ndarray, *,
+                  range_method: str, ranges: dict, name: str) -> tuple[bytes, dict]:
+    """A mixed-precision model: every op int8 (weights and activations) but the plan's `int4` ops (int4 weights)
+    and `float` ops (left float); `op_types`: op output tensor -> op type. The file is read back and must hold
+    exactly the plan's weight types."""
+    recipe = Recipe(f"mixed_{range_method}", 8, range_method, "nearest", "mixed int4/int8/float weights per op")
+    int4 = {o: op_types[o] for o, p in plan.items() if p == "int4"}
+    floats = tuple(float_op_regex(o) for o, p in sorted(plan.items()) if p == "float")
+    data, notes = quantize_tflite(fp32_tflite, recipe, calibration, name=name, float_ops=floats, ranges=ranges,
+                                  int4_ops=int4)
+    stored = weight_layers(data)
+    want = {"int4": "int4", "int8": "int8", "float": "float32"}
+    drift = [f"{o} ({p} planned, {stored.get(o, ('', 'missing'))[1]} in the file)" for o, p in plan.items()
+             if stored.get(o, ("", None))[1] != want[p]]
+    if drift:
+        raise QuantizationError(f"litert-quantizer did not write the plan of {name}: {'; '.join(drift[:3])}")
+    return data, notes

@@ -126,3 +126,23 @@ def _predict_tflite(blob: bytes, x: np.ndarray) -> np.ndarray:
         p = Path(d) / "m.tflite"
         p.write_bytes(blob)
         return TFLitePredictor(p).predict(x)
+
+
+def layer_errors(fp32_tflite: bytes, models: dict[str, bytes], x: np.ndarray) -> dict[str, dict[str, tuple]]:
+    """Per weight op (by output tensor) and per precision of `models` (precision -> a uniform model at it): (op type,
+    noise-to-signal ratio the op adds, SQNR it loses in dB), against the FP32 tensors on the images `x`."""
+    from edgeq.methods.shared.budget import sqnr
+    from edgeq.methods.shared.mixed_precision import nsr_added
+    from edgeq.methods.tflite.litert import WEIGHT_OPS
+
+    _, ref = _tensors(fp32_tflite, x)
+    out: dict[str, dict[str, tuple]] = {}
+    for precision, data in models.items():
+        ops, got = _tensors(data, x)
+        for op_name, i, o in ops:
+            if op_name not in WEIGHT_OPS or not all(t in ref and t in got and ref[t].shape == got[t].shape
+                                                    for t in (i, o)):
+                continue
+            si, so = sqnr(ref[i], got[i]), sqnr(ref[o], got[o])
+            out.setdefault(o, {})[precision] = (op_name, nsr_added(si, so), round(float(si - so), 3))
+    return out
