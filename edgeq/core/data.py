@@ -164,8 +164,9 @@ def load_npz(path: Path, prefix: str = "") -> LabelledImages:
     """uint8 images (N,H,W[,C]) and integer labels (N,) from an .npz; every refusal names the file."""
     path = Path(path)
     if path.exists() and not path.is_file():  # a directory, a named pipe, a device: never opened for reading
-        raise DataError(f"{path}: not a regular file; give an .npz file (np.savez(path, {prefix}images=..., "
-                        f"{prefix}labels=...)) or an image folder with data.kind: image_folder")
+        raise DataError(f"{path}: not a readable .npz (not a regular file: a directory, pipe or device); write one "
+                        f"with np.savez(path, {prefix}images=uint8_array, {prefix}labels=int_array), or give an "
+                        "image folder with data.kind: image_folder")
     try:
         with np.load(path, allow_pickle=False) as z:
             images, labels = z[prefix + "images"], z[prefix + "labels"]

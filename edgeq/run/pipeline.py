@@ -120,6 +120,11 @@ class RunContext:
         return self.pre(self.splits.eval.images[:1])
 
 
+def _run_stage(name: str, ctx: RunContext, options) -> list[Artifact]:
+    """One stage's work: its row's run function on its options."""
+    return resolve(registry.stage(name).run)(ctx, options)
+
+
 def _import_fp32(ctx: RunContext) -> Artifact:
     m = ctx.cfg.model
     src = Path(m.path)
@@ -223,7 +228,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
                 continue
             log(f"[{name}]")
             with _timed(phases, name):
-                produced += resolve(row.run)(ctx, opts)
+                produced += _run_stage(name, ctx, opts)
             ran.append(row)
         with _timed(phases, "offline_checks"):
             check_artifacts(ctx, produced)  # TensorRT readiness of the INT8 ONNX artifacts, from the targets side
