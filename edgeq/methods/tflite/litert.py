@@ -313,16 +313,9 @@ _TYPE_NAMES = {9: "int8", 17: "int4", 2: "int32", 0: "float32", 1: "float16", 7:
 def weight_layers(data: bytes) -> dict[str, tuple[str, str, int]]:
     """Every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op by its output tensor name (its scope in a recipe):
     (op type, weight tensor type as stored, weight elements) — read from the flatbuffer itself."""
-    from ai_edge_litert.tools import flatbuffer_utils as fu
-
-    m = fu.read_model_from_bytearray(bytearray(data))
-    g = m.subgraphs[0]
-    names = _builtin_names()
     out = {}
-    for op in g.operators:
-        code = m.operatorCodes[op.opcodeIndex]
-        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
-        if name not in WEIGHT_OPS or len(op.inputs) < 2 or not len(op.outputs):
+    for m, g, op, name in _weight_ops(data):
+        if len(op.inputs) < 2:
             continue
         w = g.tensors[op.inputs[1]]
         src = w
@@ -339,18 +332,22 @@ def weight_layers(data: bytes) -> dict[str, tuple[str, str, int]]:
 
 def layer_inputs(data: bytes) -> dict[str, str]:
     """Every weight op (by output tensor name) -> the name of the activation tensor it reads."""
+    return {g.tensors[op.outputs[0]].name.decode(errors="replace"): g.tensors[op.inputs[0]].name.decode(errors="replace")
+            for _, g, op, _ in _weight_ops(data)}
+
+
+def _weight_ops(data: bytes):
+    """(model, subgraph, op, op type) of every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op with an output."""
     from ai_edge_litert.tools import flatbuffer_utils as fu
 
     m = fu.read_model_from_bytearray(bytearray(data))
     g = m.subgraphs[0]
     names = _builtin_names()
-    out = {}
     for op in g.operators:
         code = m.operatorCodes[op.opcodeIndex]
-        if names.get(max(code.builtinCode, code.deprecatedBuiltinCode)) in WEIGHT_OPS and len(op.outputs):
-            out[g.tensors[op.outputs[0]].name.decode(errors="replace")] = \
-                g.tensors[op.inputs[0]].name.decode(errors="replace")
-    return out
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        if name in WEIGHT_OPS and len(op.outputs):
+            yield m, g, op, name
 
 
 def _builtin_names() -> dict[int, str]:

@@ -12,7 +12,6 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -22,23 +21,11 @@ from edgeq.core.errors import ConfigError, DataError
 from edgeq.methods.keras.fine_tune import TrainData, batch_stream
 from edgeq.methods.torch.distributed import TorchRole, barrier, device_for, start, stop, torch_role
 from edgeq.methods.torch.qat import nchw
+from edgeq.methods.keras.fine_tune import QatResult  # one result type for the Keras and PyTorch fine-tunes
 
 CHECKPOINT = "qat_torch_epoch.pt"
 
 
-@dataclass
-class TorchQatResult:
-    model: object  # the fine-tuned NNCF model (on the CPU)
-    seconds: float
-    steps: int
-    epochs_run: int
-    history: dict = field(default_factory=dict)
-    val_top1_before: float | None = None
-    val_top1_after: float | None = None
-    val_loss_before: float | None = None
-    fine_tune_kept: bool = True
-    distribution: dict = field(default_factory=dict)  # backend, workers, device, resumed_at_epoch
-    quantizer: dict = field(default_factory=dict)  # what NNCF inserted (filled by the caller)
 
 
 def outputs_probabilities(module, x) -> bool:
@@ -120,7 +107,7 @@ def _load_checkpoint(path: Path, key: str) -> dict | None:
 
 def fine_tune(qmodel, teacher, data: TrainData, pre: Preprocess, opts: QatSpec, log=print,
               checkpoint_dir: Path | None = None, role: TorchRole | None = None,
-              device: str = "auto") -> TorchQatResult:
+              device: str = "auto") -> QatResult:
     """Fine-tune the NNCF-quantized `qmodel` (in place) against the FP32 `teacher`; see the module docstring.
 
     checkpoint_dir: where rank 0 writes the epoch checkpoint (every worker must see it to resume; None: none).
@@ -206,7 +193,7 @@ def fine_tune(qmodel, teacher, data: TrainData, pre: Preprocess, opts: QatSpec, 
     teacher.cpu()
     stop(backend)
     epochs_run = len(hist["loss"])
-    return TorchQatResult(qmodel, seconds, epochs_run * data.steps_per_epoch, epochs_run, hist, before_top1,
+    return QatResult(qmodel, seconds, epochs_run * data.steps_per_epoch, epochs_run, hist, before_top1,
                           after_top1, before_loss, kept,
                           {"backend": backend, "workers": role.world_size, "device": str(dev),
                            "resumed_at_epoch": first} if role.distributed or dev.type != "cpu" or first else {})

@@ -20,7 +20,7 @@ from edgeq.methods.keras.fine_tune import TrainData, training_split
 from edgeq.methods.shared.calibration import calibration_count
 from edgeq.methods.torch import qat as torch_qat
 from edgeq.methods.torch.distributed import torch_role
-from edgeq.methods.torch.fine_tune import TorchQatResult, fine_tune
+from edgeq.methods.torch.fine_tune import QatResult, fine_tune
 
 SECTION_KEYS = ("fine_tune_seconds", "convert_seconds", "epochs_run", "steps", "train_images", "validation_images",
                 "validation_top1_before_fine_tune", "validation_top1_after_fine_tune", "validation_loss_before",
@@ -52,7 +52,7 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
     params.update(framework="pytorch (NNCF)", workers=role.world_size, opset=opset)
     cache: dict = {}
 
-    def fine_tuned() -> TorchQatResult:
+    def fine_tuned() -> QatResult:
         if "r" not in cache:
             cache["r"] = _fine_tune(ctx, module, data, cal.images[:n_cal], opts, role)
         return cache["r"]
@@ -101,7 +101,7 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
     return out
 
 
-def _fine_tune(ctx, module, data: TrainData, cal_images, opts: QatSpec, role) -> TorchQatResult:
+def _fine_tune(ctx, module, data: TrainData, cal_images, opts: QatSpec, role) -> QatResult:
     import copy
 
     import torch
@@ -153,7 +153,7 @@ def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite) -> tuple[bytes, 
     return blob, notes
 
 
-def _notes(r: TorchQatResult, data: TrainData) -> dict:
+def _notes(r: QatResult, data: TrainData) -> dict:
     return {"fine_tune_seconds": r.seconds, "steps": r.steps, "epochs_run": r.epochs_run,
             "train_images": len(data.train), "validation_images": len(data.val) if data.val is not None else 0,
             "validation_top1_before_fine_tune": r.val_top1_before,
