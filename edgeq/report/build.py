@@ -14,7 +14,7 @@ from edgeq.report import sections as report_sections
 from edgeq.core.artifacts import fp32_baselines, write_bytes_atomic, write_json_atomic
 from edgeq.core.sysinfo import cpu_info
 from edgeq.report.html import render_html
-from edgeq.report.verdicts import accuracy_interval, int8_method_tests, ship, vs_reference
+from edgeq.report.verdicts import accuracy_interval, int8_method_tests, referee, ship, vs_reference
 from edgeq.stages import registry
 
 SCHEMA_VERSION = 2
@@ -123,6 +123,7 @@ def build_report(ctx) -> dict:
         "conditions": ctx.results.conditions,
         "budget": {"max_accuracy_drop_pt": budget},
         "ship": {t: ship(entries, t, budget) for t in targets},
+        "referee": {t: referee(entries, t, budget) for t in targets},
         "artifacts": entries,
         "checks": checks,
         **sections,
@@ -259,6 +260,25 @@ def _stage_seconds_text(phases: dict | None) -> str:
                                      for k, v in phases.items())
 
 
+def _referee_lines(rep: dict) -> list[str]:
+    """Each toolchain's best route per target, side by side (report.json `referee`)."""
+    out = []
+    for target, r in (rep.get("referee") or {}).items():
+        if not r.get("routes"):
+            continue
+        out += [f"## Toolchains on {target}", "", r["verdict"] + ".", "",
+                "| toolchain | runtime | artifact | precision | ms [95% CI] | × fastest | drop pt [CI] |",
+                "|---|---|---|---|---|---|---|"]
+        for x in r["routes"]:
+            ci = x.get("median_ci95")
+            out.append(f"| {x['toolchain']} | {x['runtime']} | {x['artifact']} | {x['precision']} | {x['median']:.4g}"
+                       + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "") + f" | {x['x_best']:.2f}"
+                       + ("" if not x["indistinguishable_from_best"] or x["x_best"] == 1 else " (tie)")
+                       + f" | {x['drop_pt']:+.2f} [{x['drop_ci95_pt'][0]:+.2f}, {x['drop_ci95_pt'][1]:+.2f}] |")
+        out.append("")
+    return out
+
+
 def markdown(rep: dict) -> str:
     """report.md: what to ship, the artifact table with intervals, verdicts, devices, per-layer error, stage sections."""
     cpu = rep["host"]["cpu"]
@@ -273,6 +293,7 @@ def markdown(rep: dict) -> str:
              f"- wall time: {rep.get('wall_seconds')} s{_stage_seconds_text(rep.get('stage_seconds'))}", ""]
     lines += ["## What to ship", ""] + [f"- **{t}**: {v['artifact'] or 'nothing'} — {v['why']}"
                                         for t, v in (rep.get("ship") or {}).items()] + [""]
+    lines += _referee_lines(rep)
     lines += ["## Artifacts", "",
               "Intervals are 95 %: Wilson for top-1, Newcombe paired for the drop (\\* = significant, exact McNemar "
               "p < 0.05), order statistics over interleaved rounds for latency and its ratio to the FP32 artifact of "

@@ -210,6 +210,52 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
     return {"artifact": best["name"], "why": "; ".join(why)}
 
 
+# ------------------------------------------------------------------ the referee: toolchains side by side
+# artifact stage -> the toolchain whose method made it (the run's FP32 exports are each runtime's baseline)
+TOOLCHAINS = {"tflite_ptq": "TFLite converter", "precision": "TFLite converter", "comparison": "edgeq better PTQ",
+              "litert_quant": "LiteRT Quantizer", "mixed_precision": "edgeq mixed precision (LiteRT Quantizer)",
+              "onnx_ptq": "ONNX Runtime quantizer", "onnx_fallback": "ONNX Runtime quantizer (fallback)",
+              "nncf_ptq": "NNCF", "qat": "QAT (tfmot / NNCF)"}
+RUNTIMES = {"tflite": "LiteRT", "onnx": "ONNX Runtime", "openvino": "OpenVINO", "keras": "TensorFlow"}
+
+
+def toolchain_of(e: dict) -> str:
+    return TOOLCHAINS.get(e.get("stage"), "FP32 baseline" if e["precision"] == "fp32" else str(e.get("stage")))
+
+
+def referee(entries: list[dict], target: str, budget_pt: float) -> dict:
+    """Every route as a candidate on `target`: per (toolchain, runtime), its fastest artifact within the budget, with
+    its latency interval and its ratio to the overall fastest; routes whose intervals overlap are indistinguishable."""
+    rows = {}
+    for e in entries:
+        s = (e["latency_ms"].get(target) or {})
+        if s.get("median") is None or e["precision"] == "fp32":
+            continue
+        within = (e.get("vs_fp32") or {}).get("within_budget")
+        key = (toolchain_of(e), RUNTIMES.get(e["format"], e["format"]))
+        if within is True and (key not in rows or s["median"] < rows[key]["median"]):
+            rows[key] = {"toolchain": key[0], "runtime": key[1], "artifact": e["name"], "method": e["method"],
+                         "precision": e["precision"], "median": s["median"], "median_ci95": s.get("median_ci95"),
+                         "drop_pt": e["vs_fp32"]["drop_pt"], "drop_ci95_pt": e["vs_fp32"]["drop_ci95_pt"]}
+    if not rows:
+        return {"routes": [], "verdict": f"no route's artifact is shown to be within the {budget_pt:g} pt budget "
+                                         f"and timed on {target}"}
+    ranked = sorted(rows.values(), key=lambda r: r["median"])
+    best = ranked[0]
+    for r in ranked:
+        r["x_best"] = round(r["median"] / best["median"], 3)
+        r["indistinguishable_from_best"] = r is best or _tied(best, r)
+    tied = [r for r in ranked[1:] if r["indistinguishable_from_best"]]
+    verdict = (f"on {target}, {best['toolchain']} on {best['runtime']} ({best['artifact']}) is the fastest route "
+               f"within the {budget_pt:g} pt budget: {best['median']:.4g} ms")
+    if tied:
+        verdict += "; indistinguishable from it: " + ", ".join(f"{r['toolchain']} on {r['runtime']}" for r in tied)
+    rest = [r for r in ranked[1:] if not r["indistinguishable_from_best"]]
+    if rest:
+        verdict += "; slower: " + ", ".join(f"{r['toolchain']} on {r['runtime']} {r['x_best']:.2f}x" for r in rest)
+    return {"routes": ranked, "verdict": verdict}
+
+
 def _slow_kernels(e: dict) -> str | None:
     """Why the CPU runtimes run this artifact's precision on slow (reference) kernels, if they do."""
     return (e.get("notes") or {}).get("slow_kernels")

@@ -113,3 +113,31 @@ def test_method_verdict_covers_every_int8_format_and_cites_p_values():
     assert "p = " in onnx and "p < 0.001" in tfl
     assert "over the 1 pt budget" in tfl and "QAT needed: int8_tflite_qat is within the budget" in tfl
     assert "QAT (int8_tflite_qat) vs PTQ: better by 2.75 pt" in tfl
+
+
+# ------------------------------------------------------------------ the referee across toolchains
+def _route(name, stage, fmt, median, ci, within=True, precision="int8"):
+    return {"name": name, "stage": stage, "format": fmt, "precision": precision, "method": "ptq",
+            "accuracy": {"top1": 0.9},
+            "vs_fp32": {"within_budget": within, "drop_pt": 0.1, "drop_ci95_pt": [-0.1, 0.3]},
+            "latency_ms": {"host": {"median": median, "median_ci95": ci}}}
+
+
+def test_referee_ranks_each_toolchains_best_route_and_names_ties():
+    from edgeq.report.verdicts import referee
+
+    entries = [_route("int8_tflite_ptq", "tflite_ptq", "tflite", 0.21, [0.20, 0.22]),
+               _route("int8_tflite_lq", "litert_quant", "tflite", 0.215, [0.21, 0.23]),
+               _route("int8_openvino_nncf", "nncf_ptq", "openvino", 0.30, [0.29, 0.31]),
+               _route("int8_onnx_nncf", "nncf_ptq", "onnx", 2.8, [2.7, 2.9]),
+               _route("int8_onnx_ptq", "onnx_ptq", "onnx", 0.50, [0.48, 0.52], within=False),  # over budget: out
+               _route("fp32_tflite", "tflite_export", "tflite", 0.3, [0.29, 0.31], precision="fp32")]
+    r = referee(entries, "host", 1.0)
+    names = [x["artifact"] for x in r["routes"]]
+    assert names == ["int8_tflite_ptq", "int8_tflite_lq", "int8_openvino_nncf", "int8_onnx_nncf"]
+    by = {x["artifact"]: x for x in r["routes"]}
+    assert by["int8_tflite_lq"]["indistinguishable_from_best"] and not by["int8_openvino_nncf"]["indistinguishable_from_best"]
+    assert by["int8_onnx_nncf"]["x_best"] == pytest.approx(2.8 / 0.21, rel=1e-3)
+    assert "TFLite converter on LiteRT (int8_tflite_ptq) is the fastest" in r["verdict"]
+    assert "indistinguishable from it: LiteRT Quantizer on LiteRT" in r["verdict"]
+    assert "NNCF on ONNX Runtime 13.33x" in r["verdict"]
