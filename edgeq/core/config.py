@@ -136,6 +136,9 @@ class RunConfig(Strict):
     # the accuracy budget: the most top-1 (percentage points) an artifact may lose against FP32 and still
     # be shipped; verdicts and the "what to ship" line per target follow from it
     max_accuracy_drop: float = Field(1.0, ge=0)
+    # per class: the most recall (points) one class may lose against FP32 when that loss is significant after Holm's
+    # correction across the classes; None: classes are tested and reported, but only the overall budget decides
+    max_class_drop: Optional[float] = Field(None, ge=0)
     model: ModelSpec
     preprocess: PreprocessSpec = PreprocessSpec()
     data: DataSpec = DataSpec()

@@ -50,7 +50,9 @@ def _correct(ctx, arts) -> dict:
 
 def _vs_fp32(ctx, arts, correct: dict) -> dict:
     """artifact name -> report.json `vs_fp32`: each non-reference artifact against the FP32 of its format."""
-    return {name: vs_reference(ref, correct[ref], correct[name], ctx.cfg.max_accuracy_drop)
+    ev = ctx.splits.eval
+    return {name: vs_reference(ref, correct[ref], correct[name], ctx.cfg.max_accuracy_drop, labels=ev.labels,
+                               class_names=ev.class_names, max_class_drop=ctx.cfg.max_class_drop)
             for name, ref in fp32_baselines(arts, correct, ctx.fp32).items() if ref != name}
 
 
@@ -260,6 +262,20 @@ def _stage_seconds_text(phases: dict | None) -> str:
                                      for k, v in phases.items())
 
 
+def _class_lines(rep: dict) -> list[str]:
+    """Per-class paired tests (recall vs FP32, Holm across classes): the classes that lost significantly."""
+    tested = [a for a in rep["artifacts"] if (a.get("vs_fp32") or {}).get("per_class")]
+    if not tested:
+        return []
+    m = tested[0]["vs_fp32"]["per_class"]["comparisons"]
+    hits = [(a["name"], c) for a in tested for c in a["vs_fp32"]["per_class"]["collapsed"]]
+    out = ["## Per class", "", f"Each artifact's recall per class against FP32 on the same images (exact McNemar on "
+           f"that class's images, Holm-corrected across {m} classes; {len(tested)} artifacts tested)."]
+    out += [""] + ([f"- **{name}**: {line}" for name, line in hits] if hits else
+                   ["No artifact lost significant recall in any class."]) + [""]
+    return out
+
+
 def _referee_lines(rep: dict) -> list[str]:
     """Each toolchain's best route per target, side by side (report.json `referee`)."""
     out = []
@@ -293,7 +309,7 @@ def markdown(rep: dict) -> str:
              f"- wall time: {rep.get('wall_seconds')} s{_stage_seconds_text(rep.get('stage_seconds'))}", ""]
     lines += ["## What to ship", ""] + [f"- **{t}**: {v['artifact'] or 'nothing'} — {v['why']}"
                                         for t, v in (rep.get("ship") or {}).items()] + [""]
-    lines += _referee_lines(rep)
+    lines += _referee_lines(rep) + _class_lines(rep)
     lines += ["## Artifacts", "",
               "Intervals are 95 %: Wilson for top-1, Newcombe paired for the drop (\\* = significant, exact McNemar "
               "p < 0.05), order statistics over interleaved rounds for latency and its ratio to the FP32 artifact of "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.core.stats import PairedTest, images_to_decide, paired_test, wilson_interval
+from edgeq.core.stats import PairedTest, images_to_decide, paired_test, per_class_paired, wilson_interval
 
 ALPHA = 0.05
 
@@ -65,15 +65,47 @@ def drop_verdict(t: PairedTest, budget_pt: float) -> str:
     return f"{head}; {t.n:,} images are too few to tell whether it is within the {budget_pt:g} pt budget{more}"
 
 
-def vs_reference(ref_name: str, ref_correct: np.ndarray, cand_correct: np.ndarray, budget_pt: float) -> dict:
-    """report.json `vs_fp32` of one artifact: paired drop with interval, exact McNemar, verdict."""
+def vs_reference(ref_name: str, ref_correct: np.ndarray, cand_correct: np.ndarray, budget_pt: float,
+                 labels: np.ndarray | None = None, class_names: list[str] | None = None,
+                 max_class_drop: float | None = None) -> dict:
+    """report.json `vs_fp32` of one artifact: paired drop with interval, exact McNemar, verdict; with `labels`, the
+    same per class (recall, Holm-corrected across classes), and a class whose significant loss exceeds
+    `max_class_drop` takes the artifact out of the budget."""
     t = paired_test(ref_correct, cand_correct)
     status = budget_status(t, budget_pt)
-    return {"reference": ref_name, "n": t.n, "drop_pt": round(t.drop * 100, 3),
-            "drop_ci95_pt": [round(t.ci95[0] * 100, 3), round(t.ci95[1] * 100, 3)],
-            "mcnemar": {"b": t.b, "c": t.c, "p": round(t.p, 6)}, "within_budget": status,
-            "images_to_decide": images_needed(t, budget_pt) if status is None else None,
-            "verdict": drop_verdict(t, budget_pt)}
+    out = {"reference": ref_name, "n": t.n, "drop_pt": round(t.drop * 100, 3),
+           "drop_ci95_pt": [round(t.ci95[0] * 100, 3), round(t.ci95[1] * 100, 3)],
+           "mcnemar": {"b": t.b, "c": t.c, "p": round(t.p, 6)}, "within_budget": status,
+           "images_to_decide": images_needed(t, budget_pt) if status is None else None,
+           "verdict": drop_verdict(t, budget_pt)}
+    if labels is not None:
+        out["per_class"] = class_verdicts(labels, ref_correct, cand_correct, class_names or [], max_class_drop)
+        worst = out["per_class"]["collapsed"]
+        if worst:
+            out["verdict"] += "; but " + "; ".join(worst)
+        if out["per_class"]["over_class_budget"]:
+            out["within_budget"] = False
+            out["verdict"] += f"; over the {max_class_drop:g} pt per-class budget (max_class_drop)"
+    return out
+
+
+def class_verdicts(labels, ref_correct, cand_correct, class_names: list[str], max_class_drop: float | None) -> dict:
+    """Per class: recall of reference and candidate, the paired drop with interval, exact McNemar and the Holm-adjusted
+    p across the classes; the classes with a significant loss, named in one line each."""
+    tests = per_class_paired(labels, ref_correct, cand_correct)
+    rows, collapsed, over = [], [], False
+    for c in tests:
+        name = class_names[c.label] if c.label < len(class_names) else str(c.label)
+        drop = c.test.drop * 100
+        rows.append({"class": name, "n": c.test.n, "recall_fp32": round(c.recall_ref, 5),
+                     "recall": round(c.recall_cand, 5), "drop_pt": round(drop, 3),
+                     "drop_ci95_pt": [round(c.test.ci95[0] * 100, 3), round(c.test.ci95[1] * 100, 3)],
+                     "p": round(c.test.p, 6), "p_holm": round(c.p_holm, 6)})
+        if c.p_holm < ALPHA and drop > 0:
+            collapsed.append(f"class '{name}' {-drop:+.1f} pt {_ci_pt(tuple(-x for x in c.test.ci95[::-1]))}, "
+                             f"p = {c.p_holm:.2g} (Holm, {len(tests)} classes)")
+            over = over or (max_class_drop is not None and drop > max_class_drop)
+    return {"classes": rows, "comparisons": len(tests), "collapsed": collapsed, "over_class_budget": over}
 
 
 # ------------------------------------------------------------------ PTQ vs QAT, per format

@@ -141,3 +141,30 @@ def test_referee_ranks_each_toolchains_best_route_and_names_ties():
     assert "TFLite converter on LiteRT (int8_tflite_ptq) is the fastest" in r["verdict"]
     assert "indistinguishable from it: LiteRT Quantizer on LiteRT" in r["verdict"]
     assert "NNCF on ONNX Runtime 13.33x" in r["verdict"]
+
+
+# ------------------------------------------------------------------ a class that collapses inside a small overall drop
+def test_a_collapsed_class_is_named_and_max_class_drop_takes_the_artifact_out_of_the_budget():
+    from edgeq.report.verdicts import ship, vs_reference
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(10), 300)
+    ref = rng.random(labels.size) < 0.92
+    cand = ref.copy()
+    cand[np.flatnonzero((labels == 6) & ref)[:45]] = False  # 'shirt' loses 45 of ~276: 1.5 pt overall
+    names = [f"c{i}" for i in range(10)]
+    names[6] = "shirt"
+    loose = vs_reference("fp32", ref, cand, 2.0, labels=labels, class_names=names)
+    assert loose["within_budget"] is True  # 1.5 pt overall, interval inside the 2 pt budget
+    assert "class 'shirt' -15.0 pt" in loose["verdict"] and "Holm, 10 classes" in loose["verdict"]
+    shirt = next(c for c in loose["per_class"]["classes"] if c["class"] == "shirt")
+    assert shirt["drop_pt"] == pytest.approx(15.0) and shirt["p_holm"] < 1e-6
+    strict = vs_reference("fp32", ref, cand, 2.0, labels=labels, class_names=names, max_class_drop=5.0)
+    assert strict["within_budget"] is False and "max_class_drop" in strict["verdict"]
+
+    def entry(name, precision, vs, median):
+        return {"name": name, "format": "tflite", "precision": precision, "method": "ptq", "stage": "s",
+                "accuracy": {"top1": 0.9}, "latency_ms": {"host": {"median": median, "median_ci95": [median, median]}},
+                **({"vs_fp32": vs} if vs else {})}
+    assert ship([entry("fp32", "fp32", None, 1.0), entry("int8", "int8", loose, 0.5)], "host", 2.0)["artifact"] == "int8"
+    assert ship([entry("fp32", "fp32", None, 1.0), entry("int8", "int8", strict, 0.5)], "host", 2.0)["artifact"] == "fp32"
