@@ -78,7 +78,8 @@ class LatencyStats:
     ci_coverage: float | None = None
     round_medians: list[float] = field(default_factory=list)
     quantiles: dict = field(default_factory=dict)  # pooled p5/p25/p50/p75/p95 of every timed run
-    noisy: bool = False
+    noisy: bool = False  # its interval could change a decision edgeq makes (see targets.interleave)
+    ci_width: float | None = None  # the 95 % interval's width as a fraction of the median, shown without alarm
     noisy_reason: str | None = None
     ratio_to_fp32: dict | None = None  # {value, ci95, reference, rounds}
 

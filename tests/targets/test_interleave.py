@@ -70,10 +70,25 @@ def test_summary_is_the_median_of_round_medians_with_an_order_statistic_interval
     assert not s.noisy and set(s.quantiles) == {"p5", "p25", "p50", "p75", "p95"}
 
 
-def test_a_wide_interval_is_marked_noisy_with_what_to_do():
+def test_a_wide_interval_that_decides_nothing_is_shown_without_alarm():
     meds = [1.0, 2.0, 0.5, 3.0, 1.5, 0.7, 2.5, 1.2]
     s = summarise([_round(m) for m in meds], None, noisy_limit=0.10)
-    assert s.noisy and "benchmark.rounds" in s.noisy_reason and "idle" in s.noisy_reason
+    assert not s.noisy and s.ci_width > 1.0  # its width is recorded, no flag: no ratio here could change a decision
+
+
+def test_a_ratio_that_could_be_faster_or_slower_is_noisy_with_what_to_do_and_a_decided_one_is_not():
+    load = [1.0, 1.4, 0.8, 1.2, 1.0, 1.6, 0.9, 1.1, 1.3, 0.7]  # a busy machine: rounds swing by +-40 %
+    jitter = [0.7, 1.3, 1.25, 0.75, 1.2, 0.8, 1.3, 0.7, 1.0, 1.1]  # the candidate's own swing, round by round
+    per_round = {"fp32": [_round(2.0 * f) for f in load], "same": [_round(2.0 * f * j) for f, j in zip(load, jitter)],
+                 "fast": [_round(1.2 * f * (0.9 + 0.2 * (j > 1))) for f, j in zip(load, jitter)]}
+    stats = {n: summarise(r, None, 0.10) for n, r in per_round.items()}
+    add_ratios(stats, per_round, {"fp32": "fp32", "same": "fp32", "fast": "fp32"}, 0.10)
+    same, fast = stats["same"], stats["fast"]
+    assert same.ratio_to_fp32["ci95"][0] < 0.98 < 1.02 < same.ratio_to_fp32["ci95"][1]
+    assert same.noisy and "faster or slower than fp32 is not decided" in same.noisy_reason
+    assert "benchmark.rounds" in same.noisy_reason
+    assert fast.ratio_to_fp32["ci95"][1] < 0.98 and not fast.noisy  # wide, but wholly faster: decided
+    assert not stats["fp32"].noisy
 
 
 def test_one_round_gives_no_interval_and_says_so():
