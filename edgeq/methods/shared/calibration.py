@@ -59,15 +59,14 @@ class CalibrationImages:
         x = self.pre(self.split.images[:self.n])
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if layout == "NCHW" else x
 
-    def batches(self, size: int = 32) -> Iterator[np.ndarray]:
-        """The n images preprocessed, in batches (NHWC): for range statistics, bias correction, GPTQ Hessians."""
-        for x, _ in self.split.take(np.arange(self.n)).batches(self.pre, size):
-            yield x
+    def batches(self, size: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(images, labels) of the n, preprocessed, in batches (NHWC): range statistics, bias correction, GPTQ."""
+        return self.split.take(np.arange(self.n)).batches(self.pre, size)
 
     def one_at_a_time(self) -> Callable[[], Iterator[list[np.ndarray]]]:
         """The TFLite converter's representative dataset: a generator factory, one [1, H, W, C] image per yield."""
         def gen():
-            for x in self.batches():
+            for x, _ in self.batches():
                 for img in x:
                     yield [img[None]]
         return gen
