@@ -353,6 +353,21 @@ def model_pytorch_factory_returns_wrong_thing(p: Proj):
     return p.config({"model": {"path": str(p.root / "weights.pth"), "format": "pytorch", "factory": "nets_bad:build"}})
 
 
+@case("c.yaml", "stages.nncf_ptq.routes", "name at least one route")
+def nncf_no_routes(p: Proj):
+    return p.config({"stages": {"nncf_ptq": {"enabled": True, "routes": []}}})
+
+
+@case("stages.nncf_ptq.calibration_images is 500", "data.calibration_size")
+def nncf_more_calibration_images_than_the_split(p: Proj):
+    return p.config({"stages": {"nncf_ptq": {"enabled": True, "calibration_images": 500}}})
+
+
+@case("c.yaml", "stages.mixed_precision.objective", "'size'")
+def mixed_precision_unknown_objective(p: Proj):
+    return p.config({"stages": {"mixed_precision": {"enabled": True, "objective": "latency"}}})
+
+
 # ------------------------------------------------------------------------------------- the data
 @case("no_such_dir", "not a directory", "root/<class>/<images>")
 def data_missing(p: Proj):
