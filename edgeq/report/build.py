@@ -262,6 +262,27 @@ def _stage_seconds_text(phases: dict | None) -> str:
                                      for k, v in phases.items())
 
 
+def _calibration_lines(rep: dict) -> list[str]:
+    """Calibration diagnostics: class coverage of the calibration images and clipping of evaluation activations."""
+    d = rep.get("calibration")
+    if not isinstance(d, dict) or "coverage" not in d:
+        return []
+    cov, clip = d["coverage"], d.get("clipping") or {}
+    out = ["## Calibration images", "",
+           "- class coverage: " + (cov["warning"] if cov.get("warning") else
+                                    "every class holds at least a quarter of its evaluation share")]
+    if "tensors" in clip:
+        n = clip["images"]
+        out.append(f"- clipping ({n['range']} calibration images set each tensor's range; {n['evaluation']} evaluation "
+                   f"and {n['control']} other calibration images measured against it): "
+                   + (clip["warning"] if clip.get("warning") else
+                      f"evaluation activations exceed the calibrated ranges no more than fresh calibration images do "
+                      f"({clip['shifted']} of {clip['tensors']} tensors apart)"))
+    elif clip.get("reason"):
+        out.append(f"- clipping: not measured: {clip['reason']}")
+    return out + [""]
+
+
 def _class_lines(rep: dict) -> list[str]:
     """Per-class paired tests (recall vs FP32, Holm across classes): the classes that lost significantly."""
     tested = [a for a in rep["artifacts"] if (a.get("vs_fp32") or {}).get("per_class")]
@@ -309,7 +330,7 @@ def markdown(rep: dict) -> str:
              f"- wall time: {rep.get('wall_seconds')} s{_stage_seconds_text(rep.get('stage_seconds'))}", ""]
     lines += ["## What to ship", ""] + [f"- **{t}**: {v['artifact'] or 'nothing'} — {v['why']}"
                                         for t, v in (rep.get("ship") or {}).items()] + [""]
-    lines += _referee_lines(rep) + _class_lines(rep)
+    lines += _referee_lines(rep) + _class_lines(rep) + _calibration_lines(rep)
     lines += ["## Artifacts", "",
               "Intervals are 95 %: Wilson for top-1, Newcombe paired for the drop (\\* = significant, exact McNemar "
               "p < 0.05), order statistics over interleaved rounds for latency and its ratio to the FP32 artifact of "

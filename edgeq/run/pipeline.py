@@ -31,6 +31,7 @@ from edgeq.core.tfcompat import set_seed
 from edgeq.loaders import pytorch as torch_import
 from edgeq.loaders.keras import check_input_shape, check_num_classes, load_keras_model
 from edgeq.loaders.onnx import read_onnx_input
+from edgeq.measure.calibration_check import calibration_diagnostics
 from edgeq.measure.evaluate import evaluate_artifacts, warn_if_chance
 from edgeq.methods.onnx.to_tf import onnx_to_keras
 from edgeq.report.build import write_report
@@ -118,6 +119,21 @@ class RunContext:
 
     def sample_input(self) -> np.ndarray:
         return self.pre(self.splits.eval.images[:1])
+
+
+def _check_calibration(ctx: RunContext) -> None:
+    """Class coverage and clipping of the calibration images against the evaluation data (report section
+    `calibration`); a warning line for each problem found, as for the labels check."""
+    d = calibration_diagnostics(ctx)
+    ctx.results.set_section("calibration", d)
+    for part in ("coverage", "clipping"):
+        w = d[part].get("warning")
+        if w:
+            ctx.log(f"edgeq: warning: {w}")
+            ctx.results.sections.setdefault("warnings", [])
+            if w not in ctx.results.sections["warnings"]:
+                ctx.results.sections["warnings"].append(w)
+    ctx.results.save()
 
 
 def _run_stage(name: str, ctx: RunContext, options) -> list[Artifact]:
@@ -242,6 +258,8 @@ def _run_locked(cfg: RunConfig, run_dir: Path, pf: Preflight, log: Callable[[str
             with _timed(phases, "evaluate"):
                 evaluate_artifacts(ctx, arts)
                 warn_if_chance(ctx)
+            with _timed(phases, "calibration_check"):
+                _check_calibration(ctx)
         for row in (r for r in ran if r.after_evaluate):
             with _timed(phases, f"{row.name}:after_evaluate"):
                 resolve(row.after_evaluate)(ctx)
