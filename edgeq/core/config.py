@@ -229,7 +229,7 @@ def expand_path(p: Path, key: str, where: str) -> Path:
 
 def config_schema() -> dict:
     """The JSON Schema of a run config (`edgeq schema`): every section and option with its default."""
-    schema = RunConfig.model_json_schema(mode="validation")
+    schema = run_config_model().model_json_schema(mode="validation")  # with the stage table's sections
     schema["properties"].pop("source", None)  # set by edgeq from the file a config came from, never written
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "edgeq run config"
