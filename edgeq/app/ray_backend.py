@@ -17,6 +17,7 @@ initialised in this process (ray.init in a test or notebook) is used as it is.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -43,12 +44,20 @@ def import_ray():
     return ray
 
 
-def check_address(address: str | None) -> None:
-    """`auto`, `HOST:PORT` or `ray://HOST:PORT`; anything else is refused before connecting."""
-    if address is None or address == "auto" or re.fullmatch(r"(ray://)?[A-Za-z0-9._-]+:\d{1,5}", address):
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """`auto`, `HOST:PORT` or `ray://HOST:PORT` of a head that answers; anything else is refused in one line
+    before connecting (ray.init retries an unreachable address for minutes)."""
+    if address is None or address == "auto":
         return
-    raise ConfigError(f"edgeq sweep: --address {address!r} is not a Ray cluster address; give auto (the cluster "
-                      "`ray start` started on this machine) or HOST:PORT of the head node")
+    m = re.fullmatch(r"(?:ray://)?([A-Za-z0-9._-]+):(\d{1,5})", address)
+    if not m:
+        raise ConfigError(f"edgeq sweep: --address {address!r} is not a Ray cluster address; give auto (the "
+                          "cluster `ray start` started on this machine) or HOST:PORT of the head node")
+    try:
+        socket.create_connection((m[1], int(m[2])), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"edgeq sweep: no Ray head answers at {m[1]}:{m[2]} ({e.strerror or e}); start one there "
+                          "with `ray start --head` or fix --address") from None
 
 
 def connect(ray, address: str | None, devices: list[str]) -> bool:

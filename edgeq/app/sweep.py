@@ -229,6 +229,11 @@ def sweep(configs: list[Path], inventory: Path | None, devices: list[str] | None
         raise ConfigError(f"edgeq sweep: unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if address is not None and backend != "ray":
         raise ConfigError("edgeq sweep: --address names a Ray cluster; add --backend ray")
+    if backend == "ray":  # Ray installed and the address well-formed, before anything is written
+        from edgeq.app.ray_backend import check_address, import_ray
+
+        import_ray()
+        check_address(address)
     t = time.perf_counter()
     runs = _model_runs(configs, out)
     names = list(dict.fromkeys(devices or []))
