@@ -3,7 +3,10 @@ the same sweep as the local backend, devices serialised by their resource, devic
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,36 @@ def test_ray_rerun_reuses_every_pipeline_and_device_figure(sweeps):
     assert {m["status"] for m in again["models"]} == {"ok"}
     for m in MODELS:
         assert [a["sha256"] for a in _report(sweeps["out"]["ray"], m)["artifacts"]] == [a["sha256"] for a in before[m]]
+
+
+def _kill_first_worker_running(title: str, found: list, stop) -> None:
+    """SIGKILL the first Ray worker whose process title (Ray sets `ray::<task name>`) contains `title`."""
+    while not stop.is_set() and not found:
+        for p in Path("/proc").iterdir():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if p.name.isdigit() and cmd.startswith("ray::") and title in cmd:
+                os.kill(int(p.name), signal.SIGKILL)
+                found.append(cmd.strip())
+                return
+        stop.wait(0.1)
+
+
+def test_a_device_job_whose_worker_is_killed_is_retried_and_the_sweep_completes(sweeps):
+    from edgeq.app.sweep import sweep
+
+    found, stop = [], threading.Event()
+    killer = threading.Thread(target=_kill_first_worker_running, args=("edgeq a: tiny_a", found, stop))
+    killer.start()
+    try:
+        s = sweep(sweeps["cfgs"], sweeps["inventory"], None, sweeps["out"]["ray"], backend="ray", remeasure=True)
+    finally:
+        stop.set()
+        killer.join()
+    assert found, "no worker ran the device job 'edgeq a: tiny_a'"
+    assert [(j["device"], j["model"], j["status"]) for j in s["device_jobs"]] == [
+        (d, m, "ok") for d in DEVICES for m in MODELS]
+    rep = _report(sweeps["out"]["ray"], "tiny_a")
+    assert all(a["latency_ms"]["a"]["median"] > 0 for a in rep["artifacts"] if a["format"] == "tflite")
