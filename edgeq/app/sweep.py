@@ -8,6 +8,8 @@
    Measurements are merged into each run's results in this process, after the device threads finish.
 3. sweep.json / sweep.md: a models x devices matrix (median latency with its interval, host top-1) and per
    device and model what to ship, each run's own report linked; the job start/end times are recorded.
+`--backend ray` runs steps 1 and 2 as Ray tasks instead (edgeq.app.ray_backend, docs/ray.md); merging, the reports
+and step 3 are this module's code under either backend.
 """
 from __future__ import annotations
 

@@ -52,3 +52,23 @@ def test_four_chunks_give_the_single_process_predictions_and_paired_tests(tiny_t
         return paired_test(r["fp32"].predictions == data.labels, r["int8"].predictions == data.labels)
 
     assert test(one) == test(four)
+
+
+def test_a_run_with_evaluate_workers_stores_the_single_process_predictions(tiny_project, tiny_run, tmp_path):
+    """`evaluate.workers: 2` in a run config: the pipeline evaluates each artifact file in 2 chunks and keeps the
+    predictions the one-process run (the session's tiny run) kept."""
+    import json
+
+    from tests.conftest import make_config, run_edgeq
+
+    cfg = make_config(tmp_path, tiny_project, evaluate={"workers": 2, "batch_size": 8},
+                      benchmark={"enabled": False})
+    r = run_edgeq("run", cfg, "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    chunked = {e["artifact"]: e for e in results["evaluations"].values()}
+    assert chunked["int8_tflite_ptq"]["predictor"]["workers"] == 2
+    assert "workers" not in chunked["fp32_keras"]["predictor"]  # the Keras model evaluates in-process
+    for name in ("fp32_tflite", "int8_tflite_ptq"):
+        with np.load(tmp_path / "run" / "eval" / f"{name}.npz") as a, np.load(tiny_run[0] / "eval" / f"{name}.npz") as b:
+            assert a["predictions"].tobytes() == b["predictions"].tobytes(), name
