@@ -92,6 +92,11 @@ def pipeline_cpus(m: ModelRun) -> int:
     return max(1, cfg.benchmark.threads, cfg.evaluate.workers)
 
 
+def _fit(cpus: int, largest: float) -> int:
+    """`cpus`, at most what the largest node has: Ray would wait forever for a task no node can hold."""
+    return min(cpus, int(largest)) if largest >= 1 else cpus
+
+
 def _pipeline_task(m: ModelRun) -> ModelRun:
     return run_model(m, print)
 
@@ -119,19 +124,21 @@ def sweep_on_ray(runs: list[ModelRun], device_names: list[str], inventory: Path 
     ray = import_ray()
     started = connect(ray, address, device_names)
     try:
+        given = {m.name: m for m in runs}  # sweep.json names the paths as given, as locally
         runs = [ModelRun(m.config.resolve(), m.name, m.run_dir.resolve()) for m in runs]  # paths every node sees
         inv = load_inventory(inventory) if device_names else None
         pipeline = ray.remote(_pipeline_task)
         device_task = ray.remote(_device_task)
         log(f"[sweep] Ray: {len(runs)} pipelines, {len(runs) * len(device_names)} device jobs on "
             f"{ray.cluster_resources().get('CPU', 0):g} CPUs")
-        run_refs = [pipeline.options(num_cpus=pipeline_cpus(m), max_retries=MAX_RETRIES,
+        largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        run_refs = [pipeline.options(num_cpus=_fit(pipeline_cpus(m), largest), max_retries=MAX_RETRIES,
                                      name=f"edgeq run {m.name}").remote(m) for m in runs]
         job_refs = []
         for name in device_names:
             d = inv.get(name)
             # a device job's work happens on the device; a host-kind device computes on this node's CPUs
-            cpus = (d.threads or 1) if d.kind == "host" and not d.host else 0
+            cpus = _fit(d.threads or 1, largest) if d.kind == "host" and not d.host else 0
             for m, ref in zip(runs, run_refs):
                 task = device_task.options(num_cpus=cpus, resources={device_resource(name): 1},
                                            max_retries=MAX_RETRIES, name=f"edgeq {name}: {m.name}")
@@ -141,9 +148,11 @@ def sweep_on_ray(runs: list[ModelRun], device_names: list[str], inventory: Path 
             try:
                 done.append(ray.get(ref))
             except Exception as e:  # retries exhausted (worker or node lost), or the task could not run
-                m.status, m.error = "failed", f"Ray task failed after {MAX_RETRIES} retries: {first_line(e)}"[:300]
+                m.status, m.error = "failed", f"Ray task failed: {first_line(e)}"[:300]
                 log(f"[sweep] {m.name}: FAILED: {m.error}")
                 done.append(m)
+        for m in done:
+            m.config, m.run_dir = given[m.name].config, given[m.name].run_dir
         ok = {m.name for m in done if m.status == "ok"}
         jobs: list[DeviceJob] = []
         for name, m, ref in job_refs:
@@ -152,8 +161,7 @@ def sweep_on_ray(runs: list[ModelRun], device_names: list[str], inventory: Path 
             try:
                 job = ray.get(ref)
             except Exception as e:
-                job = DeviceJob(name, m.name, status="failed",
-                                note=f"Ray task failed after {MAX_RETRIES} retries: {first_line(e)}"[:300])
+                job = DeviceJob(name, m.name, status="failed", note=f"Ray task failed: {first_line(e)}"[:300])
             if job is not None:
                 jobs.append(job)
         return done, jobs

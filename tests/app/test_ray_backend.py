@@ -52,6 +52,8 @@ def test_ray_sweep_has_the_local_sweeps_rows(sweeps):
     s = sweeps["summary"]
     for b in ("ray", "local"):
         assert [m["model"] for m in s[b]["models"]] == list(MODELS) and {m["status"] for m in s[b]["models"]} == {"ok"}
+        assert [Path(m["config"]) for m in s[b]["models"]] == sweeps["cfgs"]
+        assert [Path(m["run_dir"]) for m in s[b]["models"]] == [sweeps["out"][b] / n for n in MODELS]
         assert json.loads((sweeps["out"][b] / "sweep.json").read_text())["models"][0]["model"] == "tiny_a"
         assert (sweeps["out"][b] / "sweep.md").read_text().startswith("# edgeq sweep: 2 models x 2 devices")
 
