@@ -10,7 +10,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -e '.[dev,torch,openvino]'
+	$(BIN)/pip install -e '.[dev,torch,openvino,ray]'
 	$(BIN)/pip install -q --no-deps 'onnx2tf==1.29.24'  # ONNX -> TFLite; its own pins are too old (pyproject.toml)
 	touch $@
 

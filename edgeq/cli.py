@@ -235,7 +235,8 @@ def _cmd_sweep(args) -> int:
 
     out = Path(args.out)
     s = sweep([Path(c) for c in args.configs], Path(args.inventory) if args.inventory else None, args.device, out,
-              jobs=args.jobs, accuracy=args.accuracy, remeasure=args.remeasure)
+              jobs=args.jobs, accuracy=args.accuracy, remeasure=args.remeasure, backend=args.backend,
+              address=args.address)
     print((out / "sweep.md").read_text())
     print(f"sweep: {out / 'sweep.md'} | {out / 'sweep.json'}")
     failed = [m["model"] for m in s["models"] if m["status"] != "ok"]
@@ -350,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "benchmark's threads and TensorFlow's own)")
     sw.add_argument("--accuracy", type=int, metavar="N", help="also N eval images on each device (accuracy_on_device)")
     sw.add_argument("--remeasure", action="store_true", help="time devices again even where the runs hold figures")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local", help="local: threads and subprocesses "
+                    "here (default); ray: every pipeline and device job a Ray task, devices as cluster resources "
+                    "(docs/ray.md; pip install 'edgeq[ray]')")
+    sw.add_argument("--address", metavar="auto|HOST:PORT", help="the Ray cluster to join (default: start one here "
+                    "declaring every swept device); --out must be a directory every node sees")
     sw.set_defaults(fn=_cmd_sweep)
     cl = sub.add_parser("clean", help="remove everything edgeq copied to a device (its workdir)")
     cl.add_argument("--device", required=True)

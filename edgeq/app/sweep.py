@@ -8,9 +8,12 @@
    Measurements are merged into each run's results in this process, after the device threads finish.
 3. sweep.json / sweep.md: a models x devices matrix (median latency with its interval, host top-1) and per
    device and model what to ship, each run's own report linked; the job start/end times are recorded.
+`--backend ray` runs steps 1 and 2 as Ray tasks instead (edgeq.app.ray_backend, docs/ray.md); merging, the reports
+and step 3 are this module's code under either backend.
 """
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -69,24 +72,27 @@ def _model_runs(configs: list[Path], out: Path) -> list[ModelRun]:
     return runs
 
 
+def run_model(m: ModelRun, log) -> ModelRun:
+    """`edgeq run` of one config in a subprocess (it resumes like a single run); a failure is recorded, not raised."""
+    t = time.perf_counter()
+    log(f"[sweep] run {m.name} -> {m.run_dir}")
+    p = subprocess.run([sys.executable, "-m", "edgeq", "run", str(m.config), "--out", str(m.run_dir)],
+                       capture_output=True, text=True)
+    m.seconds = round(time.perf_counter() - t, 1)
+    if p.returncode == 0:
+        m.status = "ok"
+        log(f"[sweep] {m.name}: done ({m.seconds} s)")
+    else:
+        tail = [ln for ln in p.stderr.strip().splitlines() if ln.strip()][-1:] or [f"exit {p.returncode}"]
+        m.status, m.error = "failed", tail[0][:300]
+        log(f"[sweep] {m.name}: FAILED: {m.error}")
+    return m
+
+
 def run_models(runs: list[ModelRun], jobs: int, log) -> None:
     """`edgeq run` of every config (subprocesses, `jobs` at a time); a failed model is recorded, never fatal."""
-    def one(m: ModelRun) -> None:
-        t = time.perf_counter()
-        log(f"[sweep] run {m.name} -> {m.run_dir}")
-        p = subprocess.run([sys.executable, "-m", "edgeq", "run", str(m.config), "--out", str(m.run_dir)],
-                           capture_output=True, text=True)
-        m.seconds = round(time.perf_counter() - t, 1)
-        if p.returncode == 0:
-            m.status = "ok"
-            log(f"[sweep] {m.name}: done ({m.seconds} s)")
-        else:
-            tail = [ln for ln in p.stderr.strip().splitlines() if ln.strip()][-1:] or [f"exit {p.returncode}"]
-            m.status, m.error = "failed", tail[0][:300]
-            log(f"[sweep] {m.name}: FAILED: {m.error}")
-
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="edgeq-sweep-run") as ex:
-        list(ex.map(one, runs))
+        list(ex.map(lambda m: run_model(m, log), runs))
 
 
 def _already_measured(ctx, device: str, arts) -> bool:
@@ -94,9 +100,48 @@ def _already_measured(ctx, device: str, arts) -> bool:
     return bool(arts) and all((a.name, a.sha256) in have for a in arts)
 
 
+def measure_job(ctx, device, job: DeviceJob, inventory: Path, accuracy: int | None, remeasure: bool, log,
+                lock=None) -> DeviceJob:
+    """One (device, model) job: time the run's artifacts that run on `device` (skipped or reused when there is
+    nothing to do); the outcome is kept on the job for `finish_runs`. `lock` guards the run's context when several
+    threads share it."""
+    arts = [a for a in ctx.manifest.artifacts.values() if a.format in formats_for_kind(device.kind)]
+    if not arts:
+        job.status, job.note = "skipped", f"no artifact of {job.model} runs on a {device.kind} device"
+        return job
+    if not remeasure and _already_measured(ctx, device.name, arts):
+        job.status, job.note = "reused", "figures for these artifacts are already in the run"
+        return job
+    ref = TargetRef(device=device.name, accuracy=accuracy)
+    with lock or contextlib.nullcontext():  # plans and input files touch the run's context
+        plan = plans_for(ctx, [ref], inventory)[0]
+        inputs = inputs_file(ctx, max(1, plan.device.check_outputs))
+    job.start = time.time()
+    log(f"[sweep] {device.name}: {job.model} ({len(arts)} artifacts)")
+    job.outcome = run_device(ctx, plan, arts, inputs)
+    job.end = time.time()
+    job.status = job.outcome.summary.get("status", "ok")
+    job.note = job.outcome.summary.get("error")
+    return job
+
+
+def finish_runs(runs: list[ModelRun], jobs: list[DeviceJob], log=print) -> None:
+    """Merge every device job's outcome into its run's results and write each run's report (the one writer, in
+    the sweep's own process, whichever backend ran the jobs)."""
+    for m in runs:
+        if m.status != "ok":
+            continue
+        ctx = open_run(m.run_dir, m.config, log)
+        outcomes = [j.outcome for j in jobs if j.model == m.name and j.outcome is not None]
+        if outcomes:
+            merge_outcomes(ctx, outcomes)
+            ctx.results.save()
+        write_report(ctx)
+
+
 def measure_devices(runs: list[ModelRun], device_names: list[str], inventory: Path, accuracy: int | None,
                     remeasure: bool, log) -> list[DeviceJob]:
-    """One thread per device, each working through its queue of models; outcomes merged here afterwards."""
+    """One thread per device, each working through its queue of models; outcomes merged by `finish_runs`."""
     inv = load_inventory(inventory)
     devices = [inv.get(n) for n in device_names]
     ok_runs = [m for m in runs if m.status == "ok"]
@@ -106,36 +151,11 @@ def measure_devices(runs: list[ModelRun], device_names: list[str], inventory: Pa
 
     def work(device) -> None:
         for job in queues[device.name]:
-            ctx = ctxs[job.model]
-            arts = [a for a in ctx.manifest.artifacts.values() if a.format in formats_for_kind(device.kind)]
-            if not arts:
-                job.status, job.note = "skipped", f"no artifact of {job.model} runs on a {device.kind} device"
-                continue
-            if not remeasure and _already_measured(ctx, device.name, arts):
-                job.status, job.note = "reused", "figures for these artifacts are already in the run"
-                continue
-            ref = TargetRef(device=device.name, accuracy=accuracy)
-            with lock:  # plans and input files touch the run's context
-                plan = plans_for(ctx, [ref], inventory)[0]
-                inputs = inputs_file(ctx, max(1, plan.device.check_outputs))
-            job.start = time.time()
-            log(f"[sweep] {device.name}: {job.model} ({len(arts)} artifacts)")
-            job.outcome = run_device(ctx, plan, arts, inputs)
-            job.end = time.time()
-            job.status = job.outcome.summary.get("status", "ok")
-            job.note = job.outcome.summary.get("error")
+            measure_job(ctxs[job.model], device, job, inventory, accuracy, remeasure, log, lock)
 
     with ThreadPoolExecutor(max_workers=max(1, len(devices)), thread_name_prefix="edgeq-sweep-dev") as ex:
         list(ex.map(work, devices))
-
-    jobs = [j for q in queues.values() for j in q]
-    for name, ctx in ctxs.items():
-        outcomes = [j.outcome for j in jobs if j.model == name and j.outcome is not None]
-        if outcomes:
-            merge_outcomes(ctx, outcomes)
-            ctx.results.save()
-        write_report(ctx)
-    return jobs
+    return [j for q in queues.values() for j in q]
 
 
 def _cell(rep: dict, device: str, art: dict) -> str:
@@ -199,11 +219,23 @@ def sweep_markdown(s: dict) -> str:
 
 
 def sweep(configs: list[Path], inventory: Path | None, devices: list[str] | None, out: Path, jobs: int = 1,
-          accuracy: int | None = None, remeasure: bool = False, log=print) -> dict:
+          accuracy: int | None = None, remeasure: bool = False, log=print, backend: str = "local",
+          address: str | None = None) -> dict:
+    """Every config's pipeline, then every artifact on every device; `backend` "ray" runs both as Ray tasks
+    (edgeq.app.ray_backend; `address` names the cluster) with the same results as "local"."""
     if not configs:
         raise ConfigError("edgeq sweep: give one or more model configs (e.g. models/*.yaml)")
     if devices and inventory is None:
         raise ConfigError("edgeq sweep: --device needs --inventory FILE")
+    if backend not in BACKENDS:
+        raise ConfigError(f"edgeq sweep: unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if address is not None and backend != "ray":
+        raise ConfigError("edgeq sweep: --address names a Ray cluster; add --backend ray")
+    if backend == "ray":  # Ray installed and the address well-formed, before anything is written
+        from edgeq.app.ray_backend import check_address, import_ray
+
+        import_ray()
+        check_address(address)
     t = time.perf_counter()
     runs = _model_runs(configs, out)
     names = list(dict.fromkeys(devices or []))
@@ -214,8 +246,18 @@ def sweep(configs: list[Path], inventory: Path | None, devices: list[str] | None
         for n in names:
             inv.get(n)  # an unknown name fails now, before any run
     out.mkdir(parents=True, exist_ok=True)
-    run_models(runs, jobs, log)
-    dev_jobs = measure_devices(runs, names, inventory, accuracy, remeasure, log) if names else []
+    if backend == "ray":
+        from edgeq.app.ray_backend import sweep_on_ray
+
+        runs, dev_jobs = sweep_on_ray(runs, names, inventory, accuracy, remeasure, address, log)
+    else:
+        run_models(runs, jobs, log)
+        dev_jobs = measure_devices(runs, names, inventory, accuracy, remeasure, log) if names else []
+    if names:
+        finish_runs(runs, dev_jobs, log)
     if not any(m.status == "ok" for m in runs):
         raise EdgeqError("edgeq sweep: every model's run failed: " + "; ".join(f"{m.name}: {m.error}" for m in runs))
     return summarise(runs, dev_jobs, names, out, time.perf_counter() - t)
+
+
+BACKENDS = ("local", "ray")

@@ -101,6 +101,9 @@ class EvaluateSpec(Strict):
     enabled: bool = True
     batch_size: int = Field(64, ge=1)
     keras_baseline: bool = True  # evaluate the FP32 Keras model itself too
+    # local processes that evaluate one artifact file in contiguous, batch-aligned chunks (the Keras model always
+    # evaluates in-process); predictions are merged in order, so they equal a single process's
+    workers: int = Field(1, ge=1)
 
 
 class BenchmarkSpec(Strict):

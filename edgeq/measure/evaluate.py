@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -37,30 +38,74 @@ def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> int:
     return int((top == labels[:, None]).any(axis=1).sum())
 
 
+def _score(predictor: Predictor, batches) -> tuple[np.ndarray, int, int, int]:
+    """(argmax per image, top-1 correct, top-5 correct, classes) of `predictor` over (x, y) batches."""
+    correct1 = correct5 = classes = 0
+    preds = []
+    for x, y in batches:
+        s = predictor.predict(x).reshape(len(x), -1)
+        preds.append(np.argmax(s, axis=1))
+        correct1 += int((preds[-1] == y).sum())
+        correct5 += topk_correct(s, y, 5)
+        classes = s.shape[1]
+    return (np.concatenate(preds) if preds else np.zeros(0, np.int64)), correct1, correct5, classes
+
+
+def _result(preds: np.ndarray, correct1: int, correct5: int, classes: int, dataset: str, t: float) -> EvalResult:
+    n = len(preds)
+    return EvalResult(top1=round(correct1 / n, 5), top5=round(correct5 / n, 5) if classes > 5 else None, n=n,
+                      dataset=dataset, seconds=round(time.perf_counter() - t, 2), predictions=preds.astype(np.int16))
+
+
 def evaluate(predictor: Predictor, data: LabelledImages, pre: Preprocess, dataset: str,
              batch_size: int = 64, label: str | None = None) -> EvalResult:
     """Top-1/top-5 of `predictor` on `data`; `label` names the progress display (default: "evaluate <file>")."""
-    import os
-
     if label is None:  # name what is evaluated: the file, else the Keras model
         path, model = getattr(predictor, "path", None), getattr(predictor, "model", None)
         label = (f"evaluate {os.path.basename(path)}" if isinstance(path, (str, os.PathLike)) else
                  f"evaluate Keras model {model.name}" if isinstance(getattr(model, "name", None), str) else "evaluate")
     t = time.perf_counter()
-    correct1 = correct5 = 0
-    preds = []
-    for x, y in track(data.batches(pre, batch_size), -(-len(data) // batch_size), f"{label} ({len(data)} images)",
-                      "batches"):
-        s = predictor.predict(x)
-        s = s.reshape(len(x), -1)
-        preds.append(np.argmax(s, axis=1))
-        correct1 += int((preds[-1] == y).sum())
-        correct5 += topk_correct(s, y, 5)
-    n = len(data)
-    classes = s.shape[1] if n else 0
-    return EvalResult(top1=round(correct1 / n, 5), top5=round(correct5 / n, 5) if classes > 5 else None, n=n,
-                      dataset=dataset, seconds=round(time.perf_counter() - t, 2),
-                      predictions=np.concatenate(preds).astype(np.int16))
+    batches = track(data.batches(pre, batch_size), -(-len(data) // batch_size), f"{label} ({len(data)} images)",
+                    "batches")
+    return _result(*_score(predictor, batches), dataset, t)
+
+
+def chunk_bounds(n: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) image ranges, one per worker, each starting on a batch boundary.
+
+    Every chunk then holds exactly the batches one process would run, so a runtime whose output depends on the
+    batch it sees still gives the single process's predictions."""
+    n_batches = -(-n // batch_size)
+    per = -(-n_batches // max(1, workers))
+    return [(b * batch_size, min(n, (b + per) * batch_size)) for b in range(0, n_batches, per)]
+
+
+def _evaluate_chunk(path: str, fmt: str, threads: int, kw: dict, images: np.ndarray, labels: np.ndarray,
+                    pre: Preprocess, batch_size: int) -> tuple[np.ndarray, int, int, int]:
+    """One chunk in a worker process: it opens the artifact's predictor itself."""
+    chunk = LabelledImages(images, labels, "chunk")
+    return _score(open_predictor(Path(path), fmt, threads=threads, **kw), chunk.batches(pre, batch_size))
+
+
+def evaluate_chunked(path: Path, fmt: str, data: LabelledImages, pre: Preprocess, dataset: str,
+                     batch_size: int = 64, workers: int = 2, label: str | None = None, **kw) -> EvalResult:
+    """`evaluate` of an artifact file split into `workers` batch-aligned chunks in parallel local processes,
+    predictions merged in order (identical to one process's); `kw` goes to `open_predictor`."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    t = time.perf_counter()
+    bounds = chunk_bounds(len(data), batch_size, workers)
+    threads = max(1, (os.cpu_count() or 1) // len(bounds))
+    label = label or f"evaluate {os.path.basename(path)}"
+    # spawn, not fork: TensorFlow and the runtimes' thread pools do not survive a fork
+    with ProcessPoolExecutor(len(bounds), mp_context=multiprocessing.get_context("spawn")) as ex:
+        futs = [ex.submit(_evaluate_chunk, str(path), fmt, threads, kw, data.images[s:e], data.labels[s:e], pre,
+                          batch_size) for s, e in bounds]
+        parts = [f.result() for f in track(futs, len(futs), f"{label} ({len(data)} images, {len(bounds)} chunks)",
+                                           "chunks")]
+    preds = np.concatenate([p[0] for p in parts])
+    return _result(preds, sum(p[1] for p in parts), sum(p[2] for p in parts), max(p[3] for p in parts), dataset, t)
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -119,11 +164,14 @@ def per_layer_error(fp32_tflite, int8_tflite, x_batch: np.ndarray) -> tuple[list
 
 
 # ------------------------------------------------------------------ a run's artifacts
+def _predictor_kw(ctx, a) -> dict:
+    return ({"graph_optimization": graph_optimization_of(a, ctx.cfg.stages.onnx_ptq.graph_optimization)}
+            if a.format == "onnx" else {})
+
+
 def host_predictor(ctx, a, threads: int | None = 1):
     """The predictor this host evaluates artifact `a` with (an ONNX one at its own graph-optimisation level)."""
-    kw = ({"graph_optimization": graph_optimization_of(a, ctx.cfg.stages.onnx_ptq.graph_optimization)}
-          if a.format == "onnx" else {})
-    return open_predictor(a.abspath(ctx.run_dir), a.format, threads=threads, **kw)
+    return open_predictor(a.abspath(ctx.run_dir), a.format, threads=threads, **_predictor_kw(ctx, a))
 
 
 def evaluate_artifacts(ctx, artifacts) -> None:
@@ -148,9 +196,19 @@ def evaluate_artifacts(ctx, artifacts) -> None:
             if not ctx.cfg.evaluate.keras_baseline:
                 continue
             pred = KerasPredictor(ctx.keras_model())
+            desc = pred.describe()
+            r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size, label=f"evaluate {a.name}")
+        elif ctx.cfg.evaluate.workers > 1 and len(ev) > ctx.cfg.evaluate.batch_size:
+            pred = host_predictor(ctx, a, threads=max(1, (os.cpu_count() or 1) // ctx.cfg.evaluate.workers))
+            r = evaluate_chunked(a.abspath(ctx.run_dir), a.format, ev, ctx.pre, ctx.splits.dataset,
+                                 ctx.cfg.evaluate.batch_size, ctx.cfg.evaluate.workers, label=f"evaluate {a.name}",
+                                 **_predictor_kw(ctx, a))
+            desc = {**pred.describe(), "workers": len(chunk_bounds(len(ev), ctx.cfg.evaluate.batch_size,
+                                                                   ctx.cfg.evaluate.workers))}
         else:
             pred = host_predictor(ctx, a, threads=os.cpu_count())
-        r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size, label=f"evaluate {a.name}")
+            desc = pred.describe()
+            r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size, label=f"evaluate {a.name}")
         pf = f"eval/{a.name}.npz"
         (ctx.run_dir / "eval").mkdir(exist_ok=True)
         with atomic_path(ctx.run_dir / pf) as tmp:
@@ -158,7 +216,7 @@ def evaluate_artifacts(ctx, artifacts) -> None:
                 np.savez_compressed(fh, predictions=r.predictions)
         preds[a.name] = r.predictions
         ctx.results.put_evaluation(a.sha256, fp, Evaluation(a.name, r.top1, r.top5, r.n, r.dataset, r.seconds, pf,
-                                                            pred.describe()))
+                                                            desc))
         ctx.log(f"  * {a.name}: top-1 {r.top1:.4f} top-5 {r.top5} on {r.n} images ({r.seconds} s)")
     # agreement of every artifact's top-1 with its FP32 reference
     refs = fp32_baselines(artifacts, preds, ctx.fp32)

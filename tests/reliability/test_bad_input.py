@@ -639,3 +639,22 @@ def test_bad_input_is_one_line_and_writes_nothing(name, proj, capsys):
         if not out_existed:
             assert not proj.out.exists(), f"{cmd}: {proj.out} created by a refused run"
     assert not Path("/tmp/edgeq-escape").exists()
+
+
+# ------------------------------------------------------------------------------ sweep --backend ray
+@pytest.mark.parametrize("args, expect, ray_missing", [
+    (["--backend", "ray", "--address", "not an address"], ["'not an address'", "HOST:PORT"], False),
+    (["--backend", "ray", "--address", "127.0.0.1:1"], ["no Ray head answers at 127.0.0.1:1", "ray start --head"],
+     False),
+    (["--address", "127.0.0.1:1"], ["--address names a Ray cluster", "--backend ray"], False),
+    (["--backend", "ray"], ["Ray is not installed", "pip install 'edgeq[ray]'"], True),
+])
+def test_sweep_on_ray_refuses_a_bad_address_or_missing_ray_in_one_line(args, expect, ray_missing, proj, capsys,
+                                                                      monkeypatch):
+    import sys
+
+    if ray_missing:
+        monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where it is not installed
+    code, _, err = cli(capsys, "sweep", proj.config({}), "--out", proj.out, *args)
+    assert_one_error(code, err, *expect)
+    assert not proj.out.exists()
