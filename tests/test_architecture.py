@@ -178,3 +178,11 @@ def test_a_test_named_after_a_module_sits_with_that_module():
         if homes and folder and folder[0] not in WHOLE_TOOL_TEST_DIRS and folder not in homes:
             misplaced.append(f"{p.relative_to(ROOT)} -> tests/{'/'.join(sorted(homes)[0]) or '.'}/{p.name}")
     assert not misplaced, "\n".join(misplaced)
+
+
+def test_test_file_names_are_unique_across_the_tree():
+    """pytest imports test files by basename (tests/ has no packages): two test_x.py in different folders collide."""
+    from collections import Counter
+
+    names = Counter(p.name for p in TESTS.rglob("test_*.py"))
+    assert not [n for n, k in names.items() if k > 1], "rename one of each: test_<module>.py, or test_<framework>_<module>.py"
