@@ -21,7 +21,7 @@ import socket
 import time
 from pathlib import Path
 
-from edgeq.app.sweep import DeviceJob, ModelRun, measure_job, run_model
+from edgeq.app.sweep_jobs import DeviceJob, ModelRun, measure_job, run_model
 from edgeq.core.config import load_config
 from edgeq.core.errors import ConfigError, EdgeqError, first_line
 from edgeq.run.pipeline import open_run
