@@ -97,6 +97,9 @@ def clipping(fp32_tflite, cal: LabelledImages, ev: LabelledImages, pre: Preproce
     control for how much any fresh sample exceeds a calibrated range. A tensor where evaluation data exceed it
     clearly more than the control does (twice its share + 0.2 %, or twice its reach + 10 % of the range) is
     shifted; two or more shifted tensors give the warning."""
+    if len(cal) < 8 or len(ev) < 4:
+        return {"reason": f"{len(cal)} calibration and {len(ev)} evaluation images are too few to set ranges and "
+                          "measure them against a control (8 and 4 at least)"}
     half = len(cal) // 2
     ranged, control = cal.take(np.arange(half)), cal.take(np.arange(half, len(cal)))
     ranges = _ranges(fp32_tflite, pre(_spread(ranged, images).images))
