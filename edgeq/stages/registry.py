@@ -81,7 +81,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("nncf_ptq", "edgeq.stages.nncf_ptq:run_stage", NncfPtqSpec, artifacts=4,
           sections={"nncf_ptq": f"{_SECTIONS}:nncf_ptq_markdown"},
           tests=StageTests(may_make=("fp32_onnx", "fp32_openvino", "int8_openvino_nncf", "int8_onnx_nncf"),
-                           options={"calibration_images": 30}, models=("mobilenet_v2",))),
+                           options={"calibration_images": 30, "routes": ["openvino", "onnx"]},
+                           models=("mobilenet_v2",))),
     Stage("qat", "edgeq.stages.qat:run_stage", QatSpec, artifacts=2,
           sections={"qat": f"{_SECTIONS}:qat_markdown"},
           needs_trainable="QAT fine-tunes a Keras model, or a PyTorch nn.Module given as its state_dict with "
