@@ -186,3 +186,10 @@ def test_test_file_names_are_unique_across_the_tree():
 
     names = Counter(p.name for p in TESTS.rglob("test_*.py"))
     assert not [n for n, k in names.items() if k > 1], "rename one of each: test_<module>.py, or test_<framework>_<module>.py"
+
+
+def test_tests_import_their_helpers_by_module_name():
+    """tf2onnx installs a top-level `tests` package: `from tests.x import` would load its files, not ours."""
+    bad = [str(p.relative_to(ROOT)) for p in TESTS.rglob("*.py")
+           if any(line.lstrip().startswith(("from tests.", "import tests")) for line in p.read_text().splitlines())]
+    assert not bad, f"use `from conftest import ...` (tests/ is on sys.path): {bad}"

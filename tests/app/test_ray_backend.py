@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import make_config
+from conftest import make_config
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'edgeq[ray]')")
 

@@ -11,7 +11,7 @@ from edgeq.core.data import LabelledImages, Preprocess
 from edgeq.core.stats import paired_test
 from edgeq.measure.evaluate import chunk_bounds, evaluate, evaluate_chunked
 from edgeq.measure.predictors import open_predictor
-from tests.conftest import _colour_image, build_tiny_cnn, convert_tflite
+from conftest import _colour_image, build_tiny_cnn, convert_tflite
 
 
 def test_chunks_are_contiguous_and_start_on_batch_boundaries():
@@ -59,7 +59,7 @@ def test_a_run_with_evaluate_workers_stores_the_single_process_predictions(tiny_
     predictions the one-process run (the session's tiny run) kept."""
     import json
 
-    from tests.conftest import make_config, run_edgeq
+    from conftest import make_config, run_edgeq
 
     cfg = make_config(tmp_path, tiny_project, evaluate={"workers": 2, "batch_size": 8},
                       benchmark={"enabled": False})
