@@ -257,7 +257,7 @@ def test_runtime_image_int8_outputs_on_arm64_match_x86(request, runtime_image, e
     common = ["--runs", "5", "--warmup", "1", "--threads", "1"]
 
     # x86: the same agent with this machine's LiteRT.
-    host = subprocess.run([sys.executable, str(REPO / "edgeq" / "agent.py"), "--model", str(model),
+    host = subprocess.run([sys.executable, str(REPO / "edgeq" / "ondevice" / "agent.py"), "--model", str(model),
                            "--inputs", str(work / "inputs.npy"), "--outputs-out", str(work / "x86.npy"), *common],
                           capture_output=True, text=True, timeout=600)
     assert host.returncode == 0, f"agent on x86 failed:\n{host.stdout}\n{host.stderr[-2000:]}"
@@ -361,4 +361,4 @@ def test_jetson_image_instructions_build_and_run_on_a_standin_base(request, amd6
     path = docker_run([JETSON_STANDIN, "sh", "-c", "echo $PATH"], "PATH in the jetson image").stdout
     assert path.startswith("/usr/src/tensorrt/bin:"), path
     agent = docker_run([JETSON_STANDIN, "cat", "/opt/edgeq/agent.py"], "the agent in the jetson image").stdout
-    assert agent == (REPO / "edgeq" / "agent.py").read_text()
+    assert agent == (REPO / "edgeq" / "ondevice" / "agent.py").read_text()
