@@ -54,7 +54,7 @@ def _check_contract(rep: dict) -> None:
     for a in rep["artifacts"]:
         lo, hi = a["accuracy"]["ci95"]
         assert lo <= a["accuracy"]["top1"] <= hi
-        if a["name"] not in ("fp32_keras", "fp32_tflite", "fp32_onnx"):
+        if a["precision"] != "fp32":  # every FP32 artifact is a baseline (keras, tflite, onnx, openvino)
             v = a["vs_fp32"]
             assert set(v) >= {"reference", "n", "drop_pt", "drop_ci95_pt", "mcnemar", "verdict"}
             assert set(v["mcnemar"]) == {"b", "c", "p"} and v["n"] == a["accuracy"]["n"]
@@ -63,6 +63,6 @@ def _check_contract(rep: dict) -> None:
             assert host["median_ci95"][0] <= host["median"] <= host["median_ci95"][1]
             assert isinstance(host["noisy"], bool)
             if a["precision"] == "int8":
-                assert host["ratio_to_fp32"]["reference"] in ("fp32_tflite", "fp32_onnx")
+                assert host["ratio_to_fp32"]["reference"] in ("fp32_tflite", "fp32_onnx", "fp32_openvino")
     assert "p = " in rep["comparison"]["verdict"] or "p < 0.001" in rep["comparison"]["verdict"]
     assert {t["format"] for t in rep["comparison"]["tests"]} == {"tflite", "onnx"}
