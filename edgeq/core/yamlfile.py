@@ -9,12 +9,15 @@ from edgeq.core.errors import ConfigError
 
 MAX_YAML_BYTES = 1 << 20  # a config or inventory is a few KB; anything near this is not one
 MAX_YAML_NODES = 100_000  # after alias expansion: an alias bomb fails here, in milliseconds
+MAX_YAML_DEPTH = 64  # a config nests a few levels; deeper is not a config (whatever the interpreter's recursion limit)
 
 
-def _expanded_nodes(node, memo: dict, open_: set) -> int:
+def _expanded_nodes(node, memo: dict, open_: set, depth: int = 0) -> int:
     """How many nodes the document holds once every alias is expanded (linear time, via memo)."""
     import yaml
 
+    if depth > MAX_YAML_DEPTH:
+        raise RecursionError  # reported as "nested too deeply", as when the parser itself runs out of stack
     k = id(node)
     if k in memo:
         return memo[k]
@@ -22,9 +25,10 @@ def _expanded_nodes(node, memo: dict, open_: set) -> int:
         raise ConfigError("a YAML alias refers to itself")
     open_.add(k)
     if isinstance(node, yaml.SequenceNode):
-        n = 1 + sum(_expanded_nodes(c, memo, open_) for c in node.value)
+        n = 1 + sum(_expanded_nodes(c, memo, open_, depth + 1) for c in node.value)
     elif isinstance(node, yaml.MappingNode):
-        n = 1 + sum(_expanded_nodes(a, memo, open_) + _expanded_nodes(b, memo, open_) for a, b in node.value)
+        n = 1 + sum(_expanded_nodes(a, memo, open_, depth + 1) + _expanded_nodes(b, memo, open_, depth + 1)
+                    for a, b in node.value)
     else:
         n = 1
     open_.discard(k)
