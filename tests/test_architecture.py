@@ -193,3 +193,24 @@ def test_tests_import_their_helpers_by_module_name():
     bad = [str(p.relative_to(ROOT)) for p in TESTS.rglob("*.py")
            if any(line.lstrip().startswith(("from tests.", "import tests")) for line in p.read_text().splitlines())]
     assert not bad, f"use `from conftest import ...` (tests/ is on sys.path): {bad}"
+
+
+def test_every_edgeq_import_resolves_including_those_inside_functions():
+    """A name moved or removed is found here, not when a user reaches the function that imports it."""
+    import importlib
+
+    bad = []
+    for p in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgeq.")):
+                continue
+            try:
+                m = importlib.import_module(node.module)
+            except ImportError as e:
+                if "edgeq" in str(e):
+                    bad.append(f"{p.relative_to(ROOT)}:{node.lineno}: {e}")
+                continue  # an optional third-party package this machine lacks
+            for a in node.names:
+                if not hasattr(m, a.name) and importlib.util.find_spec(f"{node.module}.{a.name}") is None:
+                    bad.append(f"{p.relative_to(ROOT)}:{node.lineno}: {node.module} has no {a.name}")
+    assert not bad, "\n".join(bad)

@@ -1,5 +1,5 @@
 """The `qat` stage: quantisation-aware fine-tuning with tfmot, exported as full-integer INT8 (a PyTorch input
-model: NNCF's PyTorch QAT instead, `edgeq.methods.torch.run_qat`).
+model: NNCF's PyTorch QAT instead, `edgeq.stages.support.torch_qat`).
 
 The FP32 model is wrapped with `tfmot.quantization.keras.quantize_model` (`tfmot_qat`), its activation
 ranges are initialised from calibration images, it is fine-tuned on the training split (`fine_tune`; early
@@ -31,7 +31,7 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
     resolved from the run's config (`stage_inputs.qat_inputs`)."""
     inputs = inputs or qat_inputs(ctx.cfg)
     if ctx.cfg.model.format == "pytorch":  # NNCF QAT of the nn.Module -> the same two artifact names
-        from edgeq.methods.torch.run_qat import run_pytorch_qat
+        from edgeq.stages.support.torch_qat import run_pytorch_qat
 
         return run_pytorch_qat(ctx, opts, inputs.tflite, inputs.onnx.opset if inputs.onnx else ctx.cfg.model.opset)
     model = ctx.keras_model()

@@ -14,10 +14,8 @@ from pathlib import Path
 
 from edgeq.core.artifacts import Artifact
 from edgeq.core.config import QatSpec
-from edgeq.core.data import representative_dataset
 from edgeq.core.errors import QuantizationError
 from edgeq.methods.keras.fine_tune import TrainData, training_split
-from edgeq.methods.shared.calibration import calibration_count
 from edgeq.methods.torch import qat as torch_qat
 from edgeq.methods.torch.distributed import torch_role
 from edgeq.methods.torch.fine_tune import QatResult, fine_tune
@@ -42,9 +40,9 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
     torch_qat.check_trainable(module, m.path)
     torch_qat.nncf_module()  # fail before any work when NNCF is missing
     data = training_split(ctx.splits.train, opts)
-    cal = ctx.splits.calibration
-    n_cal = calibration_count(cal, opts.calibration_images, "stages.qat.calibration_images")
-    n_rep = calibration_count(cal, tflite.representative_images, "stages.tflite_ptq.representative_images")
+    ranges = ctx.calibration(opts.calibration_images, "stages.qat.calibration_images")
+    cal, n_cal = ranges.split, ranges.n
+    n_rep = ctx.calibration(tflite.representative_images, "stages.tflite_ptq.representative_images").n
     role = torch_role()
     key = {"train": data.train.fingerprint(), "val": data.val.fingerprint() if data.val is not None else None,
            "calibration": cal.fingerprint(), "framework": "pytorch"}
@@ -144,7 +142,8 @@ def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite) -> tuple[bytes, 
         info = read_onnx_input(flat, hwc)
         model, translation = onnx_to_keras(flat, info, ctx.pre(ctx.splits.calibration.images[:20]), Path(work) / "tf",
                                            where=qdq_path)
-        blob = tflite_convert.convert_int8(model, representative_dataset(ctx.splits.calibration, ctx.pre, n_rep),
+        rep = ctx.calibration(n_rep, "stages.tflite_ptq.representative_images")
+        blob = tflite_convert.convert_int8(model, rep.one_at_a_time(),
                                            input_type=tflite.input_type, output_type=tflite.output_type,
                                            per_channel=True, allow_float_ops=False, name="int8_tflite_qat",
                                            calibration_images=n_rep)
