@@ -53,3 +53,16 @@ def unequalize(model, seed: int):
             s[rng.integers(c)] = 1.0 / OUTLIER  # channel c divided by s: OUTLIER times larger
         equalize.scale_pair(p, s)
     return model
+
+
+def save_hard_model(path, seed: int = 0) -> None:
+    """Train and save the hard model in a fresh process: its brief training is seeded, but what TensorFlow computes
+    also depends on the process's threading state, which earlier tests in a session (torch, NNCF, Ray) change."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    code = f"import sys; sys.path.insert(0, {str(here)!r}); from hard_model import build_hard_model; " \
+           f"build_hard_model({seed}).save({str(path)!r})"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=900)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgeq.methods.tflite import litert
-from hard_model import build_hard_model
+from hard_model import save_hard_model
 
 
 def _run(root, name: str, budget: float, allow_float: bool):
@@ -33,7 +33,7 @@ def _run(root, name: str, budget: float, allow_float: bool):
 @pytest.fixture(scope="module")
 def hard_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
-    build_hard_model().save(root / "hard.keras")
+    save_hard_model(root / "hard.keras")
     return root
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from edgeq.methods.shared import budget as fallback
 from edgeq.core.stats import paired_test, wilson_interval
-from hard_model import build_hard_model
+from hard_model import save_hard_model
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def hard_run(tmp_path_factory):
     from edgeq.run.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("hard")
-    build_hard_model().save(root / "hard.keras")
+    save_hard_model(root / "hard.keras")
     cfg = config_from_dict({
         "name": "hard", "max_accuracy_drop": 1.0,
         "model": {"path": "hard.keras", "input_shape": [28, 28, 1], "num_classes": 10},
