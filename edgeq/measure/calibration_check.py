@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.core.data import LabelledImages, Preprocess
-from edgeq.core.tfcompat import quiet_stderr
+from edgeq.measure.evaluate import interpreter_keeping_all_tensors
 
 COVERAGE_FLOOR = 0.25  # a class with under this fraction of its evaluation share among the calibration images is named
 CLIP_SHARE = 0.002  # evaluation values outside the calibrated range beyond twice the control's share + this: shifted
@@ -45,17 +45,7 @@ def _spread(data: LabelledImages, n: int) -> LabelledImages:
 
 def _activations(path, x: np.ndarray):
     """Per image, every op output tensor of a float .tflite (name -> array), run op by op with all tensors kept."""
-    import warnings
-
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    with warnings.catch_warnings(), quiet_stderr():
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        it.allocate_tensors()
-    inp = it.get_input_details()[0]
-    details = {t["index"]: t for t in it.get_tensor_details()}
+    it, inp, details = interpreter_keeping_all_tensors(path)
     outs = [(op["op_name"], op["outputs"][0]) for op in it._get_ops_details()
             if op["outputs"] and op["outputs"][0] in details and details[op["outputs"][0]]["dtype"] == np.float32]
     for img in x:

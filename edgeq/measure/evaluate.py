@@ -112,8 +112,9 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return round(float((np.asarray(a) == np.asarray(b)).mean()), 5)
 
 
-def _op_outputs(path, x_batch: np.ndarray) -> tuple[list[tuple[str, str]], dict[str, list[np.ndarray]]]:
-    """Run a .tflite op by op (no delegate, all tensors kept) and return each op's dequantised output."""
+def interpreter_keeping_all_tensors(path):
+    """A LiteRT interpreter of a .tflite that runs op by op (no delegate) and keeps every tensor: (interpreter,
+    its input's details, tensor index -> details)."""
     import warnings
 
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -123,8 +124,12 @@ def _op_outputs(path, x_batch: np.ndarray) -> tuple[list[tuple[str, str]], dict[
         it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         it.allocate_tensors()
-    inp = it.get_input_details()[0]
-    details = {t["index"]: t for t in it.get_tensor_details()}
+    return it, it.get_input_details()[0], {t["index"]: t for t in it.get_tensor_details()}
+
+
+def _op_outputs(path, x_batch: np.ndarray) -> tuple[list[tuple[str, str]], dict[str, list[np.ndarray]]]:
+    """Run a .tflite op by op (no delegate, all tensors kept) and return each op's dequantised output."""
+    it, inp, details = interpreter_keeping_all_tensors(path)
     ops = [(op["op_name"], details[op["outputs"][0]]["name"]) for op in it._get_ops_details()
            if op["outputs"] and op["outputs"][0] in details]
     by_name = {details[op["outputs"][0]]["name"]: op["outputs"][0] for op in it._get_ops_details() if op["outputs"]}
