@@ -13,7 +13,7 @@ import time
 from edgeq.core.artifacts import Artifact
 from edgeq.core.config import QatSpec
 from edgeq.methods.tflite import convert as tflite_ptq
-from edgeq.methods.keras.fine_tune import QatResult, TrainData, fine_tune_qat, training_split
+from edgeq.methods.keras.fine_tune import QatResult, TrainData, fine_tune_notes, fine_tune_qat, training_split
 from edgeq.methods.onnx.from_keras import add_weight_qdq, keras_to_onnx, missing_exporter
 from edgeq.methods.onnx.ort_int8 import ort_kernel_summary
 from edgeq.stages.support.inputs import QatInputs, qat_inputs
@@ -107,10 +107,4 @@ def export_qat_onnx(qmodel, path, opset: int, name: str = "int8_onnx_qat") -> di
 
 
 def _notes(r: QatResult, data: TrainData) -> dict:
-    """What the fine-tune recorded, in the notes of every artifact made from it."""
-    return {"fine_tune_seconds": r.seconds, "steps": r.steps, "epochs_run": r.epochs_run,
-            "train_images": len(data.train), "validation_images": len(data.val) if data.val is not None else 0,
-            "validation_top1_before_fine_tune": r.val_top1_before,
-            "validation_top1_after_fine_tune": r.val_top1_after, "validation_loss_before": r.val_loss_before,
-            "fine_tune_kept": r.fine_tune_kept, "history": r.history,
-            **({"distribution": r.distribution} if r.distribution else {})}
+    return fine_tune_notes(r, data)

@@ -91,6 +91,17 @@ class QatResult:
     distribution: dict = field(default_factory=dict)  # strategy, replicas, workers, resumed_at_epoch (distributed)
 
 
+def fine_tune_notes(r: QatResult, data: TrainData, **extra) -> dict:
+    """What a fine-tune recorded (Keras or PyTorch), in the notes of every artifact made from it; `extra` before
+    the distribution."""
+    return {"fine_tune_seconds": r.seconds, "steps": r.steps, "epochs_run": r.epochs_run,
+            "train_images": len(data.train), "validation_images": len(data.val) if data.val is not None else 0,
+            "validation_top1_before_fine_tune": r.val_top1_before,
+            "validation_top1_after_fine_tune": r.val_top1_after, "validation_loss_before": r.val_loss_before,
+            "fine_tune_kept": r.fine_tune_kept, "history": r.history, **extra,
+            **({"distribution": r.distribution} if r.distribution else {})}
+
+
 def _top1(model, x, y, when: str) -> float | None:
     if x is None:
         return None

@@ -15,7 +15,7 @@ from pathlib import Path
 from edgeq.core.artifacts import Artifact
 from edgeq.core.config import QatSpec
 from edgeq.core.errors import QuantizationError
-from edgeq.methods.keras.fine_tune import TrainData, training_split
+from edgeq.methods.keras.fine_tune import TrainData, fine_tune_notes, training_split
 from edgeq.methods.torch import qat as torch_qat
 from edgeq.methods.torch.distributed import torch_role
 from edgeq.methods.torch.fine_tune import QatResult, fine_tune
@@ -153,13 +153,7 @@ def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite) -> tuple[bytes, 
 
 
 def _notes(r: QatResult, data: TrainData) -> dict:
-    return {"fine_tune_seconds": r.seconds, "steps": r.steps, "epochs_run": r.epochs_run,
-            "train_images": len(data.train), "validation_images": len(data.val) if data.val is not None else 0,
-            "validation_top1_before_fine_tune": r.val_top1_before,
-            "validation_top1_after_fine_tune": r.val_top1_after, "validation_loss_before": r.val_loss_before,
-            "fine_tune_kept": r.fine_tune_kept, "history": r.history,
-            "quantizer": r.quantizer,
-            **({"distribution": r.distribution} if r.distribution else {})}
+    return fine_tune_notes(r, data, quantizer=r.quantizer)
 
 
 def qat_markdown(notes: dict, opts: QatSpec, n_cal: int, artifacts: list, tflite_note: str | None) -> str:
