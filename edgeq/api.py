@@ -14,7 +14,6 @@ complete config the run used into `config.yaml` beside the report, so `edgeq run
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -23,10 +22,9 @@ import numpy as np
 import yaml
 
 from edgeq.app.compare import compare_runs, load_runs
-from edgeq.core.artifacts import atomic_path, write_bytes_atomic
+from edgeq.core.artifacts import write_bytes_atomic
 from edgeq.core.config import RunConfig, config_from_dict, load_config
-from edgeq.core.data import check_arrays
-from edgeq.core.errors import ConfigError, DataError, EdgeqError, ModelError
+from edgeq.core.errors import ConfigError, DataError, EdgeqError
 from edgeq.core.formats import model_input_format
 from edgeq.core.image_folder import list_image_folder
 from edgeq.loaders.keras import load_keras_model
@@ -34,6 +32,7 @@ from edgeq.loaders.onnx import read_onnx_input
 from edgeq.loaders.pytorch import load_torch_model
 from edgeq.run.pipeline import run_pipeline
 from edgeq.stages import registry
+from edgeq.app.in_memory import arrays, check_model_kind, save_data, save_model
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # model-family preprocessing: uint8 pixel -> (pixel - mean) / std, per channel
@@ -340,13 +339,13 @@ def quantize(model: Any, *, calibration: Any, evaluation: Any, input_shape: Sequ
     run_dir = Path(out or Path("runs") / name).resolve()
     inputs = run_dir / "inputs"
     shape = tuple(input_shape) if input_shape else None
-    cal_data = _arrays(calibration, "calibration")  # every check on the data before anything is written
-    ev_data = _arrays(evaluation, "evaluation")
-    _check_model_kind(model, shape)
+    cal_data = arrays(calibration, "calibration")  # every check on the data before anything is written
+    ev_data = arrays(evaluation, "evaluation")
+    check_model_kind(model, shape)
     inputs.mkdir(parents=True, exist_ok=True)
-    model_path = _save_model(model, inputs, shape)
-    cal = _save_data(cal_data, inputs / "calibration.npz")
-    ev = _save_data(ev_data, inputs / "evaluation.npz")
+    model_path = save_model(model, inputs, shape)
+    cal = save_data(cal_data, inputs / "calibration.npz")
+    ev = save_data(ev_data, inputs / "evaluation.npz")
     raw = infer_config(model_path, calibration=cal, evaluation=ev, name=name, input_shape=shape,
                        num_classes=num_classes, mean=mean, std=std, preset=preset, stages=stages,
                        max_accuracy_drop=max_accuracy_drop, out=run_dir)
@@ -365,111 +364,3 @@ def quantize(model: Any, *, calibration: Any, evaluation: Any, input_shape: Sequ
     _write_config(path, raw, "edgeq.quantize")
     del cfg
     return run(path, benchmark=benchmark, log=log)
-
-
-def _check_model_kind(model: Any, shape: tuple | None) -> None:
-    if isinstance(model, (str, Path)) or _is_onnx_proto(model) or _is_keras_model(model):
-        return
-    if _is_torch_module(model):
-        if shape is None:
-            raise ConfigError("a torch.nn.Module needs input_shape=(H, W, C): edgeq traces it at that size")
-        return
-    raise ModelError(f"edgeq.quantize: a {type(model).__module__}.{type(model).__name__} is not a model edgeq takes; "
-                     "give a tf-keras model, a torch.nn.Module, an onnx.ModelProto or a model file path")
-
-
-def _is_onnx_proto(obj: Any) -> bool:
-    return type(obj).__name__ == "ModelProto" and type(obj).__module__.split(".")[0] == "onnx"
-
-
-def _is_keras_model(obj: Any) -> bool:
-    return hasattr(obj, "save") and hasattr(obj, "input_shape") and hasattr(obj, "output_shape")
-
-
-def _save_model(model: Any, inputs: Path, shape: tuple | None) -> Path:
-    """The model as a file edgeq loads like any other (a path is used as it is)."""
-    if isinstance(model, (str, Path)):
-        return Path(model)
-    if _is_onnx_proto(model):
-        import onnx
-
-        p = inputs / "model.onnx"
-        with atomic_path(p) as tmp:
-            onnx.save(model, str(tmp))
-        return p
-    if _is_torch_module(model):
-        import torch
-
-        h, w, c = shape
-        model = model.eval()
-        with torch.no_grad():
-            traced = torch.jit.trace(model, torch.zeros(1, c, h, w))
-        p = inputs / "model.pt"
-        with atomic_path(p) as tmp:
-            torch.jit.save(traced, str(tmp))
-        return p
-    p = inputs / "model.keras"
-    with atomic_path(p) as tmp:
-        model.save(tmp)
-    return p
-
-
-def _is_torch_module(obj: Any) -> bool:
-    return any(c.__module__ == "torch.nn.modules.module" and c.__name__ == "Module" for c in type(obj).__mro__)
-
-
-def _arrays(data: Any, what: str) -> Path | tuple[np.ndarray, np.ndarray]:
-    """A path as it is; in-memory data as checked (uint8 N×H×W×C images, int64 labels)."""
-    if isinstance(data, (str, Path)):
-        return Path(data)
-    if isinstance(data, tuple) and len(data) == 2:
-        images, labels = np.asarray(data[0]), np.asarray(data[1])
-    else:
-        images, labels = _from_batches(data, what)
-    images = _as_uint8_nhwc(images, what)
-    labels = labels.reshape(-1)
-    check_arrays(images, labels, f"edgeq.quantize {what}")
-    return images, labels.astype(np.int64)
-
-
-def _save_data(data: Path | tuple[np.ndarray, np.ndarray], path: Path) -> Path:
-    if isinstance(data, Path):
-        return data
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, images=data[0], labels=data[1])
-    return path
-
-
-def _from_batches(data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) from a tf.data.Dataset or a torch DataLoader (batched or not)."""
-    if hasattr(data, "as_numpy_iterator"):
-        items = list(data.as_numpy_iterator())
-    elif isinstance(data, Iterable):
-        items = [tuple(_to_numpy(t) for t in item) for item in data]
-    else:
-        raise DataError(f"edgeq.quantize {what}: a {type(data).__name__} is not data edgeq takes; give a path, "
-                        "(images, labels) arrays, a tf.data.Dataset or a torch DataLoader")
-    if not items or not all(isinstance(i, tuple) and len(i) == 2 for i in items):
-        raise DataError(f"edgeq.quantize {what}: the dataset must yield (images, labels) pairs")
-    xs = [np.asarray(i[0]) for i in items]
-    ys = [np.asarray(i[1]) for i in items]
-    batched = ys[0].ndim == 1
-    return (np.concatenate(xs) if batched else np.stack(xs)), (np.concatenate(ys) if batched else np.stack(ys))
-
-
-def _to_numpy(t: Any) -> np.ndarray:
-    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
-
-
-def _as_uint8_nhwc(images: np.ndarray, what: str) -> np.ndarray:
-    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
-        images = images.transpose(0, 2, 3, 1)  # NCHW (torch) -> NHWC
-    if images.dtype.kind == "f":
-        lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 1.0)
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > 1:
-            raise DataError(f"edgeq.quantize {what}: float images in [{lo:.3g}, {hi:.3g}]; edgeq takes raw pixels "
-                            "(uint8, or float in [0, 1]) and normalises them itself with mean/std: give the data "
-                            "before normalisation (e.g. torchvision's PILToTensor or ToTensor without Normalize)")
-        images = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
-    return images
-

@@ -16,6 +16,7 @@ from edgeq.core.sysinfo import cpu_info
 from edgeq.report.html import render_html
 from edgeq.report.verdicts import accuracy_interval, int8_method_tests, referee, ship, vs_reference
 from edgeq.stages import registry
+from edgeq.report.decisions import calibration_lines, class_lines, referee_lines
 
 SCHEMA_VERSION = 2
 LATENCY_KEYS = ("median", "median_ci95", "ci_coverage", "p90", "p99", "mean", "min", "max", "runs", "rounds", "warmup",
@@ -262,60 +263,6 @@ def _stage_seconds_text(phases: dict | None) -> str:
                                      for k, v in phases.items())
 
 
-def _calibration_lines(rep: dict) -> list[str]:
-    """Calibration diagnostics: class coverage of the calibration images and clipping of evaluation activations."""
-    d = rep.get("calibration")
-    if not isinstance(d, dict) or "coverage" not in d:
-        return []
-    cov, clip = d["coverage"], d.get("clipping") or {}
-    out = ["## Calibration images", "",
-           "- class coverage: " + (cov["warning"] if cov.get("warning") else
-                                    "every class holds at least a quarter of its evaluation share")]
-    if "tensors" in clip:
-        n = clip["images"]
-        out.append(f"- clipping ({n['range']} calibration images set each tensor's range; {n['evaluation']} evaluation "
-                   f"and {n['control']} other calibration images measured against it): "
-                   + (clip["warning"] if clip.get("warning") else
-                      f"evaluation activations exceed the calibrated ranges no more than fresh calibration images do "
-                      f"({clip['shifted']} of {clip['tensors']} tensors apart)"))
-    elif clip.get("reason"):
-        out.append(f"- clipping: not measured: {clip['reason']}")
-    return out + [""]
-
-
-def _class_lines(rep: dict) -> list[str]:
-    """Per-class paired tests (recall vs FP32, Holm across classes): the classes that lost significantly."""
-    tested = [a for a in rep["artifacts"] if (a.get("vs_fp32") or {}).get("per_class")]
-    if not tested:
-        return []
-    m = tested[0]["vs_fp32"]["per_class"]["comparisons"]
-    hits = [(a["name"], c) for a in tested for c in a["vs_fp32"]["per_class"]["collapsed"]]
-    out = ["## Per class", "", f"Each artifact's recall per class against FP32 on the same images (exact McNemar on "
-           f"that class's images, Holm-corrected across {m} classes; {len(tested)} artifacts tested)."]
-    out += [""] + ([f"- **{name}**: {line}" for name, line in hits] if hits else
-                   ["No artifact lost significant recall in any class."]) + [""]
-    return out
-
-
-def _referee_lines(rep: dict) -> list[str]:
-    """Each toolchain's best route per target, side by side (report.json `referee`)."""
-    out = []
-    for target, r in (rep.get("referee") or {}).items():
-        if not r.get("routes"):
-            continue
-        out += [f"## Toolchains on {target}", "", r["verdict"] + ".", "",
-                "| toolchain | runtime | artifact | precision | ms [95% CI] | × fastest | drop pt [CI] |",
-                "|---|---|---|---|---|---|---|"]
-        for x in r["routes"]:
-            ci = x.get("median_ci95")
-            out.append(f"| {x['toolchain']} | {x['runtime']} | {x['artifact']} | {x['precision']} | {x['median']:.4g}"
-                       + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "") + f" | {x['x_best']:.2f}"
-                       + ("" if not x["indistinguishable_from_best"] or x["x_best"] == 1 else " (tie)")
-                       + f" | {x['drop_pt']:+.2f} [{x['drop_ci95_pt'][0]:+.2f}, {x['drop_ci95_pt'][1]:+.2f}] |")
-        out.append("")
-    return out
-
-
 def markdown(rep: dict) -> str:
     """report.md: what to ship, the artifact table with intervals, verdicts, devices, per-layer error, stage sections."""
     cpu = rep["host"]["cpu"]
@@ -330,7 +277,7 @@ def markdown(rep: dict) -> str:
              f"- wall time: {rep.get('wall_seconds')} s{_stage_seconds_text(rep.get('stage_seconds'))}", ""]
     lines += ["## What to ship", ""] + [f"- **{t}**: {v['artifact'] or 'nothing'} — {v['why']}"
                                         for t, v in (rep.get("ship") or {}).items()] + [""]
-    lines += _referee_lines(rep) + _class_lines(rep) + _calibration_lines(rep)
+    lines += referee_lines(rep) + class_lines(rep) + calibration_lines(rep)
     lines += ["## Artifacts", "",
               "Intervals are 95 %: Wilson for top-1, Newcombe paired for the drop (\\* = significant, exact McNemar "
               "p < 0.05), order statistics over interleaved rounds for latency and its ratio to the FP32 artifact of "
