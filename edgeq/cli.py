@@ -191,6 +191,8 @@ def _cmd_bench(args) -> int:
     names = args.device or [t.device for t in ctx.cfg.targets]
     if not names:
         raise EdgeqError("name the devices to benchmark on: --device NAME (or list them under `targets:` in the config)")
+    if args.bisect:
+        return _bisect(ctx, args, names)
     refs = [TargetRef(device=d, runs=args.runs, warmup=args.warmup, threads=args.threads, rounds=args.rounds,
                       accuracy=args.accuracy) for d in names]
     ctx.log(f"[benchmark: devices] {ctx.run_dir}")
@@ -206,6 +208,17 @@ def _cmd_bench(args) -> int:
         print(f"edgeq: nothing measured on {', '.join(missing)} (reasons in the devices table and report.md); "
               "exit status 3", file=sys.stderr)
         return 3
+    return 0
+
+
+def _bisect(ctx, args, names: list[str]) -> int:
+    from edgeq.app.bisect import DEFAULT_IMAGES, bisect_on_device, print_bisect
+
+    for name in dict.fromkeys(names):
+        b = bisect_on_device(ctx, name, Path(args.inventory) if args.inventory else None, args.artifact,
+                             args.images or DEFAULT_IMAGES, args.host_kernels, args.device_kernels, args.threads or 1)
+        print_bisect(b)
+        print(f"bisect: {ctx.run_dir / 'bisect' / name / (b.artifact + '.json')} | .md")
     return 0
 
 
@@ -331,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, help="interleaved rounds per artifact (default: the config's benchmark.rounds)")
     b.add_argument("--accuracy", type=int, metavar="N", help="also run N eval images through each device's own "
                    "runtime: on-device top-1, agreement with this host's run, paired test (accuracy_on_device)")
+    b.add_argument("--bisect", action="store_true", help="instead of timing: run a few eval images through one "
+                   "TFLite artifact op by op on this host and on the device, every tensor kept, and name the first op "
+                   "whose output differs (in LSB) and how it propagates; RUN_DIR/bisect/<device>/<artifact>.json/.md")
+    b.add_argument("--artifact", help="with --bisect: the artifact (default: the run's INT8 TFLite PTQ artifact)")
+    b.add_argument("--images", type=int, help="with --bisect: eval images to compare (default 4)")
+    kernels = ["default", "builtin", "reference"]
+    b.add_argument("--host-kernels", choices=kernels, default="default", help="with --bisect: this host's TFLite "
+                   "kernels (default: XNNPACK where it takes the op, as the host's evaluation runs)")
+    b.add_argument("--device-kernels", choices=kernels, help="with --bisect: the device's TFLite kernels "
+                   "(default: the inventory's tflite_kernels, itself default)")
     b.set_defaults(fn=_cmd_bench)
     bu = sub.add_parser("bundle", help="one artifact as a deployable directory + tarball (model, labels, "
                         "preprocessing, agent, classify.py, README); --device uploads and checks it there")

@@ -12,6 +12,8 @@ Usage (stable; scripts and the Docker images rely on it):
                      [--inputs x.npy] [--outputs-out y.npy | --return-outputs]
                      [--delegate libedgetpu.so.1] [--runtime auto|litert|tflite-runtime|tf|onnxruntime]
                      [--graph-optimization disable|basic|extended|all] [--inference-precision f32|bf16|f16]
+                     [--kernels default|builtin|reference]
+    python3 agent.py --model m.tflite --inputs x.npy --tensors-out t.npz [--kernels ...] [--threads 1]
 
     --model         .tflite (LiteRT/TFLite interpreter), .onnx (ONNX Runtime, CPU), or an OpenVINO IR
                     (a directory holding model.xml + model.bin, or the .xml itself; OpenVINO, CPU)
@@ -23,6 +25,12 @@ Usage (stable; scripts and the Docker images rely on it):
     --return-outputs  the same, but put the outputs in the JSON (small batches only)
     --delegate      a TFLite external delegate library, e.g. libedgetpu.so.1 for the Coral Edge TPU
     --graph-optimization  ONNX Runtime graph-optimisation level (default all), as edgeq's host figures use
+    --kernels       TFLite kernels: default (the interpreter's own choice: XNNPACK where it is built in), builtin
+                    (LiteRT's optimised kernels, XNNPACK off) or reference (the plain reference kernels)
+    --tensors-out   run every input image once op by op, keeping every tensor, and save each op's output
+                    tensors (raw, as stored: int8 stays int8) to this .npz (no pickle): key t<tensor index>,
+                    shape [N, ...]; the JSON lists the ops in execution order with the kernel that ran each
+                    ("XNNPACK" when the default delegate took it, else "builtin" or "reference")
     --inference-precision  OpenVINO INFERENCE_PRECISION_HINT, always set (default f32: OpenVINO's own default
                     runs bfloat16 or float16 on CPUs that have them, a different artifact from the FP32 one)
 
@@ -148,12 +156,36 @@ def random_inputs(shape, rng):
 
 
 # ----------------------------------------------------------------------------- runners
+KERNELS = ("default", "builtin", "reference")
+
+
+def op_resolver_kw(module_name: str, kernels: str) -> dict:
+    """Interpreter keyword for the TFLite kernels asked for (default: none, the interpreter's own choice)."""
+    if kernels == "default":
+        return {}
+    import importlib
+
+    resolver = getattr(importlib.import_module(module_name), "OpResolverType", None)
+    if resolver is None:
+        raise AgentError("runtime_missing", f"{module_name} cannot choose its kernels (no OpResolverType); "
+                         "install a newer ai-edge-litert")
+    return {"experimental_op_resolver_type": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES if kernels == "builtin"
+            else resolver.BUILTIN_REF}
+
+
 class TFLiteRunner:
-    def __init__(self, path: str, threads: int | None, delegate: str | None, prefer: str):
+    def __init__(self, path: str, threads: int | None, delegate: str | None, prefer: str, kernels: str = "default",
+                 keep_all_tensors: bool = False):
         import numpy as np
 
         Interpreter, load_delegate, self.runtime = self._import(prefer)
         kw = {"num_threads": threads} if threads else {}
+        kw.update(op_resolver_kw(Interpreter.__module__, kernels))
+        self.kernels = kernels
+        if kernels != "default":
+            self.runtime += f" ({kernels} kernels)"
+        if keep_all_tensors:
+            kw["experimental_preserve_all_tensors"] = True
         self.delegate = None
         if delegate:
             try:
@@ -165,8 +197,15 @@ class TFLiteRunner:
             self.delegate = delegate
             self.runtime += f" + delegate {os.path.basename(delegate)}"
         try:
-            self.interp = Interpreter(model_path=path, **kw)
+            import warnings
+
+            with warnings.catch_warnings():  # preserve_all_tensors warns that it is for debugging: it is
+                warnings.simplefilter("ignore")
+                self.interp = Interpreter(model_path=path, **kw)
             self.interp.allocate_tensors()
+        except TypeError as e:  # an interpreter too old for preserve_all_tensors / op_resolver_type
+            raise AgentError("runtime_missing", f"{self.runtime} cannot keep tensors or choose kernels ({e}); "
+                             "install a newer ai-edge-litert") from None
         except (ValueError, RuntimeError) as e:
             raise AgentError("model", f"{path}: not loadable by {self.runtime} "
                                       f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
@@ -203,6 +242,35 @@ class TFLiteRunner:
 
     def output(self):
         return dequantize(self.interp.get_tensor(self.out["index"]), *self.out["quantization"])
+
+    def op_tensors(self, x) -> tuple[list[dict], dict]:
+        """Every op's output tensors for each image of x, raw as stored, and the ops in execution order with the
+        kernel that ran each. Built with preserve_all_tensors, LiteRT hands XNNPACK one op per delegate node (so
+        each tensor is still written) and runs the ops it does not take with its own kernels."""
+        import numpy as np
+
+        nodes = self.interp._get_ops_details()
+        by_delegate = {int(t) for n in nodes if n["op_name"] == "DELEGATE" for t in n["outputs"]}
+        details = {t["index"]: t for t in self.interp.get_tensor_details()}
+        own = "reference" if self.kernels == "reference" else "builtin"
+        ops = [{"index": int(n["index"]), "op": n["op_name"], "outputs": [int(t) for t in n["outputs"] if t >= 0],
+                "kernel": "XNNPACK" if any(int(t) in by_delegate for t in n["outputs"]) else own}
+               for n in nodes if n["op_name"] != "DELEGATE"]
+        inp = int(self.inp["index"])
+        keep = [inp, *(t for o in ops for t in o["outputs"])]
+        values: dict = {t: [] for t in keep}
+        for i in range(len(x)):
+            self.set_input(x[i:i + 1])
+            self.invoke()
+            for t in keep:
+                values[t].append(self.interp.get_tensor(t).copy())
+        tensors = [{"index": t, "name": details[t]["name"], "dtype": str(np.dtype(details[t]["dtype"])),
+                    "shape": [int(d) for d in details[t]["shape"]],
+                    "scale": float(details[t]["quantization"][0]), "zero_point": int(details[t]["quantization"][1])}
+                   for t in keep]
+        arrays = {f"t{t}": np.stack(v) for t, v in values.items()}
+        return [{"index": -1, "op": "INPUT", "outputs": [inp], "kernel": "-"}, *ops], {"tensors": tensors,
+                                                                                       "arrays": arrays}
 
     def describe(self) -> dict:
         import numpy as np
@@ -356,6 +424,8 @@ def openvino_runtime_name(ov, props: dict) -> str:
 
 
 def open_runner(args):
+    if args.kernels != "default" and (openvino_xml(args.model) is not None or not args.model.endswith(".tflite")):
+        raise AgentError("usage", "--kernels applies to .tflite models only")
     if openvino_xml(args.model) is not None or args.runtime == "openvino":
         if not os.path.exists(args.model):
             raise AgentError("model", f"{args.model}: no such file on {platform.node()}")
@@ -371,7 +441,10 @@ def open_runner(args):
     if args.model.endswith((".engine", ".plan")):
         raise AgentError("runtime_missing", "TensorRT engines are timed with trtexec on the device, "
                          "not by this agent")
-    return TFLiteRunner(args.model, args.threads, args.delegate, args.runtime)
+    if args.tensors_out and args.delegate:
+        raise AgentError("usage", "--tensors-out runs LiteRT's own kernels or XNNPACK; not with --delegate")
+    return TFLiteRunner(args.model, args.threads, args.delegate, args.runtime, args.kernels,
+                        keep_all_tensors=bool(args.tensors_out))
 
 
 # ----------------------------------------------------------------------------- main
@@ -423,6 +496,28 @@ def _bytes(path: str) -> int:
     return os.path.getsize(path)
 
 
+def save_npz(path: str, arrays: dict) -> None:
+    """Numeric arrays into an .npz (no pickle), written to path.part and renamed: a reader never sees half a file."""
+    import numpy as np
+
+    with open(path + ".part", "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(path + ".part", path)
+
+
+def keep_tensors(args) -> dict:
+    runner = open_runner(args)
+    if not isinstance(runner, TFLiteRunner):
+        raise AgentError("usage", "--tensors-out applies to .tflite models only")
+    x = load_inputs(args.inputs, runner)
+    ops, t = runner.op_tensors(x)
+    save_npz(args.tensors_out, t["arrays"])
+    return {"protocol": PROTOCOL, "ok": True, "agent_version": AGENT_VERSION, "runtime": runner.runtime,
+            "device": identity(), "model": {"path": args.model, "bytes": _bytes(args.model), **runner.describe()},
+            "kernels": args.kernels, "ops": ops, "tensors": t["tensors"], "tensors_file": args.tensors_out,
+            "inputs": {"source": args.inputs or "random uniform [-1, 1]", "n": int(len(x))}}
+
+
 def benchmark(args) -> dict:
     import numpy as np
 
@@ -466,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
     p.add_argument("--runtime", default="auto", choices=["auto", *TFLITE_INTERPRETERS, "onnxruntime", "openvino"])
     p.add_argument("--inference-precision", default="f32", choices=list(OPENVINO_PRECISIONS))
+    p.add_argument("--kernels", default="default", choices=list(KERNELS))
+    p.add_argument("--tensors-out")
     return p
 
 
@@ -480,7 +577,7 @@ def main(argv=None) -> int:
                 raise AgentError("usage", "--model is required (or --info)")
             if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
                 raise AgentError("usage", "--runs must be >= 1, --warmup >= 0, --threads >= 1")
-            res = benchmark(args)
+            res = keep_tensors(args) if args.tensors_out else benchmark(args)
         print(json.dumps(res), flush=True)
         return 0
     except AgentError as e:

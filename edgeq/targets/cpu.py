@@ -48,7 +48,10 @@ class AgentCpuTarget:
     def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None,
                   inputs_remote: str | None = None, return_outputs: bool = False) -> LatencyStats:
         opt = deployable.details.get("graph_optimization")
+        extra = ["--graph-optimization", opt] if opt else []
+        kernels = self.session.device.tflite_kernels
+        if deployable.format == "tflite" and kernels != "default":  # a device set to run without XNNPACK
+            extra += ["--kernels", kernels]
         stats, self.last_answer = self.session.benchmark(deployable.details["remote_path"], runs, warmup, threads,
-                                                         inputs_remote, return_outputs=return_outputs,
-                                                         extra=["--graph-optimization", opt] if opt else None)
+                                                         inputs_remote, return_outputs=return_outputs, extra=extra)
         return stats

@@ -126,6 +126,19 @@ class DeviceSession:
         return stats, ans
 
 
+    def op_tensors(self, model_remote: str, inputs_remote: str, kernels: str, threads: int | None,
+                   local: Path) -> dict:
+        """Run the inputs through the model op by op on the device with every tensor kept (the agent's
+        --tensors-out), fetch the tensors file to `local`; the agent's answer (ops, kernels, tensors' metadata)."""
+        remote = self.transport.remote_path(self.subdir, f"tensors-{Path(local).stem}.npz")
+        args = ["--model", model_remote, "--inputs", inputs_remote, "--tensors-out", remote, "--kernels", kernels]
+        if threads:
+            args += ["--threads", threads]
+        ans = self.run_agent(args)
+        self.transport.get(remote, Path(local))
+        return ans
+
+
 @runtime_checkable
 class DeviceTarget(Target, Protocol):
     """A target on an inventory device, reached through a DeviceSession and constructed by

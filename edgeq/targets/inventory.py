@@ -6,7 +6,7 @@ are resolved against the inventory file's directory. Example: models/devices.exa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -35,6 +35,8 @@ class Device(BaseModel):
     workdir: str = "edgeq-work"  # relative paths are under the login user's home directory
     python: str = "python3"  # interpreter that runs the agent
     threads: Optional[int] = Field(None, ge=1)
+    # TFLite kernels the agent runs: default (XNNPACK where built in), builtin (XNNPACK off) or reference
+    tflite_kernels: Literal["default", "builtin", "reference"] = "default"
     runs: Optional[int] = Field(None, ge=1)  # timed runs per artifact per interleaved round
     rounds: Optional[int] = Field(None, ge=1)
     warmup: Optional[int] = Field(None, ge=0)

@@ -68,6 +68,7 @@ class LocalTransport:
         self.device = device
         self.log = log
         self.copies = CopyLog()
+        self._scratch: str | None = None
 
     def connect(self) -> "LocalTransport":
         return self
@@ -87,8 +88,26 @@ class LocalTransport:
     def put(self, local: Path, sha256: str, subdir: str) -> str:
         return str(Path(local).resolve())
 
+    def remote_path(self, subdir: str, filename: str) -> str:
+        """Where the agent may write a file for us: a local temporary directory (nothing is on a device)."""
+        import tempfile
+
+        if self._scratch is None:
+            self._scratch = tempfile.mkdtemp(prefix="edgeq-agent-")
+        return str(Path(self._scratch) / filename)
+
+    def get(self, remote: str, local: Path) -> None:
+        import os
+        import shutil
+
+        shutil.copyfile(remote, f"{local}.part")
+        os.replace(f"{local}.part", local)
+
     def close(self) -> None:
-        pass
+        import shutil
+
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 class _TrustOnFirstUse:
@@ -267,6 +286,26 @@ class SSHTransport:
                 sftp.rename(tmp, remote)
             self.copies.copied.append(remote)
         return remote
+
+    def remote_path(self, subdir: str, filename: str) -> str:
+        """A path under <workdir>/<subdir> for a file the agent writes (the directory is made here)."""
+        remote_dir = f"{remote_workdir(self.device)}/{subdir}"
+        with self._lock:
+            self._mkdirs(remote_dir)
+        return f"{remote_dir}/{filename}"
+
+    def get(self, remote: str, local: Path) -> None:
+        """Fetch a file the agent wrote on the device; it lands at `local` whole or not at all."""
+        import os
+
+        local = Path(local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._lock:
+                self._sftp().get(remote, f"{local}.part")
+        except OSError as e:
+            raise TargetError(f"{self.device.name}: cannot fetch {remote} ({e})") from None
+        os.replace(f"{local}.part", local)
 
     def close(self) -> None:
         if self.sftp is not None:
