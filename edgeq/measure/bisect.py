@@ -184,14 +184,18 @@ def load_tensors(path: Path) -> dict[str, np.ndarray]:
         raise EdgeqError(f"{path}: not a readable tensors file from the agent ({e})") from None
 
 
-def host_side(path: Path, x: np.ndarray, kernels: str = "default", threads: int | None = 1) -> Side:
+def host_side(path: Path, x: np.ndarray, kernels: str = "default", threads: int | None = 1,
+              where: str = "host") -> Side:
     """This machine's run of the model with every tensor kept: the agent's own code, in process."""
+    import warnings
+
     from edgeq.core.tfcompat import quiet_stderr
 
     try:
-        with quiet_stderr():
+        with quiet_stderr(), warnings.catch_warnings():  # preserve_all_tensors warns it is for debugging: it is
+            warnings.simplefilter("ignore")
             r = TFLiteRunner(str(path), threads, None, "litert", kernels, keep_all_tensors=True)
             ops, t = r.op_tensors(np.asarray(x, np.float32))
     except AgentError as e:
         raise EdgeqError(f"{path}: host run with every tensor kept failed: {e}") from None
-    return Side("host", r.runtime, kernels, ops, {int(m["index"]): m for m in t["tensors"]}, t["arrays"])
+    return Side(where, r.runtime, kernels, ops, {int(m["index"]): m for m in t["tensors"]}, t["arrays"])

@@ -197,11 +197,7 @@ class TFLiteRunner:
             self.delegate = delegate
             self.runtime += f" + delegate {os.path.basename(delegate)}"
         try:
-            import warnings
-
-            with warnings.catch_warnings():  # preserve_all_tensors warns that it is for debugging: it is
-                warnings.simplefilter("ignore")
-                self.interp = Interpreter(model_path=path, **kw)
+            self.interp = Interpreter(model_path=path, **kw)
             self.interp.allocate_tensors()
         except TypeError as e:  # an interpreter too old for preserve_all_tensors / op_resolver_type
             raise AgentError("runtime_missing", f"{self.runtime} cannot keep tensors or choose kernels ({e}); "

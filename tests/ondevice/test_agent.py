@@ -177,3 +177,28 @@ def test_agent_runs_an_openvino_ir_at_f32_and_returns_the_host_predictors_output
 def test_agent_refuses_an_unknown_openvino_precision(agent, models):
     rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--inference-precision", "int4")
     assert rc == 2 and ans["error_kind"] == "usage" and "--inference-precision" in ans["error"]
+
+
+def test_agent_keeps_every_tensor_and_names_the_kernel_of_each_op(agent, models, tmp_path):
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    seen = {}
+    for kernels in ("default", "reference"):
+        out = tmp_path / f"t-{kernels}.npz"
+        rc, ans, err = run_agent(agent, "--model", models["tflite"], "--inputs", tmp_path / "x.npy",
+                                 "--tensors-out", out, "--kernels", kernels, "--threads", 1)
+        assert rc == 0 and ans["ok"], err
+        assert ans["ops"][0]["op"] == "INPUT" and [o["op"] for o in ans["ops"][1:]][0] == "CONV_2D"
+        with np.load(out, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        # every op's output is there, raw (int8 stays int8), one row per image
+        assert {f"t{t}" for o in ans["ops"] for t in o["outputs"]} == set(arrays)
+        assert all(a.shape[0] == 2 and a.dtype == np.int8 for a in arrays.values())
+        seen[kernels] = {o["kernel"] for o in ans["ops"][1:]}
+    assert "XNNPACK" in seen["default"]  # the default interpreter delegates ops to XNNPACK, one per node
+    assert seen["reference"] == {"reference"}
+
+
+def test_agent_kernels_apply_to_tflite_only(agent, models):
+    rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--kernels", "reference")
+    assert rc == 2 and ans["error_kind"] == "usage" and ".tflite" in ans["error"]
