@@ -94,6 +94,8 @@ def print_bisect(b: Bisect) -> None:
     for label, s in (("host", b.host), (b.device, b.device_side)):
         c.print(f"{label}: {s['runtime']}, kernels asked {s['kernels_asked']}, ran "
                 + ", ".join(f"{k} {v} ops" for k, v in s["kernels_used"].items()), markup=False, highlight=False)
+    for note in b.notes[:2]:  # the kept-tensors run against a plain run, per side
+        c.print(note, markup=False, highlight=False)
     c.print(b.verdict, markup=False, highlight=False)
     rows = table_rows(b)
     if rows:

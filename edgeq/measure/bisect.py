@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.core.errors import EdgeqError
-from edgeq.ondevice.agent import AgentError, TFLiteRunner
+from edgeq.ondevice.agent import AgentError, TFLiteRunner, output_vs_plain_run
 
 PROPAGATION_ROWS = 8  # ops shown after the first diverging one
 
@@ -29,11 +29,12 @@ class Side:
     ops: list[dict]  # execution order: index, op, outputs, kernel
     tensors: dict[int, dict]  # tensor index -> name, dtype, shape, scale, zero_point
     arrays: dict[str, np.ndarray]  # t<index> -> [N, ...] raw values
+    output_vs_plain_run: float | None = None  # model output kept-tensors run vs plain run (max |Δ|, raw units)
 
     @classmethod
     def from_answer(cls, where: str, answer: dict, arrays: dict[str, np.ndarray]) -> "Side":
         return cls(where, answer["runtime"], answer.get("kernels", "default"), answer["ops"],
-                   {int(t["index"]): t for t in answer["tensors"]}, arrays)
+                   {int(t["index"]): t for t in answer["tensors"]}, arrays, answer.get("output_vs_plain_run"))
 
     def kernels_used(self) -> dict[str, int]:
         """kernel -> how many ops it ran (the input pseudo-op left out)."""
@@ -81,7 +82,8 @@ class Bisect:
 
 
 def _side_summary(s: Side) -> dict:
-    return {"where": s.where, "runtime": s.runtime, "kernels_asked": s.kernels, "kernels_used": s.kernels_used()}
+    return {"where": s.where, "runtime": s.runtime, "kernels_asked": s.kernels, "kernels_used": s.kernels_used(),
+            "output_vs_plain_run": s.output_vs_plain_run}
 
 
 def _diff(t: dict, a: np.ndarray, b: np.ndarray) -> tuple[int, float | None, float]:
@@ -110,9 +112,14 @@ def compare(artifact: str, host: Side, device: Side) -> Bisect:
             rows.append(OpDiff(pos, int(ho["index"]), ho["op"], meta["name"], meta["dtype"], int(a.size), differing,
                                lsb, round(mx, 8), ho["kernel"], do["kernel"]))
     first = next((r for r in rows if r.differing), None)
+    notes = [f"{s.where}: with every tensor kept, the model output "
+             + ("equals that of a plain run (same kernels, no tensors kept)" if s.output_vs_plain_run == 0 else
+                f"differs from a plain run's by up to {s.output_vs_plain_run:g} (raw units): the plain run delegates "
+                "differently, so the figures here are of the kept-tensors run")
+             for s in (host, device) if s.output_vs_plain_run is not None]
     n = int(next(iter(host.arrays.values())).shape[0]) if host.arrays else 0
     out = Bisect(artifact, device.where, n, _side_summary(host), _side_summary(device), rows, first,
-                 ops_differing=sum(1 for r in rows if r.differing))
+                 ops_differing=sum(1 for r in rows if r.differing), notes=notes)
     last = rows[-1] if rows else None
     out.worst = max((r for r in rows if r.differing and r.max_lsb is not None), key=lambda r: r.max_lsb, default=None)
     out.output_max_lsb = last.max_lsb if last else None
@@ -195,7 +202,9 @@ def host_side(path: Path, x: np.ndarray, kernels: str = "default", threads: int 
         with quiet_stderr(), warnings.catch_warnings():  # preserve_all_tensors warns it is for debugging: it is
             warnings.simplefilter("ignore")
             r = TFLiteRunner(str(path), threads, None, "litert", kernels, keep_all_tensors=True)
-            ops, t = r.op_tensors(np.asarray(x, np.float32))
+            x = np.asarray(x, np.float32)
+            ops, t = r.op_tensors(x)
+            diff = output_vs_plain_run(r, str(path), threads, "litert", x, t["arrays"])
     except AgentError as e:
         raise EdgeqError(f"{path}: host run with every tensor kept failed: {e}") from None
-    return Side(where, r.runtime, kernels, ops, {int(m["index"]): m for m in t["tensors"]}, t["arrays"])
+    return Side(where, r.runtime, kernels, ops, {int(m["index"]): m for m in t["tensors"]}, t["arrays"], diff)

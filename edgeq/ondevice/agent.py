@@ -501,6 +501,22 @@ def save_npz(path: str, arrays: dict) -> None:
     os.replace(path + ".part", path)
 
 
+def output_vs_plain_run(runner, path: str, threads, prefer: str, x, arrays: dict) -> float:
+    """Max |difference| (raw units: LSB for integers) between the model output with every tensor kept and that of a
+    plain run with the same kernels: keeping tensors changes how LiteRT delegates, and this says whether it mattered."""
+    import numpy as np
+
+    plain = TFLiteRunner(path, threads, None, prefer, runner.kernels)
+    kept = arrays[f"t{int(runner.out['index'])}"]
+    diff = 0.0
+    for i in range(len(x)):
+        plain.set_input(x[i:i + 1])
+        plain.invoke()
+        y = plain.interp.get_tensor(plain.out["index"]).astype(np.float64)
+        diff = max(diff, float(np.max(np.abs(y - kept[i].astype(np.float64)))))
+    return diff
+
+
 def keep_tensors(args) -> dict:
     runner = open_runner(args)
     if not isinstance(runner, TFLiteRunner):
@@ -508,9 +524,11 @@ def keep_tensors(args) -> dict:
     x = load_inputs(args.inputs, runner)
     ops, t = runner.op_tensors(x)
     save_npz(args.tensors_out, t["arrays"])
+    diff = output_vs_plain_run(runner, args.model, args.threads, args.runtime, x, t["arrays"])
     return {"protocol": PROTOCOL, "ok": True, "agent_version": AGENT_VERSION, "runtime": runner.runtime,
             "device": identity(), "model": {"path": args.model, "bytes": _bytes(args.model), **runner.describe()},
             "kernels": args.kernels, "ops": ops, "tensors": t["tensors"], "tensors_file": args.tensors_out,
+            "output_vs_plain_run": diff,  # max |difference| of the model output (raw units: LSB for integers)
             "inputs": {"source": args.inputs or "random uniform [-1, 1]", "n": int(len(x))}}
 
 

@@ -38,6 +38,9 @@ def test_a_device_running_the_hosts_kernels_agrees_tensor_for_tensor(bisected):
     assert b["verdict"].startswith("host and loop-same agree tensor for tensor")
     assert b["host"]["kernels_used"] == b["device_side"]["kernels_used"] and "XNNPACK" in b["host"]["kernels_used"]
     assert "host and loop-same agree tensor for tensor" in bisected["stdout"]
+    # each side also checked that keeping every tensor left the model output as a plain run computes it
+    assert b["host"]["output_vs_plain_run"] == 0 and b["device_side"]["output_vs_plain_run"] == 0
+    assert "equals that of a plain run" in bisected["stdout"]
 
 
 def test_a_device_on_reference_kernels_names_the_first_diverging_op_in_lsb(bisected):
