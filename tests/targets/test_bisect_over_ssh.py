@@ -78,8 +78,9 @@ def test_bisect_of_a_non_tflite_artifact_is_one_line(bisected):
 @pytest.mark.docker
 @pytest.mark.slow
 def test_bisect_against_the_arm64_runtime_image_with_xnnpack_off(request, tmp_path):
-    """The arm64 runtime image under QEMU as an `rpi` device (tests/conftest.py's `arm64_device`), XNNPACK off:
-    aarch64 LiteRT's builtin kernels against this host's XNNPACK on the default MobileNetV2 INT8."""
+    """The arm64 runtime image under QEMU as an `rpi` device (tests/conftest.py's `arm64_device`) on the default
+    MobileNetV2 INT8: XNNPACK off there (aarch64 LiteRT's builtin kernels), the bisect names where it parts from
+    this host's XNNPACK; XNNPACK on, they agree tensor for tensor."""
     try:
         inv, name = request.getfixturevalue("arm64_device")
     except pytest.FixtureLookupError:
@@ -97,4 +98,12 @@ def test_bisect_against_the_arm64_runtime_image_with_xnnpack_off(request, tmp_pa
     b = json.loads((run / "bisect" / name / "int8_tflite_ptq.json").read_text())
     assert b["device_side"]["kernels_used"].keys() == {"builtin"}
     assert b["first"] is not None and b["first"]["max_lsb"] >= 1, b["verdict"]
+    assert f"op {b['first']['index']} {b['first']['op']}" in r.stdout
+    # the same device with XNNPACK on (its default): aarch64 XNNPACK matches this host's (docs/devices.md)
+    r = run_edgeq("bench", run, "--inventory", inv, "--device", name, "--bisect", "--images", "2", timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    b = json.loads((run / "bisect" / name / "int8_tflite_ptq.json").read_text())
+    assert "XNNPACK" in b["device_side"]["kernels_used"]
+    assert b["first"] is None, b["verdict"]
+    assert "agree tensor for tensor" in r.stdout
 
