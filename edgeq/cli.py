@@ -193,6 +193,8 @@ def _cmd_bench(args) -> int:
         raise EdgeqError("name the devices to benchmark on: --device NAME (or list them under `targets:` in the config)")
     if args.bisect:
         return _bisect(ctx, args, names)
+    if args.artifact or args.images is not None or args.device_kernels or args.host_kernels != "default":
+        raise EdgeqError("--artifact, --images, --host-kernels and --device-kernels go with --bisect")
     refs = [TargetRef(device=d, runs=args.runs, warmup=args.warmup, threads=args.threads, rounds=args.rounds,
                       accuracy=args.accuracy) for d in names]
     ctx.log(f"[benchmark: devices] {ctx.run_dir}")
@@ -216,7 +218,7 @@ def _bisect(ctx, args, names: list[str]) -> int:
 
     for name in dict.fromkeys(names):
         b = bisect_on_device(ctx, name, Path(args.inventory) if args.inventory else None, args.artifact,
-                             args.images or DEFAULT_IMAGES, args.host_kernels, args.device_kernels, args.threads or 1)
+                             DEFAULT_IMAGES if args.images is None else args.images, args.host_kernels, args.device_kernels, args.threads or 1)
         print_bisect(b)
         print(f"bisect: {ctx.run_dir / 'bisect' / name / (b.artifact + '.json')} | .md")
     return 0

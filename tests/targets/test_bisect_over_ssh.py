@@ -107,3 +107,11 @@ def test_bisect_against_the_arm64_runtime_image_with_xnnpack_off(request, tmp_pa
     assert b["first"] is None, b["verdict"]
     assert "agree tensor for tensor" in r.stdout
 
+
+
+def test_bisect_options_without_bisect_or_zero_images_are_one_line_errors(bisected):
+    inv = bisected["root"] / "devices.yaml"
+    r = run_edgeq("bench", bisected["run"], "--inventory", inv, "--device", "loop-same", "--bisect", "--images", "0")
+    assert r.returncode == 2 and "--images 0: give at least 1" in r.stderr and "Traceback" not in r.stderr
+    r = run_edgeq("bench", bisected["run"], "--inventory", inv, "--device", "loop-same", "--images", "3")
+    assert r.returncode == 2 and "go with --bisect" in r.stderr
