@@ -78,6 +78,48 @@ def cpu_model_and_flags(cpuinfo_text: str | None = None) -> tuple[str, set[str]]
     return model, flags
 
 
+X86_VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
+
+
+def emulation(cpuinfo_text: str | None = None, machine: str | None = None, environ=None) -> str | None:
+    """Why this process runs on an emulated CPU (QEMU user mode, as an arm64 container on x86-64), or None.
+
+    User-mode QEMU translates instructions but leaves the kernel's /proc/cpuinfo alone: an aarch64 process
+    that reads an x86 vendor there is emulated, and its timings say nothing about any real device's speed."""
+    if cpuinfo_text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo_text = f.read()
+        except OSError:
+            cpuinfo_text = ""
+    machine = (machine or platform.machine()).lower()
+    environ = os.environ if environ is None else environ
+    keys = {ln.partition(":")[0].strip().lower(): ln.partition(":")[2].strip() for ln in cpuinfo_text.splitlines()}
+    x86_kernel = keys.get("vendor_id", "") in X86_VENDORS
+    arm_kernel = "cpu implementer" in keys
+    why = None
+    if x86_kernel and machine.startswith(("aarch64", "arm")):
+        why = f"an {machine} process on an x86-64 CPU ({keys.get('model name') or keys['vendor_id']})"
+    elif arm_kernel and machine in ("x86_64", "amd64", "i686", "i386"):
+        why = f"an {machine} process on an ARM CPU"
+    if why is None:
+        return None
+    qemu = f", QEMU_CPU={environ['QEMU_CPU']}" if environ.get("QEMU_CPU") else ""
+    return f"{why}: a user-mode CPU emulator (QEMU) runs it{qemu}; timings are not speed figures"
+
+
+def cpu_list(root: str = "/sys/devices/system/cpu") -> dict:
+    """The kernel's CPU lists (possible/present/online, e.g. "0-3") as this process sees them."""
+    out = {}
+    for name in ("possible", "present", "online"):
+        try:
+            with open(f"{root}/{name}") as f:
+                out[name] = f.read().strip()
+        except OSError:
+            out[name] = None
+    return out
+
+
 def identity() -> dict:
     import numpy as np
 
@@ -87,7 +129,8 @@ def identity() -> dict:
         load = None
     return {"hostname": platform.node(), "machine": platform.machine(), "cpu": cpu_model_and_flags()[0],
             "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "numpy": np.__version__, "loadavg": load}
+            "python": platform.python_version(), "numpy": np.__version__, "loadavg": load,
+            "cpu_list": cpu_list(), "emulated": emulation()}
 
 
 def _version(dist: str) -> str:
