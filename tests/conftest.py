@@ -340,6 +340,10 @@ class Arm64Device:
             time.sleep(0.5)
         raise RuntimeError(f"sshd in {self.container} did not answer within 120 s: {self.logs()}")
 
+    def exec(self, *cmd: str) -> str:
+        """stdout of a command run inside the container (not over SSH): to look at what edgeq left there."""
+        return _docker("exec", self.container, *cmd).stdout
+
     def logs(self) -> str:
         p = _docker("logs", "--tail", "40", self.container, check=False)
         return (p.stdout + p.stderr)[-3000:]

@@ -213,10 +213,20 @@ class TFLiteRunner:
         except (ValueError, RuntimeError) as e:
             raise AgentError("model", f"{path}: not loadable by {self.runtime} "
                                       f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        if not delegate and self.default_delegate_applied():
+            self.runtime += " (XNNPACK)"  # its default delegate took ops: a different kernel set from the builtin one
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
         self.in_dtype = np.dtype(self.inp["dtype"])
         self.input_shape = [int(d) for d in self.inp["shape"]]
+
+    def default_delegate_applied(self) -> bool:
+        """Whether the interpreter's default delegate (XNNPACK) replaced ops of the graph: a DELEGATE node then
+        shows among its nodes. Under QEMU without a usable /sys CPU list it silently is not (different outputs)."""
+        try:
+            return any(op.get("op_name") == "DELEGATE" for op in self.interp._get_ops_details())
+        except Exception:  # noqa: BLE001 - a private API: an interpreter without it just says nothing
+            return False
 
     @staticmethod
     def _import(prefer: str):

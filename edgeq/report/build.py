@@ -20,7 +20,8 @@ from edgeq.report.decisions import calibration_lines, class_lines, referee_lines
 
 SCHEMA_VERSION = 2
 LATENCY_KEYS = ("median", "median_ci95", "ci_coverage", "p90", "p99", "mean", "min", "max", "runs", "rounds", "warmup",
-                "threads", "runtime", "device", "noisy", "noisy_reason", "ci_width", "ratio_to_fp32", "round_medians", "quantiles")
+                "threads", "runtime", "device", "noisy", "noisy_reason", "ci_width", "ratio_to_fp32", "round_medians", "quantiles",
+                "emulated")
 
 
 def _accuracy(ctx, a) -> dict:
