@@ -388,4 +388,8 @@ def print_device_table(rep: dict) -> None:
                 c = artifact_cells(rep, e, target)
                 t.add_row(e["name"], target, c[f"{target} ms [CI]"], c["×FP32 [CI]"], _fmt(s.get("p90"), ".4g"),
                           _runtime_cell(s) + (" (noisy)" if s.get("noisy") else ""))
-    Console(width=120).print(t)
+    console = Console(width=120)
+    console.print(t)
+    for target in sorted({t for e in rep["artifacts"] for t, s in e["latency_ms"].items() if s.get("emulated")}):
+        console.print(f"{target}: EMULATED CPU, timings meaningless as speed figures (outputs and accuracy are real)",
+                      style="bold")
