@@ -8,12 +8,14 @@ One container for the module; each test's wall time is printed (`[arm64] ...`) b
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ARM64_CPU_LIST, QEMU_CPU, make_config, run_edgeq, write_inventory
+from conftest import ARM64_CPU_LIST, ARM64_RUNTIME, DOCKER, QEMU_CPU, make_config, run_edgeq, write_inventory
+from edgeq.targets.device import AGENT_SOURCE
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh]
 EVAL_IMAGES = 500
@@ -133,3 +135,17 @@ def test_sweep_with_the_arm64_container_as_one_device(request, tiny_project, arm
         s_ = _art(rep, art)["latency_ms"]["arm64-sweep"]
         assert s_["median"] > 0 and s_["emulated"]
         assert rep["accuracy_on_device"]["arm64-sweep"][art]["n"] == 20
+
+
+def test_runtime_says_xnnpack_only_when_it_ran(arm64_container, mobilenet_run):
+    """The `(XNNPACK)` the bench asserts is evidence: with an empty CPU list (`--tmpfs`) LiteRT silently runs its
+    reference kernels instead, and the agent's runtime then says plain `ai-edge-litert`."""
+    p = subprocess.run([DOCKER, "run", "--rm", "--platform", "linux/arm64", "-e", f"QEMU_CPU={QEMU_CPU}",
+                        "--tmpfs", "/sys/devices/system/cpu", "-v", f"{AGENT_SOURCE}:/agent.py:ro",
+                        "-v", f"{mobilenet_run / 'artifacts'}:/m:ro", "--entrypoint", "/opt/venv/bin/python3",
+                        ARM64_RUNTIME, "/agent.py", "--model", "/m/int8_ptq.tflite", "--runs", "2", "--warmup", "1"],
+                       capture_output=True, text=True, timeout=300)
+    ans = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1])
+    assert p.returncode == 0 and ans["runtime"].startswith("ai-edge-litert"), p.stderr[-2000:]
+    assert "XNNPACK" not in ans["runtime"], ans["runtime"]
+    assert ans["device"]["emulated"] and ans["device"]["cpu_list"]["online"] is None
