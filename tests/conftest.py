@@ -224,6 +224,17 @@ def convert_tflite(model, int8: bool, x: np.ndarray) -> bytes:
     return conv.convert()
 
 
+def say(request, msg: str, tag: str = "docker") -> None:
+    """A figure for the test output: shown in the terminal even when the test passes."""
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    if tr is None or capman is None:
+        print(f"[{tag}] {msg}")
+        return
+    with capman.global_and_fixture_disabled():
+        tr.write_line(f"[{tag}] {msg}")
+
+
 # ------------------------------------------------------------------ SSH devices: keys, ports, inventories
 def free_port() -> int:
     """A loopback TCP port free right now."""

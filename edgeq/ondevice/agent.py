@@ -27,8 +27,10 @@ Usage (stable; scripts and the Docker images rely on it):
                     runs bfloat16 or float16 on CPUs that have them, a different artifact from the FP32 one)
 
 Output: exactly one JSON object on stdout, always with "protocol" (PROTOCOL below) and "ok".
-On success: "runtime", "device", "model", "timing": {"samples_ms": [...], "runs", "warmup",
-"threads"} and optionally "outputs"/"outputs_file". On failure: "error" (one line) and "error_kind"
+"device" is this machine's identity: its CPU, its CPU lists (cpu_list) and, when a CPU emulator runs the agent
+(an arm64 container under QEMU), why ("emulated": its timings are then no speed figures; null on real hardware).
+On success: "runtime" (" (XNNPACK)" added when LiteRT's default delegate took ops), "device", "model",
+"timing": {"samples_ms": [...], "runs", "warmup", "threads"} and optionally "outputs"/"outputs_file". On failure: "error" (one line) and "error_kind"
 (usage | runtime_missing | delegate_unavailable | model | inputs | internal); the traceback goes to
 stderr and the exit status is non-zero (2 for usage and runtime_missing, 1 otherwise).
 """

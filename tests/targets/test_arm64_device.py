@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ARM64_CPU_LIST, ARM64_RUNTIME, DOCKER, QEMU_CPU, make_config, run_edgeq, write_inventory
+from conftest import say as _say
 from edgeq.targets.device import AGENT_SOURCE
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh]
@@ -22,13 +23,7 @@ EVAL_IMAGES = 500
 
 
 def say(request, msg: str) -> None:
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capman = request.config.pluginmanager.get_plugin("capturemanager")
-    if tr is None or capman is None:
-        print(f"[arm64] {msg}")
-        return
-    with capman.global_and_fixture_disabled():
-        tr.write_line(f"[arm64] {msg}")
+    _say(request, msg, "arm64")
 
 
 def _report(run: Path) -> dict:
