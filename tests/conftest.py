@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +222,177 @@ def convert_tflite(model, int8: bool, x: np.ndarray) -> bytes:
         conv.inference_input_type = tf().int8
         conv.inference_output_type = tf().int8
     return conv.convert()
+
+
+def say(request, msg: str, tag: str = "docker") -> None:
+    """A figure for the test output: shown in the terminal even when the test passes."""
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    if tr is None or capman is None:
+        print(f"[{tag}] {msg}")
+        return
+    with capman.global_and_fixture_disabled():
+        tr.write_line(f"[{tag}] {msg}")
+
+
+# ------------------------------------------------------------------ SSH devices: keys, ports, inventories
+def free_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keygen(path: Path) -> str:
+    """A fresh passphrase-less ed25519 key pair at path (+ .pub); returns the public key line."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgeq-test", "-f", str(path)], check=True)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+def write_inventory(path: Path, devices: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"devices": devices}, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------ the arm64 runtime image as an SSH device
+DOCKER = "/usr/bin/docker"  # Debian's client: BuildKit built in (another `docker` on PATH may lack buildx)
+ARM64_RUNTIME = "edgeq/runtime:arm64"
+ARM64_SSH = "edgeq/runtime-ssh:arm64"
+ARM64_DEVICE = "arm64-qemu"
+QEMU_CPU = "cortex-a72"  # a Raspberry Pi 4's core: XNNPACK's NEON kernels as on a Pi (QEMU's `max`: garbage)
+ARM64_CPU_LIST = "0-1"  # the stand-in /sys/devices/system/cpu of docker/runtime.Dockerfile's header
+
+
+def _docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args[:3])} ... failed (exit {p.returncode}): {p.stderr[-2000:]}")
+    return p
+
+
+def arm64_docker_missing() -> str | None:
+    """Why arm64 containers cannot run here (no docker client, no engine, no QEMU binfmt), or None."""
+    if not os.path.exists(DOCKER) or not shutil.which("ssh-keygen"):
+        return f"{DOCKER} or ssh-keygen not installed (.ci/docker-setup installs docker.io; openssh-client)"
+    p = subprocess.run([DOCKER, "info"], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        return f"no Docker engine reachable (docker info: {p.stderr.strip()[-200:]}); start it with .ci/docker-setup"
+    if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
+        return "qemu-aarch64 is not registered with binfmt_misc: arm64 containers cannot run (.ci/docker-setup)"
+    return None
+
+
+def _ensure_arm64_images() -> dict:
+    """edgeq/runtime:arm64 (docker/build.sh, from a debootstrapped base, if missing) and the test-only SSH image
+    on top of it (docker/runtime-ssh.Dockerfile; cached after the first build). Returns build seconds."""
+    seconds = {}
+    if _docker("image", "inspect", ARM64_RUNTIME, check=False).returncode != 0:
+        t = time.monotonic()
+        cmd = [str(REPO / "docker" / "build.sh"), "--debootstrap-base", "runtime"]
+        ca = Path("/etc/ssl/certs/ca-certificates.crt")
+        if ca.is_file():  # a TLS-intercepting proxy re-signs pip's downloads here
+            cmd[1:1] = ["--ca-certs", str(ca)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=2400, env={**os.environ, "DOCKER": DOCKER})
+        if p.returncode != 0:
+            raise RuntimeError(f"building {ARM64_RUNTIME} failed: {(p.stdout + p.stderr)[-3000:]}")
+        seconds["runtime"] = round(time.monotonic() - t, 1)
+    t = time.monotonic()
+    p = subprocess.run([DOCKER, "build", "--platform", "linux/arm64", "-f", str(REPO / "docker" / "runtime-ssh.Dockerfile"),
+                        "-t", ARM64_SSH, "--progress=plain", str(REPO)], capture_output=True, text=True, timeout=1800,
+                       env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    if p.returncode != 0:
+        raise RuntimeError(f"building {ARM64_SSH} failed: {(p.stdout + p.stderr)[-3000:]}")
+    seconds["runtime-ssh"] = round(time.monotonic() - t, 1)
+    return seconds
+
+
+class Arm64Device:
+    """An edgeq/runtime-ssh:arm64 container under QEMU, reachable by SSH on a loopback port, as an `rpi` device."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.build_seconds = _ensure_arm64_images()
+        cpu = root / "cpu"
+        cpu.mkdir()
+        for name in ("possible", "present", "online"):
+            (cpu / name).write_text(ARM64_CPU_LIST + "\n")
+        self.user_key = root / "id_ed25519"
+        keygen(self.user_key)
+        t = time.monotonic()
+        self.container = f"edgeq-arm64-device-{uuid.uuid4().hex[:8]}"
+        _docker("run", "-d", "--rm", "--name", self.container, "--platform", "linux/arm64", "-e", f"QEMU_CPU={QEMU_CPU}",
+                "-v", f"{cpu}:/sys/devices/system/cpu:ro",
+                "-v", f"{self.user_key.with_suffix('.pub')}:/run/edgeq/authorized_keys:ro",
+                "-p", "127.0.0.1::22", ARM64_SSH)
+        try:
+            self.port = int(_docker("port", self.container, "22/tcp").stdout.split()[0].rsplit(":", 1)[1])
+            host_key = self._wait_for_sshd(deadline=time.monotonic() + 120)
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = round(time.monotonic() - t, 1)
+        kt, kb = host_key.split()[:2]  # read inside the container: the key edgeq then verifies on every connection
+        self.known_hosts = root / "known_hosts"
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {kt} {kb}\n")
+
+    def _wait_for_sshd(self, deadline: float) -> str:
+        """The container's host public key, once sshd answers with its SSH banner on the published port."""
+        while time.monotonic() < deadline:
+            if _docker("inspect", "-f", "{{.State.Running}}", self.container, check=False).stdout.strip() != "true":
+                raise RuntimeError(f"the {ARM64_SSH} container stopped: {self.logs()}")
+            key = _docker("exec", self.container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub", check=False)
+            if key.returncode == 0:
+                try:  # docker's port proxy accepts at once; only sshd itself sends the banner
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                        if s.recv(64).startswith(b"SSH-2.0"):
+                            return key.stdout.strip()
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        raise RuntimeError(f"sshd in {self.container} did not answer within 120 s: {self.logs()}")
+
+    def exec(self, *cmd: str) -> str:
+        """stdout of a command run inside the container (not over SSH): to look at what edgeq left there."""
+        return _docker("exec", self.container, *cmd).stdout
+
+    def logs(self) -> str:
+        p = _docker("logs", "--tail", "40", self.container, check=False)
+        return (p.stdout + p.stderr)[-3000:]
+
+    def device(self, name: str = ARM64_DEVICE, **kw) -> dict:
+        d = {"name": name, "kind": "rpi", "host": "127.0.0.1", "port": self.port, "user": "root",
+             "key_file": str(self.user_key), "known_hosts": str(self.known_hosts), "workdir": "/root/edgeq",
+             "python": "/opt/venv/bin/python3", "threads": 2, "connect_timeout": 30, "command_timeout": 1200}
+        d.update(kw)
+        return d
+
+    def stop(self) -> None:
+        _docker("rm", "-f", self.container, check=False)
+
+
+@pytest.fixture(scope="session")
+def arm64_container(tmp_path_factory):
+    """The running Arm64Device (port, keys, build/start seconds); most tests want `arm64_device` instead."""
+    why = arm64_docker_missing()
+    if why:
+        pytest.skip(why)
+    dev = Arm64Device(tmp_path_factory.mktemp("arm64-device"))
+    yield dev
+    dev.stop()
+
+
+@pytest.fixture(scope="session")
+def arm64_device(arm64_container) -> tuple[Path, str]:
+    """(inventory_path, device_name): the arm64 runtime image under QEMU as an `rpi` SSH device.
+
+    One container per test session (edgeq/runtime-ssh:arm64 = docker/runtime.Dockerfile + OpenSSH, built here and
+    cached by docker; edgeq/runtime:arm64 is built first by docker/build.sh if missing). It runs with
+    QEMU_CPU=cortex-a72 and a stand-in /sys/devices/system/cpu listing CPUs 0-1, so LiteRT's XNNPACK runs the NEON
+    kernels a Raspberry Pi 4 runs: outputs are the aarch64 build's real ones, timings are of an emulated CPU (the
+    agent detects it; reports mark them). sshd publishes on a free 127.0.0.1 port, logs in as root with a key made
+    here (mounted, never baked in), and the inventory's known_hosts holds the container's own host key (read with
+    `docker exec`): host-key checking stays on. Use it as any inventory:
+    `run_edgeq("bench", run, "--inventory", inv, "--device", name)`. Skips, saying why, without docker/QEMU.
+    """
+    inv = write_inventory(arm64_container.root / "devices.yaml", [arm64_container.device()])
+    return inv, ARM64_DEVICE

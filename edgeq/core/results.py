@@ -82,6 +82,7 @@ class LatencyStats:
     ci_width: float | None = None  # the 95 % interval's width as a fraction of the median, shown without alarm
     noisy_reason: str | None = None
     ratio_to_fp32: dict | None = None  # {value, ci95, reference, rounds}
+    emulated: str | None = None  # the device's CPU is emulated (QEMU): why, as its agent detected it; no speed figure
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float], *, warmup: int, threads: int | None, runtime: str,

@@ -35,8 +35,10 @@ Usage (stable; scripts and the Docker images rely on it):
                     runs bfloat16 or float16 on CPUs that have them, a different artifact from the FP32 one)
 
 Output: exactly one JSON object on stdout, always with "protocol" (PROTOCOL below) and "ok".
-On success: "runtime", "device", "model", "timing": {"samples_ms": [...], "runs", "warmup",
-"threads"} and optionally "outputs"/"outputs_file". On failure: "error" (one line) and "error_kind"
+"device" is this machine's identity: its CPU, its CPU lists (cpu_list) and, when a CPU emulator runs the agent
+(an arm64 container under QEMU), why ("emulated": its timings are then no speed figures; null on real hardware).
+On success: "runtime" (" (XNNPACK)" added when LiteRT's default delegate took ops), "device", "model",
+"timing": {"samples_ms": [...], "runs", "warmup", "threads"} and optionally "outputs"/"outputs_file". On failure: "error" (one line) and "error_kind"
 (usage | runtime_missing | delegate_unavailable | model | inputs | internal); the traceback goes to
 stderr and the exit status is non-zero (2 for usage and runtime_missing, 1 otherwise).
 """
@@ -86,6 +88,48 @@ def cpu_model_and_flags(cpuinfo_text: str | None = None) -> tuple[str, set[str]]
     return model, flags
 
 
+X86_VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
+
+
+def emulation(cpuinfo_text: str | None = None, machine: str | None = None, environ=None) -> str | None:
+    """Why this process runs on an emulated CPU (QEMU user mode, as an arm64 container on x86-64), or None.
+
+    User-mode QEMU translates instructions but leaves the kernel's /proc/cpuinfo alone: an aarch64 process
+    that reads an x86 vendor there is emulated, and its timings say nothing about any real device's speed."""
+    if cpuinfo_text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo_text = f.read()
+        except OSError:
+            cpuinfo_text = ""
+    machine = (machine or platform.machine()).lower()
+    environ = os.environ if environ is None else environ
+    keys = {ln.partition(":")[0].strip().lower(): ln.partition(":")[2].strip() for ln in cpuinfo_text.splitlines()}
+    x86_kernel = keys.get("vendor_id", "") in X86_VENDORS
+    arm_kernel = "cpu implementer" in keys
+    why = None
+    if x86_kernel and machine.startswith(("aarch64", "arm")):
+        why = f"an {machine} process on an x86-64 CPU ({keys.get('model name') or keys['vendor_id']})"
+    elif arm_kernel and machine in ("x86_64", "amd64", "i686", "i386"):
+        why = f"an {machine} process on an ARM CPU"
+    if why is None:
+        return None
+    qemu = f", QEMU_CPU={environ['QEMU_CPU']}" if environ.get("QEMU_CPU") else ""
+    return f"{why}: a user-mode CPU emulator (QEMU) runs it{qemu}; timings are not speed figures"
+
+
+def cpu_list(root: str = "/sys/devices/system/cpu") -> dict:
+    """The kernel's CPU lists (possible/present/online, e.g. "0-3") as this process sees them."""
+    out = {}
+    for name in ("possible", "present", "online"):
+        try:
+            with open(f"{root}/{name}") as f:
+                out[name] = f.read().strip()
+        except OSError:
+            out[name] = None
+    return out
+
+
 def identity() -> dict:
     import numpy as np
 
@@ -95,7 +139,8 @@ def identity() -> dict:
         load = None
     return {"hostname": platform.node(), "machine": platform.machine(), "cpu": cpu_model_and_flags()[0],
             "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "numpy": np.__version__, "loadavg": load}
+            "python": platform.python_version(), "numpy": np.__version__, "loadavg": load,
+            "cpu_list": cpu_list(), "emulated": emulation()}
 
 
 def _version(dist: str) -> str:
@@ -205,10 +250,20 @@ class TFLiteRunner:
         except (ValueError, RuntimeError) as e:
             raise AgentError("model", f"{path}: not loadable by {self.runtime} "
                                       f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        if not delegate and self.default_delegate_applied():
+            self.runtime += " (XNNPACK)"  # its default delegate took ops: a different kernel set from the builtin one
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
         self.in_dtype = np.dtype(self.inp["dtype"])
         self.input_shape = [int(d) for d in self.inp["shape"]]
+
+    def default_delegate_applied(self) -> bool:
+        """Whether the interpreter's default delegate (XNNPACK) replaced ops of the graph: a DELEGATE node then
+        shows among its nodes. Under QEMU without a usable /sys CPU list it silently is not (different outputs)."""
+        try:
+            return any(op.get("op_name") == "DELEGATE" for op in self.interp._get_ops_details())
+        except Exception:  # noqa: BLE001 - a private API: an interpreter without it just says nothing
+            return False
 
     @staticmethod
     def _import(prefer: str):

@@ -20,7 +20,8 @@ from edgeq.report.decisions import calibration_lines, class_lines, referee_lines
 
 SCHEMA_VERSION = 2
 LATENCY_KEYS = ("median", "median_ci95", "ci_coverage", "p90", "p99", "mean", "min", "max", "runs", "rounds", "warmup",
-                "threads", "runtime", "device", "noisy", "noisy_reason", "ci_width", "ratio_to_fp32", "round_medians", "quantiles")
+                "threads", "runtime", "device", "noisy", "noisy_reason", "ci_width", "ratio_to_fp32", "round_medians", "quantiles",
+                "emulated")
 
 
 def _accuracy(ctx, a) -> dict:
@@ -315,8 +316,15 @@ def _device_lines(rep: dict) -> list[str]:
             if s:
                 c = artifact_cells(rep, e, t)
                 lines.append(f"| {e['name']} | {t} | {c[t + ' ms [CI]']} | {c['×FP32 [CI]']} | "
-                             f"{_fmt(s.get('p90'), '.3f')} | {s.get('runtime') or s.get('reason', '')} |")
+                             f"{_fmt(s.get('p90'), '.3f')} | {_runtime_cell(s)} |")
+    emulated = {t: s["emulated"] for e in rep["artifacts"] for t, s in e["latency_ms"].items() if s.get("emulated")}
+    lines += [f"\n**{t}: emulated CPU, its timings are meaningless as speed figures** ({why}); its outputs and "
+              "accuracy are the real ones of its runtime build." for t, why in sorted(emulated.items())]
     return lines
+
+
+def _runtime_cell(s: dict) -> str:
+    return (s.get("runtime") or s.get("reason", "")) + (" (EMULATED CPU)" if s.get("emulated") else "")
 
 
 def _per_layer_lines(rep: dict) -> list[str]:
@@ -379,5 +387,9 @@ def print_device_table(rep: dict) -> None:
             if target != "host":
                 c = artifact_cells(rep, e, target)
                 t.add_row(e["name"], target, c[f"{target} ms [CI]"], c["×FP32 [CI]"], _fmt(s.get("p90"), ".4g"),
-                          (s.get("runtime") or s.get("reason", "")) + (" (noisy)" if s.get("noisy") else ""))
-    Console(width=120).print(t)
+                          _runtime_cell(s) + (" (noisy)" if s.get("noisy") else ""))
+    console = Console(width=120)
+    console.print(t)
+    for target in sorted({t for e in rep["artifacts"] for t, s in e["latency_ms"].items() if s.get("emulated")}):
+        console.print(f"{target}: EMULATED CPU, timings meaningless as speed figures (outputs and accuracy are real)",
+                      style="bold")

@@ -208,6 +208,10 @@ def _devices(rep: dict) -> str:
         return ""
     head = ["device", "kind", "address", "status", "error", "runtime", "seconds"]
     rows = [[_e(n)] + [_e(d.get(k) if d.get(k) is not None else "") for k in head[1:]] for n, d in devs.items()]
+    for row, d in zip(rows, devs.values()):  # an emulated CPU's timings are no speed figures: said where they show
+        why = _d(d.get("identity")).get("emulated")
+        row.append(f"<strong>emulated: timings meaningless as speed</strong> ({_e(why)})" if why else "no")
+    head.append("emulated CPU")
     return "<h2>Devices</h2>" + _table(head, rows, "devs")
 
 

@@ -239,6 +239,8 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
                        f"(best: {slower[0]['name']} {med(slower[0]):.4g} ms)")
     if s.get("noisy"):
         why.append(f"caution, noisy: {s.get('noisy_reason')}")
+    if s.get("emulated"):
+        why.append(f"EMULATED CPU on {target}: these timings say nothing about a real device's speed ({s['emulated']})")
     return {"artifact": best["name"], "why": "; ".join(why)}
 
 

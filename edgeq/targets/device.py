@@ -102,7 +102,7 @@ class DeviceSession:
     def identity(self) -> str:
         d = self.info.get("device", {})
         return (f"{self.name}: {d.get('hostname', '?')} ({d.get('cpu', '?')}, {d.get('cores', '?')} cores, "
-                f"{d.get('machine', '?')})")
+                f"{d.get('machine', '?')}{', EMULATED CPU' if d.get('emulated') else ''})")
 
     def runtimes(self) -> dict:
         return self.info.get("runtimes", {})
@@ -123,6 +123,7 @@ class DeviceSession:
         t = ans["timing"]
         stats = LatencyStats.from_samples(t["samples_ms"], warmup=t["warmup"], threads=t.get("threads"),
                                           runtime=ans["runtime"], device=self.identity())
+        stats.emulated = (ans.get("device") or {}).get("emulated")
         return stats, ans
 
 

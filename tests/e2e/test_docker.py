@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, say
 
 pytestmark = pytest.mark.docker
 
@@ -37,17 +37,6 @@ JETSON_STANDIN = "edgeq/jetson:standin-amd64"
 RUNTIME_MAX_MB = 500
 ARM_EVAL_IMAGES = 200
 QEMU_CPU = "cortex-a72"  # Raspberry Pi 4
-
-
-def say(request, msg: str) -> None:
-    """A figure for the test output: shown in the terminal even when the test passes."""
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capman = request.config.pluginmanager.get_plugin("capturemanager")
-    if tr is None or capman is None:
-        print(f"[docker] {msg}")
-        return
-    with capman.global_and_fixture_disabled():
-        tr.write_line(f"[docker] {msg}")
 
 
 def sh(cmd: list[str], what: str, timeout: int, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -202,3 +202,43 @@ def test_agent_keeps_every_tensor_and_names_the_kernel_of_each_op(agent, models,
 def test_agent_kernels_apply_to_tflite_only(agent, models):
     rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--kernels", "reference")
     assert rc == 2 and ans["error_kind"] == "usage" and ".tflite" in ans["error"]
+
+
+# /proc/cpuinfo as an arm64 container under QEMU user mode reads it (first lines, recorded on this project's host)
+QEMU_ON_X86_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model name\t: AMD EPYC
+flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep sse sse2 avx2
+"""
+# a Raspberry Pi 4 (Cortex-A72) as its kernel reports it
+PI4_CPUINFO = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm crc32 cpuid
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU part\t: 0xd08
+Model\t\t: Raspberry Pi 4 Model B Rev 1.4
+"""
+
+
+def test_agent_detects_an_arm64_process_on_an_x86_cpu_as_emulated():
+    from edgeq.ondevice import agent as a
+
+    why = a.emulation(QEMU_ON_X86_CPUINFO, "aarch64", {"QEMU_CPU": "cortex-a72"})
+    assert why.startswith("an aarch64 process on an x86-64 CPU (AMD EPYC)") and "QEMU_CPU=cortex-a72" in why
+    assert a.emulation(PI4_CPUINFO, "aarch64", {}) is None  # a real Pi
+    assert a.emulation(QEMU_ON_X86_CPUINFO, "x86_64", {}) is None  # this host itself
+    assert a.emulation(PI4_CPUINFO, "x86_64", {}) == ("an x86_64 process on an ARM CPU: a user-mode CPU emulator "
+                                                      "(QEMU) runs it; timings are not speed figures")
+
+
+def test_agent_info_reports_cpu_list_and_emulation(agent):
+    rc, ans, _ = run_agent(agent, "--info")
+    assert rc == 0 and ans["device"]["emulated"] is None  # this machine runs its own instructions
+    assert set(ans["device"]["cpu_list"]) == {"possible", "present", "online"} and ans["device"]["cpu_list"]["online"]
+
+
+def test_agent_names_xnnpack_when_the_default_delegate_took_ops(agent, models):
+    rc, ans, _ = run_agent(agent, "--model", models["tflite"], "--runs", "2", "--warmup", "1")
+    assert rc == 0 and ans["runtime"].startswith("ai-edge-litert") and ans["runtime"].endswith("(XNNPACK)")

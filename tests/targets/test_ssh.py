@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from conftest import REPO, fake_edgetpu_compiler, make_config, run_edgeq
+from conftest import free_port as _free_port, keygen as _keygen, write_inventory as _inventory
 
 REPO_MODELS = REPO / "models"
 
@@ -30,17 +31,6 @@ SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(not (os.path.exists(SSHD) and shutil.which("ssh-keygen")),
                                  reason="OpenSSH server not installed (Debian: apt-get install openssh-server)")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgeq-test", "-f", str(path)], check=True)
-    return path.with_suffix(".pub").read_text().strip()
 
 
 class Sshd:
@@ -114,11 +104,6 @@ def silent_port():
     s.listen(8)
     yield s.getsockname()[1]
     s.close()
-
-
-def _inventory(path: Path, devices: list[dict]) -> Path:
-    path.write_text(yaml.safe_dump({"devices": devices}, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")
