@@ -52,18 +52,22 @@ def weight_slots(data: bytes) -> dict[str, Slot]:
         w = g.Tensors(op.Inputs(1))
         if w.Type() not in (_INT8, _INT4):
             continue
-        b = m.Buffers(w.Buffer())
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(b._tab.Offset(4))  # Buffer.data
-        if not o:
-            raise QuantizationError(f"weights of {g.Tensors(op.Outputs(0)).Name().decode(errors='replace')} are "
-                                    "stored outside the flatbuffer (a >2 GB model): int4 substitution cannot patch "
-                                    "them; use stages.mixed_precision.sensitivity: models")
         q = w.Quantization()
         if q is None or q.QuantizedDimension() != 0:
             continue
         shape = w.ShapeAsNumpy()
-        out[g.Tensors(op.Outputs(0)).Name().decode(errors="replace")] = Slot(
-            b._tab.Vector(o), int(np.prod(shape)), np.asarray(q.ScaleAsNumpy(), np.float64), int(shape[0]), w.Type())
+        count = int(np.prod(shape))
+        b = m.Buffers(w.Buffer())
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(b._tab.Offset(4))  # Buffer.data
+        # litert-quantizer writes constants after the flatbuffer: Buffer.offset/size, from the file's start
+        start = b._tab.Vector(o) if o else b.Offset() if b.Offset() > 1 else None
+        size = b._tab.VectorLen(o) if o else b.Size()
+        name = g.Tensors(op.Outputs(0)).Name().decode(errors="replace")
+        if start is None or size != (count if w.Type() == _INT8 else (count + 1) // 2) or start + size > len(buf):
+            raise QuantizationError(f"the weights of {name} are not where the .tflite says (buffer {w.Buffer()}): "
+                                    "int4 substitution cannot patch them; use stages.mixed_precision.sensitivity: "
+                                    "models")
+        out[name] = Slot(start, count, np.asarray(q.ScaleAsNumpy(), np.float64), int(shape[0]), w.Type())
     return out
 
 
