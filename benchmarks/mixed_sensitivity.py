@@ -71,7 +71,7 @@ def main(run_dir: str) -> dict:
     out = {"run": str(run_dir), "layers": len(layers), "sensitivity_images": ns,
            "spearman": round(float(spearmanr(a, b).statistic), 4), "kendall": round(float(kendalltau(a, b).statistic), 4),
            f"top_{k}_overlap": top, "seconds_models": round(t_models, 1),
-           "seconds_substitution": round(t_sub, 1), "max_grid_error_int4_steps": round(max(sub.grid_error.values()), 4),
+           "seconds_substitution": round(t_sub, 1),
            "per_layer": [{"layer": o, "models": round(by_models[o], 6), "substitution": round(by_sub[o], 6)}
                          for o in layers]}
     return out
