@@ -37,8 +37,9 @@ class Slot:
     """One weight layer in a .tflite file: its weights (int8 or packed int4; output channels on axis 0), their
     per-channel scales, and its int32 bias and the bias's scales when it has a quantized bias."""
 
-    weights: Region
+    weights: Region  # packed int4: its bytes, (elements + 1) // 2
     tensor_type: int
+    elements: int
     channels: int
     scales: Region
     bias: Region | None
@@ -58,7 +59,7 @@ def _data_region(m, buf: bytearray, tensor, dtype: str, count: int, what: str) -
         raise QuantizationError(f"the constant data of {what} is not where the .tflite says (buffer "
                                 f"{tensor.Buffer()}): int4 substitution cannot patch it; use "
                                 "stages.mixed_precision.sensitivity: models")
-    return Region(int(start), count, "uint8" if dtype == "int4" else dtype)
+    return Region(int(start), need, "uint8") if dtype == "int4" else Region(int(start), count, dtype)
 
 
 def _scale_region(tensor) -> Region | None:
@@ -101,7 +102,7 @@ def weight_slots(data: bytes) -> dict[str, Slot]:
             if b.Type() == _INT32:
                 bias = _data_region(m, buf, b, "<i4", int(np.prod(b.ShapeAsNumpy())), f"{name} (bias)")
                 bias_scales = _scale_region(b)
-        out[name] = Slot(weights, w.Type(), int(shape[0]), _scale_region(w), bias, bias_scales)
+        out[name] = Slot(weights, w.Type(), int(np.prod(shape)), int(shape[0]), _scale_region(w), bias, bias_scales)
     return out
 
 
@@ -109,7 +110,7 @@ def values(data: bytes, slot: Slot) -> np.ndarray:
     """The stored weight codes of one slot as int8, shaped (channels, rest); int4 unpacked low nibble first."""
     v = slot.weights.read(data)
     if slot.tensor_type == _INT4:
-        v = np.stack([v & 0x0F, v >> 4], 1).ravel().astype(np.int8)[:slot.weights.count]
+        v = np.stack([v & 0x0F, v >> 4], 1).ravel().astype(np.int8)[:slot.elements]
         v[v > 7] -= 16
     return v.astype(np.int8).reshape(slot.channels, -1)
 
@@ -143,7 +144,7 @@ def substitution(int8_model: bytes, int4_model: bytes, layers: list[str]) -> Sub
         if a is None or b is None or a.tensor_type != _INT8 or b.tensor_type != _INT4:
             raise QuantizationError(f"layer {name} is not int8 in the W8A8 model and int4 in the W4A8 model "
                                     "(int4 substitution needs both): use stages.mixed_precision.sensitivity: models")
-        if a.weights.count != b.weights.count or a.channels != b.channels or a.scales.count != b.scales.count:
+        if a.elements != b.elements or a.channels != b.channels or a.scales.count != b.scales.count:
             raise QuantizationError(f"layer {name}: its weights differ in shape between the W8A8 and W4A8 models")
         old = _per_channel(int8_model, a.scales, a.channels)
         new = (_per_channel(int4_model, b.scales, b.channels) / STEP).astype("<f4")
