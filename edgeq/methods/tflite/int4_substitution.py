@@ -150,7 +150,11 @@ def substitution(int8_model: bytes, int4_model: bytes, layers: list[str]) -> Sub
         new = (_per_channel(int4_model, b.scales, b.channels) / STEP).astype("<f4")
         codes = (values(int4_model, b).astype(np.int16) * STEP).astype(np.int8)
         p = [(a.weights.offset, codes.tobytes()), (a.scales.offset, new[:a.scales.count].tobytes())]
-        if a.bias is not None and a.bias_scales is not None:
+        if a.bias is not None and a.bias_scales is None:
+            raise QuantizationError(f"layer {name}: its int32 bias has no scale in the W8A8 model, so it cannot be "
+                                    "re-expressed at the int4 weights' scale: use stages.mixed_precision.sensitivity: "
+                                    "models")
+        if a.bias is not None:
             ratio = old / new.astype(np.float64)  # bias codes at the new bias scale (input scale x new weight scale)
             bias = np.round(a.bias.read(int8_model).astype(np.float64) * np.broadcast_to(ratio, (a.bias.count,)))
             bias_scale = _per_channel(int8_model, a.bias_scales, a.channels) / ratio
