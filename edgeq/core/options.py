@@ -286,6 +286,10 @@ class MixedPrecisionSpec(Strict):
     sensitivity_images: int = Field(300, ge=4)  # of the held-back ones: single-layer output KL against FP32
     range_method: Literal["minmax", "octav"] = "octav"
     search_rounds: int = Field(6, ge=1)  # solver runs of the error-budget bisection (each one real model)
+    # per-layer int4 cost: `models` quantizes one all-int8-but-that-layer model per layer (litert-quantizer each);
+    # `substitution` patches the real int4 weights of one uniform W4A8 model into a copy of the W8A8 file, one
+    # layer at a time (no quantization per layer: for large models, e.g. ResNet-50; docs/mixed_precision.md)
+    sensitivity: Literal["models", "substitution"] = "models"
 
 
 class StagesSpec(Strict):

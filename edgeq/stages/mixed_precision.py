@@ -19,7 +19,7 @@ from edgeq.core.errors import EdgeqError
 from edgeq.methods.shared import mixed_precision as mp
 from edgeq.methods.shared.budget import refusal_reason
 from edgeq.methods.shared.calibration import calibration_count, held_back
-from edgeq.methods.tflite import litert, op_sqnr
+from edgeq.methods.tflite import int4_substitution, litert, op_sqnr
 
 NAME, FILE = "mixed_tflite", "mixed.tflite"
 SENSITIVITY = ("per weight layer and candidate precision, one real model with only that layer changed from all-int8: "
@@ -28,6 +28,17 @@ SENSITIVITY = ("per weight layer and candidate precision, one real model with on
                "one shared calibration; per-op SQNR of two uniform models was tried first and blamed the layer "
                "that reads an outlier activation instead of the one that writes it). Per-layer SQNR lost (table) "
                "from one uniform W4A8 and one W8A8 model. Costs are summed, and every plan is then measured")
+SUBSTITUTED = ("per int4-capable layer, the all-int8 (W8A8) model with only that layer's weights replaced by its real "
+               "int4 weights from the uniform W4A8 model of the same calibration (a byte patch, no quantization per "
+               "layer): its output KL against FP32 minus the all-int8 model's, on {n} held-back calibration images"
+               "{float_note}. Per-layer SQNR lost (table) from the two uniform models. Costs are summed, and every "
+               "plan is then measured")
+
+
+def _sensitivity_text(opts: MixedPrecisionSpec, n: int) -> str:
+    if opts.sensitivity == "models":
+        return SENSITIVITY.format(n=n)
+    return SUBSTITUTED.format(n=n, float_note="; float candidates by one real model each" if opts.allow_float else "")
 
 
 def run_stage(ctx, opts: MixedPrecisionSpec) -> list[Artifact]:
@@ -46,6 +57,7 @@ def run_stage(ctx, opts: MixedPrecisionSpec) -> list[Artifact]:
     params = {"objective": opts.objective, "allow_float": opts.allow_float, "calibration_images": n,
               "holdout_images": len(held), "sensitivity_images": min(opts.sensitivity_images, len(held)),
               "range_method": opts.range_method, "search_rounds": opts.search_rounds, "budget_pt": budget,
+              "sensitivity": opts.sensitivity,
               "naive": naive_art.name if naive_art else "all-int8 plan", "litert_quantizer": litert.quantizer_version()}
     key_parts = {"calibration": cal.fingerprint(), "naive": naive_art.sha256 if naive_art else None,
                  "eval_images": len(ctx.splits.eval)}
@@ -80,9 +92,18 @@ def run_stage(ctx, opts: MixedPrecisionSpec) -> list[Artifact]:
                                            name=NAME)
             return float(mp.output_kl(ref[:ns], _predict(work / "one.tflite", data, hx[:ns])).mean())
 
-        layers, sens_seconds = _layers(stored, litert.layer_inputs(blob), op_sqnr.layer_errors(blob, uniform, hx[:32]), opts.allow_float, kl)
-        ctx.log(f"  sensitivity: {sum(len(la.error) - 1 for la in layers)} single-layer models on {ns} held-back "
-                f"images ({sens_seconds:.1f} s)")
+        int4_kl = None
+        if opts.sensitivity == "substitution":
+            sub = int4_substitution.substitution(uniform["int8"], uniform["int4"],
+                                                 [o for o, t in op_types.items() if t in litert.INT4_OPS])
+
+            def int4_kl(layer: str) -> float:
+                return float(mp.output_kl(ref[:ns], _predict(work / "sub.tflite", sub.model(layer), hx[:ns])).mean())
+
+        layers, sens_seconds = _layers(stored, litert.layer_inputs(blob), op_sqnr.layer_errors(blob, uniform, hx[:32]),
+                                       opts.allow_float, kl, int4_kl)
+        ctx.log(f"  sensitivity ({opts.sensitivity}): {sum(len(la.error) - 1 for la in layers)} single-layer models "
+                f"on {ns} held-back images ({sens_seconds:.1f} s)")
         if naive_art is not None:
             naive_bytes = naive_art.abspath(ctx.run_dir).read_bytes()
             naive = mp.measure(naive_art.name, ref, held.labels, _predict(work / "naive.tflite", naive_bytes, hx),
@@ -108,7 +129,7 @@ def run_stage(ctx, opts: MixedPrecisionSpec) -> list[Artifact]:
             tmp.write_bytes(data)
             table = plan_table(data, layers, result.best.plan)
             summary = litert.check_fully_integer(data, NAME, allowed_float=opts.allow_float)
-            return {**summary, "plan": table, "section": section, "sensitivity": SENSITIVITY.format(n=ns),
+            return {**summary, "plan": table, "section": section, "sensitivity": _sensitivity_text(opts, ns),
                     "budget_met_on_held_back": result.best.accepted, "held_back": held.source,
                     "held_back_decides": result.held_back_decides,
                     **({"hybrid": refusal_reason("edgetpu")} if "float" in result.best.plan.values() else {})}
@@ -122,9 +143,11 @@ def run_stage(ctx, opts: MixedPrecisionSpec) -> list[Artifact]:
     return [art]
 
 
-def _layers(stored: dict, inputs: dict[str, str], sqnr: dict, allow_float: bool, kl) -> tuple[list[mp.Layer], float]:
+def _layers(stored: dict, inputs: dict[str, str], sqnr: dict, allow_float: bool, kl,
+            int4_kl=None) -> tuple[list[mp.Layer], float]:
     """The search's layers: per weight op its candidates (int4 where LiteRT takes it, int8, float if allowed), each
-    costed by `kl(plan)` of the all-int8 model with only that layer changed, minus the all-int8 model's. A float
+    costed by `kl(plan)` of the all-int8 model with only that layer changed, minus the all-int8 model's (int4: by
+    `int4_kl(layer)`, the W8A8 model with that layer's int4 weights substituted, when given). A float
     layer whose input a weight layer writes is costed with that producer float too (minus the producer alone), and
     the solver may only choose it with its producer float."""
     import time
@@ -137,7 +160,8 @@ def _layers(stored: dict, inputs: dict[str, str], sqnr: dict, allow_float: bool,
     for o, (op_type, _, weights) in stored.items():
         error = {"int8": 0.0}
         if op_type in litert.INT4_OPS:  # int4 never helps: a negative figure is noise
-            error["int4"] = round(max(0.0, float(kl({**base, o: "int4"})) - kl8), 8)
+            k4 = int4_kl(o) if int4_kl is not None else kl({**base, o: "int4"})
+            error["int4"] = round(max(0.0, float(k4) - kl8), 8)
         producer = inputs.get(o) if inputs.get(o) in stored else None
         if allow_float:
             error["float"] = round(float(kl({**base, o: "float", producer: "float"})) - kl8 - float_alone[producer]
@@ -172,7 +196,7 @@ def _section_data(ctx, result: mp.SearchResult, layers: list[mp.Layer], source: 
                   opts: MixedPrecisionSpec, naive_art: Artifact | None) -> dict:
     d = result.to_dict()
     int8 = naive_art.size_bytes if naive_art else None
-    d.update(artifact=NAME if result.best else None, held_back=source, sensitivity=SENSITIVITY.format(n=ns),
+    d.update(artifact=NAME if result.best else None, held_back=source, sensitivity=_sensitivity_text(opts, ns),
              layers=len(layers), allow_float=opts.allow_float, naive_size_bytes=int8,
              size_vs_naive=round(result.best.file_bytes / int8, 4) if result.best and int8 else None,
              budget_met_on_held_back=bool(result.best and result.best.accepted),

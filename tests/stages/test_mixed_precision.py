@@ -13,7 +13,7 @@ from edgeq.methods.tflite import litert
 from hard_model import save_hard_model
 
 
-def _run(root, name: str, budget: float, allow_float: bool):
+def _run(root, name: str, budget: float, allow_float: bool, sensitivity: str = "models"):
     from edgeq.core.config import config_from_dict
     from edgeq.run.pipeline import run_pipeline
 
@@ -23,7 +23,7 @@ def _run(root, name: str, budget: float, allow_float: bool):
         "data": {"kind": "fashion_mnist", "prefer_full_dataset": False, "calibration_size": 500},
         "stages": {"tflite_ptq": {"representative_images": 200},
                    "mixed_precision": {"enabled": True, "allow_float": allow_float, "calibration_images": 200,
-                                       "holdout_images": 300, "search_rounds": 4}},
+                                       "holdout_images": 300, "search_rounds": 4, "sensitivity": sensitivity}},
         "benchmark": {"enabled": False}}, base_dir=root)
     run_dir = run_pipeline(cfg, root / name, log=lambda m: None)
     manifest = {a["name"]: a for a in json.loads((run_dir / "manifest.json").read_text())["artifacts"]}
@@ -45,7 +45,19 @@ def float_run(hard_root):
 
 @pytest.mark.slow  # the hard model's run: ~1 min on a loaded 2-core machine
 def test_shipped_plan_is_the_best_measured_and_no_worse_than_naive_int8(float_run):
-    run_dir, rep, manifest = float_run
+    _check_shipped_plan(float_run)
+
+
+@pytest.mark.slow
+def test_int4_costs_by_weight_substitution_ship_the_best_measured_plan(hard_root):
+    run = _run(hard_root, "substitution", 10.0, allow_float=True, sensitivity="substitution")
+    s = run[1]["mixed_precision"]
+    assert s["sensitivity"].startswith("per int4-capable layer, the all-int8 (W8A8) model with only that layer")
+    _check_shipped_plan(run)
+
+
+def _check_shipped_plan(run) -> None:
+    run_dir, rep, manifest = run
     s = rep["mixed_precision"]
     naive, tried = s["naive"], s["tried"]
     assert naive["drop_pt"] >= 2.0, naive  # the model is hard for naive INT8 on the held-back images
