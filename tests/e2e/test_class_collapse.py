@@ -101,4 +101,8 @@ def test_max_class_drop_makes_what_to_ship_refuse_the_artifact(collapsed_run):
     v = _int8(rep)["vs_fp32"]
     assert v["within_budget"] is False and "max_class_drop" in v["verdict"]
     assert rep["ship"]["host"]["artifact"] != "int8_tflite_ptq"
+    shipped = next(a for a in rep["artifacts"] if a["name"] == rep["ship"]["host"]["artifact"])
+    if _int8(rep)["latency_ms"]["host"]["median"] < shipped["latency_ms"]["host"]["median"]:  # refused though faster
+        assert ("int8_tflite_ptq is faster" in rep["ship"]["host"]["why"]
+                and "but over the per-class budget (max_class_drop): class 'shirt'" in rep["ship"]["host"]["why"])
     assert "int8_tflite_ptq" not in md.split("## What to ship", 1)[1].split("\n## ", 1)[0].split("—")[0]

@@ -166,5 +166,8 @@ def test_a_collapsed_class_is_named_and_max_class_drop_takes_the_artifact_out_of
         return {"name": name, "format": "tflite", "precision": precision, "method": "ptq", "stage": "s",
                 "accuracy": {"top1": 0.9}, "latency_ms": {"host": {"median": median, "median_ci95": [median, median]}},
                 **({"vs_fp32": vs} if vs else {})}
-    assert ship([entry("fp32", "fp32", None, 1.0), entry("int8", "int8", loose, 0.5)], "host", 2.0)["artifact"] == "int8"
-    assert ship([entry("fp32", "fp32", None, 1.0), entry("int8", "int8", strict, 0.5)], "host", 2.0)["artifact"] == "fp32"
+    shipped = ship([entry("fp32", "fp32", None, 1.0), entry("int8", "int8", loose, 0.5)], "host", 2.0)
+    assert shipped["artifact"] == "int8" and "but class 'shirt' -15.0 pt" in shipped["why"]  # named in the ship line
+    refused = ship([entry("fp32", "fp32", None, 1.0), entry("int8", "int8", strict, 0.5)], "host", 2.0)
+    assert refused["artifact"] == "fp32"
+    assert "int8 is faster (0.5 ms) but over the per-class budget (max_class_drop): class 'shirt'" in refused["why"]
