@@ -153,8 +153,10 @@ def _drop_cell(e: dict, check: dict) -> str:
         return _baseline(e, check) if d is None else f'<span class="v">{d:+.2f} pt</span>'
     badge = {True: '<b class="ok">✓ within budget</b>', False: '<b class="nm">✗ over budget</b>',
              None: '<b class="none">? undecided</b>'}.get(v.get("within_budget"), "") if "within_budget" in v else ""
-    p = _num(_d(v.get("mcnemar")).get("p"))
+    p, holm = _num(_d(v.get("mcnemar")).get("p")), _d(v.get("mcnemar_holm"))
     p = "p —" if p is None else ("p &lt; 0.001" if p < 0.001 else f"p = {p:.3g}")
+    if _num(holm.get("p")) is not None:  # adjusted across the run's comparisons with FP32
+        p += f"; Holm ({_e(holm.get('comparisons'))} artifacts) p = {holm['p']:.3g}"
     return (f'<span class="v">{d:+.2f} pt</span>{_ci(v.get("drop_ci95_pt"))}<br><small>McNemar {p}</small> {badge}'
             f'<br><small>{_e(v.get("verdict") or "")}</small>')
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.core.stats import PairedTest, images_to_decide, paired_test, per_class_paired, wilson_interval
+from edgeq.core.stats import PairedTest, holm, images_to_decide, paired_test, per_class_paired, wilson_interval
 
 ALPHA = 0.05
 
@@ -87,6 +87,14 @@ def vs_reference(ref_name: str, ref_correct: np.ndarray, cand_correct: np.ndarra
             out["within_budget"] = False
             out["verdict"] += f"; over the {max_class_drop:g} pt per-class budget (max_class_drop)"
     return out
+
+
+def holm_across_artifacts(vs: dict[str, dict]) -> None:
+    """Add `mcnemar_holm` to every `vs_fp32` of a run: its exact McNemar p Holm-adjusted across all the artifacts
+    compared with an FP32 reference in the run, and how many comparisons that was (the tables' * markers use it)."""
+    names = list(vs)
+    for name, p in zip(names, holm([vs[n]["mcnemar"]["p"] for n in names])):
+        vs[name]["mcnemar_holm"] = {"p": round(p, 6), "comparisons": len(names)}
 
 
 def class_verdicts(labels, ref_correct, cand_correct, class_names: list[str], max_class_drop: float | None) -> dict:

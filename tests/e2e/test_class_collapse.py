@@ -94,6 +94,8 @@ def test_the_report_names_the_class_with_its_paired_test(collapsed_run):
     assert len(v["per_class"]["collapsed"]) == 1 and v["per_class"]["collapsed"][0].startswith("class 'shirt' -")
     assert "Holm, 10 classes" in v["verdict"]
     assert "## Per class" in md and "**int8_tflite_ptq**: class 'shirt'" in md
+    assert v["mcnemar_holm"] == {"p": v["mcnemar"]["p"], "comparisons": 1}  # one INT8 artifact against FP32
+    assert "after Holm's correction across the 1 artifact compared with FP32" in md and "McNemar p (Holm)" in md
 
 
 def test_max_class_drop_makes_what_to_ship_refuse_the_artifact(collapsed_run):
