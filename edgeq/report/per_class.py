@@ -68,8 +68,8 @@ def _panels(tested, classes: list[str]) -> str:
 def _cell(c: dict | None) -> str:
     if c is None:
         return "—"
-    lo, hi = c["drop_ci95_pt"]
-    text = (f'<span class="v">{c["recall"] * 100:.1f} %</span><br><small>{c["drop_pt"]:+.1f} pt [{lo:+.1f}, {hi:+.1f}], '
+    lo, hi = c["drop_ci95_pt"]  # drop = recall lost; shown as the change, as the verdicts name it
+    text = (f'<span class="v">{c["recall"] * 100:.1f} %</span><br><small>{-c["drop_pt"]:+.1f} pt [{-hi:+.1f}, {-lo:+.1f}], '
             f'p<sub>Holm</sub> = {c["p_holm"]:.2g}</small>')
     return f'<b class="nm">▼ {text}</b>' if _lost(c) else text
 
@@ -85,8 +85,8 @@ def per_class_html(rep: dict) -> str:
                        if r["class"] == name) for name in classes}
     shown = classes if len(classes) <= MAX_PANELS else sorted(classes, key=lambda n: -worst[n])[:MAX_PANELS]
     n_lost = sum(_lost(r) for _, _, rows in tested for r in rows)
-    intro = (f"<p>Recall per class of each artifact against its FP32 reference on the same images: drop in points with "
-             f"a Newcombe paired 95 % interval, exact McNemar on that class's images, Holm-adjusted across the "
+    intro = (f"<p>Recall per class of each artifact against its FP32 reference on the same images: the change in points "
+             f"(negative = recall lost) with a Newcombe paired 95 % interval, exact McNemar on that class's images, Holm-adjusted across the "
              f"{len(classes)} classes. {n_lost} class loss{'es' if n_lost != 1 else ''} significant."
              + (f" Panels: the {MAX_PANELS} classes with a significant loss or the largest drops." if shown != classes
                 else "") + "</p>")

@@ -242,7 +242,7 @@ def test_per_class_section_draws_a_panel_per_class_and_marks_the_significant_los
     v = p.visible
     assert "Holm-adjusted across the 10 classes. 1 class loss significant." in v
     assert "int8_tflite_ptq (vs fp32_tflite)" in v and "int8_tflite_qat (vs fp32_tflite)" in v
-    assert page.count("▼") == 1 and "▼ 72.0 %" in v and "+6.0 pt [+4.5, +7.5]" in v  # shirt: FP32 78 %, -6 pt
+    assert page.count("▼") == 1 and "▼ 72.0 %" in v and "-6.0 pt [-7.5, -4.5]" in v  # shirt: FP32 78 %, -6 pt
     assert "1 = int8_tflite_ptq (vs fp32_tflite); 2 = int8_tflite_qat (vs fp32_tflite)" in page
     assert per_class_html({"artifacts": [a for a in rep["artifacts"] if "vs_fp32" not in a]}) == ""
 
