@@ -11,6 +11,8 @@ import pytest
 
 from conftest import make_config, run_edgeq
 
+pytestmark = pytest.mark.slow  # trains a small CNN and runs `edgeq run` once: ~20 s idle, ~35 s on a loaded 2-core host
+
 SHIRT = 6  # Fashion-MNIST's 'shirt'
 OVERALL_BUDGET, CLASS_BUDGET = 5.0, 10.0
 

@@ -37,6 +37,7 @@ def test_a_size_larger_than_the_calibration_split_is_refused_before_the_run(tiny
     assert "stages.tflite_ptq.size_study is 400 but the calibration split has 40 images" in proc.stderr
 
 
+@pytest.mark.slow  # two `edgeq run`s of the tiny project: ~40 s on a loaded 2-core host
 def test_a_run_with_a_size_study_reports_the_curve_from_real_models(tiny_project, tmp_path):
     cfg = make_config(tmp_path, tiny_project, stages={"tflite_ptq": {"representative_images": 40,
                                                                      "size_study": [40, 4, 16]}})
