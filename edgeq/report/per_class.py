@@ -88,11 +88,11 @@ def per_class_html(rep: dict) -> str:
     intro = (f"<p>Recall per class of each artifact against its FP32 reference on the same images: the change in points "
              f"(negative = recall lost) with a Newcombe paired 95 % interval, exact McNemar on that class's images, Holm-adjusted across the "
              f"{len(classes)} classes. {n_lost} class loss{'es' if n_lost != 1 else ''} significant."
-             + (f" Panels: the {MAX_PANELS} classes with a significant loss or the largest drops." if shown != classes
-                else "") + "</p>")
+             + (f" Shown: the {MAX_PANELS} classes with a significant loss or the largest drops (all of them in "
+               "report.json)." if shown != classes else "") + "</p>")
     head = ["class", "n"] + [f"{name} (vs {ref})" for name, ref, _ in tested]
     rows = []
-    for name in classes:
+    for name in shown:
         cells = [next((r for r in rows_ if r["class"] == name), None) for _, _, rows_ in tested]
         n = next((c["n"] for c in cells if c), None)
         fp32 = next((c["recall_fp32"] for c in cells if c), None)

@@ -334,3 +334,16 @@ def test_tiny_real_run_renders(tiny_project, tmp_path):
             assert e["name"] in p.visible
         for why in reasons(rep):
             assert why in p.visible, why
+
+
+def test_per_class_section_of_a_1000_class_model_shows_the_classes_that_lost_first():
+    from edgeq.report.per_class import MAX_PANELS, per_class_html
+
+    rows = [{"class": f"k{i}", "n": 50, "recall_fp32": 0.8, "recall": 0.8, "drop_pt": 0.0, "drop_ci95_pt": [-3, 3],
+             "p": 1.0, "p_holm": 1.0} for i in range(1000)]
+    rows[517].update(recall=0.5, drop_pt=30.0, drop_ci95_pt=[20, 40], p=1e-8, p_holm=1e-5)
+    art = {"name": "int8", "vs_fp32": {"reference": "fp32", "per_class": {"classes": rows}}}
+    p = Page(per_class_html({"artifacts": [art]}))
+    assert len(p.imgs) == 1 and p.visible.count("FP32 80.0 %") == MAX_PANELS
+    assert "Shown: the 20 classes with a significant loss or the largest drops" in p.visible
+    assert "k517" in p.visible and "▼ 50.0 %" in p.visible
