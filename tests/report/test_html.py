@@ -100,6 +100,8 @@ def synthetic_report() -> dict:
                 "too few to tell whether it is within the 1 pt budget; about 42,000 images would decide", ok=None),
              {"artifact": "int8_onnx_ptq", "reference": "fp32_onnx", "layers": None, "reason": NOT_MEASURED["layers"]}),
     ]
+    for a, p in zip(arts[2:], (0.00063, 0.026, 0.00016)):  # Holm across the three artifacts compared with FP32
+        a["vs_fp32"]["mcnemar_holm"] = {"p": p, "comparisons": 3}
     arts[2]["vs_fp32"]["per_class"] = per_class_rows(shirt_lost=True)  # int8_tflite_ptq loses 'shirt'
     arts[3]["vs_fp32"]["per_class"] = per_class_rows(shirt_lost=False)
     checks = {a["name"]: {"reference": "fp32_tflite", "size_ratio": round(a["size_bytes"] / 8_900_000, 4),
@@ -218,6 +220,7 @@ def test_synthetic_report_renders_every_section():
     v = p.visible
     assert "91.29 % [90.73, 91.83]" in v and "n = 10000" in v
     assert "+0.41 pt [0.18, 0.64]" in v and "McNemar p < 0.001" in v and "within the 1.0 pt budget" in v
+    assert "McNemar p < 0.001; Holm (3 artifacts) p = 0.00063" in v and "Holm (3 artifacts) p = 0.026" in v
     assert "4.120 ms [4.050, 4.200]" in v and "0.420× [0.410, 0.430]" in v
     assert "⚠ noisy" in v and "int8_tflite_qat on host is noisy: round medians spread 31 % (> 10 %)" in v
     assert 'title="int8_tflite_qat on host is noisy: round medians spread 31 %' in page
