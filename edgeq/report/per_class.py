@@ -53,7 +53,7 @@ def _panels(tested, classes: list[str]) -> str:
             ax.errorbar(x + 0.18, c["recall"] * 100, yerr=[[lo], [hi]], fmt="o", ms=5, capsize=2, elinewidth=1,
                         color="#c0392b" if lost else "#1f6fb2")
         ax.set_title(name + (" (significant loss)" if hit else ""), fontsize=9, color="#c0392b" if hit else "#1d2330",
-                     fontweight="bold" if hit else "normal")
+                     fontweight="bold" if hit else "normal", parse_math=False)  # class names are user text
         ax.set_xticks(list(xs))
         ax.set_xlim(0.4, len(tested) + 0.6)
         ax.tick_params(labelsize=7)

@@ -350,3 +350,13 @@ def test_per_class_section_of_a_1000_class_model_shows_the_classes_that_lost_fir
     assert len(p.imgs) == 1 and p.visible.count("FP32 80.0 %") == MAX_PANELS
     assert "Shown: the 20 classes with a significant loss or the largest drops" in p.visible
     assert "k517" in p.visible and "▼ 50.0 %" in p.visible
+
+
+def test_per_class_section_escapes_class_and_artifact_names_and_does_not_parse_them_as_math():
+    from edgeq.report.per_class import per_class_html
+
+    rows = [{"class": n, "n": 10, "recall_fp32": 0.5, "recall": 0.4, "drop_pt": 10.0, "drop_ci95_pt": [1, 20],
+             "p": 0.01, "p_holm": 0.02} for n in ("$x^{", "<script>alert(1)</script>", "a$b$c")]
+    page = per_class_html({"artifacts": [{"name": "i<b>", "vs_fp32": {"reference": "f", "per_class": {"classes": rows}}}]})
+    assert "<script>" not in page and "i<b>" not in page and "&lt;script&gt;" in page
+    assert len(Page(page).imgs) == 1
