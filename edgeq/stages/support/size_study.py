@@ -70,10 +70,6 @@ def _evaluate(ctx, path) -> np.ndarray:
                     label=label).predictions
 
 
-def _pt(x: float) -> str:
-    return f"{x * 100:+.2f}"
-
-
 def _test_dict(t) -> dict:
     return {"drop_pt": round(t.drop * 100, 3), "drop_ci95_pt": [round(t.ci95[0] * 100, 3), round(t.ci95[1] * 100, 3)],
             "b": t.b, "c": t.c, "p": round(t.p, 6)}
@@ -104,8 +100,9 @@ def size_curve(labels: np.ndarray, preds: dict[int, np.ndarray], fp32: np.ndarra
     else:
         last = vs_top[sizes[-2]]
         # drop = top-1 of the largest minus that of the one before: what the last step bought
-        verdict = (f"{sizes[-2]} -> {top} images changed top-1 by {_pt(last.drop)} pt "
-                   f"[{_pt(last.ci95[0])}, {_pt(last.ci95[1])}] (exact McNemar p = {last.p:.2g})")
+        t = _test_dict(last)  # the table's rounding, so the verdict quotes the table
+        verdict = (f"{sizes[-2]} -> {top} images changed top-1 by {t['drop_pt']:+.2f} pt "
+                   f"[{t['drop_ci95_pt'][0]:+.2f}, {t['drop_ci95_pt'][1]:+.2f}] (exact McNemar p = {last.p:.2g})")
         if worse:
             verdict += (f"; fewer than {enough} images cost accuracy significantly ({', '.join(map(str, worse))}: "
                         f"Holm across {len(vs_top)} sizes)")
