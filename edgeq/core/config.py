@@ -302,6 +302,7 @@ def check_consistency(cfg: RunConfig, where: str) -> None:
                   *counts,
                   ("stages.qat.calibration_images", s.qat.calibration_images, s.qat.enabled and s.qat.calibrate_ranges),
                   ("stages.comparison.calibration_images", s.comparison.calibration_images, s.comparison.enabled)]
+    counts.append(("stages.tflite_ptq.size_study", max(s.tflite_ptq.size_study, default=0), s.tflite_ptq.enabled))
     pr = s.precision  # 16x8 / int16 calibrate on the INT8 TFLite's images unless representative_images is set
     counts.append(("stages.precision.representative_images",
                    pr.representative_images or s.tflite_ptq.representative_images, pr.enabled))

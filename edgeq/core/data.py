@@ -108,7 +108,11 @@ class LabelledImages:
 
     def image_hashes(self) -> set[bytes]:
         """One content hash per image: what two sets have in common, whatever their order."""
-        return {hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest() for im in self.images}
+        return set(self.image_hash_list())
+
+    def image_hash_list(self) -> list[bytes]:
+        """The content hash of each image, in order (duplicates kept)."""
+        return [hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest() for im in self.images]
 
     def fingerprint(self) -> str:
         """Content hash of images and labels (cache keys of evaluations); computed once per set."""
@@ -127,6 +131,7 @@ class Splits:
     train: LabelledImages | None
     dataset: str  # what the evaluation set is, for the report
     full_test_set: bool = False  # the evaluation set is a whole test set, not a split or a sample of one
+    same_pool: bool = False  # calibration and evaluation images are disjoint random draws from one labelled set
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -261,4 +266,4 @@ def split_one(data: LabelledImages, calibration_size: int, eval_size: int | None
     ev = data.take(perm[calibration_size:calibration_size + n_eval], f"{data.source} (eval split)")
     tr_idx = perm[calibration_size + n_eval:]
     tr = data.take(tr_idx, f"{data.source} (train split)") if len(tr_idx) else None
-    return Splits(cal, ev, tr, f"{data.source} eval split ({len(ev)} images)")
+    return Splits(cal, ev, tr, f"{data.source} eval split ({len(ev)} images)", same_pool=True)

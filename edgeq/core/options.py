@@ -32,6 +32,16 @@ class TflitePtqSpec(Strict):
     # ONNX/PyTorch input: the FP32 .tflite (always exported then) must match the FP32 ONNX within this max
     # |Δlogit| relative to the largest |logit|, or the stage fails: a translation error is not quantisation loss
     max_translation_error: float = Field(1e-3, gt=0)
+    # opt-in: the INT8 model made again from the first N calibration images for each N here (e.g. [16, 32, 64, 128,
+    # 300]), each evaluated and paired with the largest and with FP32: would more calibration images help?
+    size_study: list[int] = []
+
+    @field_validator("size_study")
+    @classmethod
+    def _positive_sizes(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError(f"sizes must be at least 1 image, got {v}")
+        return sorted(set(v))
 
 
 class OnnxPtqSpec(Strict):

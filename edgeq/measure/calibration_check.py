@@ -1,4 +1,4 @@
-"""Is the calibration set fit for the deployment data? Two checks after evaluation, reported with the run:
+"""Is the calibration set fit for the deployment data? Three checks after evaluation, reported with the run:
 
 - **class coverage**: each class's share of the calibration images against its share of the evaluation images; a
   class the calibration images hardly hold (under a quarter of its evaluation share) is named.
@@ -6,6 +6,8 @@
   evaluation images' values: the share of evaluation activations outside the calibrated range (what an INT8 model
   calibrated there would clip) and how far past it they reach; tensors where evaluation data go far past calibration
   are named (a distribution shift between the splits, or too few calibration images).
+- **provenance**: evaluation images that are also calibration images (by pixel hash: a contaminated evaluation), and
+  calibration drawn from another split than evaluation (named; a warning when the clipping check sees them apart).
 """
 from __future__ import annotations
 
@@ -116,6 +118,31 @@ def clipping(fp32_tflite, cal: LabelledImages, ev: LabelledImages, pre: Preproce
             "tensors": len(rows), "shifted": len(shifted), "worst": shifted[:10], "warning": warning}
 
 
+def provenance(cal: LabelledImages, ev: LabelledImages, same_pool: bool, clip: dict) -> dict:
+    """Where the calibration and evaluation images come from: evaluation images that are also calibration images
+    (same pixels: the evaluation is contaminated), and calibration taken from another split than evaluation (named;
+    a warning when the clipping check also finds their activations apart)."""
+    cal_h = cal.image_hashes()
+    overlap = sum(h in cal_h for h in ev.image_hash_list())
+    out = {"calibration_source": cal.source, "evaluation_source": ev.source, "same_split": same_pool,
+           "overlap": overlap, "note": None, "warning": None}
+    warnings = []
+    if overlap:
+        warnings.append(f"evaluation contaminated: {overlap} of the {len(ev)} evaluation images are also calibration "
+                        "images (same pixels), so INT8 accuracy is measured partly on images its ranges were set on; "
+                        "remove the duplicates from one of the two sets")
+    if not same_pool:
+        where = f"calibration images come from {cal.source}, evaluation images from {ev.source} (another split)"
+        if clip.get("warning"):
+            warnings.append(f"{where}, and their activations differ ({clip['shifted']} of {clip['tensors']} tensors "
+                            "apart, see clipping): calibrate on images drawn like the evaluation/deployment data")
+        else:
+            out["note"] = where + ("; the clipping check finds their activation ranges alike" if "tensors" in clip
+                                   else "; their activation ranges were not compared")
+    out["warning"] = "; ".join(warnings) or None
+    return out
+
+
 def calibration_diagnostics(ctx) -> dict | None:
     """Both checks for a run (None without an FP32 .tflite to run the clipping check on: coverage alone then)."""
     cal, ev = ctx.splits.calibration, ctx.splits.eval
@@ -125,4 +152,5 @@ def calibration_diagnostics(ctx) -> dict | None:
         out["clipping"] = clipping(fp32.abspath(ctx.run_dir), cal, ev, ctx.pre)
     else:
         out["clipping"] = {"reason": "no FP32 .tflite in this run (stages.tflite_ptq.export_fp32) to measure on"}
+    out["provenance"] = provenance(cal, ev, ctx.splits.same_pool, out["clipping"])
     return out

@@ -14,7 +14,8 @@ from edgeq.report import sections as report_sections
 from edgeq.core.artifacts import fp32_baselines, write_bytes_atomic, write_json_atomic
 from edgeq.core.sysinfo import cpu_info
 from edgeq.report.html import render_html
-from edgeq.report.verdicts import accuracy_interval, int8_method_tests, referee, ship, vs_reference
+from edgeq.report.verdicts import (accuracy_interval, holm_across_artifacts, int8_method_tests, referee, ship,
+                                  vs_reference)
 from edgeq.stages import registry
 from edgeq.report.decisions import calibration_lines, class_lines, referee_lines
 
@@ -53,9 +54,11 @@ def _correct(ctx, arts) -> dict:
 def _vs_fp32(ctx, arts, correct: dict) -> dict:
     """artifact name -> report.json `vs_fp32`: each non-reference artifact against the FP32 of its format."""
     ev = ctx.splits.eval
-    return {name: vs_reference(ref, correct[ref], correct[name], ctx.cfg.max_accuracy_drop, labels=ev.labels,
-                               class_names=ev.class_names, max_class_drop=ctx.cfg.max_class_drop)
-            for name, ref in fp32_baselines(arts, correct, ctx.fp32).items() if ref != name}
+    vs = {name: vs_reference(ref, correct[ref], correct[name], ctx.cfg.max_accuracy_drop, labels=ev.labels,
+                             class_names=ev.class_names, max_class_drop=ctx.cfg.max_class_drop)
+          for name, ref in fp32_baselines(arts, correct, ctx.fp32).items() if ref != name}
+    holm_across_artifacts(vs)
+    return vs
 
 
 def _agreement(ctx, a):
@@ -211,13 +214,14 @@ def artifact_cells(rep: dict, e: dict, target: str = "host") -> dict:
     s = e["latency_ms"].get(target) or {}
     r = s.get("ratio_to_fp32") or {}
     drop = "—"
+    p = (v.get("mcnemar_holm") or v.get("mcnemar") or {}).get("p", 1.0)  # the * marker's p: Holm across the run
     if v:
-        drop = _ci(v["drop_pt"], v["drop_ci95_pt"], "+.2f") + ("*" if v["mcnemar"]["p"] < 0.05 else "")
+        drop = _ci(v["drop_pt"], v["drop_ci95_pt"], "+.2f") + ("*" if p < 0.05 else "")
     return {"artifact": e["name"], "format": e["format"], "precision": e["precision"], "method": e["method"],
             "MB": f"{e['size_bytes'] / 1e6:.2f}",
             "size ×FP32": _fmt(rep["checks"].get(e["name"], {}).get("size_ratio"), ".3f"),
             "top-1 % [95% CI]": _ci(acc.get("top1"), acc.get("ci95"), ".2f", 100), "n": str(acc.get("n") or "—"),
-            "drop pt [CI]": drop, "McNemar p": _fmt(v.get("mcnemar", {}).get("p"), ".2g"),
+            "drop pt [CI]": drop, "McNemar p (Holm)": _fmt(p if v else None, ".2g"),
             f"{target} ms [CI]": _ci(s.get("median"), s.get("median_ci95"), ".3g") if s.get("median") is not None
             else "n/a",
             "×FP32 [CI]": _ci(r.get("value"), r.get("ci95"), ".2f") if r else "—",
@@ -226,7 +230,16 @@ def artifact_cells(rep: dict, e: dict, target: str = "host") -> dict:
 
 TERMINAL = ["artifact", "MB", "top-1 % [95% CI]", "drop pt [CI]", "host ms [CI]", "×FP32 [CI]", "flags"]
 MARKDOWN = ["artifact", "format", "precision", "method", "MB", "size ×FP32", "top-1 % [95% CI]", "n", "drop pt [CI]",
-            "McNemar p", "host ms [CI]", "×FP32 [CI]", "flags"]
+            "McNemar p (Holm)", "host ms [CI]", "×FP32 [CI]", "flags"]
+
+
+def significance_legend(rep: dict) -> str:
+    """How the * markers were decided: exact McNemar against FP32, Holm-corrected across the run's comparisons."""
+    m = next((e["vs_fp32"]["mcnemar_holm"]["comparisons"] for e in rep["artifacts"]
+              if (e.get("vs_fp32") or {}).get("mcnemar_holm")), None)
+    return "* = significant, exact McNemar p < 0.05" + (
+        "" if m is None else f" after Holm's correction across the {m} artifact{'s' * (m != 1)} compared with FP32 in this run "
+                             "(the p shown is the adjusted one; unadjusted: report.json mcnemar.p)")
 
 
 def summary_rows(rep: dict, headers=TERMINAL) -> list[list[str]]:
@@ -280,8 +293,8 @@ def markdown(rep: dict) -> str:
                                         for t, v in (rep.get("ship") or {}).items()] + [""]
     lines += referee_lines(rep) + class_lines(rep) + calibration_lines(rep)
     lines += ["## Artifacts", "",
-              "Intervals are 95 %: Wilson for top-1, Newcombe paired for the drop (\\* = significant, exact McNemar "
-              "p < 0.05), order statistics over interleaved rounds for latency and its ratio to the FP32 artifact of "
+              "Intervals are 95 %: Wilson for top-1, Newcombe paired for the drop (\\" + significance_legend(rep)
+              + "), order statistics over interleaved rounds for latency and its ratio to the FP32 artifact of "
               "the same format.", "",
               "| " + " | ".join(MARKDOWN) + " |", "|" + "---|" * len(MARKDOWN)]
     lines += ["| " + " | ".join(r) + " |" for r in summary_rows(rep, MARKDOWN)]
@@ -366,7 +379,7 @@ def print_summary(rep: dict) -> None:
         t.add_row(*r)
     console = Console(width=120)
     console.print(t)
-    console.print("drop * = significant loss/gain (exact McNemar p < 0.05); intervals 95 %", style="dim")
+    console.print(f"drop {significance_legend(rep)}; intervals 95 %", style="dim")
     for target, v in (rep.get("ship") or {}).items():
         console.print(f"ship on {target}: [bold]{v['artifact'] or 'nothing'}[/bold] — {v['why']}", soft_wrap=False)
 

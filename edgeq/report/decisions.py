@@ -22,6 +22,11 @@ def calibration_lines(rep: dict) -> list[str]:
                       f"({clip['shifted']} of {clip['tensors']} tensors apart)"))
     elif clip.get("reason"):
         out.append(f"- clipping: not measured: {clip['reason']}")
+    prov = d.get("provenance") or {}
+    if prov:
+        out.append("- provenance: " + (f"**warning**: {prov['warning']}" if prov.get("warning") else
+                                       prov.get("note") or "calibration and evaluation images are disjoint draws "
+                                                           "from one labelled set, no image in both"))
     return out + [""]
 
 

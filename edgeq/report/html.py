@@ -5,11 +5,10 @@ table) and a plot without data is left out. All report text is escaped; only mar
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 
+from edgeq.report.htmlkit import embed as _img, esc as _e, figure as _fig, table as _table
+from edgeq.report.per_class import per_class_html
 from edgeq.report.sections import device_accuracy_markdown
 
 CSS = """*{box-sizing:border-box}body{margin:0;background:#eef1f5;color:#1d2330;font:14px/1.45 system-ui,sans-serif}
@@ -25,10 +24,6 @@ dl.meta{display:grid;grid-template-columns:150px 1fr;gap:3px 14px;margin:10px 0}
 .ship{background:#edf8f0;border:1px solid #9fd3ab;border-radius:6px;padding:4px 18px 10px}.ship h2{border:0}
 .ship li{font-size:15px;margin:4px 0}.ship .art{font-size:16px}.none{color:#8a5a00}.ok{color:#1e7b34}
 .noisy{color:#9a5300;font-weight:600}.nm{color:#b3261e}ul.notes{list-style:none;padding-left:0;font-size:12px}"""
-
-
-def _e(v) -> str:
-    return html.escape("" if v is None else str(v))
 
 
 def _d(v) -> dict:
@@ -153,8 +148,10 @@ def _drop_cell(e: dict, check: dict) -> str:
         return _baseline(e, check) if d is None else f'<span class="v">{d:+.2f} pt</span>'
     badge = {True: '<b class="ok">✓ within budget</b>', False: '<b class="nm">✗ over budget</b>',
              None: '<b class="none">? undecided</b>'}.get(v.get("within_budget"), "") if "within_budget" in v else ""
-    p = _num(_d(v.get("mcnemar")).get("p"))
+    p, holm = _num(_d(v.get("mcnemar")).get("p")), _d(v.get("mcnemar_holm"))
     p = "p —" if p is None else ("p &lt; 0.001" if p < 0.001 else f"p = {p:.3g}")
+    if _num(holm.get("p")) is not None:  # adjusted across the run's comparisons with FP32
+        p += f"; Holm ({_e(holm.get('comparisons'))} artifacts) p = {holm['p']:.3g}"
     return (f'<span class="v">{d:+.2f} pt</span>{_ci(v.get("drop_ci95_pt"))}<br><small>McNemar {p}</small> {badge}'
             f'<br><small>{_e(v.get("verdict") or "")}</small>')
 
@@ -173,12 +170,6 @@ def _lat_cells(e: dict, target: str, check: dict, notes: _Notes) -> list[str]:
     why = f"{e.get('name')} on {target} is noisy: {s.get('noisy_reason') or 'no reason given'}"
     noisy = notes.ref(why, "⚠ noisy", "noisy") if s.get("noisy") is True else {False: "no"}.get(s.get("noisy"), "—")
     return [f'<span class="v">{med:.3f} ms</span>{_ci(s.get("median_ci95"), 1, ".3f")}', ratio, noisy]
-
-
-def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
-    th = "".join(f"<th>{_e(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _main_table(rep: dict, arts: list[dict], targets: list[str]) -> str:
@@ -216,25 +207,6 @@ def _devices(rep: dict) -> str:
 
 
 # ------------------------------------------------------------------ plots
-def _fig(w: float, h: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global state, no backend choice
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots()
-
-
-def _img(fig, ax, alt: str, caption: str = "") -> str:
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    src = base64.b64encode(buf.getvalue()).decode()
-    cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
-    return f'<figure><img alt="{_e(alt)}" src="data:image/png;base64,{src}">{cap}</figure>'
-
-
 def pareto_front(pts: list[tuple]) -> list[tuple]:
     """(name, latency, accuracy, ...) points no other point beats on both axes, fastest first."""
     def beaten(p):
@@ -388,7 +360,7 @@ def render_html(rep: dict) -> str:
     footer = f"<footer><p>Machine-readable: report.json, manifest.json.</p><p>{_e(versions)}</p></footer>"
     on_device = device_accuracy_markdown(_d(rep.get("accuracy_on_device")))
     on_device = f'<section class="md" id="sec-accuracy-on-device">{markdown_html(on_device)}</section>' if on_device else ""
-    body = (_header(rep) + _ship(rep) + _main_table(rep, arts, targets) + plots + _sections(rep)
+    body = (_header(rep) + _ship(rep) + _main_table(rep, arts, targets) + plots + per_class_html(rep) + _sections(rep)
             + _devices(rep) + on_device + footer)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>edgeq: {_e(rep.get("model"))}</title>'

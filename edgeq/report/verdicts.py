@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.core.stats import PairedTest, images_to_decide, paired_test, per_class_paired, wilson_interval
+from edgeq.core.stats import PairedTest, holm, images_to_decide, paired_test, per_class_paired, wilson_interval
 
 ALPHA = 0.05
 
@@ -87,6 +87,14 @@ def vs_reference(ref_name: str, ref_correct: np.ndarray, cand_correct: np.ndarra
             out["within_budget"] = False
             out["verdict"] += f"; over the {max_class_drop:g} pt per-class budget (max_class_drop)"
     return out
+
+
+def holm_across_artifacts(vs: dict[str, dict]) -> None:
+    """Add `mcnemar_holm` to every `vs_fp32` of a run: its exact McNemar p Holm-adjusted across all the artifacts
+    compared with an FP32 reference in the run, and how many comparisons that was (the tables' * markers use it)."""
+    names = list(vs)
+    for name, p in zip(names, holm([vs[n]["mcnemar"]["p"] for n in names])):
+        vs[name]["mcnemar_holm"] = {"p": round(p, 6), "comparisons": len(names)}
 
 
 def class_verdicts(labels, ref_correct, cand_correct, class_names: list[str], max_class_drop: float | None) -> dict:
@@ -212,9 +220,9 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
     if r and r.get("value") is not None:
         why.append(f"{r['value']:.2f}x {r['reference']}" + (f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]" if r.get("ci95") else ""))
     if best.get("vs_fp32"):
-        v = best["vs_fp32"]
+        v, lost = best["vs_fp32"], _classes_lost(best["vs_fp32"])
         why.append(f"loss {v['drop_pt']:.2f} pt [{v['drop_ci95_pt'][0]:.2f}, {v['drop_ci95_pt'][1]:.2f}] "
-                   f"(McNemar p = {v['mcnemar']['p']:.2g})")
+                   f"(McNemar p = {v['mcnemar']['p']:.2g})" + (f"; but {lost}" if lost else ""))
     others = [e["name"] for e in tied if e is not best]
     if others:
         why.append(f"as fast as {', '.join(others)} (intervals overlap or medians within 2 %); chosen as the "
@@ -228,7 +236,9 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
     if faster:
         f = min(faster, key=med)
         v = f.get("vs_fp32") or {}
-        state = ("over the budget" if v.get("within_budget") is False else
+        state = ((f"over the per-class budget (max_class_drop): {_classes_lost(v)}"
+                  if (v.get("per_class") or {}).get("over_class_budget") else "over the budget")
+                 if v.get("within_budget") is False else
                  "not shown to be within the budget" + (f" (about {v['images_to_decide']:,} images would decide)"
                                                         if v.get("images_to_decide") else ""))
         why.append(f"{f['name']} is faster ({med(f):.4g} ms) but {state}")
@@ -288,6 +298,12 @@ def referee(entries: list[dict], target: str, budget_pt: float) -> dict:
     if rest:
         verdict += "; slower: " + ", ".join(f"{r['toolchain']} on {r['runtime']} {r['x_best']:.2f}x" for r in rest)
     return {"routes": ranked, "verdict": verdict}
+
+
+def _classes_lost(v: dict) -> str:
+    """"class 'shirt' -47.0 pt [...], p = ... (Holm, 10 classes)": the classes of a vs_fp32 that lost significantly,
+    or ''."""
+    return "; ".join((v.get("per_class") or {}).get("collapsed") or [])
 
 
 def _slow_kernels(e: dict) -> str | None:

@@ -126,7 +126,7 @@ def _check_calibration(ctx: RunContext) -> None:
     `calibration`); a warning line for each problem found, as for the labels check."""
     d = calibration_diagnostics(ctx)
     ctx.results.set_section("calibration", d)
-    for part in ("coverage", "clipping"):
+    for part in ("coverage", "clipping", "provenance"):
         w = d[part].get("warning")
         if w:
             ctx.log(f"edgeq: warning: {w}")

@@ -52,6 +52,7 @@ _SECTIONS = "edgeq.report.sections"
 STAGES: tuple[Stage, ...] = (
     Stage("tflite_ptq", "edgeq.stages.tflite_ptq:run_stage", TflitePtqSpec, artifacts=2,
           sections={"tflite_ptq": f"{_SECTIONS}:tflite_translation_markdown"},
+          after_evaluate="edgeq.stages.support.size_study:after_evaluate",  # opt-in: size_study
           tests=StageTests(artifacts=("fp32_tflite", "int8_tflite_ptq"), options={"representative_images": 50})),
     Stage("litert_quant", "edgeq.stages.litert_quant:run_stage", LitertQuantSpec, artifacts=3,
           sections={"litert_quant": f"{_SECTIONS}:litert_quant_markdown",

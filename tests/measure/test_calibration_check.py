@@ -57,5 +57,37 @@ def test_calibrating_on_two_of_ten_classes_is_flagged_in_the_report(tmp_path):
     cov, clip = rep["calibration"]["coverage"], rep["calibration"]["clipping"]
     assert cov["under_covered"] == 8 and "calibration images hardly cover 8 of 10 classes" in p.stdout
     assert clip["shifted"] >= 2 and all(w["shifted"] for w in clip["worst"])
-    assert "reach past the calibrated range clearly more than fresh calibration images" in (
-        tmp_path / "run" / "report.md").read_text()
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "reach past the calibrated range clearly more than fresh calibration images" in md
+    prov = rep["calibration"]["provenance"]
+    assert prov["overlap"] == 0 and not prov["same_split"] and "(another split), and their activations differ" in (
+        prov["warning"]) and "- provenance: **warning**: calibration images come from" in md
+
+
+def _set(pixels, source: str) -> LabelledImages:
+    images = np.stack([np.full((4, 4, 3), v, np.uint8) for v in pixels])
+    return LabelledImages(images, np.zeros(len(pixels), int), source)
+
+
+def test_evaluation_images_that_are_also_calibration_images_are_counted_as_contamination():
+    from edgeq.measure.calibration_check import provenance
+
+    cal, ev = _set(range(0, 20), "pool (calibration split)"), _set([3, 3, 7, 11] + list(range(100, 106)), "pool (eval)")
+    d = provenance(cal, ev, True, {"tensors": 5, "shifted": 0, "warning": None})
+    assert d["overlap"] == 4  # a duplicated image counts once per evaluation copy
+    assert d["warning"].startswith("evaluation contaminated: 4 of the 10 evaluation images are also calibration images")
+    clean = provenance(cal, _set(range(100, 110), "pool (eval)"), True, {"tensors": 5, "shifted": 0, "warning": None})
+    assert clean["overlap"] == 0 and clean["warning"] is None and clean["note"] is None
+
+
+def test_calibration_from_another_split_is_named_and_a_warning_when_activations_differ():
+    from edgeq.measure.calibration_check import provenance
+
+    cal, ev = _set(range(0, 20), "train[55000:]"), _set(range(100, 110), "test")
+    alike = provenance(cal, ev, False, {"tensors": 5, "shifted": 0, "warning": None})
+    assert alike["warning"] is None and alike["note"] == (
+        "calibration images come from train[55000:], evaluation images from test (another split); the clipping "
+        "check finds their activation ranges alike")
+    apart = provenance(cal, ev, False, {"tensors": 5, "shifted": 3, "warning": "..."})
+    assert "calibration images come from train[55000:], evaluation images from test (another split), and their " \
+           "activations differ (3 of 5 tensors apart" in apart["warning"]

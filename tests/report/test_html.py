@@ -58,6 +58,21 @@ NOT_MEASURED = {  # every reason the synthetic report gives for a missing figure
 }
 
 
+CLASSES = ["t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
+
+
+def per_class_rows(shirt_lost: bool) -> dict:
+    """vs_fp32.per_class of a 10-class comparison on 1,000 images per class ('shirt' -6 pt when lost)."""
+    rows = []
+    for i, name in enumerate(CLASSES):
+        drop = 6.0 if shirt_lost and name == "shirt" else 0.1 * (i % 3 - 1)
+        rows.append({"class": name, "n": 1000, "recall_fp32": 0.9 - 0.02 * i, "recall": 0.9 - 0.02 * i - drop / 100,
+                     "drop_pt": drop, "drop_ci95_pt": [drop - 1.5, drop + 1.5], "p": 1e-6 if drop > 1 else 0.8,
+                     "p_holm": 1e-5 if drop > 1 else 1.0})
+    lost = ["class 'shirt' -6.0 pt [-7.50, -4.50], p = 1e-05 (Holm, 10 classes)"] if shirt_lost else []
+    return {"classes": rows, "comparisons": 10, "collapsed": lost, "over_class_budget": False}
+
+
 def synthetic_report() -> dict:
     vs = lambda d, lo, hi, p, v, ok=True: {"reference": "fp32_tflite", "n": 10000, "drop_pt": d, "drop_ci95_pt": [lo, hi],
                                   "mcnemar": {"b": 61, "c": 19, "p": p}, "verdict": v, "within_budget": ok,
@@ -85,6 +100,10 @@ def synthetic_report() -> dict:
                 "too few to tell whether it is within the 1 pt budget; about 42,000 images would decide", ok=None),
              {"artifact": "int8_onnx_ptq", "reference": "fp32_onnx", "layers": None, "reason": NOT_MEASURED["layers"]}),
     ]
+    for a, p in zip(arts[2:], (0.00063, 0.026, 0.00016)):  # Holm across the three artifacts compared with FP32
+        a["vs_fp32"]["mcnemar_holm"] = {"p": p, "comparisons": 3}
+    arts[2]["vs_fp32"]["per_class"] = per_class_rows(shirt_lost=True)  # int8_tflite_ptq loses 'shirt'
+    arts[3]["vs_fp32"]["per_class"] = per_class_rows(shirt_lost=False)
     checks = {a["name"]: {"reference": "fp32_tflite", "size_ratio": round(a["size_bytes"] / 8_900_000, 4),
                           "top1_drop_points": (a.get("vs_fp32") or {}).get("drop_pt"), "latency_ratio": {"host": 0.42}}
               for a in arts if a["precision"] == "int8"}
@@ -191,16 +210,17 @@ def test_synthetic_report_renders_every_section():
     for want in ("Accuracy vs latency", "Latency distribution", "Per-layer quantisation error", "PTQ vs QAT",
                  "ONNX Runtime PTQ", "QAT", "Devices"):
         assert want in h2, (want, h2)
-    # main + device latency + per-layer worst-8 x2 + three markdown tables + devices
-    assert p.tables == 8
-    # 2 accuracy-latency (host, rpi4) + 2 latency distributions + 2 per-layer plots
-    assert len(p.imgs) == 6
+    # main + device latency + per-layer worst-8 x2 + per class + three markdown tables + devices
+    assert p.tables == 9
+    # 2 accuracy-latency (host, rpi4) + 2 latency distributions + 2 per-layer plots + per-class small multiples
+    assert len(p.imgs) == 7
     assert sorted(set(reasons(rep))) == sorted(NOT_MEASURED.values())
     for why in NOT_MEASURED.values():
         assert why in p.visible, why
     v = p.visible
     assert "91.29 % [90.73, 91.83]" in v and "n = 10000" in v
     assert "+0.41 pt [0.18, 0.64]" in v and "McNemar p < 0.001" in v and "within the 1.0 pt budget" in v
+    assert "McNemar p < 0.001; Holm (3 artifacts) p = 0.00063" in v and "Holm (3 artifacts) p = 0.026" in v
     assert "4.120 ms [4.050, 4.200]" in v and "0.420× [0.410, 0.430]" in v
     assert "⚠ noisy" in v and "int8_tflite_qat on host is noisy: round medians spread 31 % (> 10 %)" in v
     assert 'title="int8_tflite_qat on host is noisy: round medians spread 31 %' in page
@@ -213,6 +233,21 @@ def test_synthetic_report_renders_every_section():
     assert "<script>alert(1)</script>" not in page and "Raw &lt;script&gt;" in page
     assert "No route to host" in v and "unreachable" in v
     assert rep == synthetic_report(), "render_html must not modify its input"
+
+
+def test_per_class_section_draws_a_panel_per_class_and_marks_the_significant_loss():
+    from edgeq.report.per_class import per_class_html
+
+    rep = synthetic_report()
+    page = per_class_html(rep)
+    p = Page(page)
+    assert len(p.imgs) == 1 and p.tables == 1
+    v = p.visible
+    assert "Holm-adjusted across the 10 classes. 1 class loss significant." in v
+    assert "int8_tflite_ptq (vs fp32_tflite)" in v and "int8_tflite_qat (vs fp32_tflite)" in v
+    assert page.count("▼") == 1 and "▼ 72.0 %" in v and "-6.0 pt [-7.5, -4.5]" in v  # shirt: FP32 78 %, -6 pt
+    assert "1 = int8_tflite_ptq (vs fp32_tflite); 2 = int8_tflite_qat (vs fp32_tflite)" in page
+    assert per_class_html({"artifacts": [a for a in rep["artifacts"] if "vs_fp32" not in a]}) == ""
 
 
 def test_missing_keys_do_not_break_the_page():
@@ -276,7 +311,7 @@ def test_page_in_headless_chromium(tmp_path):
     page = render_html(synthetic_report())
     (tmp_path / "report.html").write_text(page, encoding="utf-8")
     lines, shot = chromium_console(page, tmp_path)
-    assert any("EDGEQ-PROBE done 6 images" in ln for ln in lines), lines
+    assert any("EDGEQ-PROBE done 7 images" in ln for ln in lines), lines
     errors = [ln for ln in lines if "EDGEQ-PROBE done" not in ln]
     assert not errors, errors
     png = shot.read_bytes()
@@ -302,3 +337,26 @@ def test_tiny_real_run_renders(tiny_project, tmp_path):
             assert e["name"] in p.visible
         for why in reasons(rep):
             assert why in p.visible, why
+
+
+def test_per_class_section_of_a_1000_class_model_shows_the_classes_that_lost_first():
+    from edgeq.report.per_class import MAX_PANELS, per_class_html
+
+    rows = [{"class": f"k{i}", "n": 50, "recall_fp32": 0.8, "recall": 0.8, "drop_pt": 0.0, "drop_ci95_pt": [-3, 3],
+             "p": 1.0, "p_holm": 1.0} for i in range(1000)]
+    rows[517].update(recall=0.5, drop_pt=30.0, drop_ci95_pt=[20, 40], p=1e-8, p_holm=1e-5)
+    art = {"name": "int8", "vs_fp32": {"reference": "fp32", "per_class": {"classes": rows}}}
+    p = Page(per_class_html({"artifacts": [art]}))
+    assert len(p.imgs) == 1 and p.visible.count("FP32 80.0 %") == MAX_PANELS
+    assert "Shown: the 20 classes with a significant loss or the largest drops" in p.visible
+    assert "k517" in p.visible and "▼ 50.0 %" in p.visible
+
+
+def test_per_class_section_escapes_class_and_artifact_names_and_does_not_parse_them_as_math():
+    from edgeq.report.per_class import per_class_html
+
+    rows = [{"class": n, "n": 10, "recall_fp32": 0.5, "recall": 0.4, "drop_pt": 10.0, "drop_ci95_pt": [1, 20],
+             "p": 0.01, "p_holm": 0.02} for n in ("$x^{", "<script>alert(1)</script>", "a$b$c")]
+    page = per_class_html({"artifacts": [{"name": "i<b>", "vs_fp32": {"reference": "f", "per_class": {"classes": rows}}}]})
+    assert "<script>" not in page and "i<b>" not in page and "&lt;script&gt;" in page
+    assert len(Page(page).imgs) == 1

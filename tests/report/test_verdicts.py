@@ -166,5 +166,33 @@ def test_a_collapsed_class_is_named_and_max_class_drop_takes_the_artifact_out_of
         return {"name": name, "format": "tflite", "precision": precision, "method": "ptq", "stage": "s",
                 "accuracy": {"top1": 0.9}, "latency_ms": {"host": {"median": median, "median_ci95": [median, median]}},
                 **({"vs_fp32": vs} if vs else {})}
-    assert ship([entry("fp32", "fp32", None, 1.0), entry("int8", "int8", loose, 0.5)], "host", 2.0)["artifact"] == "int8"
-    assert ship([entry("fp32", "fp32", None, 1.0), entry("int8", "int8", strict, 0.5)], "host", 2.0)["artifact"] == "fp32"
+    shipped = ship([entry("fp32", "fp32", None, 1.0), entry("int8", "int8", loose, 0.5)], "host", 2.0)
+    assert shipped["artifact"] == "int8" and "but class 'shirt' -15.0 pt" in shipped["why"]  # named in the ship line
+    refused = ship([entry("fp32", "fp32", None, 1.0), entry("int8", "int8", strict, 0.5)], "host", 2.0)
+    assert refused["artifact"] == "fp32"
+    assert "int8 is faster (0.5 ms) but over the per-class budget (max_class_drop): class 'shirt'" in refused["why"]
+
+
+# ------------------------------------------------------------------ significance across the artifacts of one run
+def _vs_p(p: float) -> dict:
+    return {"drop_pt": 1.0, "drop_ci95_pt": [0.2, 1.8], "mcnemar": {"b": 30, "c": 10, "p": p}}
+
+
+def test_the_significance_markers_are_holm_adjusted_across_the_artifacts_of_a_run():
+    from edgeq.report.build import artifact_cells, significance_legend
+    from edgeq.report.verdicts import holm_across_artifacts
+
+    vs = {"a": _vs_p(0.01), "b": _vs_p(0.04), "c": _vs_p(0.03)}
+    holm_across_artifacts(vs)
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, 2 * 0.03, max(0.06, 1 * 0.04): only "a" stays significant
+    assert {n: v["mcnemar_holm"] for n, v in vs.items()} == {
+        "a": {"p": 0.03, "comparisons": 3}, "b": {"p": 0.06, "comparisons": 3}, "c": {"p": 0.06, "comparisons": 3}}
+    assert vs["b"]["mcnemar"]["p"] == 0.04  # the unadjusted p is kept
+    arts = [{"name": n, "format": "tflite", "precision": "int8", "method": "ptq", "size_bytes": 1000,
+             "accuracy": {"top1": 0.9, "ci95": [0.88, 0.92], "n": 1000}, "latency_ms": {}, "vs_fp32": v}
+            for n, v in vs.items()]
+    rep = {"artifacts": arts, "checks": {}}
+    cells = {e["name"]: artifact_cells(rep, e) for e in arts}
+    assert cells["a"]["drop pt [CI]"].endswith("*") and cells["a"]["McNemar p (Holm)"] == "0.03"
+    assert not cells["b"]["drop pt [CI]"].endswith("*") and cells["b"]["McNemar p (Holm)"] == "0.06"
+    assert "Holm's correction across the 3 artifacts compared with FP32" in significance_legend(rep)
