@@ -1,6 +1,7 @@
 """Fine-tuning an NNCF-quantized PyTorch model on the training split, as the Keras QAT does it: Adam, distillation
-from the FP32 model's outputs (or the labels), early stop on the validation loss with the best weights restored,
-and the range-calibrated weights kept when fine-tuning never lowers the validation loss.
+from the FP32 model's outputs (or the labels), early stop on the validation loss, and the weights of the epoch with
+the lowest validation loss restored, counting epoch 0 (the range-initialised model, before any step): a
+fine-tune never ends further from its validation target than where it started.
 
 Under torchrun every worker trains a DistributedDataParallel replica on its share of each global batch (the
 same rows a single process would see, split by rank), so the update equals one process's with the same global
@@ -138,7 +139,8 @@ def fine_tune(qmodel, teacher, data: TrainData, pre: Preprocess, opts: QatSpec, 
     key = _run_key(opts, data, role.world_size)
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     hist: dict[str, list] = {"loss": []} | ({"val_loss": []} if xv is not None else {})
-    first, best, best_state, waited = 0, None, None, 0
+    # epoch 0 is a candidate: the range-initialised weights are kept unless an epoch beats their validation loss
+    first, best, best_state, waited = 0, before_loss, (start_state if xv is not None else None), 0
     saved = _load_checkpoint(ckpt, key) if ckpt is not None else None
     if saved is not None:
         qmodel.load_state_dict(saved["model"])
@@ -182,12 +184,10 @@ def fine_tune(qmodel, teacher, data: TrainData, pre: Preprocess, opts: QatSpec, 
         log(f"  QAT epoch {epoch}/{opts.epochs}: loss {hist['loss'][-1]}"
             + (f", validation loss {hist['val_loss'][-1]}" if xv is not None else ""))
     seconds = round(time.perf_counter() - t, 1)
-    kept = True
-    if best_state is not None and opts.early_stop_patience:
-        qmodel.load_state_dict(best_state)  # as Keras EarlyStopping(restore_best_weights=True)
-    if before_loss is not None and hist.get("val_loss") and min(hist["val_loss"]) >= before_loss:
-        qmodel.load_state_dict(start_state)  # fine-tuning ended further from the target than it began
-        kept = False
+    if best_state is not None:
+        qmodel.load_state_dict(best_state)  # as Keras EarlyStopping(restore_best_weights=True), epoch 0 included
+    # False: no epoch lowered the validation loss below epoch 0's, so the range-initialised weights are exported
+    kept = not (before_loss is not None and hist.get("val_loss") and min(hist["val_loss"]) >= before_loss)
     after_top1 = _evaluate(qmodel, teacher, xv, yv, opts, probs, dev)[1] if xv is not None else None
     qmodel.cpu().eval()
     teacher.cpu()

@@ -141,7 +141,7 @@ def test_float_weights_onnx_drops_every_qdq_and_keeps_the_int8_grid(qdq, tmp_pat
     import onnx
     from onnx import numpy_helper
 
-    from edgeq.methods.torch.qat import qdq_to_float_onnx
+    from edgeq.methods.torch.to_tflite import qdq_to_float_onnx
 
     _, path, notes = qdq
     out = tmp_path / "flat.onnx"
@@ -153,6 +153,59 @@ def test_float_weights_onnx_drops_every_qdq_and_keeps_the_int8_grid(qdq, tmp_pat
     w = numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == convs[0].input[1]))
     codes = w / (np.abs(w).max(axis=(1, 2, 3), keepdims=True) / 127)  # symmetric per-channel grid: integers
     np.testing.assert_allclose(codes, np.rint(codes), atol=1e-3)
+
+
+def _int8_tflite(qdq_path: Path, work: Path, keep_ranges: bool) -> bytes:
+    """The QAT ONNX through the stage's TFLite route (`keep_ranges`: the learned ranges as FakeQuant; else the
+    converter calibrates on 64 sample images inside the Clips)."""
+    import contextlib
+
+    from edgeq.loaders.onnx import read_onnx_input
+    from edgeq.methods.onnx.to_tf import onnx_to_keras
+    from edgeq.methods.tflite.convert import convert_int8
+    from edgeq.methods.torch.to_tflite import learned_ranges_as_fake_quant, qdq_to_float_onnx
+
+    flat = work / "flat.onnx"
+    qdq_to_float_onnx(qdq_path, flat)
+    rep = _sample(64)
+    with learned_ranges_as_fake_quant() if keep_ranges else contextlib.nullcontext():
+        model, _ = onnx_to_keras(flat, read_onnx_input(flat, (28, 28, 1)), rep[:20], work / "tf")
+    return convert_int8(model, lambda: ([x[None]] for x in rep), name="qat_test", calibration_images=len(rep))
+
+
+@pytest.fixture(scope="module")
+def qat_tflite(qdq, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("qat_tflite") / "qat.tflite"
+    path.write_bytes(_int8_tflite(qdq[1], path.parent, keep_ranges=True))
+    return path
+
+
+def test_int8_tflite_keeps_every_scale_and_zero_point_nncf_learned(qdq, qat_tflite):
+    from edgeq.methods.torch.to_tflite import learned_scales_in_tflite
+
+    s = learned_scales_in_tflite(qdq[1], qat_tflite.read_bytes())
+    assert s["activation_scales"] == s["activation_scales_kept"] == qdq[2]["op_counts"]["QuantizeLinear"] == 10
+    assert s["activation_scales_missing"] == []
+    assert s["weight_channels_kept"] == s["weight_channels"] > 0 and s["weight_channels_regridded"] == []
+
+
+def test_calibrating_inside_the_learned_ranges_loses_some_of_those_scales(qdq, tmp_path):
+    """What the FakeQuant ranges fix: the converter's own calibration does not find every learned scale (here at
+    least the input's: NNCF's [-128, 127] x 1/127 grid against the images' [-1, 1])."""
+    from edgeq.methods.torch.to_tflite import learned_scales_in_tflite
+
+    s = learned_scales_in_tflite(qdq[1], _int8_tflite(qdq[1], tmp_path, keep_ranges=False))
+    assert "/x__0.0/QuantizeLinear_output_0" in s["activation_scales_missing"]
+
+
+def test_int8_tflite_predicts_what_the_qat_onnx_predicts(qdq, qat_tflite):
+    from edgeq.measure.predictors import OnnxPredictor, TFLitePredictor
+
+    x = _sample(500, "eval")
+    onnx_top = OnnxPredictor(qdq[1]).predict(x).argmax(1)
+    tflite_top = TFLitePredictor(qat_tflite).predict(x).argmax(1)
+    # same integer grid, different kernels (ORT vs LiteRT rounding, int8 logits): a few flips at most
+    assert (onnx_top == tflite_top).mean() >= 0.97
 
 
 @pytest.fixture(scope="module")
