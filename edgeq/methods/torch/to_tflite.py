@@ -166,3 +166,58 @@ def learned_scales_in_tflite(qdq_onnx: Path, tflite: bytes) -> dict:
     return {"activation_scales": len(acts), "activation_scales_kept": len(acts) - len(missing),
             "activation_scales_missing": missing, "weight_channels": channels, "weight_channels_kept": kept,
             "weight_channels_regridded": regridded}
+
+
+def _scales(tensor) -> np.ndarray:
+    q = tensor.quantization
+    return np.asarray(q.scale if q is not None and q.scale is not None else [], np.float64).reshape(-1)
+
+
+def keep_learned_weight_scales(qdq_onnx: Path, tflite: bytes) -> tuple[bytes, int]:
+    """`tflite` with the weight channels the converter re-gridded put back on NNCF's grid; returns (model, how
+    many channels). The converter scales a channel by its largest |weight| / 127, so a channel whose largest
+    QAT code stopped short of 127 gets a finer scale s' < s; its codes are recovered exactly as
+    round(code' x s' / s) (the converter's rounding error, at most s'/2, is under s/2), and the int32 bias of
+    that channel is re-expressed on the input scale x s."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    _, weights = _onnx_scales(qdq_onnx)
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
+    g = model.subgraphs[0]
+    ops = [op for op in g.operators if len(op.inputs) >= 3 and op.inputs[1] >= 0
+           and len(_scales(g.tensors[op.inputs[1]])) > 1]
+    fixed = 0
+    for s in weights.values():
+        def equal(op):
+            ts = _scales(g.tensors[op.inputs[1]])
+            return int((np.abs(ts / s - 1) <= SCALE_RTOL).sum()) if len(ts) == len(s) else -1
+
+        op = max(ops, key=equal, default=None)
+        if op is None or equal(op) <= 0:
+            continue
+        w, b = g.tensors[op.inputs[1]], g.tensors[op.inputs[2]] if op.inputs[2] >= 0 else None
+        old = _scales(w)
+        # a channel whose QAT codes reach -128 gets a coarser scale (TFLite's int8 weights are [-127, 127]): it
+        # cannot hold NNCF's grid and stays as converted, like every channel already on it
+        fix = old < s * (1 - SCALE_RTOL)
+        if not fix.any():
+            continue
+        ratio = np.where(fix, old / s, 1.0)
+        axis = w.quantization.quantizedDimension
+        shape = [1] * len(w.shape)
+        shape[axis] = -1
+        buf = model.buffers[w.buffer]
+        if buf.data is None:  # stored outside the flatbuffer (models over 2 GB): left as converted
+            continue
+        codes = np.frombuffer(bytes(buf.data), np.int8).reshape(w.shape).astype(np.float64)
+        buf.data = np.clip(np.rint(codes * ratio.reshape(shape)), -127, 127).astype(np.int8).view(np.uint8).ravel()
+        w.quantization.scale = np.where(fix, s, old).astype(np.float32).tolist()
+        if b is not None and len(_scales(b)) == len(s):
+            bbuf = model.buffers[b.buffer]
+            bias = np.frombuffer(bytes(bbuf.data), np.int32).astype(np.float64)
+            bbuf.data = np.rint(bias * ratio).astype(np.int32).view(np.uint8).ravel()
+            b.quantization.scale = (_scales(b) / ratio).astype(np.float32).tolist()
+        fixed += int(fix.sum())
+    if not fixed:
+        return tflite, 0
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), fixed

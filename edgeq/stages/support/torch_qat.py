@@ -27,7 +27,8 @@ SECTION_KEYS = ("fine_tune_seconds", "convert_seconds", "epochs_run", "steps", "
 TFLITE_ROUTE = ("QAT ONNX with its int8 weights stored as their float values and each activation Q/DQ pair "
                 "replaced by its learned range -> onnx2tf, which writes that range as a TensorFlow FakeQuant -> "
                 "TFLite full-integer converter, which takes the FakeQuant ranges as the activations' scales and "
-                "zero points (the ones NNCF learned, read back from the .tflite) instead of re-calibrating")
+                "zero points (the ones NNCF learned, read back from the .tflite) instead of re-calibrating; weight "
+                "channels the converter re-gridded (largest code short of 127) are put back on NNCF's grid")
 
 
 def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
@@ -149,7 +150,8 @@ def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite) -> tuple[bytes, 
                                            input_type=tflite.input_type, output_type=tflite.output_type,
                                            per_channel=True, allow_float_ops=False, name="int8_tflite_qat",
                                            calibration_images=n_rep)
-        scales = qat_tflite.learned_scales_in_tflite(qdq_path, blob)
+        blob, put_back = qat_tflite.keep_learned_weight_scales(qdq_path, blob)
+        scales = {**qat_tflite.learned_scales_in_tflite(qdq_path, blob), "weight_channels_put_back": put_back}
         if scales["activation_scales_missing"]:
             ctx.log(f"  ! int8_tflite_qat: the converter re-calibrated {len(scales['activation_scales_missing'])} "
                     "activation(s) instead of keeping the QAT scales")
@@ -193,7 +195,8 @@ def qat_markdown(notes: dict, opts: QatSpec, n_cal: int, artifacts: list, tflite
         if ls:
             lines.append(f"- int8_tflite_qat keeps {ls['activation_scales_kept']} of {ls['activation_scales']} QAT "
                          f"activation scales/zero points and {ls['weight_channels_kept']} of {ls['weight_channels']} "
-                         "weight channel scales (read back from the .tflite)")
+                         "weight channel scales (read back from the .tflite; a channel whose QAT codes reach -128 "
+                         "cannot keep its scale, TFLite's int8 weights being [-127, 127])")
     if tflite_note:
         lines += ["", tflite_note]
     return "\n".join(lines)

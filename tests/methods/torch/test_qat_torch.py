@@ -198,6 +198,49 @@ def test_calibrating_inside_the_learned_ranges_loses_some_of_those_scales(qdq, t
     assert "/x__0.0/QuantizeLinear_output_0" in s["activation_scales_missing"]
 
 
+def test_weight_channels_the_converter_regrids_are_put_back_on_the_qat_grid(qdq, tmp_path):
+    """A fine-tuned channel whose largest code stops short of 127 (here: the stem's channel 0 codes halved in the
+    QAT ONNX) gets a finer scale from the converter; it is put back on the ONNX's scale and codes, bias with it."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeq.methods.torch.to_tflite import keep_learned_weight_scales, learned_scales_in_tflite
+
+    m = onnx.load(str(qdq[1]))
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    dq = next(n for n in m.graph.node if n.output[0] == conv.input[1])
+    init = next(i for i in m.graph.initializer if i.name == dq.input[0])
+    codes = numpy_helper.to_array(init).copy()
+    codes[0] = np.rint(codes[0] / 2).astype(np.int8)
+    init.CopyFrom(numpy_helper.from_array(codes, init.name))
+    edited = tmp_path / "edited.onnx"
+    onnx.save(m, str(edited))
+    converted = _int8_tflite(edited, tmp_path, keep_ranges=True)
+    before = learned_scales_in_tflite(edited, converted)
+    assert before["weight_channels"] - before["weight_channels_kept"] == 1
+    blob, put_back = keep_learned_weight_scales(edited, converted)
+    after = learned_scales_in_tflite(edited, blob)
+    assert put_back == 1 and after["weight_channels_kept"] == after["weight_channels"]
+    assert after["activation_scales_missing"] == []
+
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
+    g = model.subgraphs[0]
+    w = next(t for t in g.tensors if t.quantization is not None and t.quantization.scale is not None
+             and len(t.quantization.scale) == len(codes)
+             and np.allclose(t.quantization.scale, numpy_helper.to_array(
+                 next(i for i in m.graph.initializer if i.name == dq.input[1])), rtol=1e-5))
+    tflite_codes = np.frombuffer(bytes(model.buffers[w.buffer].data), np.int8).reshape(w.shape)
+    np.testing.assert_array_equal(tflite_codes[0].ravel(), codes[0].transpose(1, 2, 0).ravel())  # OHWI vs OIHW
+    from edgeq.measure.predictors import OnnxPredictor, TFLitePredictor
+
+    x = _sample(200, "eval")
+    (tmp_path / "fixed.tflite").write_bytes(blob)
+    got = TFLitePredictor(tmp_path / "fixed.tflite").predict(x).argmax(1)
+    assert (got == OnnxPredictor(edited).predict(x).argmax(1)).mean() >= 0.97
+
+
 def test_int8_tflite_predicts_what_the_qat_onnx_predicts(qdq, qat_tflite):
     from edgeq.measure.predictors import OnnxPredictor, TFLitePredictor
 
