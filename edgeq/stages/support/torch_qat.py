@@ -177,7 +177,13 @@ def qat_markdown(notes: dict, opts: QatSpec, n_cal: int, artifacts: list, tflite
             f"validation top-1 {n.get('validation_top1_before_fine_tune')} before fine-tuning, "
             f"{n.get('validation_top1_after_fine_tune')} after")
     if not n.get("fine_tune_kept", True):
-        text += " (fine-tuning did not lower the validation loss, so the range-calibrated weights were exported)"
+        text += (" (no fine-tuned epoch agreed with the FP32 model on more validation images, or as many at a lower "
+                 "loss, than the range-initialised model, so its weights were exported)")
+    h = n.get("history") or {}
+    if "kept_epoch" in h:
+        text += (f"; kept epoch {h['kept_epoch']} (0 = range-initialised) by top-1 agreement with FP32 on the "
+                 f"validation images: {h.get('val_agreement_before')} at epoch 0, {h.get('val_agreement')} after "
+                 "each epoch")
     lines = ["## QAT (PyTorch, NNCF)", "", text + "."]
     d = n.get("distribution")
     if d:

@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[3]
 PRE = Preprocess((28, 28), 1)
 WORKER_TIMEOUT = 300
 
-# the fine-tune of a BN-free FashionNet on 160 sample images, as a torchrun worker or one process; rank 0 (or the
-# one process) saves the fine-tuned weights. KILL_AFTER_EPOCH: SIGKILL right after that epoch's checkpoint.
+# the fine-tune of a BN-free FashionNet on 192 sample images, as a torchrun worker or one process; rank 0 (or the
+# one process) saves the fine-tuned weights. No validation images: with them the epoch kept is chosen (epoch 0
+# included), and on this barely trained net epoch 0 won, so the weights compared were the untrained ones. KILL_AFTER_EPOCH: SIGKILL right after that epoch's checkpoint.
 DRIVER = """
 import os, signal, sys
 from pathlib import Path
@@ -38,7 +39,7 @@ from edgeq.methods.torch.distributed import torch_role
 out, epochs = Path(sys.argv[1]), int(sys.argv[2])
 z = np.load(SHIPPED_SAMPLE)
 pre = Preprocess((28, 28), 1)
-opts = QatSpec(enabled=True, epochs=epochs, batch_size=16, validation_images=32, early_stop_patience=0,
+opts = QatSpec(enabled=True, epochs=epochs, batch_size=16, validation_images=0, early_stop_patience=0,
                learning_rate=1e-3, seed=3)
 data = training_split(LabelledImages(z["train_images"][:192], z["train_labels"][:192], "sample"), opts)
 q = qat.quantize(torch_nets.fashion_net_plain(), pre(z["calibration_images"][:32]))
@@ -271,8 +272,11 @@ def test_two_torchrun_workers_match_one_process_and_only_rank0_writes(driver, on
     assert w1.keys() == w2.keys()
     start = torch_nets.fashion_net_plain().state_dict()
     assert any(not torch.equal(w1[k], start[k]) for k in start)  # it trained
+    # measured: max |difference| 2.0e-4 on weights up to ~0.3 after 24 steps. The two all-reduced half-batch
+    # gradients differ from the one-process gradient by float rounding, and NNCF's fake-quantizers turn a rounding
+    # difference at a code boundary into a whole code step, which later steps carry on
     for k in w1:
-        np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), atol=2e-5, err_msg=k)
+        np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), atol=5e-4, err_msg=k)
 
 
 def test_killed_job_resumes_from_its_last_epoch_checkpoint(driver, one_process, tmp_path):
