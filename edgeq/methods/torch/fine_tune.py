@@ -114,7 +114,8 @@ def _load_checkpoint(path: Path, key: str) -> dict | None:
     if not path.exists():
         return None
     state = torch.load(str(path), map_location="cpu", weights_only=True)
-    return state if state.get("key") == key else None
+    # a checkpoint without best_epoch was written by an edgeq that chose the epoch by validation loss: start over
+    return state if state.get("key") == key and "best_epoch" in state else None
 
 
 def fine_tune(qmodel, teacher, data: TrainData, pre: Preprocess, opts: QatSpec, log=print,
@@ -159,7 +160,7 @@ def fine_tune(qmodel, teacher, data: TrainData, pre: Preprocess, opts: QatSpec, 
         qmodel.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         first, hist, best, best_state, waited, best_epoch = (saved["epoch"], saved["history"], saved["best"],
-                                                             saved["best_state"], saved["waited"], saved.get("best_epoch", 0))
+                                                             saved["best_state"], saved["waited"], saved["best_epoch"])
         log(f"  QAT: resuming from the epoch checkpoint {ckpt}: epoch {first + 1} of {opts.epochs}")
     if role.distributed:
         log(f"  QAT: DistributedDataParallel ({backend}, {role.name}, global batch {opts.batch_size}) on {dev}")
