@@ -87,6 +87,14 @@ def test_qat_runs_for_pytorch_input_and_makes_both_artifacts_with_paired_tests(p
     assert rep["checks"]["int8_tflite_qat"]["fully_integer"] is True
 
 
+def test_qat_tflite_keeps_the_activation_scales_nncf_learned(pt_run):
+    """Read back from the .tflite: every activation scale/zero point of the QAT ONNX, not a re-calibrated one."""
+    _, rep = pt_run
+    s = _art(rep, "int8_tflite_qat")["notes"]["learned_scales"]
+    assert s["activation_scales"] == s["activation_scales_kept"] > 0 and s["activation_scales_missing"] == []
+    assert "keeps" in rep["qat"]["markdown"]
+
+
 def test_qat_section_says_nncf_fine_tuned_on_the_train_split(pt_run):
     _, rep = pt_run
     s = rep["qat"]

@@ -1,6 +1,8 @@
 """Fine-tuning an NNCF-quantized PyTorch model on the training split, as the Keras QAT does it: Adam, distillation
-from the FP32 model's outputs (or the labels), early stop on the validation loss with the best weights restored,
-and the range-calibrated weights kept when fine-tuning never lowers the validation loss.
+from the FP32 model's outputs (or the labels), early stop on the validation images, and the weights of the best
+epoch restored (`_score`: top-1 agreement with the FP32 model, then validation loss), counting epoch 0 (the
+range-initialised model, before any step): a fine-tune never ends further from FP32 on its validation images
+than where it started.
 
 Under torchrun every worker trains a DistributedDataParallel replica on its share of each global batch (the
 same rows a single process would see, split by rank), so the update equals one process's with the same global
@@ -63,19 +65,29 @@ def _loss(out, target, probs: bool):
     return -(target * logp).sum(1).mean()
 
 
-def _evaluate(model, teacher, x, y, opts: QatSpec, probs: bool, device, batch: int = 64) -> tuple[float, float]:
-    """(mean loss, top-1) on the validation images."""
+def _evaluate(model, teacher, x, y, opts: QatSpec, probs: bool, device, batch: int = 64) -> tuple[float, float, float]:
+    """(mean loss, top-1, top-1 agreement with the FP32 teacher) on the validation images."""
     import torch
 
     model.eval()
-    losses, hits = [], 0
+    losses, hits, same = [], 0, 0
     with torch.no_grad():
         for s in range(0, len(x), batch):
             xb = x[s:s + batch].to(device)
             out = model(xb)
             losses.append(float(_loss(out, _targets(teacher, xb, y[s:s + batch], opts, probs), probs)) * len(xb))
-            hits += int((out.argmax(1).cpu().numpy() == y[s:s + batch]).sum())
-    return round(sum(losses) / len(x), 5), round(hits / len(x), 5)
+            top = out.argmax(1).cpu().numpy()
+            hits += int((top == y[s:s + batch]).sum())
+            same += int((top == teacher(xb).argmax(1).cpu().numpy()).sum())
+    return sum(losses) / len(x), hits / len(x), same / len(x)  # unrounded: `_score` compares them
+
+
+def _score(evaluation: tuple) -> list:
+    """What the kept epoch maximises: top-1 agreement with the FP32 model on the validation images (what PTQ is
+    judged on: how often the INT8 model decides as FP32 does), then the lower validation loss. A lower loss alone
+    can come with fewer agreeing decisions (the soft targets improve while argmaxes flip)."""
+    loss, _, agreement = evaluation
+    return [agreement, -loss]
 
 
 def _run_key(opts: QatSpec, data: TrainData, world: int) -> str:
@@ -102,7 +114,8 @@ def _load_checkpoint(path: Path, key: str) -> dict | None:
     if not path.exists():
         return None
     state = torch.load(str(path), map_location="cpu", weights_only=True)
-    return state if state.get("key") == key else None
+    # a checkpoint without best_epoch was written by an edgeq that chose the epoch by validation loss: start over
+    return state if state.get("key") == key and "best_epoch" in state else None
 
 
 def fine_tune(qmodel, teacher, data: TrainData, pre: Preprocess, opts: QatSpec, log=print,
@@ -127,7 +140,8 @@ def fine_tune(qmodel, teacher, data: TrainData, pre: Preprocess, opts: QatSpec, 
     teacher = teacher.to(dev).eval()
     xv, yv = (nchw(pre(data.val.images)), data.val.labels) if data.val is not None else (None, None)
     probs = outputs_probabilities(teacher, nchw(pre(data.train.images[:8])).to(dev))
-    before_loss, before_top1 = _evaluate(qmodel, teacher, xv, yv, opts, probs, dev) if xv is not None else (None, None)
+    before = _evaluate(qmodel, teacher, xv, yv, opts, probs, dev) if xv is not None else None
+    before_loss, before_top1 = (round(before[0], 5), round(before[1], 5)) if before else (None, None)
     start_state = copy.deepcopy(qmodel.state_dict())
     net = qmodel
     if role.distributed:
@@ -137,14 +151,16 @@ def fine_tune(qmodel, teacher, data: TrainData, pre: Preprocess, opts: QatSpec, 
     opt = torch.optim.Adam(qmodel.parameters(), lr=opts.learning_rate)
     key = _run_key(opts, data, role.world_size)
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-    hist: dict[str, list] = {"loss": []} | ({"val_loss": []} if xv is not None else {})
-    first, best, best_state, waited = 0, None, None, 0
+    hist: dict[str, list] = {"loss": []} | ({"val_loss": [], "val_agreement": []} if xv is not None else {})
+    # epoch 0 is a candidate: the range-initialised weights are kept unless an epoch scores higher (`_score`)
+    first, best, best_state, waited, best_epoch = 0, _score(before) if before else None, \
+        (start_state if xv is not None else None), 0, 0
     saved = _load_checkpoint(ckpt, key) if ckpt is not None else None
     if saved is not None:
         qmodel.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
-        first, hist, best, best_state, waited = (saved["epoch"], saved["history"], saved["best"],
-                                                 saved["best_state"], saved["waited"])
+        first, hist, best, best_state, waited, best_epoch = (saved["epoch"], saved["history"], saved["best"],
+                                                             saved["best_state"], saved["waited"], saved["best_epoch"])
         log(f"  QAT: resuming from the epoch checkpoint {ckpt}: epoch {first + 1} of {opts.epochs}")
     if role.distributed:
         log(f"  QAT: DistributedDataParallel ({backend}, {role.name}, global batch {opts.batch_size}) on {dev}")
@@ -167,28 +183,30 @@ def fine_tune(qmodel, teacher, data: TrainData, pre: Preprocess, opts: QatSpec, 
         epoch += 1
         hist["loss"].append(round(total / data.steps_per_epoch, 5))
         if xv is not None:
-            val_loss, _ = _evaluate(qmodel, teacher, xv, yv, opts, probs, dev)
-            hist["val_loss"].append(val_loss)
-            if best is None or val_loss < best:
-                best, best_state, waited = val_loss, copy.deepcopy(qmodel.state_dict()), 0
+            ev = _evaluate(qmodel, teacher, xv, yv, opts, probs, dev)
+            hist["val_loss"].append(round(ev[0], 5))
+            hist["val_agreement"].append(round(ev[2], 5))
+            if best is None or _score(ev) > best:
+                best, best_state, waited, best_epoch = _score(ev), copy.deepcopy(qmodel.state_dict()), 0, epoch
             else:
                 waited += 1
             stopped = bool(opts.early_stop_patience) and waited >= opts.early_stop_patience
         if ckpt is not None and role.writes:
             _save_checkpoint(ckpt, {"key": key, "epoch": epoch, "model": qmodel.state_dict(),
                                     "optimizer": opt.state_dict(), "history": hist, "best": best,
-                                    "best_state": best_state, "waited": waited})
+                                    "best_state": best_state, "waited": waited, "best_epoch": best_epoch})
         barrier(role)
         log(f"  QAT epoch {epoch}/{opts.epochs}: loss {hist['loss'][-1]}"
-            + (f", validation loss {hist['val_loss'][-1]}" if xv is not None else ""))
+            + (f", validation loss {hist['val_loss'][-1]}, agreement with FP32 {hist['val_agreement'][-1]}"
+               if xv is not None else ""))
     seconds = round(time.perf_counter() - t, 1)
-    kept = True
-    if best_state is not None and opts.early_stop_patience:
-        qmodel.load_state_dict(best_state)  # as Keras EarlyStopping(restore_best_weights=True)
-    if before_loss is not None and hist.get("val_loss") and min(hist["val_loss"]) >= before_loss:
-        qmodel.load_state_dict(start_state)  # fine-tuning ended further from the target than it began
-        kept = False
-    after_top1 = _evaluate(qmodel, teacher, xv, yv, opts, probs, dev)[1] if xv is not None else None
+    if best_state is not None:
+        qmodel.load_state_dict(best_state)  # as Keras EarlyStopping(restore_best_weights=True), epoch 0 included
+    # False: no epoch scored above epoch 0, so the range-initialised weights are exported
+    kept = not (before is not None and best_epoch == 0 and bool(hist["loss"]))
+    if before is not None:
+        hist["val_agreement_before"], hist["kept_epoch"] = round(before[2], 5), best_epoch
+    after_top1 = round(_evaluate(qmodel, teacher, xv, yv, opts, probs, dev)[1], 5) if xv is not None else None
     qmodel.cpu().eval()
     teacher.cpu()
     stop(backend)

@@ -17,6 +17,7 @@ from edgeq.core.config import QatSpec
 from edgeq.core.errors import QuantizationError
 from edgeq.methods.keras.fine_tune import TrainData, fine_tune_notes, training_split
 from edgeq.methods.torch import qat as torch_qat
+from edgeq.methods.torch import to_tflite as qat_tflite
 from edgeq.methods.torch.distributed import torch_role
 from edgeq.methods.torch.fine_tune import QatResult, fine_tune
 
@@ -24,9 +25,10 @@ SECTION_KEYS = ("fine_tune_seconds", "convert_seconds", "epochs_run", "steps", "
                 "validation_top1_before_fine_tune", "validation_top1_after_fine_tune", "validation_loss_before",
                 "fine_tune_kept", "history")
 TFLITE_ROUTE = ("QAT ONNX with its int8 weights stored as their float values and each activation Q/DQ pair "
-                "replaced by a Clip to the range QAT learned -> onnx2tf -> TFLite full-integer converter, whose "
-                "min/max calibration on the representative images then finds at most those ranges (onnx2tf "
-                "writes Q/DQ as float Round/Clip arithmetic, which the converter cannot keep integer)")
+                "replaced by its learned range -> onnx2tf, which writes that range as a TensorFlow FakeQuant -> "
+                "TFLite full-integer converter, which takes the FakeQuant ranges as the activations' scales and "
+                "zero points (the ones NNCF learned, read back from the .tflite) instead of re-calibrating; weight "
+                "channels the converter re-gridded (largest code short of 127) are put back on NNCF's grid")
 
 
 def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
@@ -138,16 +140,23 @@ def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite) -> tuple[bytes, 
     hwc = tuple(ctx.cfg.model.input_shape)
     with tempfile.TemporaryDirectory(prefix=".onnx2tf-qat-", dir=ctx.run_dir) as work:
         flat = Path(work) / "qat_float_weights.onnx"
-        removed = torch_qat.qdq_to_float_onnx(qdq_path, flat)
+        removed = qat_tflite.qdq_to_float_onnx(qdq_path, flat)
         info = read_onnx_input(flat, hwc)
-        model, translation = onnx_to_keras(flat, info, ctx.pre(ctx.splits.calibration.images[:20]), Path(work) / "tf",
-                                           where=qdq_path)
+        with qat_tflite.learned_ranges_as_fake_quant():
+            model, translation = onnx_to_keras(flat, info, ctx.pre(ctx.splits.calibration.images[:20]),
+                                               Path(work) / "tf", where=qdq_path)
         rep = ctx.calibration(n_rep, "stages.tflite_ptq.representative_images")
         blob = tflite_convert.convert_int8(model, rep.one_at_a_time(),
                                            input_type=tflite.input_type, output_type=tflite.output_type,
                                            per_channel=True, allow_float_ops=False, name="int8_tflite_qat",
                                            calibration_images=n_rep)
+        blob, put_back = qat_tflite.keep_learned_weight_scales(qdq_path, blob)
+        scales = {**qat_tflite.learned_scales_in_tflite(qdq_path, blob), "weight_channels_put_back": put_back}
+        if scales["activation_scales_missing"]:
+            ctx.log(f"  ! int8_tflite_qat: the converter re-calibrated {len(scales['activation_scales_missing'])} "
+                    "activation(s) instead of keeping the QAT scales")
         notes = {"route": TFLITE_ROUTE, "qdq_nodes_removed": removed, "translation": translation,
+                 "learned_scales": scales,
                  **tflite_convert.int8_notes(blob, model), "size_floor": param_floor_bytes(flat)}
     return blob, notes
 
@@ -168,7 +177,13 @@ def qat_markdown(notes: dict, opts: QatSpec, n_cal: int, artifacts: list, tflite
             f"validation top-1 {n.get('validation_top1_before_fine_tune')} before fine-tuning, "
             f"{n.get('validation_top1_after_fine_tune')} after")
     if not n.get("fine_tune_kept", True):
-        text += " (fine-tuning did not lower the validation loss, so the range-calibrated weights were exported)"
+        text += (" (no fine-tuned epoch agreed with the FP32 model on more validation images, or as many at a lower "
+                 "loss, than the range-initialised model, so its weights were exported)")
+    h = n.get("history") or {}
+    if "kept_epoch" in h:
+        text += (f"; kept epoch {h['kept_epoch']} (0 = range-initialised) by top-1 agreement with FP32 on the "
+                 f"validation images: {h.get('val_agreement_before')} at epoch 0, {h.get('val_agreement')} after "
+                 "each epoch")
     lines = ["## QAT (PyTorch, NNCF)", "", text + "."]
     d = n.get("distribution")
     if d:
@@ -182,6 +197,12 @@ def qat_markdown(notes: dict, opts: QatSpec, n_cal: int, artifacts: list, tflite
     t = next((a for a in artifacts if a.name == "int8_tflite_qat"), None)
     if t is not None:
         lines.append(f"- int8_tflite_qat: {TFLITE_ROUTE}")
+        ls = t.notes.get("learned_scales")
+        if ls:
+            lines.append(f"- int8_tflite_qat keeps {ls['activation_scales_kept']} of {ls['activation_scales']} QAT "
+                         f"activation scales/zero points and {ls['weight_channels_kept']} of {ls['weight_channels']} "
+                         "weight channel scales (read back from the .tflite; a channel whose QAT codes reach -128 "
+                         "cannot keep its scale, TFLite's int8 weights being [-127, 127])")
     if tflite_note:
         lines += ["", tflite_note]
     return "\n".join(lines)

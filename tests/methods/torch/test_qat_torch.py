@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[3]
 PRE = Preprocess((28, 28), 1)
 WORKER_TIMEOUT = 300
 
-# the fine-tune of a BN-free FashionNet on 160 sample images, as a torchrun worker or one process; rank 0 (or the
-# one process) saves the fine-tuned weights. KILL_AFTER_EPOCH: SIGKILL right after that epoch's checkpoint.
+# the fine-tune of a BN-free FashionNet on 192 sample images, as a torchrun worker or one process; rank 0 (or the
+# one process) saves the fine-tuned weights. No validation images: with them the epoch kept is chosen (epoch 0
+# included), and on this barely trained net epoch 0 won, so the weights compared were the untrained ones. KILL_AFTER_EPOCH: SIGKILL right after that epoch's checkpoint.
 DRIVER = """
 import os, signal, sys
 from pathlib import Path
@@ -38,7 +39,7 @@ from edgeq.methods.torch.distributed import torch_role
 out, epochs = Path(sys.argv[1]), int(sys.argv[2])
 z = np.load(SHIPPED_SAMPLE)
 pre = Preprocess((28, 28), 1)
-opts = QatSpec(enabled=True, epochs=epochs, batch_size=16, validation_images=32, early_stop_patience=0,
+opts = QatSpec(enabled=True, epochs=epochs, batch_size=16, validation_images=0, early_stop_patience=0,
                learning_rate=1e-3, seed=3)
 data = training_split(LabelledImages(z["train_images"][:192], z["train_labels"][:192], "sample"), opts)
 q = qat.quantize(torch_nets.fashion_net_plain(), pre(z["calibration_images"][:32]))
@@ -141,7 +142,7 @@ def test_float_weights_onnx_drops_every_qdq_and_keeps_the_int8_grid(qdq, tmp_pat
     import onnx
     from onnx import numpy_helper
 
-    from edgeq.methods.torch.qat import qdq_to_float_onnx
+    from edgeq.methods.torch.to_tflite import qdq_to_float_onnx
 
     _, path, notes = qdq
     out = tmp_path / "flat.onnx"
@@ -153,6 +154,102 @@ def test_float_weights_onnx_drops_every_qdq_and_keeps_the_int8_grid(qdq, tmp_pat
     w = numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == convs[0].input[1]))
     codes = w / (np.abs(w).max(axis=(1, 2, 3), keepdims=True) / 127)  # symmetric per-channel grid: integers
     np.testing.assert_allclose(codes, np.rint(codes), atol=1e-3)
+
+
+def _int8_tflite(qdq_path: Path, work: Path, keep_ranges: bool) -> bytes:
+    """The QAT ONNX through the stage's TFLite route (`keep_ranges`: the learned ranges as FakeQuant; else the
+    converter calibrates on 64 sample images inside the Clips)."""
+    import contextlib
+
+    from edgeq.loaders.onnx import read_onnx_input
+    from edgeq.methods.onnx.to_tf import onnx_to_keras
+    from edgeq.methods.tflite.convert import convert_int8
+    from edgeq.methods.torch.to_tflite import learned_ranges_as_fake_quant, qdq_to_float_onnx
+
+    flat = work / "flat.onnx"
+    qdq_to_float_onnx(qdq_path, flat)
+    rep = _sample(64)
+    with learned_ranges_as_fake_quant() if keep_ranges else contextlib.nullcontext():
+        model, _ = onnx_to_keras(flat, read_onnx_input(flat, (28, 28, 1)), rep[:20], work / "tf")
+    return convert_int8(model, lambda: ([x[None]] for x in rep), name="qat_test", calibration_images=len(rep))
+
+
+@pytest.fixture(scope="module")
+def qat_tflite(qdq, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("qat_tflite") / "qat.tflite"
+    path.write_bytes(_int8_tflite(qdq[1], path.parent, keep_ranges=True))
+    return path
+
+
+def test_int8_tflite_keeps_every_scale_and_zero_point_nncf_learned(qdq, qat_tflite):
+    from edgeq.methods.torch.to_tflite import learned_scales_in_tflite
+
+    s = learned_scales_in_tflite(qdq[1], qat_tflite.read_bytes())
+    assert s["activation_scales"] == s["activation_scales_kept"] == qdq[2]["op_counts"]["QuantizeLinear"] == 10
+    assert s["activation_scales_missing"] == []
+    assert s["weight_channels_kept"] == s["weight_channels"] > 0 and s["weight_channels_regridded"] == []
+
+
+def test_calibrating_inside_the_learned_ranges_loses_some_of_those_scales(qdq, tmp_path):
+    """What the FakeQuant ranges fix: the converter's own calibration does not find every learned scale (here at
+    least the input's: NNCF's [-128, 127] x 1/127 grid against the images' [-1, 1])."""
+    from edgeq.methods.torch.to_tflite import learned_scales_in_tflite
+
+    s = learned_scales_in_tflite(qdq[1], _int8_tflite(qdq[1], tmp_path, keep_ranges=False))
+    assert "/x__0.0/QuantizeLinear_output_0" in s["activation_scales_missing"]
+
+
+def test_weight_channels_the_converter_regrids_are_put_back_on_the_qat_grid(qdq, tmp_path):
+    """A fine-tuned channel whose largest code stops short of 127 (here: the stem's channel 0 codes halved in the
+    QAT ONNX) gets a finer scale from the converter; it is put back on the ONNX's scale and codes, bias with it."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeq.methods.torch.to_tflite import keep_learned_weight_scales, learned_scales_in_tflite
+
+    m = onnx.load(str(qdq[1]))
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    dq = next(n for n in m.graph.node if n.output[0] == conv.input[1])
+    init = next(i for i in m.graph.initializer if i.name == dq.input[0])
+    codes = numpy_helper.to_array(init).copy()
+    codes[0] = np.rint(codes[0] / 2).astype(np.int8)
+    init.CopyFrom(numpy_helper.from_array(codes, init.name))
+    edited = tmp_path / "edited.onnx"
+    onnx.save(m, str(edited))
+    converted = _int8_tflite(edited, tmp_path, keep_ranges=True)
+    before = learned_scales_in_tflite(edited, converted)
+    assert before["weight_channels"] - before["weight_channels_kept"] == 1
+    blob, put_back = keep_learned_weight_scales(edited, converted)
+    after = learned_scales_in_tflite(edited, blob)
+    assert put_back == 1 and after["weight_channels_kept"] == after["weight_channels"]
+    assert after["activation_scales_missing"] == []
+
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
+    g = model.subgraphs[0]
+    w = next(t for t in g.tensors if t.quantization is not None and t.quantization.scale is not None
+             and len(t.quantization.scale) == len(codes)
+             and np.allclose(t.quantization.scale, numpy_helper.to_array(
+                 next(i for i in m.graph.initializer if i.name == dq.input[1])), rtol=1e-5))
+    tflite_codes = np.frombuffer(bytes(model.buffers[w.buffer].data), np.int8).reshape(w.shape)
+    np.testing.assert_array_equal(tflite_codes[0].ravel(), codes[0].transpose(1, 2, 0).ravel())  # OHWI vs OIHW
+    from edgeq.measure.predictors import OnnxPredictor, TFLitePredictor
+
+    x = _sample(200, "eval")
+    (tmp_path / "fixed.tflite").write_bytes(blob)
+    got = TFLitePredictor(tmp_path / "fixed.tflite").predict(x).argmax(1)
+    assert (got == OnnxPredictor(edited).predict(x).argmax(1)).mean() >= 0.97
+
+
+def test_int8_tflite_predicts_what_the_qat_onnx_predicts(qdq, qat_tflite):
+    from edgeq.measure.predictors import OnnxPredictor, TFLitePredictor
+
+    x = _sample(500, "eval")
+    onnx_top = OnnxPredictor(qdq[1]).predict(x).argmax(1)
+    tflite_top = TFLitePredictor(qat_tflite).predict(x).argmax(1)
+    # same integer grid, different kernels (ORT vs LiteRT rounding, int8 logits): a few flips at most
+    assert (onnx_top == tflite_top).mean() >= 0.97
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +272,11 @@ def test_two_torchrun_workers_match_one_process_and_only_rank0_writes(driver, on
     assert w1.keys() == w2.keys()
     start = torch_nets.fashion_net_plain().state_dict()
     assert any(not torch.equal(w1[k], start[k]) for k in start)  # it trained
+    # measured: max |difference| 2.0e-4 on weights up to ~0.3 after 24 steps. The two all-reduced half-batch
+    # gradients differ from the one-process gradient by float rounding, and NNCF's fake-quantizers turn a rounding
+    # difference at a code boundary into a whole code step, which later steps carry on
     for k in w1:
-        np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), atol=2e-5, err_msg=k)
+        np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), atol=5e-4, err_msg=k)
 
 
 def test_killed_job_resumes_from_its_last_epoch_checkpoint(driver, one_process, tmp_path):
