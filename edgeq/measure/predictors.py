@@ -13,13 +13,13 @@ import numpy as np
 
 # one definition for this machine and the devices: the agent's (it must stay a standalone file)
 from edgeq.core.errors import ModelError, RuntimeUnavailable, first_line
-from edgeq.core.formats import predictor_factory
+from edgeq.core.formats import predictor_factory, predictor_on
 from edgeq.core.tfcompat import quiet_stderr, tf
 from edgeq.loaders.keras import load_keras_model
 from edgeq.ondevice.agent import dequantize as dequantize_output
 from edgeq.ondevice.agent import is_nchw, ort_session_options, time_runs
-from edgeq.ondevice.agent import (OPENVINO_PRECISIONS, openvino_config, openvino_properties, openvino_runtime_name,
-                                  openvino_xml)
+from edgeq.ondevice.agent import (OPENVINO_PRECISIONS, openvino_config, openvino_model_file, openvino_properties,
+                                  openvino_runtime_name)
 from edgeq.ondevice.agent import quantize as quantize_input
 
 
@@ -223,7 +223,7 @@ def import_openvino():
 
 
 class OpenVINOPredictor(Predictor):
-    """An OpenVINO IR (directory with model.xml + model.bin) on this CPU. The inference precision is always set
+    """An OpenVINO IR (directory with model.xml + model.bin), or an ONNX model, on this CPU. The inference precision is always set
     (f32 unless asked otherwise: OpenVINO's default runs bfloat16 on CPUs with AMX/AVX512-BF16), one stream,
     and what OpenVINO really compiled (precision, threads, streams) is read back and recorded."""
 
@@ -237,9 +237,10 @@ class OpenVINOPredictor(Predictor):
         ov = import_openvino()
         self.path = Path(path)
         self.threads = threads
-        xml = openvino_xml(str(self.path))
+        xml = openvino_model_file(str(self.path))  # an IR, or an .onnx timed on OpenVINO too (formats.other_runtimes)
         if xml is None:
-            raise ModelError(f"{self.path}: not an OpenVINO IR (a directory with one model.xml and its model.bin)")
+            raise ModelError(f"{self.path}: not an OpenVINO IR (a directory with one model.xml and its model.bin) nor "
+                             "an .onnx model")
         core = ov.Core()
         try:
             model = core.read_model(xml)
@@ -277,9 +278,11 @@ class OpenVINOPredictor(Predictor):
                 "threads": self.threads, "openvino_threads": self.properties["threads"]}
 
 
-def open_predictor(path: Path, fmt: str, threads: int | None = None, **kw) -> Predictor:
-    """A predictor for an artifact file of the given format (edgeq.core.formats names the class)."""
-    factory = predictor_factory(fmt)
+def open_predictor(path: Path, fmt: str, threads: int | None = None, runtime: str | None = None, **kw) -> Predictor:
+    """A predictor for an artifact file of the given format (edgeq.core.formats names the class), on its format's own
+    runtime or on `runtime`, another that reads that format (formats.Format.other_runtimes)."""
+    factory = predictor_factory(fmt) if runtime is None else predictor_on(fmt, runtime)
     if factory is None:
-        raise ModelError(f"{path}: no predictor for format {fmt!r} on this machine")
+        on = "" if runtime is None else f" on runtime {runtime!r}"
+        raise ModelError(f"{path}: no predictor for format {fmt!r}{on} on this machine")
     return factory(Path(path), threads=threads, **kw)

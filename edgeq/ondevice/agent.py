@@ -293,6 +293,12 @@ def openvino_xml(path: str) -> str | None:
     return path if path.endswith(".xml") else None
 
 
+def openvino_model_file(path: str) -> str | None:
+    """What OpenVINO reads for `path`: an IR's model.xml, or an .onnx as it is (OpenVINO reads ONNX directly); None if
+    neither. Also used by edgeq.measure.predictors."""
+    return openvino_xml(path) or (path if path.endswith(".onnx") and os.path.isfile(path) else None)
+
+
 class OpenVINORunner:
     def __init__(self, path: str, threads: int | None, precision: str = "f32"):
         import numpy as np
@@ -302,9 +308,10 @@ class OpenVINORunner:
         except ImportError:
             raise AgentError("runtime_missing", "openvino is not installed on this machine; "
                              "install it with: pip install openvino") from None
-        xml = openvino_xml(path)
+        xml = openvino_model_file(path)
         if xml is None:
-            raise AgentError("model", f"{path}: not an OpenVINO IR (a directory with one model.xml and its .bin)")
+            raise AgentError("model", f"{path}: not an OpenVINO IR (a directory with one model.xml and its .bin) "
+                                      "nor an .onnx model")
         core = ov.Core()
         try:
             self.compiled = core.compile_model(core.read_model(xml), "CPU", openvino_config(threads, precision))

@@ -249,6 +249,15 @@ TOOLCHAINS = {"tflite_ptq": "TFLite converter", "precision": "TFLite converter",
               "onnx_ptq": "ONNX Runtime quantizer", "onnx_fallback": "ONNX Runtime quantizer (fallback)",
               "nncf_ptq": "NNCF", "qat": "QAT (tfmot / NNCF)"}
 RUNTIMES = {"tflite": "LiteRT", "onnx": "ONNX Runtime", "openvino": "OpenVINO", "keras": "TensorFlow"}
+RUNTIME_NAMES = {"tflite": "LiteRT", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tf-keras": "TensorFlow"}
+
+
+def timings(e: dict, target: str):
+    """(runtime, figure) of an artifact on `target`: on its format's own runtime, then on each other runtime it was
+    also timed on (report.json `latency_ms_other_runtimes`, e.g. NNCF's QDQ ONNX on OpenVINO)."""
+    yield RUNTIMES.get(e["format"], e["format"]), e["latency_ms"].get(target) or {}
+    for rt, by_target in (e.get("latency_ms_other_runtimes") or {}).items():
+        yield RUNTIME_NAMES.get(rt, rt), by_target.get(target) or {}
 
 
 def toolchain_of(e: dict) -> str:
@@ -260,15 +269,15 @@ def referee(entries: list[dict], target: str, budget_pt: float) -> dict:
     its latency interval and its ratio to the overall fastest; routes whose intervals overlap are indistinguishable."""
     rows = {}
     for e in entries:
-        s = (e["latency_ms"].get(target) or {})
-        if s.get("median") is None or e["precision"] == "fp32":
+        if e["precision"] == "fp32" or (e.get("vs_fp32") or {}).get("within_budget") is not True:
             continue
-        within = (e.get("vs_fp32") or {}).get("within_budget")
-        key = (toolchain_of(e), RUNTIMES.get(e["format"], e["format"]))
-        if within is True and (key not in rows or s["median"] < rows[key]["median"]):
-            rows[key] = {"toolchain": key[0], "runtime": key[1], "artifact": e["name"], "method": e["method"],
-                         "precision": e["precision"], "median": s["median"], "median_ci95": s.get("median_ci95"),
-                         "drop_pt": e["vs_fp32"]["drop_pt"], "drop_ci95_pt": e["vs_fp32"]["drop_ci95_pt"]}
+        for runtime, s in timings(e, target):
+            key = (toolchain_of(e), runtime, e["format"])
+            if s.get("median") is not None and (key not in rows or s["median"] < rows[key]["median"]):
+                rows[key] = {"toolchain": key[0], "runtime": runtime, "format": e["format"], "artifact": e["name"],
+                             "method": e["method"], "precision": e["precision"], "median": s["median"],
+                             "median_ci95": s.get("median_ci95"), "runtime_version": s.get("runtime"),
+                             "drop_pt": e["vs_fp32"]["drop_pt"], "drop_ci95_pt": e["vs_fp32"]["drop_ci95_pt"]}
     if not rows:
         return {"routes": [], "verdict": f"no route's artifact is shown to be within the {budget_pt:g} pt budget "
                                          f"and timed on {target}"}
@@ -278,13 +287,17 @@ def referee(entries: list[dict], target: str, budget_pt: float) -> dict:
         r["x_best"] = round(r["median"] / best["median"], 3)
         r["indistinguishable_from_best"] = r is best or _tied(best, r)
     tied = [r for r in ranked[1:] if r["indistinguishable_from_best"]]
-    verdict = (f"on {target}, {best['toolchain']} on {best['runtime']} ({best['artifact']}) is the fastest route "
+    # a toolchain with two formats on one runtime (NNCF's IR and QDQ ONNX on OpenVINO) names the format
+    shared = {k[:2] for k in rows if sum(j[:2] == k[:2] for j in rows) > 1}
+    label = lambda r: (f"{r['toolchain']} {r['format']} on {r['runtime']}" if (r["toolchain"], r["runtime"]) in shared  # noqa: E731
+                       else f"{r['toolchain']} on {r['runtime']}")
+    verdict = (f"on {target}, {label(best)} ({best['artifact']}) is the fastest route "
                f"within the {budget_pt:g} pt budget: {best['median']:.4g} ms")
     if tied:
-        verdict += "; indistinguishable from it: " + ", ".join(f"{r['toolchain']} on {r['runtime']}" for r in tied)
+        verdict += "; indistinguishable from it: " + ", ".join(label(r) for r in tied)
     rest = [r for r in ranked[1:] if not r["indistinguishable_from_best"]]
     if rest:
-        verdict += "; slower: " + ", ".join(f"{r['toolchain']} on {r['runtime']} {r['x_best']:.2f}x" for r in rest)
+        verdict += "; slower: " + ", ".join(f"{label(r)} {r['x_best']:.2f}x" for r in rest)
     return {"routes": ranked, "verdict": verdict}
 
 
