@@ -53,7 +53,7 @@ def other_runtime_lines(rep: dict) -> list[str]:
             out.append(f"| {name} | {fmt} | {t} | — | {s.get('reason') or 'not measured'} | — |")
             continue
         ci, r = s.get("median_ci95"), s.get("ratio_to_fp32") or {}
-        ratio = (f"{r['value']:.2f} {r['reference']}" + (f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+        ratio = (f"{r['value']:.2f}x {r['reference']}" + (f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
                                                         if r.get("ci95") else "")) if r.get("value") else "—"
         out.append(f"| {name} | {fmt} | {t} | {s['runtime']} | {s['median']:.4g}"
                    + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "") + f" (n={s['runs']}, {s['rounds']} rounds) | "

@@ -75,6 +75,24 @@ def test_nncf_artifacts_are_timed_in_the_same_interleaved_rounds_as_tflite_and_o
     assert host["int8_onnx_nncf"]["runtime"].startswith("onnxruntime")  # a QDQ ONNX is judged on ORT
 
 
+def test_nncfs_qdq_onnx_is_timed_on_openvino_too_in_the_same_rounds_each_figure_naming_its_runtime(nncf_run):
+    rep, out = nncf_run
+    arts = by_name(rep)
+    ort, ov = arts["int8_onnx_nncf"]["latency_ms"]["host"], arts["int8_onnx_nncf"]["latency_ms_other_runtimes"]
+    on_ov = ov["openvino"]["host"]
+    assert ort["runtime"].startswith("onnxruntime") and on_ov["runtime"].startswith("openvino ")
+    assert "precision=f32" in on_ov["runtime"] and on_ov["median"] > 0 and len(on_ov["median_ci95"]) == 2
+    assert on_ov["rounds"] == ort["rounds"] == arts["int8_tflite_ptq"]["latency_ms"]["host"]["rounds"] > 1
+    assert on_ov["ratio_to_fp32"]["reference"] == "fp32_openvino"  # against the FP32 OpenVINO runs as its own
+    assert ort["ratio_to_fp32"]["reference"] == "fp32_onnx"
+    md = (out / "report.md").read_text()
+    assert "## On other runtimes" in md and "| int8_onnx_nncf | onnx | host | openvino " in md
+    # the referee takes (NNCF, OpenVINO, onnx) as a route of its own wherever the artifact is within the budget
+    routes = {(r["artifact"], r["runtime"]) for r in rep["referee"]["host"]["routes"]}
+    within = arts["int8_onnx_nncf"]["vs_fp32"]["within_budget"] is True
+    assert ((("int8_onnx_nncf", "OpenVINO") in routes) and (("int8_onnx_nncf", "ONNX Runtime") in routes)) == within
+
+
 def test_nncf_options_and_the_accuracy_control_account_are_recorded(nncf_run):
     rep, out = nncf_run
     arts = by_name(rep)
