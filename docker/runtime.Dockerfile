@@ -13,6 +13,7 @@
 #   --build-arg OPENVINO_SPEC=openvino==2026.4.1  also the OpenVINO runtime, for the agent's `--runtime openvino`
 #                                       (empty, the default: without). An opt-in image, tagged apart:
 #     docker/build.sh --build-arg OPENVINO_SPEC=openvino==2026.4.1 --tag edgeq/runtime-openvino:arm64 runtime
+#                                       (under QEMU, run OpenVINO without the /sys stand-in below: it hangs on it)
 # Run (the model and inputs on a mounted volume; prints one JSON object):
 #   docker run --rm -v "$PWD:/work" edgeq/runtime:arm64 --model /work/m.tflite --runs 100 --threads 4
 # Under QEMU on x86-64 (not on a device), LiteRT's cpuinfo segfaults reading the host's CPU topology
