@@ -18,8 +18,8 @@ from edgeq.core.tfcompat import quiet_stderr, tf
 from edgeq.loaders.keras import load_keras_model
 from edgeq.ondevice.agent import dequantize as dequantize_output
 from edgeq.ondevice.agent import is_nchw, ort_session_options, time_runs
-from edgeq.ondevice.agent import (OPENVINO_PRECISIONS, openvino_config, openvino_model_file, openvino_properties,
-                                  openvino_runtime_name)
+from edgeq.ondevice.agent import (OPENVINO_PRECISIONS, openvino_config, openvino_model_file, openvino_precision_of,
+                                  openvino_properties, openvino_runtime_name)
 from edgeq.ondevice.agent import quantize as quantize_input
 
 
@@ -229,9 +229,9 @@ class OpenVINOPredictor(Predictor):
 
     fmt = "openvino"
 
-    def __init__(self, path: Path, threads: int | None = None, inference_precision: str = "f32",
+    def __init__(self, path: Path, threads: int | None = None, inference_precision: str | None = None,
                  batch_size: int = 32):
-        if inference_precision not in OPENVINO_PRECISIONS:
+        if inference_precision is not None and inference_precision not in OPENVINO_PRECISIONS:
             raise ModelError(f"{path}: inference precision {inference_precision!r} is not one OpenVINO's CPU runs; "
                              f"use one of {', '.join(OPENVINO_PRECISIONS)}")
         ov = import_openvino()
@@ -245,7 +245,8 @@ class OpenVINOPredictor(Predictor):
         try:
             model = core.read_model(xml)
             self._dynamic = model.input(0).get_partial_shape()[0].is_dynamic
-            self.compiled = core.compile_model(model, "CPU", openvino_config(threads, inference_precision))
+            asked = inference_precision or openvino_precision_of(model) or "f32"  # the IR's own (a variant), else f32
+            self.compiled = core.compile_model(model, "CPU", openvino_config(threads, asked))
         except Exception as e:  # openvino raises its own exception types
             raise ModelError(f"{self.path}: openvino cannot load it ({first_line(e)})") from None
         self.request = self.compiled.create_infer_request()

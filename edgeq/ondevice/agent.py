@@ -23,8 +23,9 @@ Usage (stable; scripts and the Docker images rely on it):
     --return-outputs  the same, but put the outputs in the JSON (small batches only)
     --delegate      a TFLite external delegate library, e.g. libedgetpu.so.1 for the Coral Edge TPU
     --graph-optimization  ONNX Runtime graph-optimisation level (default all), as edgeq's host figures use
-    --inference-precision  OpenVINO INFERENCE_PRECISION_HINT, always set (default f32: OpenVINO's own default
-                    runs bfloat16 or float16 on CPUs that have them, a different artifact from the FP32 one)
+    --inference-precision  OpenVINO INFERENCE_PRECISION_HINT, always set (default: the one the IR names for itself,
+                    as edgeq's bf16/f16 variants do, else f32: OpenVINO's own default runs bfloat16 or float16 on
+                    CPUs that have them, a different artifact from the FP32 one)
 
 Output: exactly one JSON object on stdout, always with "protocol" (PROTOCOL below) and "ok".
 On success: "runtime", "device", "model", "timing": {"samples_ms": [...], "runs", "warmup",
@@ -285,6 +286,14 @@ def openvino_config(threads: int | None, precision: str = "f32") -> dict:
     return cfg
 
 
+PRECISION_KEY = ["runtime_options", "INFERENCE_PRECISION_HINT"]  # where an IR names its own precision (rt_info)
+
+
+def openvino_precision_of(model) -> str | None:
+    """The inference precision an OpenVINO model names for itself in its rt_info (edgeq's bf16/f16 variants); None."""
+    return str(model.get_rt_info(PRECISION_KEY).astype(str)) if model.has_rt_info(PRECISION_KEY) else None
+
+
 def openvino_xml(path: str) -> str | None:
     """The model.xml of an OpenVINO IR given as its directory or as the .xml; None if `path` is neither."""
     if os.path.isdir(path):
@@ -300,7 +309,7 @@ def openvino_model_file(path: str) -> str | None:
 
 
 class OpenVINORunner:
-    def __init__(self, path: str, threads: int | None, precision: str = "f32"):
+    def __init__(self, path: str, threads: int | None, precision: str | None = None):
         import numpy as np
 
         try:
@@ -314,7 +323,9 @@ class OpenVINORunner:
                                       "nor an .onnx model")
         core = ov.Core()
         try:
-            self.compiled = core.compile_model(core.read_model(xml), "CPU", openvino_config(threads, precision))
+            model = core.read_model(xml)
+            precision = precision or openvino_precision_of(model) or "f32"
+            self.compiled = core.compile_model(model, "CPU", openvino_config(threads, precision))
         except Exception as e:  # noqa: BLE001 - openvino raises its own exception types
             raise AgentError("model", f"{path}: openvino cannot load it ({str(e).strip().splitlines()[0][:200]})") \
                 from None
@@ -472,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delegate")
     p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
     p.add_argument("--runtime", default="auto", choices=["auto", *TFLITE_INTERPRETERS, "onnxruntime", "openvino"])
-    p.add_argument("--inference-precision", default="f32", choices=list(OPENVINO_PRECISIONS))
+    p.add_argument("--inference-precision", default=None, choices=list(OPENVINO_PRECISIONS))
     return p
 
 

@@ -260,8 +260,12 @@ def timings(e: dict, target: str):
         yield RUNTIME_NAMES.get(rt, rt), by_target.get(target) or {}
 
 
+METHOD_TOOLCHAINS = {"inference_precision": "OpenVINO precision hint"}  # bf16_openvino: no quantizer made it
+
+
 def toolchain_of(e: dict) -> str:
-    return TOOLCHAINS.get(e.get("stage"), "FP32 baseline" if e["precision"] == "fp32" else str(e.get("stage")))
+    return METHOD_TOOLCHAINS.get(e.get("method")) or TOOLCHAINS.get(
+        e.get("stage"), "FP32 baseline" if e["precision"] == "fp32" else str(e.get("stage")))
 
 
 def referee(entries: list[dict], target: str, budget_pt: float) -> dict:

@@ -6,6 +6,8 @@ From the run's FP32 ONNX (the input, or the Keras model exported as `fp32_onnx`,
 - route `onnx` -> `int8_onnx_nncf`: nncf.quantize on the ONNX (QDQ), run by ONNX Runtime like every ONNX artifact,
   and host-timed on OpenVINO too (notes.also_timed_on; OpenVINO reads the .onnx at f32), each figure naming its
   runtime: its Q/DQ placement is made for OpenVINO, and a route is judged on the runtime that runs it;
+- `precision_variants` -> `bf16_openvino` / `f16_openvino`: the FP32 IR naming its own inference precision, made only
+  where OpenVINO reports the CPU has the instructions;
 - route `openvino_ac` -> `int8_openvino_nncf_ac`: nncf.quantize_with_accuracy_control within max_accuracy_drop on
   held-back calibration images (never the evaluation split), the layers it reverted to float named in its notes.
 Every route sees the first `calibration_images` of the calibration split, preprocessed as for every other route.
@@ -60,6 +62,11 @@ def run_stage(ctx, opts: NncfPtqSpec) -> list[Artifact]:
         return a
 
     fp32_ir = attempt("fp32_openvino", lambda: _fp32_ir(ctx, fp32_onnx, x[:CHECK_IMAGES]))
+    for p in opts.precision_variants:
+        if fp32_ir is None:
+            section["not_made"][f"{p}_openvino"] = f"no FP32 OpenVINO IR ({section['not_made']['fp32_openvino']})"
+        else:
+            attempt(f"{p}_openvino", lambda: _precision_variant(ctx, fp32_ir, p))
     route = _Route(ctx, x, nchw, key, params, nncf_opts)
     for r in opts.routes:
         name = ROUTE_ARTIFACTS[r]
@@ -103,6 +110,20 @@ def _fp32_ir(ctx, fp32_onnx: Artifact, check_x: np.ndarray) -> Artifact:
                        precision="fp32", method="none", stage="nncf_ptq",
                        params={"converter": "ov.convert_model", "compress_to_fp16": False,
                                "inference_precision": INFERENCE_PRECISION}, parent=fp32_onnx.name)
+
+
+def _precision_variant(ctx, fp32_ir: Artifact, precision: str) -> Artifact:
+    """bf16_openvino / f16_openvino: the FP32 IR naming its own inference precision (its own artifact and hash), made
+    only where OpenVINO says this CPU has the instructions; paired with fp32_openvino like any other artifact."""
+    why = ov_convert.cpu_runs(precision)
+    if why:
+        raise RuntimeUnavailable(why)
+    src = fp32_ir.abspath(ctx.run_dir)
+    return ctx.produce(f"{precision}_openvino", f"{precision}.openvino", {"precision": precision},
+                       lambda tmp: ov_convert.precision_variant(src, tmp, precision), fmt="openvino",
+                       precision=precision, method="inference_precision", stage="nncf_ptq",
+                       params={"inference_precision": precision, "converter": "rt_info runtime_options"},
+                       parent=fp32_ir.name)
 
 
 class _Route:

@@ -118,3 +118,22 @@ def test_a_runtime_that_does_not_read_the_format_is_refused_by_name(tmp_path):
 
     with pytest.raises(ModelError, match="no predictor for format 'tflite' on runtime 'openvino'"):
         open_predictor(tmp_path / "m.tflite", "tflite", runtime="openvino")
+
+
+def test_an_ir_that_names_its_own_precision_runs_at_it_where_the_cpu_has_it(tmp_path):
+    """bf16_openvino: the FP32 IR naming bf16 in its rt_info is its own artifact (another hash) and runs at bf16
+    wherever OpenVINO reports BF16 for this CPU; an explicit precision still wins."""
+    import pytest
+
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgeq[openvino]')")
+    from edgeq.core.artifacts import sha256_of
+    from edgeq.measure.predictors import OpenVINOPredictor
+    from edgeq.methods.openvino.convert import cpu_runs, precision_variant
+
+    _, ir = _tiny_onnx_and_ir(tmp_path)
+    precision_variant(ir, tmp_path / "bf16.openvino", "bf16")
+    assert sha256_of(tmp_path / "bf16.openvino") != sha256_of(ir)
+    has_bf16 = cpu_runs("bf16") is None
+    variant = OpenVINOPredictor(tmp_path / "bf16.openvino", threads=1)
+    assert variant.inference_precision == ("bf16" if has_bf16 else "f32") and OpenVINOPredictor(ir).inference_precision == "f32"
+    assert OpenVINOPredictor(tmp_path / "bf16.openvino", inference_precision="f32").inference_precision == "f32"

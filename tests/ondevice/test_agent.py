@@ -187,6 +187,17 @@ def test_agent_runs_an_onnx_on_openvino_when_asked_and_matches_onnx_runtime(agen
     np.testing.assert_allclose(np.asarray(ans["outputs"], np.float32), y_ort, rtol=1e-4, atol=1e-6)
 
 
+def test_agent_runs_an_ir_at_the_precision_it_names_for_itself(agent, models, tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgeq[openvino]')")
+    from edgeq.methods.openvino.convert import cpu_runs, onnx_to_ir, precision_variant
+
+    onnx_to_ir(models["onnx"], tmp_path / "fp32.openvino")
+    precision_variant(tmp_path / "fp32.openvino", tmp_path / "bf16.openvino", "bf16")
+    rc, ans, err = run_agent(agent, "--model", tmp_path / "bf16.openvino", "--runs", 2)
+    assert rc == 0 and ans["ok"], err[-2000:]
+    assert ans["model"]["inference_precision"] == ("bf16" if cpu_runs("bf16") is None else "f32"), ans["model"]
+
+
 def test_agent_refuses_an_unknown_openvino_precision(agent, models):
     rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--inference-precision", "int4")
     assert rc == 2 and ans["error_kind"] == "usage" and "--inference-precision" in ans["error"]
