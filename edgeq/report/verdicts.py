@@ -182,10 +182,18 @@ def _tied(a: dict, b: dict) -> bool:
                 and a["median_ci95"][0] <= b["median_ci95"][1] and b["median_ci95"][0] <= a["median_ci95"][1])
 
 
+def _on_other_runtimes(entries: list[dict]) -> list[dict]:
+    """Each artifact also timed on another runtime as a candidate of its own: the entry with that runtime's figures as
+    its latency_ms and `on_runtime` naming the runtime (its accuracy and paired test are the artifact's)."""
+    return [{**e, "latency_ms": by_target, "on_runtime": rt} for e in entries
+            for rt, by_target in (e.get("latency_ms_other_runtimes") or {}).items()]
+
+
 def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
-    """The fastest artifact on `target` whose loss is within the budget (FP32 references always qualify)."""
-    timed = [e for e in entries if (e["latency_ms"].get(target) or {}).get("median") is not None
-             and e["accuracy"].get("top1") is not None]
+    """The fastest artifact on `target` whose loss is within the budget (FP32 references always qualify), on its
+    format's own runtime or on another it was timed on (then `runtime` names it)."""
+    timed = [e for e in entries + _on_other_runtimes(entries)
+             if (e["latency_ms"].get(target) or {}).get("median") is not None and e["accuracy"].get("top1") is not None]
     if not timed:
         return {"artifact": None, "why": f"nothing measured on {target} with both accuracy and latency"}
 
@@ -215,14 +223,14 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
         v = best["vs_fp32"]
         why.append(f"loss {v['drop_pt']:.2f} pt [{v['drop_ci95_pt'][0]:.2f}, {v['drop_ci95_pt'][1]:.2f}] "
                    f"(McNemar p = {v['mcnemar']['p']:.2g})")
-    others = [e["name"] for e in tied if e is not best]
+    others = [_named(e) for e in tied if e is not best]
     if others:
         why.append(f"as fast as {', '.join(others)} (intervals overlap or medians within 2 %); chosen as the "
                    + ("unquantised one: quantisation buys no speed here" if best["precision"] == "fp32"
                       else "most accurate of them"))
     quicker = [e for e in passed_over if med(e) < med(best)]  # said only where it changed the choice
     if quicker:
-        why.append(", ".join(e["name"] for e in quicker) + " passed over: " + "; ".join(
+        why.append(", ".join(_named(e) for e in quicker) + " passed over: " + "; ".join(
             dict.fromkeys(_slow_kernels(e) for e in quicker)))
     faster = [e for e in timed if med(e) < med(best) and not ok(e)]
     if faster:
@@ -231,15 +239,25 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
         state = ("over the budget" if v.get("within_budget") is False else
                  "not shown to be within the budget" + (f" (about {v['images_to_decide']:,} images would decide)"
                                                         if v.get("images_to_decide") else ""))
-        why.append(f"{f['name']} is faster ({med(f):.4g} ms) but {state}")
+        why.append(f"{_named(f)} is faster ({med(f):.4g} ms) but {state}")
     if best["precision"] == "fp32":
         slower = [e for e in eligible[1:] if e["precision"] != "fp32"]
         if slower:
             why.append(f"every INT8 artifact within the budget is slower on this {target} "
-                       f"(best: {slower[0]['name']} {med(slower[0]):.4g} ms)")
+                       f"(best: {_named(slower[0])} {med(slower[0]):.4g} ms)")
     if s.get("noisy"):
         why.append(f"caution, noisy: {s.get('noisy_reason')}")
-    return {"artifact": best["name"], "why": "; ".join(why)}
+    out = {"artifact": best["name"], "why": "; ".join(why)}
+    if best.get("on_runtime"):
+        out["runtime"] = best["on_runtime"]
+        out["why"] = (f"on {RUNTIME_NAMES.get(best['on_runtime'], best['on_runtime'])}, not its format's own "
+                      f"{RUNTIMES.get(best['format'], best['format'])}: " + out["why"])
+    return out
+
+
+def _named(e: dict) -> str:
+    """An artifact's name, with the runtime where it is a candidate on a runtime other than its format's own."""
+    return e["name"] + (f" on {RUNTIME_NAMES.get(e['on_runtime'], e['on_runtime'])}" if e.get("on_runtime") else "")
 
 
 # ------------------------------------------------------------------ the referee: toolchains side by side

@@ -162,6 +162,23 @@ def test_referee_judges_an_artifact_also_timed_on_another_runtime_as_a_route_of_
     assert "NNCF openvino on OpenVINO 1.20x" in r["verdict"] and "NNCF on ONNX Runtime 11.20x" in r["verdict"]
 
 
+def test_what_to_ship_can_be_an_artifact_on_a_runtime_other_than_its_formats_own():
+    from edgeq.report.verdicts import ship
+
+    qdq = _route("int8_onnx_nncf", "nncf_ptq", "onnx", 2.8, [2.7, 2.9])
+    qdq["latency_ms_other_runtimes"] = {"openvino": {"host": {"median": 0.25, "median_ci95": [0.24, 0.26],
+                                                              "runtime": "openvino 2026.4.1 (CPU, precision=f32)"}}}
+    entries = [qdq, _route("int8_tflite_ptq", "tflite_ptq", "tflite", 0.40, [0.39, 0.41])]
+    for e in entries:
+        e["vs_fp32"]["mcnemar"] = {"p": 0.5}
+    s = ship(entries, "host", 1.0)
+    assert s["artifact"] == "int8_onnx_nncf" and s["runtime"] == "openvino", s
+    assert s["why"].startswith("on OpenVINO, not its format's own ONNX Runtime: fastest within the 1 pt budget: "
+                               "median 0.25 ms [0.24, 0.26] (openvino 2026.4.1")
+    qdq["latency_ms_other_runtimes"]["openvino"]["host"].update(median=0.5, median_ci95=[0.49, 0.51])
+    assert ship(entries, "host", 1.0) == {"artifact": "int8_tflite_ptq", "why": ship(entries, "host", 1.0)["why"]}
+
+
 # ------------------------------------------------------------------ a class that collapses inside a small overall drop
 def test_a_collapsed_class_is_named_and_max_class_drop_takes_the_artifact_out_of_the_budget():
     from edgeq.report.verdicts import ship, vs_reference
