@@ -111,6 +111,19 @@ def test_bf16_and_f16_variants_are_artifacts_of_their_own_where_the_cpu_has_the_
         assert a["vs_fp32"]["reference"] == "fp32_openvino"
 
 
+def test_an_openvino_ir_is_bundled_as_a_directory_and_its_classify_check_passes(nncf_run, tmp_path):
+    _, out = nncf_run
+    r = run_edgeq("bundle", out, "--artifact", "int8_openvino_nncf", "--out", tmp_path)
+    assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-2000:]
+    bundle = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert (bundle / "int8_nncf.openvino" / "model.xml").is_file() and (bundle / "int8_nncf.openvino" / "model.bin").is_file()
+    chk = subprocess.run([sys.executable, str(bundle / "classify.py"), "--check"], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert chk.returncode == 0, chk.stdout[-1000:] + chk.stderr[-2000:]
+    ans = json.loads(chk.stdout.strip().splitlines()[-1])
+    assert ans["check"]["ok"] and ans["runtime"].startswith("openvino") and "precision=f32" in ans["runtime"], ans
+
+
 def test_nncf_options_and_the_accuracy_control_account_are_recorded(nncf_run):
     rep, out = nncf_run
     arts = by_name(rep)
