@@ -5,7 +5,8 @@ applications at 224x224; weights do not change latency).
 
 Per model it makes (cached under $EDGEQ_BENCH_DIR, default /tmp/edgeq_bench) with edgeq's own code: FP32/INT8
 TFLite (TFLite converter), FP32/INT8 ONNX (ORT static, host scheme), the FP32 OpenVINO IR from the FP32 ONNX
-(ov.convert_model, no FP16 compression), NNCF INT8 on the IR and NNCF INT8 QDQ on the ONNX (run by ORT). Every
+(ov.convert_model, no FP16 compression), NNCF INT8 on the IR and NNCF INT8 QDQ on the ONNX (run by ORT and by
+OpenVINO, which reads the .onnx directly, as edgeq's host benchmark times it). Every
 artifact is timed in the same rotating rounds (edgeq.targets.interleave.round_orders); a ratio is computed per
 round and summarised as the median with a 95 % order-statistic interval. OpenVINO runs with its inference
 precision set and read back: f32 for the FP32 and INT8 IRs, and the same FP32 IR with OpenVINO's bf16 hint (what
@@ -65,6 +66,8 @@ def predictors(paths: dict, threads: int) -> dict:
         f"OpenVINO FP32 ({ov_bf16.inference_precision} hint)": ("openvino", "bf16", ov_bf16),
         "OpenVINO INT8 (NNCF, f32)": ("openvino", "int8",
                                       OpenVINOPredictor(paths["int8_openvino_nncf"], threads=threads)),
+        "OpenVINO INT8 (NNCF QDQ, f32)": ("openvino", "int8",
+                                          OpenVINOPredictor(paths["int8_onnx_nncf"], threads=threads)),
     }
 
 
@@ -85,6 +88,9 @@ def report(name: str, preds: dict, meds: dict[str, list[float]]) -> None:
     pairs = [("openvino", "tflite"), ("openvino", "ort"), ("ort", "tflite")]
     for a, b in pairs:
         print(f"    {best[a]} / {best[b]}: {fmt_ci(ratio_ci(meds[best[a]], meds[best[b]]))}")
+    qdq_ov, qdq_ort = "OpenVINO INT8 (NNCF QDQ, f32)", "ORT INT8 (NNCF QDQ)"
+    print(f"  NNCF's QDQ ONNX, {qdq_ov} / {qdq_ort}: {fmt_ci(ratio_ci(meds[qdq_ov], meds[qdq_ort]))}"
+          "  (one artifact, two runtimes)")
     bf16 = next(lab for lab, (_, p, _) in preds.items() if p == "bf16")
     print(f"  {bf16} / OpenVINO FP32 (f32): {fmt_ci(ratio_ci(meds[bf16], meds['OpenVINO FP32 (f32)']))}"
           "  (an OpenVINO 'FP32' figure without its precision may be this one)")

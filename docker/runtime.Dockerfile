@@ -10,6 +10,10 @@
 #                                       Raspberry Pi OS bookworm); python3 is installed if it lacks it
 #   --secret id=extra_ca_certs,src=FILE PEM certificates to trust (TLS-intercepting proxy)
 #   --build-arg LITERT_SPEC=... NUMPY_SPEC=...   pip requirement strings
+#   --build-arg OPENVINO_SPEC=openvino==2026.4.1  also the OpenVINO runtime, for the agent's `--runtime openvino`
+#                                       (empty, the default: without). An opt-in image, tagged apart:
+#     docker/build.sh --build-arg OPENVINO_SPEC=openvino==2026.4.1 --tag edgeq/runtime-openvino:arm64 runtime
+#                                       (under QEMU, run OpenVINO without the /sys stand-in below: it hangs on it)
 # Run (the model and inputs on a mounted volume; prints one JSON object):
 #   docker run --rm -v "$PWD:/work" edgeq/runtime:arm64 --model /work/m.tflite --runs 100 --threads 4
 # Under QEMU on x86-64 (not on a device), LiteRT's cpuinfo segfaults reading the host's CPU topology
@@ -49,6 +53,14 @@ RUN set -eu; python3 -m venv /opt/venv; \
     pip uninstall -q -y pip setuptools 2>/dev/null || true; \
     find /opt/venv -name __pycache__ -prune -exec rm -rf {} +; \
     python3 -c "import numpy, ai_edge_litert.interpreter"
+
+# OpenVINO (opt-in): its own layer, so an image without it keeps the layers above; numpy stays as pinned above.
+ARG OPENVINO_SPEC=""
+RUN set -eu; [ -n "$OPENVINO_SPEC" ] || exit 0; python3 -m ensurepip >/dev/null; \
+    python3 -m pip install -q --only-binary=:all: "$OPENVINO_SPEC" "$NUMPY_SPEC"; \
+    python3 -m pip uninstall -q -y pip setuptools 2>/dev/null || true; \
+    find /opt/venv -name __pycache__ -prune -exec rm -rf {} +; \
+    python3 -c "import openvino; openvino.Core()"
 
 COPY edgeq/ondevice/agent.py /opt/edgeq/agent.py
 COPY docker/entrypoint.sh /usr/local/bin/edgeq-entrypoint

@@ -20,6 +20,7 @@ import numpy as np
 from edgeq.core import __version__
 from edgeq.core.artifacts import atomic_path
 from edgeq.core.errors import EdgeqError
+from edgeq.core.formats import FORMATS
 from edgeq.measure.evaluate import host_predictor
 from edgeq.report.build import build_report
 from edgeq.targets.device import AGENT_SOURCE, DeviceSession
@@ -61,7 +62,7 @@ Input: {h}x{w}x{c} pixels, `(pixel - mean) / std` with mean {pre['mean']}, std {
 ## Run it on the device
 
 Needs python3 with numpy and one interpreter: `pip install ai-edge-litert` (or tflite-runtime;
-onnxruntime for .onnx). Nothing from edgeq beyond this directory.
+onnxruntime for .onnx; openvino for an OpenVINO IR directory). Nothing from edgeq beyond this directory.
 
 ```sh
 python3 classify.py --check                  # the bundled samples against edgeq's outputs: "ok": true
@@ -88,14 +89,16 @@ def make_bundle(ctx, artifact_name: str, out: Path | None = None) -> Path:
     if a is None:
         raise EdgeqError(f"{ctx.run_dir}: no artifact named {artifact_name!r}; choose from "
                          f"{', '.join(ctx.manifest.artifacts)}")
-    if a.format not in ("tflite", "onnx"):
-        raise EdgeqError(f"{artifact_name} is a {a.format} artifact; a bundle carries a deployment model "
-                         "(.tflite or .onnx) that the device's runtime runs")
+    row = FORMATS.get(a.format)
+    if row is None or not row.agent_runtimes:
+        takes = ", ".join(f.name for f in FORMATS.values() if f.agent_runtimes)
+        raise EdgeqError(f"{artifact_name} is a {a.format} artifact; a bundle carries a deployment model that the "
+                         f"device's runtime runs ({takes})")
     name = bundle_name(a)
     out = Path(out) if out else ctx.run_dir / "bundles"
     final, tarball = out / name, out / f"{name}.tar.gz"
     src = a.abspath(ctx.run_dir)
-    if not src.is_file():
+    if not (src.is_dir() if row.directory else src.is_file()):
         raise EdgeqError(f"{src}: the artifact's file is missing; rerun `edgeq run` to make it again")
     pre = {"input_shape": list(ctx.cfg.model.input_shape), "mean": list(ctx.cfg.preprocess.mean),
            "std": list(ctx.cfg.preprocess.std), "resize": "bilinear", "pixels": "uint8 RGB (grey replicated)",
@@ -109,7 +112,10 @@ def make_bundle(ctx, artifact_name: str, out: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(final) as tmp:
         tmp.mkdir()
-        shutil.copyfile(src, tmp / src.name)
+        if row.directory:  # an OpenVINO IR: model.xml + model.bin, as the agent reads it
+            shutil.copytree(src, tmp / src.name)
+        else:
+            shutil.copyfile(src, tmp / src.name)
         shutil.copyfile(AGENT_SOURCE, tmp / "agent.py")
         shutil.copyfile(CLASSIFY_SOURCE, tmp / "classify.py")
         (tmp / "labels.txt").write_text("\n".join(_labels(ctx)) + "\n")
@@ -125,7 +131,8 @@ def make_bundle(ctx, artifact_name: str, out: Path | None = None) -> Path:
     with atomic_path(tarball) as tmp:
         with tarfile.open(tmp, "w:gz") as tf:
             tf.add(final, arcname=name)
-    ctx.log(f"bundle: {final} ({sum(p.stat().st_size for p in final.iterdir()) / 1e6:.2f} MB) and {tarball}")
+    ctx.log(f"bundle: {final} ({sum(p.stat().st_size for p in final.rglob('*') if p.is_file()) / 1e6:.2f} MB) "
+            f"and {tarball}")
     return tarball
 
 

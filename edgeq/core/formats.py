@@ -33,6 +33,9 @@ class Format:
     model_input: bool = False  # a run may start from an FP32 model in this format (config `model.format`)
     imported_as: str | None = None  # the artifact format such an input model is recorded as (default: itself)
     directory: bool = False  # stored as a directory, not a file
+    # other runtimes (another row's `runtime`, opened by that row's predictor) that also read this format's files; an
+    # artifact is host-timed on them only where it asks to be (notes.also_timed_on), e.g. NNCF's QDQ ONNX on OpenVINO
+    other_runtimes: tuple[str, ...] = ()
 
 
 KERAS_INSTALL = "pip install tensorflow tf-keras"
@@ -47,7 +50,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "pip install ai-edge-litert (or tflite-runtime)", host_benchmark=True, kinds=("host", "rpi", "edgetpu"),
            agent_runtimes=TFLITE_INTERPRETERS),
     Format("onnx", (".onnx",), "edgeq.measure.predictors:OnnxPredictor", "onnxruntime", "pip install onnxruntime",
-           host_benchmark=True, kinds=("host", "rpi", "jetson"), agent_runtimes=("onnxruntime",), model_input=True),
+           host_benchmark=True, kinds=("host", "rpi", "jetson"), agent_runtimes=("onnxruntime",), model_input=True,
+           other_runtimes=("openvino",)),  # OpenVINO reads an .onnx directly (core.read_model)
     # OpenVINO IR: a directory `<name>.openvino/` holding model.xml + model.bin (one artifact: one sha256, one atomic
     # rename); every OpenVINO figure names the inference precision it ran at (f32 unless the artifact says otherwise)
     Format("openvino", (".openvino",), "edgeq.measure.predictors:OpenVINOPredictor", "openvino",
@@ -147,6 +151,16 @@ def predictor_factory(fmt: str) -> Callable | None:
     """The callable that opens an artifact of this format on this machine; None if none does."""
     row = FORMATS.get(fmt)
     return resolve(row.predictor) if row is not None and row.predictor else None
+
+
+def predictor_on(fmt: str, runtime: str) -> Callable | None:
+    """The callable that opens an artifact of format `fmt` on `runtime`: the format's own predictor for its own runtime,
+    the predictor of the format `runtime` belongs to for one of its `other_runtimes`; None if `runtime` does not run it."""
+    row = FORMATS.get(fmt)
+    if row is None or runtime == row.runtime:
+        return predictor_factory(fmt)
+    owner = next((f for f in FORMATS.values() if f.runtime == runtime and f.predictor), None)
+    return resolve(owner.predictor) if owner is not None and runtime in row.other_runtimes else None
 
 
 def target_class(kind: str) -> type:

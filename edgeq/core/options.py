@@ -273,6 +273,9 @@ class NncfPtqSpec(Strict):
     fast_bias_correction: bool = True  # False: NNCF's full BiasCorrection (slower)
     model_type: Optional[Literal["transformer"]] = None
     validation_images: int = Field(200, ge=16)  # openvino_ac: held-back calibration images
+    # the FP32 IR run at bf16 / f16 as artifacts of their own (bf16_openvino, f16_openvino), made only where this CPU
+    # has the instructions (OpenVINO's capabilities), else recorded as not made with the reason
+    precision_variants: list[Literal["bf16", "f16"]] = []
 
     @field_validator("routes")
     @classmethod

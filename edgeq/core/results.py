@@ -23,8 +23,9 @@ def eval_key(sha256: str, fingerprint: str) -> str:
     return f"{sha256}:{fingerprint}"
 
 
-def latency_key(target: str, sha256: str) -> str:
-    return f"{target}:{sha256}"
+def latency_key(target: str, sha256: str, runtime: str | None = None) -> str:
+    """A latency figure is keyed by target and content, and by runtime where not the format's own (LatencyRow.runtime)."""
+    return f"{target}:{sha256}" + (f":{runtime}" if runtime else "")
 
 
 def per_layer_key(reference_sha: str, sha256: str, fingerprint: str, images: int) -> str:
@@ -110,6 +111,7 @@ class LatencyRow:
     cpu: str | None = None
     set_key: str | None = None  # the interleaved set it was timed in (host reuse)
     details: dict | None = None  # device-side extras: remote path, outputs check
+    runtime: str | None = None  # None: the format's own runtime; else another that reads it (formats.other_runtimes)
 
 
 def _latency_row(d: dict) -> LatencyRow:
@@ -184,7 +186,7 @@ class Results:
         return [r for r in self.latency.values() if r.artifact == artifact and r.sha256 == sha256]
 
     def put_latency(self, row: LatencyRow) -> None:
-        self.latency[latency_key(row.target, row.sha256)] = row
+        self.latency[latency_key(row.target, row.sha256, row.runtime)] = row
 
     def drop_latency(self, target: str) -> None:
         """Forget every figure of one target (its new set replaces them all)."""

@@ -13,13 +13,13 @@ import numpy as np
 
 # one definition for this machine and the devices: the agent's (it must stay a standalone file)
 from edgeq.core.errors import ModelError, RuntimeUnavailable, first_line
-from edgeq.core.formats import predictor_factory
+from edgeq.core.formats import predictor_factory, predictor_on
 from edgeq.core.tfcompat import quiet_stderr, tf
 from edgeq.loaders.keras import load_keras_model
 from edgeq.ondevice.agent import dequantize as dequantize_output
 from edgeq.ondevice.agent import is_nchw, ort_session_options, time_runs
-from edgeq.ondevice.agent import (OPENVINO_PRECISIONS, openvino_config, openvino_properties, openvino_runtime_name,
-                                  openvino_xml)
+from edgeq.ondevice.agent import (OPENVINO_PRECISIONS, openvino_config, openvino_model_file, openvino_precision_of,
+                                  openvino_properties, openvino_runtime_name)
 from edgeq.ondevice.agent import quantize as quantize_input
 
 
@@ -223,28 +223,30 @@ def import_openvino():
 
 
 class OpenVINOPredictor(Predictor):
-    """An OpenVINO IR (directory with model.xml + model.bin) on this CPU. The inference precision is always set
+    """An OpenVINO IR (directory with model.xml + model.bin), or an ONNX model, on this CPU. The inference precision is always set
     (f32 unless asked otherwise: OpenVINO's default runs bfloat16 on CPUs with AMX/AVX512-BF16), one stream,
     and what OpenVINO really compiled (precision, threads, streams) is read back and recorded."""
 
     fmt = "openvino"
 
-    def __init__(self, path: Path, threads: int | None = None, inference_precision: str = "f32",
+    def __init__(self, path: Path, threads: int | None = None, inference_precision: str | None = None,
                  batch_size: int = 32):
-        if inference_precision not in OPENVINO_PRECISIONS:
+        if inference_precision is not None and inference_precision not in OPENVINO_PRECISIONS:
             raise ModelError(f"{path}: inference precision {inference_precision!r} is not one OpenVINO's CPU runs; "
                              f"use one of {', '.join(OPENVINO_PRECISIONS)}")
         ov = import_openvino()
         self.path = Path(path)
         self.threads = threads
-        xml = openvino_xml(str(self.path))
+        xml = openvino_model_file(str(self.path))  # an IR, or an .onnx timed on OpenVINO too (formats.other_runtimes)
         if xml is None:
-            raise ModelError(f"{self.path}: not an OpenVINO IR (a directory with one model.xml and its model.bin)")
+            raise ModelError(f"{self.path}: not an OpenVINO IR (a directory with one model.xml and its model.bin) nor "
+                             "an .onnx model")
         core = ov.Core()
         try:
             model = core.read_model(xml)
             self._dynamic = model.input(0).get_partial_shape()[0].is_dynamic
-            self.compiled = core.compile_model(model, "CPU", openvino_config(threads, inference_precision))
+            asked = inference_precision or openvino_precision_of(model) or "f32"  # the IR's own (a variant), else f32
+            self.compiled = core.compile_model(model, "CPU", openvino_config(threads, asked))
         except Exception as e:  # openvino raises its own exception types
             raise ModelError(f"{self.path}: openvino cannot load it ({first_line(e)})") from None
         self.request = self.compiled.create_infer_request()
@@ -277,9 +279,11 @@ class OpenVINOPredictor(Predictor):
                 "threads": self.threads, "openvino_threads": self.properties["threads"]}
 
 
-def open_predictor(path: Path, fmt: str, threads: int | None = None, **kw) -> Predictor:
-    """A predictor for an artifact file of the given format (edgeq.core.formats names the class)."""
-    factory = predictor_factory(fmt)
+def open_predictor(path: Path, fmt: str, threads: int | None = None, runtime: str | None = None, **kw) -> Predictor:
+    """A predictor for an artifact file of the given format (edgeq.core.formats names the class), on its format's own
+    runtime or on `runtime`, another that reads that format (formats.Format.other_runtimes)."""
+    factory = predictor_factory(fmt) if runtime is None else predictor_on(fmt, runtime)
     if factory is None:
-        raise ModelError(f"{path}: no predictor for format {fmt!r} on this machine")
+        on = "" if runtime is None else f" on runtime {runtime!r}"
+        raise ModelError(f"{path}: no predictor for format {fmt!r}{on} on this machine")
     return factory(Path(path), threads=threads, **kw)

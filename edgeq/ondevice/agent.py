@@ -31,8 +31,9 @@ Usage (stable; scripts and the Docker images rely on it):
                     tensors (raw, as stored: int8 stays int8) to this .npz (no pickle): key t<tensor index>,
                     shape [N, ...]; the JSON lists the ops in execution order with the kernel that ran each
                     ("XNNPACK" when the default delegate took it, else "builtin" or "reference")
-    --inference-precision  OpenVINO INFERENCE_PRECISION_HINT, always set (default f32: OpenVINO's own default
-                    runs bfloat16 or float16 on CPUs that have them, a different artifact from the FP32 one)
+    --inference-precision  OpenVINO INFERENCE_PRECISION_HINT, always set (default: the one the IR names for itself,
+                    as edgeq's bf16/f16 variants do, else f32: OpenVINO's own default runs bfloat16 or float16 on
+                    CPUs that have them, a different artifact from the FP32 one)
 
 Output: exactly one JSON object on stdout, always with "protocol" (PROTOCOL below) and "ok".
 "device" is this machine's identity: its CPU, its CPU lists (cpu_list) and, when a CPU emulator runs the agent
@@ -404,6 +405,14 @@ def openvino_config(threads: int | None, precision: str = "f32") -> dict:
     return cfg
 
 
+PRECISION_KEY = ["runtime_options", "INFERENCE_PRECISION_HINT"]  # where an IR names its own precision (rt_info)
+
+
+def openvino_precision_of(model) -> str | None:
+    """The inference precision an OpenVINO model names for itself in its rt_info (edgeq's bf16/f16 variants); None."""
+    return str(model.get_rt_info(PRECISION_KEY).astype(str)) if model.has_rt_info(PRECISION_KEY) else None
+
+
 def openvino_xml(path: str) -> str | None:
     """The model.xml of an OpenVINO IR given as its directory or as the .xml; None if `path` is neither."""
     if os.path.isdir(path):
@@ -412,8 +421,14 @@ def openvino_xml(path: str) -> str | None:
     return path if path.endswith(".xml") else None
 
 
+def openvino_model_file(path: str) -> str | None:
+    """What OpenVINO reads for `path`: an IR's model.xml, or an .onnx as it is (OpenVINO reads ONNX directly); None if
+    neither. Also used by edgeq.measure.predictors."""
+    return openvino_xml(path) or (path if path.endswith(".onnx") and os.path.isfile(path) else None)
+
+
 class OpenVINORunner:
-    def __init__(self, path: str, threads: int | None, precision: str = "f32"):
+    def __init__(self, path: str, threads: int | None, precision: str | None = None):
         import numpy as np
 
         try:
@@ -421,12 +436,15 @@ class OpenVINORunner:
         except ImportError:
             raise AgentError("runtime_missing", "openvino is not installed on this machine; "
                              "install it with: pip install openvino") from None
-        xml = openvino_xml(path)
+        xml = openvino_model_file(path)
         if xml is None:
-            raise AgentError("model", f"{path}: not an OpenVINO IR (a directory with one model.xml and its .bin)")
+            raise AgentError("model", f"{path}: not an OpenVINO IR (a directory with one model.xml and its .bin) "
+                                      "nor an .onnx model")
         core = ov.Core()
         try:
-            self.compiled = core.compile_model(core.read_model(xml), "CPU", openvino_config(threads, precision))
+            model = core.read_model(xml)
+            precision = precision or openvino_precision_of(model) or "f32"
+            self.compiled = core.compile_model(model, "CPU", openvino_config(threads, precision))
         except Exception as e:  # noqa: BLE001 - openvino raises its own exception types
             raise AgentError("model", f"{path}: openvino cannot load it ({str(e).strip().splitlines()[0][:200]})") \
                 from None
@@ -629,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delegate")
     p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
     p.add_argument("--runtime", default="auto", choices=["auto", *TFLITE_INTERPRETERS, "onnxruntime", "openvino"])
-    p.add_argument("--inference-precision", default="f32", choices=list(OPENVINO_PRECISIONS))
+    p.add_argument("--inference-precision", default=None, choices=list(OPENVINO_PRECISIONS))
     p.add_argument("--kernels", default="default", choices=list(KERNELS))
     p.add_argument("--tensors-out")
     return p

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """classify.py of an edgeq bundle: the bundle's model on images, on the device, with only numpy, one
-interpreter (ai-edge-litert / tflite-runtime / onnxruntime) and the agent.py beside it. Standalone: copied
+interpreter (ai-edge-litert / tflite-runtime / onnxruntime / openvino) and the agent.py beside it. Standalone: copied
 into every bundle, it imports nothing from edgeq.
 
     python3 classify.py images.npy            # uint8 pixels (N, H, W[, C]) at the model's size
@@ -63,7 +63,7 @@ def outputs(model: str, x, threads, delegate):
     import agent
 
     args = argparse.Namespace(model=model, threads=threads, delegate=delegate, runtime="auto",
-                              graph_optimization="all")
+                              graph_optimization="all", inference_precision=None)  # an IR: the precision it names
     runner = agent.open_runner(args)
     return agent.run_outputs(runner, x), runner.runtime
 

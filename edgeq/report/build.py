@@ -17,7 +17,7 @@ from edgeq.report.html import render_html
 from edgeq.report.verdicts import (accuracy_interval, holm_across_artifacts, int8_method_tests, referee, ship,
                                   vs_reference)
 from edgeq.stages import registry
-from edgeq.report.decisions import calibration_lines, class_lines, referee_lines
+from edgeq.report.decisions import calibration_lines, class_lines, other_runtime_lines, referee_lines
 
 SCHEMA_VERSION = 2
 LATENCY_KEYS = ("median", "median_ci95", "ci_coverage", "p90", "p99", "mean", "min", "max", "runs", "rounds", "warmup",
@@ -66,10 +66,12 @@ def _agreement(ctx, a):
     return r.agreement if r else None
 
 
-def _latency(ctx, a) -> dict:
+def _latency(ctx, a, runtime: str | None = None) -> dict:
+    """target -> figure of the artifact on its format's own runtime, or on `runtime` (another that reads it)."""
     out = {}
-    rows = sorted(ctx.results.latency_of(a.name, a.sha256), key=lambda v: (v.target != "host", v.target))
-    if not any(v.target == "host" for v in rows):
+    rows = sorted((v for v in ctx.results.latency_of(a.name, a.sha256) if v.runtime == runtime),
+                  key=lambda v: (v.target != "host", v.target))
+    if runtime is None and not any(v.target == "host" for v in rows):
         why = "benchmark disabled (benchmark.enabled: false)" if not ctx.cfg.benchmark.enabled else "not measured"
         out["host"] = {"median": None, "p90": None, "p99": None, "runs": 0, "threads": None, "reason": why}
     for v in rows:
@@ -80,6 +82,13 @@ def _latency(ctx, a) -> dict:
                              "reason": v.reason or "not measured"}
     # host first, as the contract says
     return dict(sorted(out.items(), key=lambda kv: kv[0] != "host"))
+
+
+def _latency_other_runtimes(ctx, a) -> dict:
+    """report.json `latency_ms_other_runtimes`: runtime -> target -> figure, where the artifact was also timed on a
+    runtime other than its format's own (each figure's `runtime` names it and its version); {} where it was not."""
+    rts = sorted({v.runtime for v in ctx.results.latency_of(a.name, a.sha256) if v.runtime})
+    return {"latency_ms_other_runtimes": {rt: _latency(ctx, a, rt) for rt in rts}} if rts else {}
 
 
 def build_report(ctx) -> dict:
@@ -96,6 +105,7 @@ def build_report(ctx) -> dict:
              "params": a.params, "accuracy": _accuracy(ctx, a), "agreement_with_fp32": _agreement(ctx, a),
              **({"vs_fp32": vs[a.name]} if a.name in vs else {}),
              "latency_ms": _latency(ctx, a),
+             **_latency_other_runtimes(ctx, a),
              "compatibility": dict(ctx.results.compatibility.get(a.name, {}))}
         pl = [v for k, v in ctx.results.per_layer.items() if k.split(":")[1:3] == [a.sha256, fp]]
         if pl:
@@ -291,7 +301,7 @@ def markdown(rep: dict) -> str:
              f"- wall time: {rep.get('wall_seconds')} s{_stage_seconds_text(rep.get('stage_seconds'))}", ""]
     lines += ["## What to ship", ""] + [f"- **{t}**: {v['artifact'] or 'nothing'} — {v['why']}"
                                         for t, v in (rep.get("ship") or {}).items()] + [""]
-    lines += referee_lines(rep) + class_lines(rep) + calibration_lines(rep)
+    lines += referee_lines(rep) + other_runtime_lines(rep) + class_lines(rep) + calibration_lines(rep)
     lines += ["## Artifacts", "",
               "Intervals are 95 %: Wilson for top-1, Newcombe paired for the drop (\\" + significance_legend(rep)
               + "), order statistics over interleaved rounds for latency and its ratio to the FP32 artifact of "

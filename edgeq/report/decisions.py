@@ -44,6 +44,28 @@ def class_lines(rep: dict) -> list[str]:
     return out
 
 
+def other_runtime_lines(rep: dict) -> list[str]:
+    """Artifacts also timed on a runtime other than their format's own, in the same interleaved rounds."""
+    rows = [(e["name"], e["format"], t, s) for e in rep["artifacts"]
+            for by_target in (e.get("latency_ms_other_runtimes") or {}).values() for t, s in by_target.items()]
+    if not rows:
+        return []
+    out = ["## On other runtimes", "", "Artifacts timed also on a runtime other than their format's own, in the same "
+           "interleaved rounds as every artifact; the ratio is to the FP32 artifact that runtime runs as its own.", "",
+           "| artifact | format | target | runtime | median ms [95% CI] | ×FP32 [CI] |", "|---|---|---|---|---|---|"]
+    for name, fmt, t, s in rows:
+        if s.get("median") is None:
+            out.append(f"| {name} | {fmt} | {t} | — | {s.get('reason') or 'not measured'} | — |")
+            continue
+        ci, r = s.get("median_ci95"), s.get("ratio_to_fp32") or {}
+        ratio = (f"{r['value']:.2f}x {r['reference']}" + (f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+                                                        if r.get("ci95") else "")) if r.get("value") else "—"
+        out.append(f"| {name} | {fmt} | {t} | {s['runtime']} | {s['median']:.4g}"
+                   + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "") + f" (n={s['runs']}, {s['rounds']} rounds) | "
+                   f"{ratio} |")
+    return out + [""]
+
+
 def referee_lines(rep: dict) -> list[str]:
     """Each toolchain's best route per target, side by side (report.json `referee`)."""
     out = []
@@ -51,11 +73,12 @@ def referee_lines(rep: dict) -> list[str]:
         if not r.get("routes"):
             continue
         out += [f"## Toolchains on {target}", "", r["verdict"] + ".", "",
-                "| toolchain | runtime | artifact | precision | ms [95% CI] | × fastest | drop pt [CI] |",
-                "|---|---|---|---|---|---|---|"]
+                "| toolchain | runtime | artifact | format | precision | ms [95% CI] | × fastest | drop pt [CI] |",
+                "|---|---|---|---|---|---|---|---|"]
         for x in r["routes"]:
             ci = x.get("median_ci95")
-            out.append(f"| {x['toolchain']} | {x['runtime']} | {x['artifact']} | {x['precision']} | {x['median']:.4g}"
+            out.append(f"| {x['toolchain']} | {x['runtime']} | {x['artifact']} | {x.get('format', '')} | "
+                       f"{x['precision']} | {x['median']:.4g}"
                        + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "") + f" | {x['x_best']:.2f}"
                        + ("" if not x["indistinguishable_from_best"] or x["x_best"] == 1 else " (tie)")
                        + f" | {x['drop_pt']:+.2f} [{x['drop_ci95_pt'][0]:+.2f}, {x['drop_ci95_pt'][1]:+.2f}] |")

@@ -298,14 +298,16 @@ def nncf_ptq_markdown(section: dict, artifacts=(), compatibility=None) -> str:
     """The report's nncf_ptq section: the OpenVINO precision every figure ran at, each route's artifact, what was not made."""
     made = list(artifacts)
     lines = ["## NNCF + OpenVINO routes",
-             f"Every OpenVINO artifact runs with inference precision {section.get('inference_precision', 'f32')} (INFERENCE_PRECISION_HINT "
-             "set explicitly: OpenVINO's default runs bfloat16 on CPUs that have it). NNCF options: "
+             f"Every OpenVINO artifact runs with inference precision {section.get('inference_precision', 'f32')} unless named "
+             "otherwise below (INFERENCE_PRECISION_HINT set explicitly: OpenVINO's default runs bfloat16 on CPUs that "
+             "have it). NNCF options: "
              + ", ".join(f"{k}={v}" for k, v in section["options"].items()) + ".", ""]
     for a in made:
         if a.stage != "nncf_ptq":
             continue
         run_at = a.params.get("inference_precision")
-        line = (f"- `{a.name}` ({a.format}, {a.precision}" + (f", run at {run_at}" if run_at else ", run by ONNX Runtime")
+        line = (f"- `{a.name}` ({a.format}, {a.precision}" + (f", run at {run_at}" if run_at else ", run by ONNX Runtime"
+                                                     + (", timed on OpenVINO too" if a.notes.get("also_timed_on") else ""))
                 + f"): {a.notes.get('seconds')} s to make")
         ac = a.notes.get("accuracy_control")
         if ac:

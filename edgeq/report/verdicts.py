@@ -190,10 +190,18 @@ def _tied(a: dict, b: dict) -> bool:
                 and a["median_ci95"][0] <= b["median_ci95"][1] and b["median_ci95"][0] <= a["median_ci95"][1])
 
 
+def _on_other_runtimes(entries: list[dict]) -> list[dict]:
+    """Each artifact also timed on another runtime as a candidate of its own: the entry with that runtime's figures as
+    its latency_ms and `on_runtime` naming the runtime (its accuracy and paired test are the artifact's)."""
+    return [{**e, "latency_ms": by_target, "on_runtime": rt} for e in entries
+            for rt, by_target in (e.get("latency_ms_other_runtimes") or {}).items()]
+
+
 def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
-    """The fastest artifact on `target` whose loss is within the budget (FP32 references always qualify)."""
-    timed = [e for e in entries if (e["latency_ms"].get(target) or {}).get("median") is not None
-             and e["accuracy"].get("top1") is not None]
+    """The fastest artifact on `target` whose loss is within the budget (FP32 references always qualify), on its
+    format's own runtime or on another it was timed on (then `runtime` names it)."""
+    timed = [e for e in entries + _on_other_runtimes(entries)
+             if (e["latency_ms"].get(target) or {}).get("median") is not None and e["accuracy"].get("top1") is not None]
     if not timed:
         return {"artifact": None, "why": f"nothing measured on {target} with both accuracy and latency"}
 
@@ -223,14 +231,14 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
         v, lost = best["vs_fp32"], _classes_lost(best["vs_fp32"])
         why.append(f"loss {v['drop_pt']:.2f} pt [{v['drop_ci95_pt'][0]:.2f}, {v['drop_ci95_pt'][1]:.2f}] "
                    f"(McNemar p = {v['mcnemar']['p']:.2g})" + (f"; but {lost}" if lost else ""))
-    others = [e["name"] for e in tied if e is not best]
+    others = [_named(e) for e in tied if e is not best]
     if others:
         why.append(f"as fast as {', '.join(others)} (intervals overlap or medians within 2 %); chosen as the "
                    + ("unquantised one: quantisation buys no speed here" if best["precision"] == "fp32"
                       else "most accurate of them"))
     quicker = [e for e in passed_over if med(e) < med(best)]  # said only where it changed the choice
     if quicker:
-        why.append(", ".join(e["name"] for e in quicker) + " passed over: " + "; ".join(
+        why.append(", ".join(_named(e) for e in quicker) + " passed over: " + "; ".join(
             dict.fromkeys(_slow_kernels(e) for e in quicker)))
     faster = [e for e in timed if med(e) < med(best) and not ok(e)]
     if faster:
@@ -241,17 +249,27 @@ def ship(entries: list[dict], target: str, budget_pt: float) -> dict:
                  if v.get("within_budget") is False else
                  "not shown to be within the budget" + (f" (about {v['images_to_decide']:,} images would decide)"
                                                         if v.get("images_to_decide") else ""))
-        why.append(f"{f['name']} is faster ({med(f):.4g} ms) but {state}")
+        why.append(f"{_named(f)} is faster ({med(f):.4g} ms) but {state}")
     if best["precision"] == "fp32":
         slower = [e for e in eligible[1:] if e["precision"] != "fp32"]
         if slower:
             why.append(f"every INT8 artifact within the budget is slower on this {target} "
-                       f"(best: {slower[0]['name']} {med(slower[0]):.4g} ms)")
+                       f"(best: {_named(slower[0])} {med(slower[0]):.4g} ms)")
     if s.get("noisy"):
         why.append(f"caution, noisy: {s.get('noisy_reason')}")
     if s.get("emulated"):
         why.append(f"EMULATED CPU on {target}: these timings say nothing about a real device's speed ({s['emulated']})")
-    return {"artifact": best["name"], "why": "; ".join(why)}
+    out = {"artifact": best["name"], "why": "; ".join(why)}
+    if best.get("on_runtime"):
+        out["runtime"] = best["on_runtime"]
+        out["why"] = (f"on {RUNTIME_NAMES.get(best['on_runtime'], best['on_runtime'])}, not its format's own "
+                      f"{RUNTIMES.get(best['format'], best['format'])}: " + out["why"])
+    return out
+
+
+def _named(e: dict) -> str:
+    """An artifact's name, with the runtime where it is a candidate on a runtime other than its format's own."""
+    return e["name"] + (f" on {RUNTIME_NAMES.get(e['on_runtime'], e['on_runtime'])}" if e.get("on_runtime") else "")
 
 
 # ------------------------------------------------------------------ the referee: toolchains side by side
@@ -261,10 +279,23 @@ TOOLCHAINS = {"tflite_ptq": "TFLite converter", "precision": "TFLite converter",
               "onnx_ptq": "ONNX Runtime quantizer", "onnx_fallback": "ONNX Runtime quantizer (fallback)",
               "nncf_ptq": "NNCF", "qat": "QAT (tfmot / NNCF)"}
 RUNTIMES = {"tflite": "LiteRT", "onnx": "ONNX Runtime", "openvino": "OpenVINO", "keras": "TensorFlow"}
+RUNTIME_NAMES = {"tflite": "LiteRT", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tf-keras": "TensorFlow"}
+
+
+def timings(e: dict, target: str):
+    """(runtime, figure) of an artifact on `target`: on its format's own runtime, then on each other runtime it was
+    also timed on (report.json `latency_ms_other_runtimes`, e.g. NNCF's QDQ ONNX on OpenVINO)."""
+    yield RUNTIMES.get(e["format"], e["format"]), e["latency_ms"].get(target) or {}
+    for rt, by_target in (e.get("latency_ms_other_runtimes") or {}).items():
+        yield RUNTIME_NAMES.get(rt, rt), by_target.get(target) or {}
+
+
+METHOD_TOOLCHAINS = {"inference_precision": "OpenVINO precision hint"}  # bf16_openvino: no quantizer made it
 
 
 def toolchain_of(e: dict) -> str:
-    return TOOLCHAINS.get(e.get("stage"), "FP32 baseline" if e["precision"] == "fp32" else str(e.get("stage")))
+    return METHOD_TOOLCHAINS.get(e.get("method")) or TOOLCHAINS.get(
+        e.get("stage"), "FP32 baseline" if e["precision"] == "fp32" else str(e.get("stage")))
 
 
 def referee(entries: list[dict], target: str, budget_pt: float) -> dict:
@@ -272,15 +303,15 @@ def referee(entries: list[dict], target: str, budget_pt: float) -> dict:
     its latency interval and its ratio to the overall fastest; routes whose intervals overlap are indistinguishable."""
     rows = {}
     for e in entries:
-        s = (e["latency_ms"].get(target) or {})
-        if s.get("median") is None or e["precision"] == "fp32":
+        if e["precision"] == "fp32" or (e.get("vs_fp32") or {}).get("within_budget") is not True:
             continue
-        within = (e.get("vs_fp32") or {}).get("within_budget")
-        key = (toolchain_of(e), RUNTIMES.get(e["format"], e["format"]))
-        if within is True and (key not in rows or s["median"] < rows[key]["median"]):
-            rows[key] = {"toolchain": key[0], "runtime": key[1], "artifact": e["name"], "method": e["method"],
-                         "precision": e["precision"], "median": s["median"], "median_ci95": s.get("median_ci95"),
-                         "drop_pt": e["vs_fp32"]["drop_pt"], "drop_ci95_pt": e["vs_fp32"]["drop_ci95_pt"]}
+        for runtime, s in timings(e, target):
+            key = (toolchain_of(e), runtime, e["format"])
+            if s.get("median") is not None and (key not in rows or s["median"] < rows[key]["median"]):
+                rows[key] = {"toolchain": key[0], "runtime": runtime, "format": e["format"], "artifact": e["name"],
+                             "method": e["method"], "precision": e["precision"], "median": s["median"],
+                             "median_ci95": s.get("median_ci95"), "runtime_version": s.get("runtime"),
+                             "drop_pt": e["vs_fp32"]["drop_pt"], "drop_ci95_pt": e["vs_fp32"]["drop_ci95_pt"]}
     if not rows:
         return {"routes": [], "verdict": f"no route's artifact is shown to be within the {budget_pt:g} pt budget "
                                          f"and timed on {target}"}
@@ -290,13 +321,17 @@ def referee(entries: list[dict], target: str, budget_pt: float) -> dict:
         r["x_best"] = round(r["median"] / best["median"], 3)
         r["indistinguishable_from_best"] = r is best or _tied(best, r)
     tied = [r for r in ranked[1:] if r["indistinguishable_from_best"]]
-    verdict = (f"on {target}, {best['toolchain']} on {best['runtime']} ({best['artifact']}) is the fastest route "
+    # a toolchain with two formats on one runtime (NNCF's IR and QDQ ONNX on OpenVINO) names the format
+    shared = {k[:2] for k in rows if sum(j[:2] == k[:2] for j in rows) > 1}
+    label = lambda r: (f"{r['toolchain']} {r['format']} on {r['runtime']}" if (r["toolchain"], r["runtime"]) in shared  # noqa: E731
+                       else f"{r['toolchain']} on {r['runtime']}")
+    verdict = (f"on {target}, {label(best)} ({best['artifact']}) is the fastest route "
                f"within the {budget_pt:g} pt budget: {best['median']:.4g} ms")
     if tied:
-        verdict += "; indistinguishable from it: " + ", ".join(f"{r['toolchain']} on {r['runtime']}" for r in tied)
+        verdict += "; indistinguishable from it: " + ", ".join(label(r) for r in tied)
     rest = [r for r in ranked[1:] if not r["indistinguishable_from_best"]]
     if rest:
-        verdict += "; slower: " + ", ".join(f"{r['toolchain']} on {r['runtime']} {r['x_best']:.2f}x" for r in rest)
+        verdict += "; slower: " + ", ".join(f"{label(r)} {r['x_best']:.2f}x" for r in rest)
     return {"routes": ranked, "verdict": verdict}
 
 

@@ -3,8 +3,11 @@
 From the run's FP32 ONNX (the input, or the Keras model exported as `fp32_onnx`, shared with onnx_ptq):
 - `fp32_openvino`: the FP32 OpenVINO IR (ov.convert_model, weights not compressed to FP16), run at f32;
 - route `openvino` -> `int8_openvino_nncf`: nncf.quantize on the IR, run by OpenVINO;
-- route `onnx` -> `int8_onnx_nncf`: nncf.quantize on the ONNX (QDQ), run by ONNX Runtime like every ONNX artifact
-  (its Q/DQ placement is made for OpenVINO: a route is judged on the runtime that runs it);
+- route `onnx` -> `int8_onnx_nncf`: nncf.quantize on the ONNX (QDQ), run by ONNX Runtime like every ONNX artifact,
+  and host-timed on OpenVINO too (notes.also_timed_on; OpenVINO reads the .onnx at f32), each figure naming its
+  runtime: its Q/DQ placement is made for OpenVINO, and a route is judged on the runtime that runs it;
+- `precision_variants` -> `bf16_openvino` / `f16_openvino`: the FP32 IR naming its own inference precision, made only
+  where OpenVINO reports the CPU has the instructions;
 - route `openvino_ac` -> `int8_openvino_nncf_ac`: nncf.quantize_with_accuracy_control within max_accuracy_drop on
   held-back calibration images (never the evaluation split), the layers it reverted to float named in its notes.
 Every route sees the first `calibration_images` of the calibration split, preprocessed as for every other route.
@@ -28,6 +31,7 @@ from edgeq.stages.support.fp32_onnx import fp32_onnx as export_fp32_onnx
 INFERENCE_PRECISION = "f32"  # what every artifact of this stage is evaluated and timed at (OpenVINO's hint)
 CHECK_IMAGES = 16  # calibration images the FP32 IR is checked on against the FP32 ONNX
 NOT_MADE = (RuntimeUnavailable, QuantizationError, ModelError)
+ALSO_TIMED_ON = ("openvino",)  # int8_onnx_nncf's runtimes besides ONNX Runtime (targets.host.also_timed_on)
 ROUTE_ARTIFACTS = {"openvino": "int8_openvino_nncf", "onnx": "int8_onnx_nncf", "openvino_ac": "int8_openvino_nncf_ac"}
 
 
@@ -58,6 +62,11 @@ def run_stage(ctx, opts: NncfPtqSpec) -> list[Artifact]:
         return a
 
     fp32_ir = attempt("fp32_openvino", lambda: _fp32_ir(ctx, fp32_onnx, x[:CHECK_IMAGES]))
+    for p in opts.precision_variants:
+        if fp32_ir is None:
+            section["not_made"][f"{p}_openvino"] = f"no FP32 OpenVINO IR ({section['not_made']['fp32_openvino']})"
+        else:
+            attempt(f"{p}_openvino", lambda: _precision_variant(ctx, fp32_ir, p))
     route = _Route(ctx, x, nchw, key, params, nncf_opts)
     for r in opts.routes:
         name = ROUTE_ARTIFACTS[r]
@@ -103,6 +112,20 @@ def _fp32_ir(ctx, fp32_onnx: Artifact, check_x: np.ndarray) -> Artifact:
                                "inference_precision": INFERENCE_PRECISION}, parent=fp32_onnx.name)
 
 
+def _precision_variant(ctx, fp32_ir: Artifact, precision: str) -> Artifact:
+    """bf16_openvino / f16_openvino: the FP32 IR naming its own inference precision (its own artifact and hash), made
+    only where OpenVINO says this CPU has the instructions; paired with fp32_openvino like any other artifact."""
+    why = ov_convert.cpu_runs(precision)
+    if why:
+        raise RuntimeUnavailable(why)
+    src = fp32_ir.abspath(ctx.run_dir)
+    return ctx.produce(f"{precision}_openvino", f"{precision}.openvino", {"precision": precision},
+                       lambda tmp: ov_convert.precision_variant(src, tmp, precision), fmt="openvino",
+                       precision=precision, method="inference_precision", stage="nncf_ptq",
+                       params={"inference_precision": precision, "converter": "rt_info runtime_options"},
+                       parent=fp32_ir.name)
+
+
 class _Route:
     """Makes one NNCF route's artifact from the shared calibration images, key and parameters."""
 
@@ -119,16 +142,18 @@ class _Route:
             parent=fp32_ir.name)
 
     def onnx(self, fp32_onnx: Artifact, info: OnnxInput) -> Artifact:
-        """int8_onnx_nncf: nncf.quantize on the FP32 ONNX -> QDQ ONNX, run by ONNX Runtime like every ONNX artifact."""
+        """int8_onnx_nncf: nncf.quantize on the FP32 ONNX -> QDQ ONNX, run by ONNX Runtime like every ONNX artifact and
+        host-timed on OpenVINO as well."""
         src = fp32_onnx.abspath(self.ctx.run_dir)
 
         def make(tmp: Path) -> dict:
             notes = nncf_routes.quantize_onnx(src, tmp, self.x, info.name, self.nncf_opts)
             return {**notes, "runs_on": "onnxruntime (its Q/DQ placement is NNCF's, made for OpenVINO)",
-                    "input_layout": info.layout}
+                    "also_timed_on": list(ALSO_TIMED_ON), "input_layout": info.layout}
 
         params = {k: v for k, v in self.params.items() if k != "inference_precision"}  # not an OpenVINO artifact
-        return self.ctx.produce(ROUTE_ARTIFACTS["onnx"], "int8_nncf.onnx", {**self.key, "input": info.name}, make,
+        key = {**self.key, "input": info.name, "also_timed_on": list(ALSO_TIMED_ON)}
+        return self.ctx.produce(ROUTE_ARTIFACTS["onnx"], "int8_nncf.onnx", key, make,
                                 fmt="onnx", precision="int8", method="nncf_ptq", stage="nncf_ptq",
                                 params={**params, "route": "nncf.quantize(onnx)"}, parent=fp32_onnx.name)
 

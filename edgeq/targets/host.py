@@ -44,16 +44,21 @@ class HostTarget:
             problems.append(elsewhere)
         return Compatibility(not problems, self.name, artifact.name, problems)
 
-    def prepare(self, artifact, run_dir: Path) -> Deployable:
-        return Deployable(artifact.name, artifact.abspath(run_dir), artifact.format,
-                          FORMATS[artifact.format].runtime, self.name,
-                          {"graph_optimization": graph_optimization_of(artifact, self.graph_optimization)})
+    def prepare(self, artifact, run_dir: Path, runtime: str | None = None) -> Deployable:
+        """The artifact on its format's own runtime, or on `runtime` (one of its format's other_runtimes), then
+        named `unit_name(artifact, runtime)` so both are timed side by side."""
+        own = FORMATS[artifact.format].runtime
+        other = runtime if runtime not in (None, own) else None
+        return Deployable(unit_name(artifact.name, other), artifact.abspath(run_dir), artifact.format, other or own,
+                          self.name, {"graph_optimization": graph_optimization_of(artifact, self.graph_optimization)})
 
     def _predictor(self, d: Deployable, threads: int | None):
         if d.artifact not in self._predictors:  # opened once, kept across rounds
+            own = FORMATS[d.format].runtime == d.runtime
             opt = d.details.get("graph_optimization", self.graph_optimization)
-            kw = {"graph_optimization": opt} if d.format == "onnx" else {}
-            self._predictors[d.artifact] = open_predictor(d.path, d.format, threads=threads, **kw)
+            kw = {"graph_optimization": opt} if d.format == "onnx" and own else {}
+            self._predictors[d.artifact] = open_predictor(d.path, d.format, threads=threads,
+                                                          runtime=None if own else d.runtime, **kw)
         return self._predictors[d.artifact]
 
     def time_round(self, d: Deployable, runs: int, warmup: int, threads: int | None
@@ -66,6 +71,42 @@ class HostTarget:
 
     def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None) -> LatencyStats:
         return self.time_round(deployable, runs, warmup, threads)[0]
+
+
+def unit_name(artifact: str, runtime: str | None) -> str:
+    """What one timed unit of an interleaved set is called: the artifact, or the artifact on another runtime."""
+    return f"{artifact}@{runtime}" if runtime else artifact
+
+
+def also_timed_on(artifact) -> list[str]:
+    """The runtimes besides its format's own an artifact asks to be host-timed on (notes.also_timed_on), e.g. NNCF's
+    QDQ ONNX on OpenVINO as well as on ONNX Runtime; only runtimes its format lists in Format.other_runtimes."""
+    row = FORMATS[artifact.format]
+    return [r for r in artifact.notes.get("also_timed_on") or () if r in row.other_runtimes]
+
+
+def _units(runnable, host: HostTarget, run_dir: Path) -> dict[str, tuple]:
+    """unit name -> (artifact, other runtime or None, Deployable): every artifact, then each on its other runtimes."""
+    units = {}
+    for a in runnable:
+        for rt in (None, *also_timed_on(a)):
+            d = host.prepare(a, run_dir, rt)
+            units[d.artifact] = (a, rt, d)
+    return units
+
+
+def _references(units: dict, runnable) -> dict[str, str]:
+    """unit -> the unit its latency ratio is taken against: the FP32 of its own format (fp32_baselines) for an artifact
+    on its own runtime; on another runtime, the FP32 artifact that runtime runs as its own (e.g. fp32_openvino), else
+    the artifact's own FP32 reference."""
+    refs = fp32_baselines(runnable)
+    fp32_on = {FORMATS[a.format].runtime: a.name for a in runnable if a.precision == "fp32"}
+    out = {}
+    for name, (a, rt, _) in units.items():
+        ref = (fp32_on.get(rt) if rt else None) or refs.get(a.name)
+        if ref:
+            out[name] = ref
+    return out
 
 
 def conditions(threads: int, cpu: dict | None = None) -> dict:
@@ -94,16 +135,19 @@ def benchmark_host(ctx, artifacts) -> None:
         else:
             ctx.results.put_latency(LatencyRow(a.name, a.sha256, "host", reason="; ".join(comp.problems)))
     cpu = cpu_info()
-    key = _set_key(cpu, b, [a.sha256 for a in runnable])
-    old = [ctx.results.latency.get(latency_key("host", a.sha256)) for a in runnable]
+    units = _units(runnable, host, ctx.run_dir)
+    key = _set_key(cpu, b, [a.sha256 + (f":{rt}" if rt else "") for a, rt, _ in units.values()])
+    old = [ctx.results.latency.get(latency_key("host", a.sha256, rt)) for a, rt, _ in units.values()]
     if b.reuse and runnable and all(r and r.stats and r.set_key == key for r in old):
         ctx.log(f"  = {len(runnable)} artifacts: host figures reused (--reuse-benchmarks; same CPU, threads, "
                 "rounds and artifacts)")
         return
     cond = conditions(b.threads, cpu)
-    ctx.log(f"  {len(runnable)} artifacts interleaved: {b.rounds} rounds x ({b.warmup} warm-up + {b.runs} timed), "
-            f"{b.threads} thread(s); load {cond['loadavg_before']}")
-    deps = {a.name: host.prepare(a, ctx.run_dir) for a in runnable}
+    extra = len(units) - len(runnable)
+    ctx.log(f"  {len(runnable)} artifacts" + (f" (+{extra} on another runtime)" if extra else "") + f" interleaved: "
+            f"{b.rounds} rounds x ({b.warmup} warm-up + {b.runs} timed), {b.threads} thread(s); "
+            f"load {cond['loadavg_before']}")
+    deps = {name: d for name, (_, _, d) in units.items()}
 
     def time_round(name: str, r: int):
         try:
@@ -114,17 +158,17 @@ def benchmark_host(ctx, artifacts) -> None:
     per_round, pooled, failed = interleave(list(deps), time_round, b.rounds, lambda m: ctx.log(f"    {m}"),
                                            label="benchmark host (interleaved)")
     stats = {n: summarise(per_round[n], pooled[n], b.noisy_limit) for n in deps if per_round[n]}
-    add_ratios(stats, per_round, fp32_baselines(runnable), b.noisy_limit)
+    add_ratios(stats, per_round, _references(units, runnable), b.noisy_limit)
     cond.update(loadavg_after=loadavg(), rounds=b.rounds, runs_per_round=b.runs, warmup_per_round=b.warmup,
                 set_key=key)
     ctx.results.conditions["host"] = cond
-    for a in runnable:
-        row = LatencyRow(a.name, a.sha256, "host", cpu=cpu["model"], set_key=key)
-        if a.name in stats:
-            row.stats = stats[a.name]
-            _log_stats(ctx.log, a.name, stats[a.name])
+    for name, (a, rt, _) in units.items():
+        row = LatencyRow(a.name, a.sha256, "host", cpu=cpu["model"], set_key=key, runtime=rt)
+        if name in stats:
+            row.stats = stats[name]
+            _log_stats(ctx.log, name, stats[name])
         else:
-            row.reason = f"not measured: {failed.get(a.name)}"
+            row.reason = f"not measured: {failed.get(name)}"
         ctx.results.put_latency(row)
     ctx.results.save()
 

@@ -153,6 +153,8 @@ def test_every_row_names_known_kinds_agent_runtimes_and_a_predictor_where_the_ho
         assert not f.host_benchmark or f.predictor, f.name
         assert f.directory or f.suffixes, f.name
         assert f.imported_as is None or f.imported_as in FORMATS, f.name
+        runtimes = {g.runtime for g in FORMATS.values() if g.predictor}
+        assert set(f.other_runtimes) <= runtimes - {f.runtime}, f.name  # another row's runtime, with a predictor
 
 
 # ------------------------------------------------------------------ per format

@@ -33,6 +33,7 @@ BASE_PACKAGES = "python3,python3-venv,ca-certificates"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PIPELINE = "edgeq/pipeline:amd64"
 RUNTIME = "edgeq/runtime:arm64"
+RUNTIME_OPENVINO = "edgeq/runtime-openvino:arm64"  # the runtime image built with OPENVINO_SPEC (opt-in)
 JETSON_STANDIN = "edgeq/jetson:standin-amd64"
 RUNTIME_MAX_MB = 500
 ARM_EVAL_IMAGES = 200
@@ -58,8 +59,10 @@ def image_mb(tag: str) -> float:
     return int(out.stdout.strip()) / 1e6
 
 
-def build(request, image: str, tag: str, base: str, platform: str | None = None) -> None:
-    cmd = [str(REPO / "docker" / "build.sh"), "--base-image", base, "--tag", tag, image]
+def build(request, image: str, tag: str, base: str, platform: str | None = None, build_args: tuple[str, ...] = ()
+          ) -> None:
+    cmd = [str(REPO / "docker" / "build.sh"), "--base-image", base, "--tag", tag,
+           *(a for kv in build_args for a in ("--build-arg", kv)), image]
     if platform:
         cmd[1:1] = ["--platform", platform]
     if HOST_CA_BUNDLE.is_file():  # the corporate-proxy option: this machine's proxy re-signs TLS
@@ -351,3 +354,51 @@ def test_jetson_image_instructions_build_and_run_on_a_standin_base(request, amd6
     assert path.startswith("/usr/src/tensorrt/bin:"), path
     agent = docker_run([JETSON_STANDIN, "cat", "/opt/edgeq/agent.py"], "the agent in the jetson image").stdout
     assert agent == (REPO / "edgeq" / "ondevice" / "agent.py").read_text()
+
+
+# ----------------------------------------------------------------------------- runtime image with OpenVINO (opt-in)
+@pytest.fixture(scope="session")
+def runtime_openvino_image(request, arm64_base) -> str:
+    """docker/runtime.Dockerfile with OPENVINO_SPEC: this machine's OpenVINO version, so device and host compare alike."""
+    pytest.importorskip("openvino", reason="openvino is not installed here (pip install 'edgeq[openvino]')")
+    from importlib.metadata import version
+
+    build(request, "runtime", RUNTIME_OPENVINO, arm64_base, build_args=(f"OPENVINO_SPEC=openvino=={version('openvino')}",))
+    return RUNTIME_OPENVINO
+
+
+def test_runtime_image_with_openvino_runs_an_ir_and_an_onnx_at_f32_as_the_host_does(request, runtime_openvino_image,
+                                                                                    tmp_path):
+    """The agent's `--runtime openvino` in the arm64 image (QEMU cortex-a72) on the tiny CNN's FP32 IR and its ONNX:
+    f32 forced and named, outputs equal the host's OpenVINO to 1e-4 of the largest output. No /sys stand-in here:
+    OpenVINO does not use LiteRT's cpuinfo, and its CPU plugin waits forever on the stand-in's cut-down topology."""
+    from conftest import build_tiny_cnn
+    from edgeq.methods.onnx.from_keras import keras_to_onnx
+    from edgeq.methods.openvino.convert import onnx_to_ir
+
+    work = tmp_path / "work"
+    work.mkdir()
+    keras_to_onnx(build_tiny_cnn(train=False), work / "fp32.onnx", 17)
+    onnx_to_ir(work / "fp32.onnx", work / "fp32.openvino")
+    np.save(work / "inputs.npy", np.random.default_rng(0).uniform(-1, 1, (32, 16, 16, 3)).astype(np.float32))
+    common = ["--runtime", "openvino", "--inputs", "inputs.npy", "--runs", "5", "--warmup", "1", "--threads", "1"]
+    host = subprocess.run([sys.executable, str(REPO / "edgeq" / "ondevice" / "agent.py"), "--model", "fp32.openvino",
+                           "--outputs-out", "x86.npy", *common], capture_output=True, text=True, timeout=300, cwd=work)
+    assert host.returncode == 0, f"agent on x86 failed:\n{host.stdout}\n{host.stderr[-2000:]}"
+    x86 = np.load(work / "x86.npy")
+    mb = image_mb(runtime_openvino_image)
+    for model in ("fp32.openvino", "fp32.onnx"):
+        t = time.monotonic()
+        arm = agent_json(docker_run(["--platform", "linux/arm64", "-e", f"QEMU_CPU={QEMU_CPU}", "-v", f"{work}:/work",
+                                     runtime_openvino_image, "--model", f"/work/{model}", "--outputs-out",
+                                     f"/work/{model}.arm64.npy", *common], f"the agent on {model} in the OpenVINO "
+                                    "runtime image", timeout=600))
+        assert arm["ok"] and arm["device"]["machine"] == "aarch64", arm
+        assert arm["runtime"].startswith("openvino ") and arm["model"]["inference_precision"] == "f32", arm
+        out = np.load(work / f"{model}.arm64.npy")
+        rel = float((np.abs(out - x86).max(1) / np.abs(x86).max(1)).max())
+        say(request, f"{runtime_openvino_image} ({mb:.0f} MB): {model} on arm64 (QEMU {QEMU_CPU}, {arm['runtime']}) "
+                     f"vs x86 OpenVINO f32, {len(out)} images: max relative difference {rel:.2g} "
+                     f"(agent run {time.monotonic() - t:.0f} s)")
+        assert out.shape == x86.shape and rel <= 1e-4, (out.shape, rel)
+    assert mb <= RUNTIME_MAX_MB, f"{runtime_openvino_image} is {mb:.0f} MB, over the {RUNTIME_MAX_MB} MB bar"

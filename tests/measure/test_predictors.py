@@ -88,3 +88,52 @@ def test_openvino_predictor_refuses_a_directory_without_an_ir(tmp_path):
     (tmp_path / "empty.openvino").mkdir()
     with pytest.raises(ModelError, match="not an OpenVINO IR"):
         OpenVINOPredictor(tmp_path / "empty.openvino")
+
+
+def test_openvino_reads_an_onnx_artifact_directly_at_true_fp32_and_agrees_with_onnx_runtime(tmp_path):
+    """An .onnx timed on OpenVINO as well as on ORT (formats.Format.other_runtimes): the same predictor reads the ONNX,
+    f32 forced and named, and its scores match ORT's to 1e-4 of the largest output on every image."""
+    import pytest
+
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgeq[openvino]')")
+    from edgeq.measure.predictors import OnnxPredictor, OpenVINOPredictor, open_predictor
+
+    onnx_path, _ = _tiny_onnx_and_ir(tmp_path)
+    x = np.random.default_rng(2).uniform(-1, 1, (32, 16, 16, 3)).astype(np.float32)
+    on_ov = open_predictor(onnx_path, "onnx", threads=1, runtime="openvino")
+    assert isinstance(on_ov, OpenVINOPredictor) and on_ov.inference_precision == "f32"
+    assert on_ov.runtime.startswith("openvino ") and "precision=f32" in on_ov.runtime
+    ref = OnnxPredictor(onnx_path, threads=1).predict(x)
+    got = np.concatenate([on_ov.predict(x[i:i + 1]) for i in range(len(x))])
+    rel = np.max(np.abs(got - ref), axis=1) / np.max(np.abs(ref), axis=1)
+    assert rel.max() <= 1e-4, rel.max()
+    assert len(on_ov.time_runs(x[:1], runs=3, warmup=1)) == 3
+
+
+def test_a_runtime_that_does_not_read_the_format_is_refused_by_name(tmp_path):
+    import pytest
+
+    from edgeq.core.errors import ModelError
+    from edgeq.measure.predictors import open_predictor
+
+    with pytest.raises(ModelError, match="no predictor for format 'tflite' on runtime 'openvino'"):
+        open_predictor(tmp_path / "m.tflite", "tflite", runtime="openvino")
+
+
+def test_an_ir_that_names_its_own_precision_runs_at_it_where_the_cpu_has_it(tmp_path):
+    """bf16_openvino: the FP32 IR naming bf16 in its rt_info is its own artifact (another hash) and runs at bf16
+    wherever OpenVINO reports BF16 for this CPU; an explicit precision still wins."""
+    import pytest
+
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgeq[openvino]')")
+    from edgeq.core.artifacts import sha256_of
+    from edgeq.measure.predictors import OpenVINOPredictor
+    from edgeq.methods.openvino.convert import cpu_runs, precision_variant
+
+    _, ir = _tiny_onnx_and_ir(tmp_path)
+    precision_variant(ir, tmp_path / "bf16.openvino", "bf16")
+    assert sha256_of(tmp_path / "bf16.openvino") != sha256_of(ir)
+    has_bf16 = cpu_runs("bf16") is None
+    variant = OpenVINOPredictor(tmp_path / "bf16.openvino", threads=1)
+    assert variant.inference_precision == ("bf16" if has_bf16 else "f32") and OpenVINOPredictor(ir).inference_precision == "f32"
+    assert OpenVINOPredictor(tmp_path / "bf16.openvino", inference_precision="f32").inference_precision == "f32"

@@ -174,6 +174,30 @@ def test_agent_runs_an_openvino_ir_at_f32_and_returns_the_host_predictors_output
     np.testing.assert_allclose(y_host, y_onnx, rtol=1e-4, atol=1e-6)
 
 
+def test_agent_runs_an_onnx_on_openvino_when_asked_and_matches_onnx_runtime(agent, models):
+    """`--runtime openvino` on an .onnx: OpenVINO reads it directly (as the host times NNCF's QDQ ONNX on both)."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgeq[openvino]')")
+    from edgeq.measure.predictors import open_predictor
+
+    rc, ans, err = run_agent(agent, "--model", models["onnx"], "--runtime", "openvino", "--runs", 3, "--threads", 1,
+                             "--inputs", models["inputs"], "--return-outputs")
+    assert rc == 0 and ans["ok"], err[-2000:]
+    assert ans["runtime"].startswith("openvino") and ans["model"]["inference_precision"] == "f32"
+    y_ort = open_predictor(models["onnx"], "onnx", threads=1).predict(np.load(models["inputs"]))
+    np.testing.assert_allclose(np.asarray(ans["outputs"], np.float32), y_ort, rtol=1e-4, atol=1e-6)
+
+
+def test_agent_runs_an_ir_at_the_precision_it_names_for_itself(agent, models, tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgeq[openvino]')")
+    from edgeq.methods.openvino.convert import cpu_runs, onnx_to_ir, precision_variant
+
+    onnx_to_ir(models["onnx"], tmp_path / "fp32.openvino")
+    precision_variant(tmp_path / "fp32.openvino", tmp_path / "bf16.openvino", "bf16")
+    rc, ans, err = run_agent(agent, "--model", tmp_path / "bf16.openvino", "--runs", 2)
+    assert rc == 0 and ans["ok"], err[-2000:]
+    assert ans["model"]["inference_precision"] == ("bf16" if cpu_runs("bf16") is None else "f32"), ans["model"]
+
+
 def test_agent_refuses_an_unknown_openvino_precision(agent, models):
     rc, ans, _ = run_agent(agent, "--model", models["onnx"], "--inference-precision", "int4")
     assert rc == 2 and ans["error_kind"] == "usage" and "--inference-precision" in ans["error"]

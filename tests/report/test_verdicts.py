@@ -143,6 +143,42 @@ def test_referee_ranks_each_toolchains_best_route_and_names_ties():
     assert "NNCF on ONNX Runtime 13.33x" in r["verdict"]
 
 
+def test_referee_judges_an_artifact_also_timed_on_another_runtime_as_a_route_of_that_runtime():
+    """NNCF's QDQ ONNX timed on ORT and on OpenVINO: two candidates, each named by runtime and format, beside NNCF's
+    IR on OpenVINO; the fastest of them wins whatever runtime its format calls its own."""
+    from edgeq.report.verdicts import referee
+
+    qdq = _route("int8_onnx_nncf", "nncf_ptq", "onnx", 2.8, [2.7, 2.9])
+    qdq["latency_ms_other_runtimes"] = {"openvino": {"host": {"median": 0.25, "median_ci95": [0.24, 0.26],
+                                                              "runtime": "openvino 2026.4.1 (CPU, precision=f32)"}}}
+    entries = [qdq, _route("int8_openvino_nncf", "nncf_ptq", "openvino", 0.30, [0.29, 0.31]),
+               _route("int8_tflite_ptq", "tflite_ptq", "tflite", 0.40, [0.39, 0.41])]
+    r = referee(entries, "host", 1.0)
+    got = [(x["artifact"], x["runtime"], x["format"]) for x in r["routes"]]
+    assert got == [("int8_onnx_nncf", "OpenVINO", "onnx"), ("int8_openvino_nncf", "OpenVINO", "openvino"),
+                   ("int8_tflite_ptq", "LiteRT", "tflite"), ("int8_onnx_nncf", "ONNX Runtime", "onnx")]
+    assert r["routes"][0]["runtime_version"].startswith("openvino 2026")
+    assert r["verdict"].startswith("on host, NNCF onnx on OpenVINO (int8_onnx_nncf) is the fastest route")
+    assert "NNCF openvino on OpenVINO 1.20x" in r["verdict"] and "NNCF on ONNX Runtime 11.20x" in r["verdict"]
+
+
+def test_what_to_ship_can_be_an_artifact_on_a_runtime_other_than_its_formats_own():
+    from edgeq.report.verdicts import ship
+
+    qdq = _route("int8_onnx_nncf", "nncf_ptq", "onnx", 2.8, [2.7, 2.9])
+    qdq["latency_ms_other_runtimes"] = {"openvino": {"host": {"median": 0.25, "median_ci95": [0.24, 0.26],
+                                                              "runtime": "openvino 2026.4.1 (CPU, precision=f32)"}}}
+    entries = [qdq, _route("int8_tflite_ptq", "tflite_ptq", "tflite", 0.40, [0.39, 0.41])]
+    for e in entries:
+        e["vs_fp32"]["mcnemar"] = {"p": 0.5}
+    s = ship(entries, "host", 1.0)
+    assert s["artifact"] == "int8_onnx_nncf" and s["runtime"] == "openvino", s
+    assert s["why"].startswith("on OpenVINO, not its format's own ONNX Runtime: fastest within the 1 pt budget: "
+                               "median 0.25 ms [0.24, 0.26] (openvino 2026.4.1")
+    qdq["latency_ms_other_runtimes"]["openvino"]["host"].update(median=0.5, median_ci95=[0.49, 0.51])
+    assert ship(entries, "host", 1.0) == {"artifact": "int8_tflite_ptq", "why": ship(entries, "host", 1.0)["why"]}
+
+
 # ------------------------------------------------------------------ a class that collapses inside a small overall drop
 def test_a_collapsed_class_is_named_and_max_class_drop_takes_the_artifact_out_of_the_budget():
     from edgeq.report.verdicts import ship, vs_reference

@@ -19,7 +19,7 @@ pytest.importorskip("nncf", reason="nncf is not installed (pip install 'edgeq[op
 NNCF_ARTIFACTS = ("fp32_openvino", "int8_openvino_nncf", "int8_onnx_nncf", "int8_openvino_nncf_ac")
 STAGES = {"tflite_ptq": {"representative_images": 40}, "onnx_ptq": {"calibration_images": 40},
           "nncf_ptq": {"calibration_images": 40, "routes": ["openvino", "onnx", "openvino_ac"],
-                       "validation_images": 20}}
+                       "validation_images": 20, "precision_variants": ["bf16", "f16"]}}
 
 
 def _config(tiny_project: Path, root: Path) -> Path:
@@ -75,6 +75,55 @@ def test_nncf_artifacts_are_timed_in_the_same_interleaved_rounds_as_tflite_and_o
     assert host["int8_onnx_nncf"]["runtime"].startswith("onnxruntime")  # a QDQ ONNX is judged on ORT
 
 
+def test_nncfs_qdq_onnx_is_timed_on_openvino_too_in_the_same_rounds_each_figure_naming_its_runtime(nncf_run):
+    rep, out = nncf_run
+    arts = by_name(rep)
+    ort, ov = arts["int8_onnx_nncf"]["latency_ms"]["host"], arts["int8_onnx_nncf"]["latency_ms_other_runtimes"]
+    on_ov = ov["openvino"]["host"]
+    assert ort["runtime"].startswith("onnxruntime") and on_ov["runtime"].startswith("openvino ")
+    assert "precision=f32" in on_ov["runtime"] and on_ov["median"] > 0 and len(on_ov["median_ci95"]) == 2
+    assert on_ov["rounds"] == ort["rounds"] == arts["int8_tflite_ptq"]["latency_ms"]["host"]["rounds"] > 1
+    assert on_ov["ratio_to_fp32"]["reference"] == "fp32_openvino"  # against the FP32 OpenVINO runs as its own
+    assert ort["ratio_to_fp32"]["reference"] == "fp32_onnx"
+    md = (out / "report.md").read_text()
+    assert "## On other runtimes" in md and "| int8_onnx_nncf | onnx | host | openvino " in md
+    # the referee takes (NNCF, OpenVINO, onnx) as a route of its own wherever the artifact is within the budget
+    routes = {(r["artifact"], r["runtime"]) for r in rep["referee"]["host"]["routes"]}
+    within = arts["int8_onnx_nncf"]["vs_fp32"]["within_budget"] is True
+    assert ((("int8_onnx_nncf", "OpenVINO") in routes) and (("int8_onnx_nncf", "ONNX Runtime") in routes)) == within
+
+
+def test_bf16_and_f16_variants_are_artifacts_of_their_own_where_the_cpu_has_the_instructions(nncf_run):
+    """Detected from OpenVINO's CPU capabilities, never assumed: made and run at that precision, or not made with the
+    capability list as the reason."""
+    from edgeq.methods.openvino.convert import cpu_runs
+
+    rep, _ = nncf_run
+    arts = by_name(rep)
+    for p in ("bf16", "f16"):
+        name, why = f"{p}_openvino", cpu_runs(p)
+        if why:
+            assert name not in arts and rep["nncf_ptq"]["not_made"][name] == why, rep["nncf_ptq"]["not_made"]
+            continue
+        a = arts[name]
+        assert a["precision"] == p and a["params"]["inference_precision"] == p and a["sha256"] != arts["fp32_openvino"]["sha256"]
+        assert f"precision={p}" in a["latency_ms"]["host"]["runtime"] and a["accuracy"]["n"] > 0
+        assert a["vs_fp32"]["reference"] == "fp32_openvino"
+
+
+def test_an_openvino_ir_is_bundled_as_a_directory_and_its_classify_check_passes(nncf_run, tmp_path):
+    _, out = nncf_run
+    r = run_edgeq("bundle", out, "--artifact", "int8_openvino_nncf", "--out", tmp_path)
+    assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-2000:]
+    bundle = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert (bundle / "int8_nncf.openvino" / "model.xml").is_file() and (bundle / "int8_nncf.openvino" / "model.bin").is_file()
+    chk = subprocess.run([sys.executable, str(bundle / "classify.py"), "--check"], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert chk.returncode == 0, chk.stdout[-1000:] + chk.stderr[-2000:]
+    ans = json.loads(chk.stdout.strip().splitlines()[-1])
+    assert ans["check"]["ok"] and ans["runtime"].startswith("openvino") and "precision=f32" in ans["runtime"], ans
+
+
 def test_nncf_options_and_the_accuracy_control_account_are_recorded(nncf_run):
     rep, out = nncf_run
     arts = by_name(rep)
@@ -86,7 +135,7 @@ def test_nncf_options_and_the_accuracy_control_account_are_recorded(nncf_run):
     assert ac["validated_on"].startswith("calibration images 40..59")  # held back: never the evaluation split
     assert (out / arts["fp32_openvino"]["path"] / "model.xml").is_file()
     assert (out / arts["fp32_openvino"]["path"] / "model.bin").is_file()
-    assert rep["nncf_ptq"]["not_made"] == {}
+    assert not {k for k in rep["nncf_ptq"]["not_made"] if not k.endswith("16_openvino")}, rep["nncf_ptq"]["not_made"]
 
 
 def test_routes_are_not_made_with_the_reason_when_openvino_and_nncf_are_missing(tiny_project, tmp_path):

@@ -48,6 +48,29 @@ def onnx_to_ir(onnx_path: Path, directory: Path) -> dict:
     return {"converted_from": Path(onnx_path).name, "converter": "ov.convert_model", **save_ir(model, directory)}
 
 
+CPU_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}  # precision -> OpenVINO's CPU OPTIMIZATION_CAPABILITIES name
+
+
+def cpu_runs(precision: str) -> str | None:
+    """Why this CPU does not run `precision` natively (OpenVINO's own capability list, never a guess); None if it does."""
+    ov = import_openvino()
+    caps = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    if CPU_CAPABILITY[precision] in caps:
+        return None
+    return (f"this CPU has no {CPU_CAPABILITY[precision]} support (OpenVINO's CPU capabilities: {', '.join(caps)}); "
+            f"OpenVINO would run a {precision} hint at f32")
+
+
+def precision_variant(src_ir: Path, directory: Path, precision: str) -> dict:
+    """The IR at `src_ir` saved again naming `precision` as its own inference precision (rt_info runtime_options):
+    a separate artifact with its own hash, run at that precision on the host and by the agent; weights unchanged."""
+    from edgeq.ondevice.agent import PRECISION_KEY
+
+    model = read_ir(src_ir)
+    model.set_rt_info(precision, PRECISION_KEY)
+    return {"inference_precision": precision, "from": Path(src_ir).name, **save_ir(model, directory)}
+
+
 def read_ir(directory: Path):
     """The ov.Model of an IR directory artifact."""
     ov = import_openvino()
