@@ -38,8 +38,9 @@ def _selected(args):
 
 def _cmd_run(args) -> int:
     from edgeq.api import example
+    from edgeq.app.qat_workers import run_keras_qat_worker, run_torch_qat_worker
     from edgeq.methods.keras import distribute
-    from edgeq.report.build import print_summary
+    from edgeq.report.terminal import print_summary
     from edgeq.run.pipeline import run_pipeline
 
     if args.model is not None:
@@ -59,12 +60,12 @@ def _cmd_run(args) -> int:
 
         role = torch_role()  # under torchrun: rank 0 runs the whole run, the other ranks only fine-tune with it
         if role.distributed and not role.writes:
-            return _run_torch_qat_worker(cfg, out, role)
+            return run_torch_qat_worker(cfg, out, role)
     if cfg.stages.qat.enabled and dist.strategy != "none":
         distribute.start(dist)  # MultiWorkerMirroredStrategy must come before any other TensorFlow op
         role = distribute.worker_role(dist)
         if not role.is_chief:
-            return _run_qat_worker(cfg, out, role)
+            return run_keras_qat_worker(cfg, out, role)
     run_dir = run_pipeline(cfg, out, wait=not args.no_wait)
     rep = json.loads((run_dir / "report.json").read_text())
     print_summary(rep)
@@ -75,7 +76,7 @@ def _cmd_run(args) -> int:
 def _run_without_config(args) -> int:
     """`edgeq run --model M --data D`: the config read from the model and the data, written to RUN/config.yaml."""
     from edgeq.api import run_inferred
-    from edgeq.report.build import print_summary
+    from edgeq.report.terminal import print_summary
 
     if args.config is not None or args.example is not None:
         raise EdgeqError("--model runs without a config: drop the config / --example, or drop --model")
@@ -106,50 +107,6 @@ def _cmd_schema(args) -> int:
     return 0
 
 
-def _run_qat_worker(cfg, out: Path | None, role) -> int:
-    """A non-chief worker of a multi-worker QAT: the same fine-tune as the chief's (their collectives pair up),
-    in a scratch run directory that is deleted; only the chief writes artifacts and reports."""
-    from edgeq.methods.keras import distribute
-    from edgeq.run.pipeline import run_pipeline
-    from edgeq.stages import registry
-
-    dist = cfg.stages.qat.distribution
-    if dist.checkpoint_dir is None:
-        dist.checkpoint_dir = cfg.run_dir(out) / "qat_backup"  # the chief's default: BackupAndRestore needs it shared
-    for name in registry.names():  # only the fine-tune runs here
-        getattr(cfg.stages, name).enabled = name == "qat"
-    cfg.evaluate.enabled = cfg.benchmark.enabled = False
-    cfg.targets = []
-    with distribute.scratch_run_dir(role) as scratch:
-        run_pipeline(cfg, scratch)
-    print(f"edgeq: {role.name}: QAT fine-tune done; the chief writes the artifacts and the report")
-    return 0
-
-
-def _run_torch_qat_worker(cfg, out: Path | None, role) -> int:
-    """A torchrun worker other than rank 0: the same fine-tune (DistributedDataParallel pairs it with rank 0's),
-    in a scratch run directory that is deleted; rank 0 alone writes the run."""
-    import shutil
-    import tempfile
-
-    from edgeq.run.pipeline import run_pipeline
-
-    dist = cfg.stages.qat.distribution
-    if dist.checkpoint_dir is None:
-        dist.checkpoint_dir = cfg.run_dir(out) / "qat_backup"  # rank 0's default: resuming reads it on every rank
-    for name in ("tflite_ptq", "litert_quant", "onnx_ptq", "onnx_fallback", "comparison"):
-        getattr(cfg.stages, name).enabled = False
-    cfg.evaluate.enabled = cfg.benchmark.enabled = False
-    cfg.targets = []
-    scratch = Path(tempfile.mkdtemp(prefix=f"edgeq-rank{role.rank}-"))
-    try:
-        run_pipeline(cfg, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    print(f"edgeq: {role.name}: QAT fine-tune done; rank 0 writes the artifacts and the report")
-    return 0
-
-
 def _cmd_validate(args) -> int:
     """Every check `edgeq run` makes before converting (model, data, counts, output dir, targets); writes nothing."""
     from edgeq.run.preflight import preflight
@@ -172,7 +129,7 @@ def _cmd_train_reference(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from edgeq.report.build import print_summary
+    from edgeq.report.terminal import print_summary
 
     p = Path(args.run_dir) / "report.json"
     if not p.exists():
@@ -183,7 +140,8 @@ def _cmd_report(args) -> int:
 
 def _cmd_bench(args) -> int:
     from edgeq.core.config import TargetRef
-    from edgeq.report.build import print_device_table, print_summary, write_report
+    from edgeq.report.build import write_report
+    from edgeq.report.terminal import print_device_table, print_summary
     from edgeq.run.pipeline import open_run
     from edgeq.targets.fleet import benchmark_devices
 

@@ -238,7 +238,6 @@ def artifact_cells(rep: dict, e: dict, target: str = "host") -> dict:
             "flags": _flags(rep, e, target)}
 
 
-TERMINAL = ["artifact", "MB", "top-1 % [95% CI]", "drop pt [CI]", "host ms [CI]", "×FP32 [CI]", "flags"]
 MARKDOWN = ["artifact", "format", "precision", "method", "MB", "size ×FP32", "top-1 % [95% CI]", "n", "drop pt [CI]",
             "McNemar p (Holm)", "host ms [CI]", "×FP32 [CI]", "flags"]
 
@@ -252,7 +251,7 @@ def significance_legend(rep: dict) -> str:
                              "(the p shown is the adjusted one; unadjusted: report.json mcnemar.p)")
 
 
-def summary_rows(rep: dict, headers=TERMINAL) -> list[list[str]]:
+def summary_rows(rep: dict, headers: list[str]) -> list[list[str]]:
     """The artifact table as display strings, one row per artifact, columns `headers`."""
     return [[artifact_cells(rep, e)[h] for h in headers] for e in rep["artifacts"]]
 
@@ -373,46 +372,3 @@ def write_report(ctx) -> dict:
     write_bytes_atomic(ctx.run_dir / "report.md", md.encode())
     write_bytes_atomic(ctx.run_dir / "report.html", render_html(rep).encode())
     return rep
-
-
-def print_summary(rep: dict) -> None:
-    """The artifact table on the terminal, within 120 columns (the wide figures are in report.md/html)."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"edgeq: {rep['model']} — {rep['dataset']['eval']}", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True,
-              pad_edge=False)
-    for h in TERMINAL:
-        t.add_column(h, justify="left" if h in ("artifact", "flags") else "right", overflow="fold")
-    for r in summary_rows(rep):
-        t.add_row(*r)
-    console = Console(width=120)
-    console.print(t)
-    console.print(f"drop {significance_legend(rep)}; intervals 95 %", style="dim")
-    for target, v in (rep.get("ship") or {}).items():
-        console.print(f"ship on {target}: [bold]{v['artifact'] or 'nothing'}[/bold] — {v['why']}", soft_wrap=False)
-
-
-def print_device_table(rep: dict) -> None:
-    """Device latencies on the terminal: median and ratio to FP32 with intervals, each from the device's own
-    interleaved rounds (never a device figure divided by a host one)."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title="devices (batch 1)", box=box.SIMPLE_HEAD, pad_edge=False)
-    for h in ("artifact", "device", "median ms [CI]", "×FP32 [CI]", "p90 ms", "runtime / reason"):
-        t.add_column(h, justify="left" if h in ("artifact", "device", "runtime / reason") else "right",
-                     overflow="fold")
-    for e in rep["artifacts"]:
-        for target, s in e["latency_ms"].items():
-            if target != "host":
-                c = artifact_cells(rep, e, target)
-                t.add_row(e["name"], target, c[f"{target} ms [CI]"], c["×FP32 [CI]"], _fmt(s.get("p90"), ".4g"),
-                          _runtime_cell(s) + (" (noisy)" if s.get("noisy") else ""))
-    console = Console(width=120)
-    console.print(t)
-    for target in sorted({t for e in rep["artifacts"] for t, s in e["latency_ms"].items() if s.get("emulated")}):
-        console.print(f"{target}: EMULATED CPU, timings meaningless as speed figures (outputs and accuracy are real)",
-                      style="bold")
