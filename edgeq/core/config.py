@@ -115,6 +115,10 @@ class BenchmarkSpec(Strict):
     warmup: int = Field(10, ge=0)  # untimed runs per artifact per round
     rounds: int = Field(20, ge=1)  # >= 6 for a 95 % interval of the median; many short rounds resist one slow one
     threads: int = Field(1, ge=1)
+    # an artifact whose round would take longer (a precision on reference kernels) gets fewer runs per round,
+    # at least `min_runs`; every round still times every artifact in turn, so ratios stay per round. null: no cap
+    max_round_seconds: Optional[float] = Field(0.5, gt=0)
+    min_runs: int = Field(5, ge=1)
     # accepted for configs written before noisy followed decisions (targets.interleave): no longer flags anything
     noisy_limit: float = Field(0.10, gt=0)
     reuse: bool = False  # keep earlier figures when CPU, threads, rounds and artifacts match (--reuse-benchmarks)

@@ -289,7 +289,11 @@ def precision_markdown(section: dict, artifacts=None, compatibility=None) -> str
     lines = ["## Other precisions", "",
              f"Calibrated variants use the first {section['calibration_images']} calibration images (those of the "
              "INT8 TFLite). Accuracy, paired test, size and latency: the artifact table.", ""]
-    lines += [f"- **{name}**: {kernels}" for name, kernels in section["kernels"].items()]
+    subset = section.get("eval_images") or {}
+    lines += [f"- **{name}**: {kernels}" + (f"; evaluated on a seeded subset of {subset[name]:,} evaluation images "
+                                            "(stages.precision.eval_images), paired against FP32 on exactly those"
+                                            if name in subset else "")
+              for name, kernels in section["kernels"].items()]
     lines += [f"- **{name}**: not made: {why}" for name, why in section["not_made"].items()]
     return "\n".join(lines)
 
