@@ -14,7 +14,8 @@ from edgeq.report import sections as report_sections
 from edgeq.core.artifacts import fp32_baselines, write_bytes_atomic, write_json_atomic
 from edgeq.core.sysinfo import cpu_info
 from edgeq.report.html import render_html
-from edgeq.report.verdicts import accuracy_interval, int8_method_tests, referee, ship, vs_reference
+from edgeq.report.verdicts import (accuracy_interval, int8_method_tests, other_precision_lines, referee, ship,
+                                   vs_reference)
 from edgeq.stages import registry
 from edgeq.report.decisions import calibration_lines, class_lines, referee_lines
 
@@ -118,6 +119,7 @@ def build_report(ctx) -> dict:
     # the stages stored data; their sections' markdown is rendered now, after every check that feeds it
     sections = report_sections.render_sections(ctx.results.sections, registry.STAGES, arts, ctx.results.compatibility)
     tests, lines = int8_method_tests(entries, correct, budget)
+    lines += other_precision_lines(entries)  # the comparison table's FP16 and mixed rows, paired
     if "comparison" in sections or tests:
         sections["comparison"] = _comparison_with_tests(sections.get("comparison"), tests, lines, budget)
     targets = list(dict.fromkeys(t for e in entries for t, s in e["latency_ms"].items() if s.get("median") is not None))
@@ -180,9 +182,8 @@ def derive_checks(entries: list[dict]) -> dict:
             continue
         c: dict = {"reference": ref["name"], "size_ratio": round(e["size_bytes"] / ref["size_bytes"], 4)}
         t, r = _top1(e), _top1(ref)
-        c["top1_drop_points"] = round((r - t) * 100, 3) if t is not None and r is not None else None
-        if e["accuracy"].get("of"):  # evaluated on a subset: only the paired drop on those images compares
-            c["top1_drop_points"] = (e.get("vs_fp32") or {}).get("drop_pt")
+        c["top1_drop_points"] = (round((r - t) * 100, 3) if t is not None and r is not None else None) if not \
+            e["accuracy"].get("of") else (e.get("vs_fp32") or {}).get("drop_pt")  # a subset's: its paired drop
         # the per-round ratio of the interleaved benchmark (same load for both), where there is one
         c["latency_ratio"] = {t: s["ratio_to_fp32"]["value"] for t, s in e["latency_ms"].items()
                               if (s.get("ratio_to_fp32") or {}).get("value") is not None}

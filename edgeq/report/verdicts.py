@@ -174,6 +174,15 @@ def int8_method_tests(entries: list[dict], correct: dict[str, np.ndarray], budge
     return tests, lines
 
 
+PRECISION_LABEL = {"fp16": "FP16", "mixed": "Mixed INT4/INT8"}  # the comparison table's other-precision rows
+
+
+def other_precision_lines(entries: list[dict]) -> list[str]:
+    """One verdict line per FP16 / mixed-precision TFLite artifact, from its paired test against FP32."""
+    return [f"{PRECISION_LABEL[e['precision']]} ({e['name']}): {e['vs_fp32']['verdict']}" for e in entries
+            if e["format"] == "tflite" and e["precision"] in PRECISION_LABEL and e.get("vs_fp32")]
+
+
 # ------------------------------------------------------------------ what to ship
 SAME_SPEED = 0.02  # medians this close are the same speed to a user, however narrow their intervals
 

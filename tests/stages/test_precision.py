@@ -242,3 +242,50 @@ def test_eval_images_below_50_is_refused_with_what_to_give(tmp_path):
 
     with pytest.raises(ConfigError, match=r"eval_images.int16x8: 10 images are too few for a paired test"):
         _config(tmp_path, precision={"enabled": True, "eval_images": {"int16x8": 10}})
+
+
+def _context(run_dir):
+    """The RunContext of the precision run (its config rebuilt as the fixture made it)."""
+    from edgeq.core.artifacts import Manifest
+    from edgeq.run.inputs import load_splits, preprocess_of
+    from edgeq.run.pipeline import RunContext
+
+    cfg = _config(run_dir.parent, onnx_ptq={"enabled": True, "calibration_images": 40, "tensorrt_artifact": False},
+                  precision={"enabled": True, "eval_images": {"int16x8": 50, "int16": None}})
+    header = {k: v for k, v in json.loads((run_dir / "manifest.json").read_text()).items() if k != "artifacts"}
+    pre = preprocess_of(cfg)
+    return RunContext(cfg, run_dir, Manifest(run_dir, header), pre, load_splits(cfg, pre), lambda m: None)
+
+
+def test_the_comparison_table_gains_an_fp16_row_from_the_evaluated_artifact(precision_run):
+    from edgeq.report.sections import comparison_markdown
+    from edgeq.stages.comparison import _other_precision_rows
+
+    run_dir, _, report = precision_run
+    arts = {e["name"]: e for e in report["artifacts"]}
+    n = report["dataset"]["n_eval"]
+    fp32 = arts["fp32_tflite"]["accuracy"]["top1"]
+    rows = _other_precision_rows(_context(run_dir), np.arange(n), fp32)
+    assert [(r["label"], r["artifact"], r["bits"], r["method"]) for r in rows] == [("FP16", "fp16_tflite", 16,
+                                                                                    "ptq_naive")]
+    fp16 = arts["fp16_tflite"]
+    assert rows[0]["top1"] == fp16["accuracy"]["top1"] and rows[0]["size_bytes"] == fp16["size_bytes"]
+    assert rows[0]["drop"] == round((fp32 - fp16["accuracy"]["top1"]) * 100, 3)
+    mixed = {**rows[0], "bits": None, "label": "mixed INT4/INT8", "method": "ptq_advanced", "artifact": "mixed_tflite",
+             "how": "stages.mixed_precision", "top1": 0.5, "drop": 12.5, "size_bytes": 4000}  # rendering only
+    section = {"rows": [{"bits": 32, "method": "fp32", "top1": fp32, "drop": 0.0, "size_bytes": 1}, *rows, mixed],
+               "eval_images": n, "advanced_ptq": "-", "verdict_lines": []}
+    md = comparison_markdown(section)
+    fp16_line = next(ln for ln in md.splitlines() if ln.startswith("| FP16 |"))
+    assert f"{fp16['accuracy']['top1'] * 100:.2f} %" in fp16_line
+    assert next(ln for ln in md.splitlines() if ln.startswith("| mixed INT4/INT8 |")).count("50.00 % (-12.50") == 1
+    assert "FP16 = fp16_tflite (stages.precision: FP16 weights, a cast)" in md
+
+
+def test_fp16_gets_a_paired_verdict_line_in_the_comparison(precision_run):
+    from edgeq.report.verdicts import other_precision_lines
+
+    _, _, report = precision_run
+    lines = other_precision_lines(report["artifacts"])
+    fp16 = next(e for e in report["artifacts"] if e["name"] == "fp16_tflite")
+    assert lines == [f"FP16 (fp16_tflite): {fp16['vs_fp32']['verdict']}"]
