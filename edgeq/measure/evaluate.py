@@ -231,8 +231,9 @@ def evaluate_artifacts(ctx, artifacts) -> None:
         preds[a.name] = r.predictions
         ctx.results.put_evaluation(a.sha256, fp, Evaluation(a.name, r.top1, r.top5, r.n, r.dataset, r.seconds, pf,
                                                             desc, subset=sub))
-        of = "" if sub is None else f" of {len(ev)} (a seeded subset: stages.precision.eval_images)"
-        ctx.log(f"  * {a.name}: top-1 {r.top1:.4f} top-5 {r.top5} on {r.n}{of} images ({r.seconds} s)")
+        of = "" if sub is None else f" of {len(ev)}"
+        ctx.log(f"  * {a.name}: top-1 {r.top1:.4f} top-5 {r.top5} on {r.n}{of} images ({r.seconds} s)"
+                + (" (a seeded subset: stages.precision.eval_images)" if sub else ""))
     # agreement of every artifact's top-1 with its FP32 reference
     refs = fp32_baselines(artifacts, preds, ctx.fp32)
     for a in artifacts:
@@ -280,8 +281,10 @@ def per_layer_errors(ctx, artifacts, images: int = 8) -> None:
 def warn_if_chance(ctx) -> None:
     """Loud warning when the FP32 reference scores near chance: the labels probably are not the model's classes."""
     k = ctx.cfg.model.num_classes
-    fp32 = [e for e in ctx.results.evaluations.values()
-            if ctx.fp32 is not None and e.artifact == ctx.fp32.name and e.top1 is not None]
+    names = {a.name for a in ctx.manifest.artifacts.values() if a.precision == "fp32"}  # the source model's, else an
+    fp32 = [e for e in ctx.results.evaluations.values()                                 # FP32 export's (same model)
+            if e.artifact in names and e.top1 is not None and not e.subset]
+    fp32.sort(key=lambda e: ctx.fp32 is not None and e.artifact == ctx.fp32.name)
     if not fp32:
         return
     top1 = fp32[-1].top1

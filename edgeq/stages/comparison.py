@@ -183,7 +183,11 @@ def _artifact_top1(ctx, a: Artifact | None, idx: np.ndarray) -> tuple[float | No
 
 def _fp32_top1(ctx, opts: ComparisonSpec, idx: np.ndarray) -> float:
     top1, _ = _artifact_top1(ctx, ctx.fp32, idx)
-    if top1 is None:  # Keras baseline not evaluated by the pipeline: measure it here
+    if top1 is None:  # Keras baseline not evaluated (evaluate.keras_baseline: false): the FP32 .tflite, the table's
+        fp32_tflite = next((a for a in ctx.manifest.artifacts.values()  # FP32 row, converted from the same model
+                            if a.format == "tflite" and a.precision == "fp32"), None)
+        top1 = _artifact_top1(ctx, fp32_tflite, idx)[0] if fp32_tflite is not None else None
+    if top1 is None:  # neither evaluated by the pipeline: measure the Keras model here
         ev, _ = _eval_subset(ctx, opts)
         top1 = evaluate(KerasPredictor(ctx.keras_model()), ev, ctx.pre, ctx.splits.dataset,
                         ctx.cfg.evaluate.batch_size, label=f"evaluate {ctx.fp32.name} (comparison baseline)").top1
