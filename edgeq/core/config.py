@@ -100,7 +100,9 @@ class DataSpec(Strict):
 class EvaluateSpec(Strict):
     enabled: bool = True
     batch_size: int = Field(64, ge=1)
-    keras_baseline: bool = True  # evaluate the FP32 Keras model itself too
+    # evaluate the FP32 Keras model itself too; false: only where an artifact has no FP32 of its own format to be
+    # judged against (an FP32 .tflite / ONNX export is the same model, evaluated anyway)
+    keras_baseline: bool = True
     # local processes that evaluate one artifact file in contiguous, batch-aligned chunks (the Keras model always
     # evaluates in-process); predictions are merged in order, so they equal a single process's
     workers: int = Field(1, ge=1)

@@ -204,7 +204,8 @@ def evaluate_artifacts(ctx, artifacts) -> None:
             continue
         data = ev if idx is None else ev.take(idx)
         if a.format in ("keras", "savedmodel"):
-            if not ctx.cfg.evaluate.keras_baseline:
+            if not ctx.cfg.evaluate.keras_baseline and not any(  # still the reference of an artifact: evaluated
+                    ref == a.name != name for name, ref in fp32_baselines(artifacts, None, ctx.fp32).items()):
                 continue
             pred = KerasPredictor(ctx.keras_model())
             desc = pred.describe()

@@ -289,3 +289,18 @@ def test_fp16_gets_a_paired_verdict_line_in_the_comparison(precision_run):
     lines = other_precision_lines(report["artifacts"])
     fp16 = next(e for e in report["artifacts"] if e["name"] == "fp16_tflite")
     assert lines == [f"FP16 (fp16_tflite): {fp16['vs_fp32']['verdict']}"]
+
+
+def test_keras_baseline_false_still_evaluates_the_keras_model_an_artifact_is_judged_against(tmp_path):
+    """No FP32 .tflite in this run (tflite_ptq off): fp16_tflite's reference is the Keras model, so it is evaluated
+    although evaluate.keras_baseline is false; with an FP32 .tflite it would be skipped (models/resnet50.yaml)."""
+    from edgeq.run.pipeline import run_pipeline
+
+    _wide_cnn().save(tmp_path / "wide.keras")
+    write_image_folder(tmp_path / "images", 100)
+    cfg = _config(tmp_path, tflite_ptq={"enabled": False, "representative_images": 40}, precision={"enabled": True, "tflite": ["fp16"], "onnx": []})
+    cfg.evaluate.keras_baseline = cfg.benchmark.enabled = False
+    rep = json.loads((run_pipeline(cfg, tmp_path / "run", log=lambda m: None) / "report.json").read_text())
+    arts = {e["name"]: e for e in rep["artifacts"]}
+    assert arts["fp32_keras"]["accuracy"]["top1"] is not None
+    assert arts["fp16_tflite"]["vs_fp32"]["reference"] == "fp32_keras"
