@@ -225,6 +225,7 @@ def test_a_slow_variant_is_evaluated_and_paired_on_exactly_its_seeded_subset(pre
     assert e["agreement_with_fp32"]["top1_agreement"] == round(float((pred == ref[idx]).mean()), 5)
     assert report["precision"]["eval_images"] == {"int16x8_tflite": 50}
     assert f"50 of {n_eval}" in (run_dir / "report.md").read_text()
+    assert f"n = 50 of {n_eval} (a seeded subset)" in (run_dir / "report.html").read_text()
 
 
 def test_rounds_over_the_time_cap_get_fewer_runs_but_every_artifact_is_in_every_round(precision_run):
