@@ -38,8 +38,7 @@ def _accuracy(ctx, a) -> dict:
 
 
 def _correct(ctx, arts, subsets: dict | None = None) -> dict:
-    """artifact name -> boolean array: was eval image i classified right (from the evaluation's predictions). An
-    artifact evaluated on a subset goes into `subsets` instead: name -> (its eval indices, right/wrong on them)."""
+    """artifact name -> was eval image i classified right; one evaluated on a subset: subsets[name] = (idx, right)."""
     fp = ctx.splits.eval.fingerprint()
     labels = ctx.splits.eval.labels
     out = {}
@@ -232,7 +231,8 @@ def artifact_cells(rep: dict, e: dict, target: str = "host") -> dict:
     return {"artifact": e["name"], "format": e["format"], "precision": e["precision"], "method": e["method"],
             "MB": f"{e['size_bytes'] / 1e6:.2f}",
             "size ×FP32": _fmt(rep["checks"].get(e["name"], {}).get("size_ratio"), ".3f"),
-            "top-1 % [95% CI]": _ci(acc.get("top1"), acc.get("ci95"), ".2f", 100), "n": (f"{acc['n']:,} of {acc['of']:,}" if acc.get("of") else str(acc.get("n") or "—")),
+            "top-1 % [95% CI]": _ci(acc.get("top1"), acc.get("ci95"), ".2f", 100),
+            "n": f"{acc['n']:,} of {acc['of']:,}" if acc.get("of") else str(acc.get("n") or "—"),
             "drop pt [CI]": drop, "McNemar p": _fmt(v.get("mcnemar", {}).get("p"), ".2g"),
             f"{target} ms [CI]": _ci(s.get("median"), s.get("median_ci95"), ".3g") if s.get("median") is not None
             else "n/a",

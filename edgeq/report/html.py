@@ -143,7 +143,8 @@ def _acc_cell(acc: dict, notes: _Notes) -> str:
     if t is None:
         return notes.ref(_nm(acc.get("reason")))
     of = f" of {_e(acc['of'])} (a seeded subset)" if acc.get("of") else ""  # a slow precision (stages.precision)
-    return f'<span class="v">{t * 100:.2f} %</span>{_ci(acc.get("ci95"), 100)}<br><small>n = {_e(acc.get("n"))}{of}</small>'
+    return (f'<span class="v">{t * 100:.2f} %</span>{_ci(acc.get("ci95"), 100)}'
+            f'<br><small>n = {_e(acc.get("n"))}{of}</small>')
 
 
 def _drop_cell(e: dict, check: dict) -> str:

@@ -200,7 +200,8 @@ def comparison_markdown(section: dict, artifacts: list[Any] = (), compatibility:
              f"straight-through fine-tune of the simulated kernels below 8 bits.{litert}{fallback}{others}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b, fmt, row_label in groups:
-        cells_b = [x for x in rows if x["bits"] == b and x.get("format", "tflite") == fmt and x.get("label") == row_label]
+        cells_b = [x for x in rows
+                   if x["bits"] == b and x.get("format", "tflite") == fmt and x.get("label") == row_label]
         label = row_label or f"INT{b}" + (" ONNX" if fmt == "onnx" else "")
         cells = [label, f"{fp32['top1'] * 100:.2f} %"]
         for m in methods:

@@ -60,7 +60,8 @@ def run_stage(ctx, opts: PrecisionSpec) -> list[Artifact]:
             not_made[name] = str(e)
             ctx.log(f"  - {name}: not made: {e}")
     section = {"made": [a.name for a in out], "not_made": not_made, "calibration_images": n,
-               "eval_images": {a.name: a.params["eval_images"] for a in out if "eval_images" in a.params},
+               "eval_images": {a.name: a.params["eval_images"] for a in out  # those a subset is drawn for
+                               if a.params.get("eval_images", len(ctx.splits.eval)) < len(ctx.splits.eval)},
                "kernels": {a.name: a.notes.get("kernels") for a in out}}
     ctx.results.set_section("precision", section)
     return out
