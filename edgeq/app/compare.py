@@ -31,14 +31,25 @@ class Run:
     def artifact(self, name: str) -> dict | None:
         return next((e for e in self.report["artifacts"] if e["name"] == name), None)
 
-    def correct(self, name: str) -> np.ndarray | None:
-        """Per-image right/wrong of an artifact, from the run's stored predictions and labels."""
+    def correct(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(evaluation image indices, right/wrong on each) of an artifact, from the run's stored predictions and
+        labels; an artifact evaluated on a seeded subset (a slow precision) has only its subset's indices."""
         pf, lf = self.path / "eval" / f"{name}.npz", self.path / "eval" / "labels.npz"
         if not (pf.is_file() and lf.is_file()):
             return None
         with np.load(pf, allow_pickle=False) as p, np.load(lf, allow_pickle=False) as lab:
             pred, labels = p["predictions"], lab["labels"]
-        return pred == labels if len(pred) == len(labels) else None
+            idx = p["indices"].astype(np.int64) if "indices" in p.files else np.arange(len(labels))
+        if len(pred) != len(idx) or (len(idx) and idx.max() >= len(labels)):
+            return None
+        return idx, pred == labels[idx]
+
+
+def paired_on_common(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The right/wrong of two evaluations on the images both were evaluated on (same indices, same order)."""
+    _, ia, ib = np.intersect1d(a[0], b[0], assume_unique=True, return_indices=True)
+    return a[1][ia], b[1][ib]
 
 
 @dataclass
@@ -101,14 +112,19 @@ def compare_pair(base: Run, run: Run, target: str, max_drop_pt: float, max_laten
                   base_top1_ci95=b["accuracy"].get("ci95"))
         cb, cr = (base.correct(e["name"]), run.correct(e["name"])) if same_images else (None, None)
         if cb is not None and cr is not None:
+            cb, cr = paired_on_common(cb, cr)
+        if cb is not None and cr is not None and len(cb):
             row.paired = paired_test(cb, cr).to_dict()
+            if len(cb) < (run.report.get("dataset") or {}).get("n_eval", len(cb)):
+                row.accuracy_note = f"paired on the {len(cb):,} evaluation images both runs evaluated it on"
             d = row.paired
             if d["p"] < ALPHA and d["drop"] * 100 > max_drop_pt:
                 row.regressions.append(f"top-1 lower by {d['drop'] * 100:.2f} pt [{d['ci95'][0] * 100:.2f}, "
                                        f"{d['ci95'][1] * 100:.2f}] (McNemar p = {d['p']:.2g}; limit {max_drop_pt:g} pt)")
         else:
             row.accuracy_note = ("different evaluation sets: no paired test, intervals only" if not same_images
-                                 else "predictions not kept: no paired test, intervals only")
+                                 else "predictions not kept: no paired test, intervals only" if cb is None or
+                                 cr is None else "no evaluation image in common: no paired test, intervals only")
             lo_base = (row.base_top1_ci95 or [None])[0]
             hi_run = (row.top1_ci95 or [None, None])[1]
             if lo_base is not None and hi_run is not None and (lo_base - hi_run) * 100 > max_drop_pt:

@@ -100,7 +100,9 @@ class DataSpec(Strict):
 class EvaluateSpec(Strict):
     enabled: bool = True
     batch_size: int = Field(64, ge=1)
-    keras_baseline: bool = True  # evaluate the FP32 Keras model itself too
+    # evaluate the FP32 Keras model itself too; false: only where an artifact has no FP32 of its own format to be
+    # judged against (an FP32 .tflite / ONNX export is the same model, evaluated anyway)
+    keras_baseline: bool = True
     # local processes that evaluate one artifact file in contiguous, batch-aligned chunks (the Keras model always
     # evaluates in-process); predictions are merged in order, so they equal a single process's
     workers: int = Field(1, ge=1)
@@ -115,6 +117,10 @@ class BenchmarkSpec(Strict):
     warmup: int = Field(10, ge=0)  # untimed runs per artifact per round
     rounds: int = Field(20, ge=1)  # >= 6 for a 95 % interval of the median; many short rounds resist one slow one
     threads: int = Field(1, ge=1)
+    # an artifact whose round would take longer (a precision on reference kernels) gets fewer runs per round,
+    # at least `min_runs`; every round still times every artifact in turn, so ratios stay per round. null: no cap
+    max_round_seconds: Optional[float] = Field(0.5, gt=0)
+    min_runs: int = Field(5, ge=1)
     # accepted for configs written before noisy followed decisions (targets.interleave): no longer flags anything
     noisy_limit: float = Field(0.10, gt=0)
     reuse: bool = False  # keep earlier figures when CPU, threads, rounds and artifacts match (--reuse-benchmarks)

@@ -124,6 +124,14 @@ class LabelledImages:
         return self._fingerprint
 
 
+def eval_subset(n_total: int, n: int | None, seed: int) -> np.ndarray | None:
+    """Sorted indices of a fixed, seeded subset of `n` of `n_total` evaluation images; None when `n` is None or
+    covers them all. The same (n_total, n, seed) always gives the same images, so a rerun pairs the same ones."""
+    if n is None or n >= n_total:
+        return None
+    return np.sort(np.random.default_rng([seed, n_total, n]).choice(n_total, n, replace=False)).astype(np.int64)
+
+
 @dataclass
 class Splits:
     calibration: LabelledImages

@@ -248,6 +248,19 @@ class PrecisionSpec(Strict):
     # calibration images of int16x8 / int16 (the first N of the calibration split); None: as many as the INT8
     # TFLite (stages.tflite_ptq.representative_images), the same images
     representative_images: Optional[int] = Field(None, ge=1)
+    # the variants CPU runtimes run on reference kernels (int16x8 ~40x FP32, int16 ~20-35x) are evaluated on a
+    # fixed subset of this many evaluation images, drawn with the run's seed; their paired test against FP32 is
+    # on exactly those images and the report says "evaluated on N of M images". null: every evaluation image
+    eval_images: dict[Literal["int16x8", "int16"], Optional[int]] = {"int16x8": 500, "int16": 500}
+
+    @field_validator("eval_images")
+    @classmethod
+    def _enough(cls, v):
+        for k, n in v.items():
+            if n is not None and n < 50:
+                raise ValueError(f"eval_images.{k}: {n} images are too few for a paired test; give at least 50 "
+                                 "(or null for every evaluation image)")
+        return v
 
     @field_validator("tflite", "onnx")
     @classmethod

@@ -48,6 +48,9 @@ class Evaluation:
     predictions_file: str  # relative to the run directory: per-image argmax, for paired tests
     predictor: dict = field(default_factory=dict)
     agreement: dict | None = None  # {reference, top1_agreement}
+    # evaluated on a seeded subset of the evaluation images (a slow precision): {"images": n, "of": N, "seed": s};
+    # the predictions file then holds `indices` beside `predictions`. None: every evaluation image
+    subset: dict | None = None
 
 
 QUANTILES = (5, 25, 50, 75, 95)

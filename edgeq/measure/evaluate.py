@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.core.artifacts import atomic_path, fp32_baselines, graph_optimization_of
-from edgeq.core.data import LabelledImages, Preprocess
+from edgeq.core.data import LabelledImages, Preprocess, eval_subset
 from edgeq.core.errors import first_line
 from edgeq.core.progress import track
 from edgeq.core.results import Evaluation, PerLayer, per_layer_key
@@ -190,47 +190,60 @@ def evaluate_artifacts(ctx, artifacts) -> None:
         with atomic_path(labels) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, labels=ev.labels.astype(np.int32), fingerprint=np.array(fp))
+    subsets: dict[str, np.ndarray] = {}  # artifact -> the eval indices it was evaluated on (slow precisions)
     for a in artifacts:
+        idx = eval_subset(len(ev), (a.params or {}).get("eval_images"), ctx.cfg.seed)
+        sub = None if idx is None else {"images": len(idx), "of": len(ev), "seed": ctx.cfg.seed}
+        if idx is not None:
+            subsets[a.name] = idx
         cached = ctx.results.evaluation(a.sha256, fp)
-        if cached is not None and (ctx.run_dir / cached.predictions_file).exists():
+        if cached is not None and cached.subset == sub and (ctx.run_dir / cached.predictions_file).exists():
             with np.load(ctx.run_dir / cached.predictions_file, allow_pickle=False) as z:
                 preds[a.name] = z["predictions"]
             ctx.log(f"  = {a.name}: top-1 {cached.top1:.4f} (reused)")
             continue
+        data = ev if idx is None else ev.take(idx)
         if a.format in ("keras", "savedmodel"):
-            if not ctx.cfg.evaluate.keras_baseline:
+            if not ctx.cfg.evaluate.keras_baseline and not any(  # still the reference of an artifact: evaluated
+                    ref == a.name != name for name, ref in fp32_baselines(artifacts, None, ctx.fp32).items()):
                 continue
             pred = KerasPredictor(ctx.keras_model())
             desc = pred.describe()
-            r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size, label=f"evaluate {a.name}")
-        elif ctx.cfg.evaluate.workers > 1 and len(ev) > ctx.cfg.evaluate.batch_size:
+            r = evaluate(pred, data, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size,
+                         label=f"evaluate {a.name}")
+        elif ctx.cfg.evaluate.workers > 1 and len(data) > ctx.cfg.evaluate.batch_size:
             pred = host_predictor(ctx, a, threads=max(1, (os.cpu_count() or 1) // ctx.cfg.evaluate.workers))
-            r = evaluate_chunked(a.abspath(ctx.run_dir), a.format, ev, ctx.pre, ctx.splits.dataset,
+            r = evaluate_chunked(a.abspath(ctx.run_dir), a.format, data, ctx.pre, ctx.splits.dataset,
                                  ctx.cfg.evaluate.batch_size, ctx.cfg.evaluate.workers, label=f"evaluate {a.name}",
                                  **_predictor_kw(ctx, a))
-            desc = {**pred.describe(), "workers": len(chunk_bounds(len(ev), ctx.cfg.evaluate.batch_size,
+            desc = {**pred.describe(), "workers": len(chunk_bounds(len(data), ctx.cfg.evaluate.batch_size,
                                                                    ctx.cfg.evaluate.workers))}
         else:
             pred = host_predictor(ctx, a, threads=os.cpu_count())
             desc = pred.describe()
-            r = evaluate(pred, ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size, label=f"evaluate {a.name}")
+            r = evaluate(pred, data, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size,
+                         label=f"evaluate {a.name}")
         pf = f"eval/{a.name}.npz"
         (ctx.run_dir / "eval").mkdir(exist_ok=True)
         with atomic_path(ctx.run_dir / pf) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, predictions=r.predictions)
+                np.savez_compressed(fh, predictions=r.predictions,
+                                    **({} if idx is None else {"indices": idx.astype(np.int32)}))
         preds[a.name] = r.predictions
         ctx.results.put_evaluation(a.sha256, fp, Evaluation(a.name, r.top1, r.top5, r.n, r.dataset, r.seconds, pf,
-                                                            desc))
-        ctx.log(f"  * {a.name}: top-1 {r.top1:.4f} top-5 {r.top5} on {r.n} images ({r.seconds} s)")
+                                                            desc, subset=sub))
+        of = "" if sub is None else f" of {len(ev)}"
+        ctx.log(f"  * {a.name}: top-1 {r.top1:.4f} top-5 {r.top5} on {r.n}{of} images ({r.seconds} s)"
+                + (" (a seeded subset: stages.precision.eval_images)" if sub else ""))
     # agreement of every artifact's top-1 with its FP32 reference
     refs = fp32_baselines(artifacts, preds, ctx.fp32)
     for a in artifacts:
         ref = refs.get(a.name)
         if ref is None:
             continue
+        ref_preds = preds[ref] if a.name not in subsets else preds[ref][subsets[a.name]]
         ctx.results.evaluation(a.sha256, fp).agreement = {"reference": ref,
-                                                          "top1_agreement": agreement(preds[a.name], preds[ref])}
+                                                          "top1_agreement": agreement(preds[a.name], ref_preds)}
     ctx.results.save()
     per_layer_errors(ctx, artifacts)
 
@@ -269,8 +282,10 @@ def per_layer_errors(ctx, artifacts, images: int = 8) -> None:
 def warn_if_chance(ctx) -> None:
     """Loud warning when the FP32 reference scores near chance: the labels probably are not the model's classes."""
     k = ctx.cfg.model.num_classes
-    fp32 = [e for e in ctx.results.evaluations.values()
-            if ctx.fp32 is not None and e.artifact == ctx.fp32.name and e.top1 is not None]
+    names = {a.name for a in ctx.manifest.artifacts.values() if a.precision == "fp32"}  # the source model's, else an
+    fp32 = [e for e in ctx.results.evaluations.values()                                 # FP32 export's (same model)
+            if e.artifact in names and e.top1 is not None and not e.subset]
+    fp32.sort(key=lambda e: ctx.fp32 is not None and e.artifact == ctx.fp32.name)
     if not fp32:
         return
     top1 = fp32[-1].top1

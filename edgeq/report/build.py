@@ -14,8 +14,8 @@ from edgeq.report import sections as report_sections
 from edgeq.core.artifacts import fp32_baselines, write_bytes_atomic, write_json_atomic
 from edgeq.core.sysinfo import cpu_info
 from edgeq.report.html import render_html
-from edgeq.report.verdicts import (accuracy_interval, holm_across_artifacts, int8_method_tests, referee, ship,
-                                  vs_reference)
+from edgeq.report.verdicts import (accuracy_interval, holm_across_artifacts, int8_method_tests, other_precision_lines,
+                                   referee, ship, vs_reference)
 from edgeq.stages import registry
 from edgeq.report.decisions import calibration_lines, class_lines, other_runtime_lines, referee_lines
 
@@ -31,12 +31,15 @@ def _accuracy(ctx, a) -> dict:
         why = ("evaluation disabled (evaluate.enabled: false)" if not ctx.cfg.evaluate.enabled
                else "Keras baseline evaluation disabled (evaluate.keras_baseline: false)")
         return {"top1": None, "top5": None, "n": 0, "dataset": ctx.splits.dataset, "ci95": None, "reason": why}
-    return {"top1": r.top1, "top5": r.top5, "n": r.n, "dataset": r.dataset,
-            "ci95": accuracy_interval(r.top1, r.n), "top5_ci95": accuracy_interval(r.top5, r.n)}
+    out = {"top1": r.top1, "top5": r.top5, "n": r.n, "dataset": r.dataset,
+           "ci95": accuracy_interval(r.top1, r.n), "top5_ci95": accuracy_interval(r.top5, r.n)}
+    if r.subset:  # a slow precision judged on a seeded subset (stages.precision.eval_images)
+        out.update(of=r.subset["of"], note=f"evaluated on {r.n:,} of {r.subset['of']:,} images (a seeded subset)")
+    return out
 
 
-def _correct(ctx, arts) -> dict:
-    """artifact name -> boolean array: was eval image i classified right (from the evaluation's predictions)."""
+def _correct(ctx, arts, subsets: dict | None = None) -> dict:
+    """artifact name -> was eval image i classified right; one evaluated on a subset: subsets[name] = (idx, right)."""
     fp = ctx.splits.eval.fingerprint()
     labels = ctx.splits.eval.labels
     out = {}
@@ -46,19 +49,28 @@ def _correct(ctx, arts) -> dict:
             continue
         with np.load(ctx.run_dir / r.predictions_file, allow_pickle=False) as z:
             pred = z["predictions"]
-        if len(pred) == len(labels):
+            idx = z["indices"] if "indices" in z.files else None
+        if idx is not None and subsets is not None and len(idx) == len(pred) and idx.max(initial=0) < len(labels):
+            subsets[a.name] = (idx, pred == labels[idx])
+        elif idx is None and len(pred) == len(labels):
             out[a.name] = pred == labels
     return out
 
 
-def _vs_fp32(ctx, arts, correct: dict) -> dict:
-    """artifact name -> report.json `vs_fp32`: each non-reference artifact against the FP32 of its format."""
+def _vs_fp32(ctx, arts, correct: dict, subsets: dict | None = None) -> dict:
+    """artifact name -> report.json `vs_fp32` against the FP32 of its format (a subset's: on exactly its images)."""
     ev = ctx.splits.eval
-    vs = {name: vs_reference(ref, correct[ref], correct[name], ctx.cfg.max_accuracy_drop, labels=ev.labels,
-                             class_names=ev.class_names, max_class_drop=ctx.cfg.max_class_drop)
-          for name, ref in fp32_baselines(arts, correct, ctx.fp32).items() if ref != name}
-    holm_across_artifacts(vs)
-    return vs
+    out = {name: vs_reference(ref, correct[ref], correct[name], ctx.cfg.max_accuracy_drop, labels=ev.labels,
+                              class_names=ev.class_names, max_class_drop=ctx.cfg.max_class_drop)
+           for name, ref in fp32_baselines(arts, correct, ctx.fp32).items() if ref != name}
+    subsets = subsets or {}
+    out.update({name: vs_reference(ref, correct[ref][subsets[name][0]], subsets[name][1], ctx.cfg.max_accuracy_drop,
+                                   labels=ev.labels[subsets[name][0]], class_names=ev.class_names,
+                                   max_class_drop=ctx.cfg.max_class_drop, of=len(ev))
+                for name, ref in fp32_baselines(arts, {*correct, *subsets}, ctx.fp32).items()
+                if name in subsets and ref in correct})
+    holm_across_artifacts(out)
+    return out
 
 
 def _agreement(ctx, a):
@@ -96,8 +108,8 @@ def build_report(ctx) -> dict:
     arts = list(ctx.manifest.artifacts.values())
     entries = []
     fp = ctx.splits.eval.fingerprint()
-    correct = _correct(ctx, arts)
-    vs = _vs_fp32(ctx, arts, correct)
+    correct = _correct(ctx, arts, subsets := {})
+    vs = _vs_fp32(ctx, arts, correct, subsets)
     budget = ctx.cfg.max_accuracy_drop
     for a in arts:
         e = {"name": a.name, "format": a.format, "precision": a.precision, "method": a.method, "path": a.path,
@@ -118,6 +130,7 @@ def build_report(ctx) -> dict:
     # the stages stored data; their sections' markdown is rendered now, after every check that feeds it
     sections = report_sections.render_sections(ctx.results.sections, registry.STAGES, arts, ctx.results.compatibility)
     tests, lines = int8_method_tests(entries, correct, budget)
+    lines += other_precision_lines(entries)  # the comparison table's FP16 and mixed rows, paired
     if "comparison" in sections or tests:
         sections["comparison"] = _comparison_with_tests(sections.get("comparison"), tests, lines, budget)
     targets = list(dict.fromkeys(t for e in entries for t, s in e["latency_ms"].items() if s.get("median") is not None))
@@ -180,7 +193,8 @@ def derive_checks(entries: list[dict]) -> dict:
             continue
         c: dict = {"reference": ref["name"], "size_ratio": round(e["size_bytes"] / ref["size_bytes"], 4)}
         t, r = _top1(e), _top1(ref)
-        c["top1_drop_points"] = round((r - t) * 100, 3) if t is not None and r is not None else None
+        c["top1_drop_points"] = (round((r - t) * 100, 3) if t is not None and r is not None else None) if not \
+            e["accuracy"].get("of") else (e.get("vs_fp32") or {}).get("drop_pt")  # a subset's: its paired drop
         # the per-round ratio of the interleaved benchmark (same load for both), where there is one
         c["latency_ratio"] = {t: s["ratio_to_fp32"]["value"] for t, s in e["latency_ms"].items()
                               if (s.get("ratio_to_fp32") or {}).get("value") is not None}
@@ -230,7 +244,8 @@ def artifact_cells(rep: dict, e: dict, target: str = "host") -> dict:
     return {"artifact": e["name"], "format": e["format"], "precision": e["precision"], "method": e["method"],
             "MB": f"{e['size_bytes'] / 1e6:.2f}",
             "size ×FP32": _fmt(rep["checks"].get(e["name"], {}).get("size_ratio"), ".3f"),
-            "top-1 % [95% CI]": _ci(acc.get("top1"), acc.get("ci95"), ".2f", 100), "n": str(acc.get("n") or "—"),
+            "top-1 % [95% CI]": _ci(acc.get("top1"), acc.get("ci95"), ".2f", 100),
+            "n": f"{acc['n']:,} of {acc['of']:,}" if acc.get("of") else str(acc.get("n") or "—"),
             "drop pt [CI]": drop, "McNemar p (Holm)": _fmt(p if v else None, ".2g"),
             f"{target} ms [CI]": _ci(s.get("median"), s.get("median_ci95"), ".3g") if s.get("median") is not None
             else "n/a",

@@ -137,7 +137,9 @@ def _acc_cell(acc: dict, notes: _Notes) -> str:
     t = _num(acc.get("top1"))
     if t is None:
         return notes.ref(_nm(acc.get("reason")))
-    return f'<span class="v">{t * 100:.2f} %</span>{_ci(acc.get("ci95"), 100)}<br><small>n = {_e(acc.get("n"))}</small>'
+    of = f" of {_e(acc['of'])} (a seeded subset)" if acc.get("of") else ""  # a slow precision (stages.precision)
+    return (f'<span class="v">{t * 100:.2f} %</span>{_ci(acc.get("ci95"), 100)}'
+            f'<br><small>n = {_e(acc.get("n"))}{of}</small>')
 
 
 def _drop_cell(e: dict, check: dict) -> str:

@@ -186,21 +186,23 @@ def comparison_markdown(section: dict, artifacts: list[Any] = (), compatibility:
     rows, n = section["rows"], section["eval_images"]
     fp32 = rows[0]
     methods = list(dict.fromkeys(r["method"] for r in rows[1:]))
-    groups = list(dict.fromkeys((r["bits"], r.get("format", "tflite")) for r in rows[1:]))
+    groups = list(dict.fromkeys((r["bits"], r.get("format", "tflite"), r.get("label")) for r in rows[1:]))
     head = ["bits", "FP32"] + [METHOD_LABELS.get(m, m) for m in methods]
     litert = (f" PTQ LiteRT = {section['litert_ptq']}; INT4 there = real W4A8 .tflite (int4 CONV_2D/FULLY_CONNECTED "
               "weights, int8 activations) run by LiteRT." if "ptq_litert" in methods else "")
     fallback = (" Float fallback = the host INT8 ONNX with its most sensitive nodes left float (ONNX row, drop "
                 "against the FP32 ONNX)." if "fallback" in methods else "")
+    others = "".join(f" {r['label']} = {r['artifact']} ({r['how']})." for r in rows if r.get("label"))
     lines = ["## PTQ vs QAT", "",
              f"Top-1 on {n} evaluation images (drop from FP32 in points; size). INT8: real INT8 artifacts. Fewer "
              f"bits: real artifacts where a runtime takes them, else simulated = per-channel fake-quantised kernels "
              f"in Keras, float activations, size estimated (marked). PTQ advanced = {section['advanced_ptq']}. QAT = tfmot fine-tune at INT8; "
-             f"straight-through fine-tune of the simulated kernels below 8 bits.{litert}{fallback}", "",
+             f"straight-through fine-tune of the simulated kernels below 8 bits.{litert}{fallback}{others}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for b, fmt in groups:
-        cells_b = [x for x in rows if x["bits"] == b and x.get("format", "tflite") == fmt]
-        label = f"INT{b}" + (" ONNX" if fmt == "onnx" else "")
+    for b, fmt, row_label in groups:
+        cells_b = [x for x in rows
+                   if x["bits"] == b and x.get("format", "tflite") == fmt and x.get("label") == row_label]
+        label = row_label or f"INT{b}" + (" ONNX" if fmt == "onnx" else "")
         cells = [label, f"{fp32['top1'] * 100:.2f} %"]
         for m in methods:
             r = next((x for x in cells_b if x["method"] == m), None)
@@ -289,7 +291,11 @@ def precision_markdown(section: dict, artifacts=None, compatibility=None) -> str
     lines = ["## Other precisions", "",
              f"Calibrated variants use the first {section['calibration_images']} calibration images (those of the "
              "INT8 TFLite). Accuracy, paired test, size and latency: the artifact table.", ""]
-    lines += [f"- **{name}**: {kernels}" for name, kernels in section["kernels"].items()]
+    subset = section.get("eval_images") or {}
+    lines += [f"- **{name}**: {kernels}" + (f"; evaluated on a seeded subset of {subset[name]:,} evaluation images "
+                                            "(stages.precision.eval_images), paired against FP32 on exactly those"
+                                            if name in subset else "")
+              for name, kernels in section["kernels"].items()]
     lines += [f"- **{name}**: not made: {why}" for name, why in section["not_made"].items()]
     return "\n".join(lines)
 

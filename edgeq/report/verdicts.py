@@ -67,10 +67,11 @@ def drop_verdict(t: PairedTest, budget_pt: float) -> str:
 
 def vs_reference(ref_name: str, ref_correct: np.ndarray, cand_correct: np.ndarray, budget_pt: float,
                  labels: np.ndarray | None = None, class_names: list[str] | None = None,
-                 max_class_drop: float | None = None) -> dict:
+                 max_class_drop: float | None = None, of: int | None = None) -> dict:
     """report.json `vs_fp32` of one artifact: paired drop with interval, exact McNemar, verdict; with `labels`, the
     same per class (recall, Holm-corrected across classes), and a class whose significant loss exceeds
-    `max_class_drop` takes the artifact out of the budget."""
+    `max_class_drop` takes the artifact out of the budget. `of`: the candidate was evaluated on a subset of that
+    many images, and these arrays are both on exactly that subset."""
     t = paired_test(ref_correct, cand_correct)
     status = budget_status(t, budget_pt)
     out = {"reference": ref_name, "n": t.n, "drop_pt": round(t.drop * 100, 3),
@@ -78,6 +79,9 @@ def vs_reference(ref_name: str, ref_correct: np.ndarray, cand_correct: np.ndarra
            "mcnemar": {"b": t.b, "c": t.c, "p": round(t.p, 6)}, "within_budget": status,
            "images_to_decide": images_needed(t, budget_pt) if status is None else None,
            "verdict": drop_verdict(t, budget_pt)}
+    if of is not None:
+        out["of"] = of
+        out["verdict"] += f" (paired on {t.n:,} of {of:,} images, a seeded subset)"
     if labels is not None:
         out["per_class"] = class_verdicts(labels, ref_correct, cand_correct, class_names or [], max_class_drop)
         worst = out["per_class"]["collapsed"]
@@ -176,6 +180,15 @@ def int8_method_tests(entries: list[dict], correct: dict[str, np.ndarray], budge
                       "qat_minus_ptq": g.to_dict() if g else None, "verdict": line})
         lines.append(line)
     return tests, lines
+
+
+PRECISION_LABEL = {"fp16": "FP16", "mixed": "Mixed INT4/INT8"}  # the comparison table's other-precision rows
+
+
+def other_precision_lines(entries: list[dict]) -> list[str]:
+    """One verdict line per FP16 / mixed-precision TFLite artifact, from its paired test against FP32."""
+    return [f"{PRECISION_LABEL[e['precision']]} ({e['name']}): {e['vs_fp32']['verdict']}" for e in entries
+            if e["format"] == "tflite" and e["precision"] in PRECISION_LABEL and e.get("vs_fp32")]
 
 
 # ------------------------------------------------------------------ what to ship

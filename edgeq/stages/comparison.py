@@ -27,6 +27,11 @@ from edgeq.stages.support.inputs import ComparisonInputs, comparison_inputs
 
 METHOD_LABELS = {"fp32": "FP32", "ptq_naive": "PTQ naive", "ptq_advanced": "PTQ advanced",
                  "ptq_litert": "PTQ LiteRT (OCTAV/GPTQ)", "fallback": "float fallback", "qat": "QAT"}
+# precisions beside the bit widths, a row each where the run made them: precision -> (row label, the method column
+# it sits in, why): FP16 is a cast (no calibration, so naive); mixed is a searched per-layer INT4/INT8 plan (advanced)
+OTHER_PRECISION_ROWS = {"fp16": ("FP16", "ptq_naive", "stages.precision: FP16 weights, a cast"),
+                        "mixed": ("mixed INT4/INT8", "ptq_advanced",
+                                  "stages.mixed_precision: a bit width per layer under max_accuracy_drop")}
 METHODS = ("ptq_naive", "ptq_advanced", "qat")  # the cells simulated below 8 bits when no real artifact exists
 # comparison method -> Artifact.method of a real artifact, in order of preference
 REAL_METHODS = {"ptq_naive": ("ptq",), "ptq_advanced": ("ptq_advanced",),
@@ -178,7 +183,11 @@ def _artifact_top1(ctx, a: Artifact | None, idx: np.ndarray) -> tuple[float | No
 
 def _fp32_top1(ctx, opts: ComparisonSpec, idx: np.ndarray) -> float:
     top1, _ = _artifact_top1(ctx, ctx.fp32, idx)
-    if top1 is None:  # Keras baseline not evaluated by the pipeline: measure it here
+    if top1 is None:  # Keras baseline not evaluated (evaluate.keras_baseline: false): the FP32 .tflite, the table's
+        fp32_tflite = next((a for a in ctx.manifest.artifacts.values()  # FP32 row, converted from the same model
+                            if a.format == "tflite" and a.precision == "fp32"), None)
+        top1 = _artifact_top1(ctx, fp32_tflite, idx)[0] if fp32_tflite is not None else None
+    if top1 is None:  # neither evaluated by the pipeline: measure the Keras model here
         ev, _ = _eval_subset(ctx, opts)
         top1 = evaluate(KerasPredictor(ctx.keras_model()), ev, ctx.pre, ctx.splits.dataset,
                         ctx.cfg.evaluate.batch_size, label=f"evaluate {ctx.fp32.name} (comparison baseline)").top1
@@ -250,7 +259,21 @@ def build_rows(ctx, opts: ComparisonSpec, fine_tune: QatSpec) -> tuple[list[dict
                 if reason:
                     row["reason"] = reason
                 rows.append(row)
-    return rows, len(ev)
+    return rows + _other_precision_rows(ctx, idx, fp32), len(ev)
+
+
+def _other_precision_rows(ctx, idx: np.ndarray, fp32: float) -> list[dict]:
+    """The FP16 and mixed-precision TFLite artifacts the run made, as rows on the same images (bits: 16 for FP16,
+    None for mixed, whose bit width is per layer; `label` names the row)."""
+    rows = []
+    for precision, (label, method, how) in OTHER_PRECISION_ROWS.items():
+        for a in (a for a in ctx.manifest.artifacts.values() if a.format == "tflite" and a.precision == precision):
+            top1, reason = _artifact_top1(ctx, a, idx)
+            row = {"bits": 16 if precision == "fp16" else None, "label": label, "method": method, "format": "tflite",
+                   "simulated": False, "top1": top1, "size_bytes": a.size_bytes, "artifact": a.name, "how": how,
+                   "drop": round((fp32 - top1) * 100, 3) if top1 is not None else None}
+            rows.append({**row, "reason": reason} if reason else row)
+    return rows
 
 
 def _pt(x: float) -> str:

@@ -54,8 +54,9 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
                                parent=fp32.name))
         if opts.advanced:
             try:
+                naive = out[-1] if opts.calibration_method == "minmax" else None  # the min-max candidate, made
                 out.append(_advanced(ctx, opts, q, host, fp32, info, n, {**cal_key, "level": opts.graph_optimization},
-                                     host_params))
+                                     host_params, naive.abspath(ctx.run_dir) if naive else None))
             except QuantizationError as e:  # the naive and TensorRT models stand; the section says why not
                 section["advanced_not_made"] = str(e)
                 ctx.log(f"  - int8_onnx_ptq_adv: not made: {e}")
@@ -73,7 +74,7 @@ def run_stage(ctx, opts: OnnxPtqSpec) -> list[Artifact]:
 
 
 def _advanced(ctx, opts: OnnxPtqSpec, q: "_Quantizer", host: Int8Scheme, fp32: Artifact, info: OnnxInput, n: int,
-              key: dict, host_params: dict) -> Artifact:
+              key: dict, host_params: dict, minmax_model: Path | None = None) -> Artifact:
     """int8_onnx_ptq_adv: per-tensor range methods (and cross-layer equalisation for a Keras input), each kept
     only where the measured output error on held-back calibration images says so (`onnx_advanced`)."""
     held_images = ctx.calibration(n, "stages.onnx_ptq.calibration_images").held_back(opts.selection_images)
@@ -86,7 +87,7 @@ def _advanced(ctx, opts: OnnxPtqSpec, q: "_Quantizer", host: Int8Scheme, fp32: A
         notes = onnx_advanced.quantize_advanced(
             tmp, prepared=q.prepared(), scheme=host, op_types=host_op_types(host.quant_format),
             calibration=q.calibration, held=held, input_name=info.name, nchw=info.layout == "NCHW", batch=info.batch,
-            exclude_nodes=opts.exclude_nodes, workdir=q.workdir, equalized_prepared=eq)
+            exclude_nodes=opts.exclude_nodes, workdir=q.workdir, equalized_prepared=eq, minmax_model=minmax_model)
         notes["selection"] += f" ({where})"
         notes.update(input_layout=info.layout, cpu=q.cpu_notes,
                      ort_kernels=ort_kernel_summary(tmp, opts.graph_optimization))

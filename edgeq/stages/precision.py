@@ -48,18 +48,20 @@ def run_stage(ctx, opts: PrecisionSpec) -> list[Artifact]:
     for variant in opts.tflite:
         name = TFLITE_VARIANTS[variant][0]
         try:
-            out.append(_tflite_variant(ctx, variant, n))
+            out.append(_tflite_variant(ctx, variant, n, opts.eval_images.get(variant)))
         except QuantizationError as e:
             not_made[name] = str(e)
             ctx.log(f"  - {name}: not made: {e}")
     for variant in opts.onnx:
         name = ONNX_VARIANTS[variant][0]
         try:
-            out.append(_onnx_int16(ctx, n))
+            out.append(_onnx_int16(ctx, n, opts.eval_images.get("int16")))
         except QuantizationError as e:
             not_made[name] = str(e)
             ctx.log(f"  - {name}: not made: {e}")
     section = {"made": [a.name for a in out], "not_made": not_made, "calibration_images": n,
+               "eval_images": {a.name: a.params["eval_images"] for a in out  # those a subset is drawn for
+                               if a.params.get("eval_images", len(ctx.splits.eval)) < len(ctx.splits.eval)},
                "kernels": {a.name: a.notes.get("kernels") for a in out}}
     ctx.results.set_section("precision", section)
     return out
@@ -72,7 +74,12 @@ def _kernel_notes(precision_key: str, kernels: str) -> dict:
     return notes
 
 
-def _tflite_variant(ctx, variant: str, n: int) -> Artifact:
+def _eval_param(eval_images: int | None) -> dict:
+    """The artifact's `eval_images` param (read by measure.evaluate): a seeded subset of the evaluation images."""
+    return {} if eval_images is None else {"eval_images": eval_images}
+
+
+def _tflite_variant(ctx, variant: str, n: int, eval_images: int | None = None) -> Artifact:
     name, filename, precision, method = TFLITE_VARIANTS[variant]
     calibrated = variant == "int16x8"
     cal = ctx.calibration(n, "stages.precision.representative_images")
@@ -91,7 +98,8 @@ def _tflite_variant(ctx, variant: str, n: int) -> Artifact:
                 **_kernel_notes(variant, tflite_convert.KERNEL_NOTES[precision])}
 
     key = {"variant": variant, **(cal.key if calibrated else {})}
-    params = {"variant": variant, **({"representative_images": n} if calibrated else {})}
+    params = {"variant": variant, **({"representative_images": n} if calibrated else {}),
+              **(_eval_param(eval_images) if variant in SLOW_ON_CPU else {})}
     return ctx.produce(name, filename, key, make, fmt="tflite", precision=precision, method=method,
                        stage="precision", params=params, parent=ctx.fp32.name)
 
@@ -111,7 +119,7 @@ def _fp32_onnx(ctx):
     return fp32, OnnxInput(INPUT_NAME, [None, hwc[2], hwc[0], hwc[1]], "NCHW", None)
 
 
-def _onnx_int16(ctx, n: int) -> Artifact:
+def _onnx_int16(ctx, n: int, eval_images: int | None = None) -> Artifact:
     """int16_onnx: ORT quantize_static, int16 activations (symmetric) and per-channel int8 weights, QDQ. ORT raises
     the model to opset 21 (native int16 Q/DQ); the model is opened in ORT here, so one it cannot run is not made."""
     from edgeq.methods.onnx.ort_int8 import Int8Scheme, host_op_types, prepare, quantize_onnx
@@ -139,7 +147,8 @@ def _onnx_int16(ctx, n: int) -> Artifact:
 
     key = {**cal.key, "scheme": scheme.to_dict()}
     return ctx.produce(name, filename, key, make, fmt="onnx", precision=precision, method=method,
-                       stage="precision", params={"scheme": scheme.to_dict(), "calibration_images": n},
+                       stage="precision", params={"scheme": scheme.to_dict(), "calibration_images": n,
+                                                  **_eval_param(eval_images)},
                        parent=fp32.name)
 
 

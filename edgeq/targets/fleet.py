@@ -188,7 +188,7 @@ def run_device(ctx, plan: Plan, arts, inputs: Path, agent_source: Path = AGENT_S
 
 def _accuracy(ctx, plan: Plan, session, target, deps: dict, uses_agent: bool, out: DeviceOutcome, log) -> None:
     """accuracy_on_device for the device's measured artifacts (agent-run kinds; others say why not)."""
-    if not uses_agent:
+    if not uses_agent and not hasattr(target, "outputs"):  # a Jetson's trtexec exports outputs (--exportOutput)
         why = (f"not measured: a {plan.device.kind} device is timed by its own tool, which returns no outputs "
                "to score; run the artifact through the agent's runtime for on-device accuracy")
         out.accuracy = {n: {"artifact": n, "sha256": a.sha256, "n": 0, "reason": why} for n, (a, _) in deps.items()}

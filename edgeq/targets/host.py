@@ -19,7 +19,7 @@ from edgeq.core.results import LatencyRow, latency_key
 from edgeq.measure.predictors import open_predictor
 from edgeq.core.sysinfo import busy_processes, cpu_info, host_identity, loadavg
 from edgeq.targets.base import Compatibility, Deployable, LatencyStats
-from edgeq.targets.interleave import add_ratios, interleave, summarise
+from edgeq.targets.interleave import add_ratios, capped_runs, interleave, summarise
 
 
 class HostTarget:
@@ -119,7 +119,8 @@ def conditions(threads: int, cpu: dict | None = None) -> dict:
 
 def _set_key(cpu: dict, b, shas: list[str]) -> str:
     """What must match for an earlier interleaved set to be reused (--reuse-benchmarks)."""
-    raw = json.dumps([cpu["model"], cpu["simd"], b.threads, b.runs, b.rounds, b.warmup, sorted(shas)])
+    raw = json.dumps([cpu["model"], cpu["simd"], b.threads, b.runs, b.rounds, b.warmup, sorted(shas)]
+                     + ([b.max_round_seconds, b.min_runs] if b.max_round_seconds is not None else []))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -148,10 +149,17 @@ def benchmark_host(ctx, artifacts) -> None:
             f"{b.rounds} rounds x ({b.warmup} warm-up + {b.runs} timed), {b.threads} thread(s); "
             f"load {cond['loadavg_before']}")
     deps = {name: d for name, (_, _, d) in units.items()}
+    plan: dict[str, tuple[int, int]] = {}  # unit -> (runs, warm-up) per round, capped by max_round_seconds
 
     def time_round(name: str, r: int):
         try:
-            return host.time_round(deps[name], b.runs, b.warmup, b.threads)
+            if name not in plan:  # a short untimed probe sizes its rounds (a slow precision gets fewer runs)
+                probe = host.time_round(deps[name], 2, 1, b.threads)[0].median
+                plan[name] = capped_runs(probe, b.runs, b.warmup, b.max_round_seconds, b.min_runs)
+                if plan[name] != (b.runs, b.warmup):
+                    ctx.log(f"    {name}: ~{probe:.4g} ms a run: {plan[name][0]} timed + {plan[name][1]} warm-up "
+                            f"runs a round (benchmark.max_round_seconds {b.max_round_seconds:g})")
+            return host.time_round(deps[name], *plan[name], b.threads)
         except (RuntimeError, ValueError) as e:  # a runtime refusing a model mid-benchmark
             raise EdgeqError(f"{name}: {first_line(e)}") from None
 
@@ -160,7 +168,9 @@ def benchmark_host(ctx, artifacts) -> None:
     stats = {n: summarise(per_round[n], pooled[n], b.noisy_limit) for n in deps if per_round[n]}
     add_ratios(stats, per_round, _references(units, runnable), b.noisy_limit)
     cond.update(loadavg_after=loadavg(), rounds=b.rounds, runs_per_round=b.runs, warmup_per_round=b.warmup,
-                set_key=key)
+                set_key=key, max_round_seconds=b.max_round_seconds,
+                capped={n: {"runs_per_round": p[0], "warmup_per_round": p[1]} for n, p in plan.items()
+                        if p != (b.runs, b.warmup)})
     ctx.results.conditions["host"] = cond
     for name, (a, rt, _) in units.items():
         row = LatencyRow(a.name, a.sha256, "host", cpu=cpu["model"], set_key=key, runtime=rt)

@@ -64,6 +64,18 @@ def interleave(names: list[str], time_round: Callable[[str, int], tuple[LatencyS
     return per_round, pooled, failed
 
 
+def capped_runs(ms_per_run: float, runs: int, warmup: int, max_round_seconds: float | None,
+                min_runs: int = 5) -> tuple[int, int]:
+    """(runs, warm-up) of one round of an artifact taking `ms_per_run`, so that the round stays within
+    `max_round_seconds` (a precision on reference kernels would otherwise take minutes over all rounds); never fewer
+    than `min_runs` timed runs and one warm-up. Unchanged when the round fits, or with no cap."""
+    if max_round_seconds is None or ms_per_run <= 0 or (runs + warmup) * ms_per_run <= max_round_seconds * 1000:
+        return runs, warmup
+    fit = int(max_round_seconds * 1000 / ms_per_run)  # runs + warm-up that fit in the cap
+    new_runs = max(min_runs, min(runs, int(fit * runs / (runs + warmup))))
+    return new_runs, max(1, min(warmup, fit - new_runs))
+
+
 def summarise(rounds: list[LatencyStats], pooled: list[float] | None, noisy_limit: float) -> LatencyStats:
     """One LatencyStats from an artifact's rounds: median of round medians, its 95 % interval, pooled spread."""
     first = rounds[0]

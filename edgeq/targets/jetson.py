@@ -11,11 +11,15 @@ import shlex
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edgeq.core.errors import RuntimeUnavailable, TargetError
 from edgeq.core.formats import FORMATS, format_refusal
 from edgeq.targets.base import Compatibility, Deployable, LatencyStats
 from edgeq.targets.ssh import remote_workdir, stderr_tail
 from edgeq.targets.tensorrt_check import check_tensorrt_qdq
+from edgeq.targets.trtexec_io import (MAX_BATCH, onnx_input, parse_exported_output, profile_flags, quoted_name,
+                                      shape_spec, to_engine_layout, write_inputs)
 
 TRTEXEC_FALLBACKS = ("/usr/src/tensorrt/bin/trtexec",)
 TIMING_CACHE = "trt-timing.cache"  # one per device, in its workdir: reused by every engine build there
@@ -151,7 +155,10 @@ class JetsonTarget:
         trtexec = self.trtexec()
         onnx_remote = self.session.upload(artifact.abspath(run_dir), artifact.sha256)
         flags = self.build_flags(artifact)
-        engine = f"{onnx_remote.rsplit('.', 1)[0]}{''.join(f.replace('--', '.') for f in flags)}.engine"
+        inp = onnx_input(artifact.abspath(run_dir))  # None where onnx is not installed here: timed, not scored
+        profile = profile_flags(*inp) if inp else []  # a dynamic batch: 1..MAX_BATCH (scored in batches), timed at 1
+        engine = (f"{onnx_remote.rsplit('.', 1)[0]}{''.join(f.replace('--', '.') for f in flags)}"
+                  f"{f'.b{MAX_BATCH}' if profile else ''}.engine")
         cache = f"{remote_workdir(self.session.device)}/{TIMING_CACHE}"
         run = self.session.transport.run
         exists = run(["test", "-s", engine], timeout=60).returncode == 0
@@ -159,7 +166,7 @@ class JetsonTarget:
                  "reused": exists}
         if not exists:
             argv = [trtexec, f"--onnx={onnx_remote}", f"--saveEngine={engine}.part", f"--timingCacheFile={cache}",
-                    "--skipInference", *flags]
+                    "--skipInference", *flags, *profile]
             r = run(argv)
             out = r.stdout + r.stderr
             if r.returncode != 0 and "Unknown option" in out and "skipInference" in out:  # TensorRT < 8.5: --buildOnly
@@ -174,8 +181,44 @@ class JetsonTarget:
                                   f"(exit {r.returncode}): {why}")
             build["build_seconds"] = round(build_seconds, 1)
             build["tensorrt_version"] = parsed.get("tensorrt_version")
+        details = {"remote_path": engine, "build": build}
+        if inp:
+            details["input"] = {"name": inp[0], "dims": inp[1], "batch": MAX_BATCH if profile else inp[1][0] or 1,
+                                "dynamic": bool(profile)}
         return Deployable(artifact.name, artifact.abspath(run_dir), artifact.format, FORMATS["engine"].runtime,
-                          self.name, {"remote_path": engine, "build": build})
+                          self.name, details)
+
+    def outputs(self, deployable: Deployable, x: np.ndarray, local_dir: Path) -> np.ndarray:
+        """The engine's outputs (one row per image) for preprocessed NHWC images `x`: trtexec runs each batch from a
+        `--loadInputs` file and writes its outputs with `--exportOutput`, which are read back (trtexec_io)."""
+        inp = deployable.details.get("input")
+        if not inp:
+            raise TargetError(f"the input of {deployable.artifact} could not be read on this host (pip install onnx): "
+                              "trtexec needs its name and shape to load images")
+        engine, run, outs = deployable.details["remote_path"], self.session.transport.run, []
+        for s in range(0, len(x), inp["batch"]):
+            xb = to_engine_layout(x[s:s + inp["batch"]], inp["dims"])
+            k = len(xb)
+            if not inp["dynamic"] and k < inp["batch"]:  # a fixed-batch engine: pad the last batch, drop the padding
+                xb = np.concatenate([xb, np.zeros((inp["batch"] - k, *xb.shape[1:]), np.float32)])
+            remote_in = self.session.upload(write_inputs(xb, local_dir / f"trtexec-{deployable.artifact}-{s}.bin"))
+            remote_out = f"{remote_in}.{Path(engine).stem}.out.json"
+            argv = [self.trtexec(), f"--loadEngine={engine}", f"--loadInputs={quoted_name(inp['name'])}:{remote_in}",
+                    *([f"--shapes={shape_spec(inp['name'], xb.shape)}"] if inp["dynamic"] else []),
+                    f"--exportOutput={remote_out}", "--iterations=1", "--warmUp=0", "--duration=0"]
+            r = run(argv)
+            parsed = parse_trtexec_log(r.stdout + r.stderr)
+            if r.returncode != 0 or parsed["failed"]:
+                raise TargetError(f"trtexec could not run {deployable.artifact} on images on {self.name} (exit "
+                                  f"{r.returncode}): " + ("; ".join(parsed.get("errors", [])[-3:])
+                                                          or stderr_tail(r.stdout + r.stderr, 3)))
+            got = parse_exported_output(run(["cat", remote_out], timeout=120).stdout, f"{remote_out} on {self.name}")
+            y = [a for a in got.values() if a.ndim and a.shape[0] == len(xb)]
+            if len(y) != 1:
+                raise TargetError(f"{remote_out} on {self.name}: expected one output with {len(xb)} rows, got "
+                                  + ", ".join(f"{n} {list(a.shape)}" for n, a in got.items()))
+            outs.append(y[0].reshape(len(xb), -1)[:k])
+        return np.concatenate(outs)
 
     def benchmark(self, deployable: Deployable, runs: int, warmup: int, threads: int | None,
                   inputs_remote: str | None = None, return_outputs: bool = False) -> LatencyStats:

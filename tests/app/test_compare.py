@@ -75,3 +75,48 @@ def test_a_degraded_int8_artifact_fails_the_gate_and_is_named(tmp_path):
     assert len(lost) == 1 and "int8_tflite_ptq" in lost[0] and "McNemar p" in lost[0]  # FP32: same file, no loss
     p = run_edgeq("compare", tmp_path / "good", tmp_path / "dark")  # without the gate: a report, exit 0
     assert p.returncode == 0
+
+
+def _run_dir(root: Path, name: str, labels: np.ndarray, preds: np.ndarray, indices: np.ndarray | None) -> Path:
+    """A run directory as `edgeq run` leaves it for compare: report.json, eval/labels.npz, eval/<artifact>.npz."""
+    d = root / name
+    (d / "eval").mkdir(parents=True)
+    np.savez(d / "eval" / "labels.npz", labels=labels.astype(np.int32), fingerprint=np.array("same"))
+    np.savez(d / "eval" / "int16x8_tflite.npz", predictions=preds.astype(np.int16),
+             **({} if indices is None else {"indices": indices.astype(np.int32)}))
+    n = len(preds)
+    e = {"name": "int16x8_tflite", "accuracy": {"top1": 0.5, "ci95": [0.4, 0.6], "n": n}, "latency_ms": {}}
+    (d / "report.json").write_text(json.dumps({"dataset": {"eval_fingerprint": "same", "n_eval": len(labels)},
+                                               "artifacts": [e]}))
+    return d
+
+
+def test_artifacts_evaluated_on_seeded_subsets_are_paired_on_the_images_both_saw(tmp_path):
+    from edgeq.app.compare import compare_pair, load_runs
+    from edgeq.core.data import eval_subset
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 1000)
+    a_idx, b_idx = eval_subset(1000, 300, 0), eval_subset(1000, 300, 1)  # two seeds: partly the same images
+    a_pred = labels[a_idx]  # run A right on all of its images
+    b_pred = np.where(rng.random(300) < 0.5, labels[b_idx], (labels[b_idx] + 1) % 10)  # run B right on ~half
+    runs = load_runs([_run_dir(tmp_path, "a", labels, a_pred, a_idx), _run_dir(tmp_path, "b", labels, b_pred, b_idx)])
+    row = compare_pair(runs[0], runs[1], "host", 1.0, 1.2)[0]
+    common = np.intersect1d(a_idx, b_idx)
+    assert 0 < len(common) < 300 and row.paired["n"] == len(common)
+    b_ok = dict(zip(b_idx.tolist(), (b_pred == labels[b_idx]).tolist()))
+    assert row.paired["b"] == sum(not b_ok[i] for i in common.tolist()) and row.paired["c"] == 0
+    assert f"paired on the {len(common):,} evaluation images both runs" in row.accuracy_note
+    assert row.regressions  # B loses ~50 pt on the shared images: the gate names it
+
+
+def test_a_subset_run_against_a_full_run_is_paired_on_the_subset(tmp_path):
+    from edgeq.app.compare import compare_pair, load_runs
+    from edgeq.core.data import eval_subset
+
+    labels = np.arange(200) % 10
+    idx = eval_subset(200, 60, 0)
+    runs = load_runs([_run_dir(tmp_path, "full", labels, labels.copy(), None),
+                      _run_dir(tmp_path, "sub", labels, labels[idx], idx)])
+    row = compare_pair(runs[0], runs[1], "host", 1.0, 1.2)[0]
+    assert (row.paired["n"], row.paired["b"], row.paired["c"]) == (60, 0, 0) and not row.regressions

@@ -72,3 +72,23 @@ def test_a_run_with_evaluate_workers_stores_the_single_process_predictions(tiny_
     for name in ("fp32_tflite", "int8_tflite_ptq"):
         with np.load(tmp_path / "run" / "eval" / f"{name}.npz") as a, np.load(tiny_run[0] / "eval" / f"{name}.npz") as b:
             assert a["predictions"].tobytes() == b["predictions"].tobytes(), name
+
+
+def test_the_chance_warning_reads_the_fp32_export_when_the_keras_model_is_not_evaluated(tmp_path):
+    """evaluate.keras_baseline: false (models/resnet50.yaml) must not silence the wrong-labels warning."""
+    from types import SimpleNamespace
+
+    from edgeq.core.results import Evaluation, Results
+    from edgeq.measure.evaluate import warn_if_chance
+
+    fp32 = [SimpleNamespace(name="fp32_keras", precision="fp32"), SimpleNamespace(name="fp32_tflite", precision="fp32"),
+            SimpleNamespace(name="int16x8_tflite", precision="int16x8")]
+    results = Results(tmp_path / "results.json")
+    results.evaluations["a:f"] = Evaluation("fp32_tflite", 0.11, None, 1000, "d", 1.0, "eval/fp32_tflite.npz")
+    results.evaluations["b:f"] = Evaluation("int16x8_tflite", 0.9, None, 500, "d", 1.0, "eval/x.npz",
+                                            subset={"images": 500, "of": 1000, "seed": 0})
+    logged = []
+    ctx = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(num_classes=10)), fp32=fp32[0], results=results,
+                          manifest=SimpleNamespace(artifacts={a.name: a for a in fp32}), log=logged.append)
+    warn_if_chance(ctx)
+    assert logged and "FP32 model's top-1 is 0.1100, near chance for 10 classes" in logged[0]

@@ -53,9 +53,10 @@ def precision_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("precision")
     _wide_cnn().save(root / "wide.keras")
-    write_image_folder(root / "images", 120)
+    write_image_folder(root / "images", 160)  # 60 evaluation images: int16x8 on 50 of them
     cfg = _config(root, onnx_ptq={"enabled": True, "calibration_images": 40, "tensorrt_artifact": False},
-                  precision={"enabled": True})
+                  precision={"enabled": True, "eval_images": {"int16x8": 50, "int16": None}})
+    cfg.benchmark.max_round_seconds = 1e-6  # every round over the cap: each artifact at min_runs (5) a round
     run_dir = run_pipeline(cfg, root / "run", log=lambda m: None)
     manifest = {a["name"]: a for a in json.loads((run_dir / "manifest.json").read_text())["artifacts"]}
     report = json.loads((run_dir / "report.json").read_text())
@@ -120,7 +121,8 @@ def test_int16_onnx_has_int16_activations_and_int8_weights(precision_run):
 def test_each_variant_is_evaluated_paired_against_fp32_and_host_timed(precision_run, name, reference):
     _, _, report = precision_run
     e = next(e for e in report["artifacts"] if e["name"] == name)
-    assert e["accuracy"]["top1"] is not None and e["accuracy"]["n"] == report["dataset"]["n_eval"]
+    n = 50 if name == "int16x8_tflite" else report["dataset"]["n_eval"]  # int16x8 on a subset (eval_images)
+    assert e["accuracy"]["top1"] is not None and e["accuracy"]["n"] == e["vs_fp32"]["n"] == n
     assert e["vs_fp32"]["reference"] == reference and e["vs_fp32"]["mcnemar"]["p"] is not None
     host = e["latency_ms"]["host"]
     assert host["median"] > 0 and host["median_ci95"] and host["ratio_to_fp32"]["reference"] == reference
@@ -199,3 +201,107 @@ def test_an_onnx_input_gets_its_variants_from_the_translated_model_and_the_onnx_
     arts = {e["name"]: e for e in rep["artifacts"]}
     assert arts["fp16_tflite"]["vs_fp32"]["reference"] == "fp32_tflite"
     assert arts["int16_onnx"]["vs_fp32"]["reference"] == "fp32_onnx" and arts["int16_onnx"]["parent"] == "fp32_onnx"
+
+
+def test_a_slow_variant_is_evaluated_and_paired_on_exactly_its_seeded_subset(precision_run):
+    from edgeq.core.data import eval_subset
+
+    run_dir, _, report = precision_run
+    n_eval = report["dataset"]["n_eval"]
+    e = next(e for e in report["artifacts"] if e["name"] == "int16x8_tflite")
+    assert (e["accuracy"]["n"], e["accuracy"]["of"]) == (50, n_eval) and n_eval > 50
+    assert e["accuracy"]["note"] == f"evaluated on 50 of {n_eval} images (a seeded subset)"
+    with np.load(run_dir / "eval" / "int16x8_tflite.npz") as z, np.load(run_dir / "eval" / "fp32_tflite.npz") as f, \
+            np.load(run_dir / "eval" / "labels.npz") as lab:
+        idx, pred, ref, labels = z["indices"], z["predictions"], f["predictions"], lab["labels"]
+    assert idx.tolist() == eval_subset(n_eval, 50, 0).tolist()  # the seeded subset, reproducible
+    # the paired test counts discordant pairs on exactly those images, against FP32's predictions there
+    ok, ref_ok = pred == labels[idx], ref[idx] == labels[idx]
+    v = e["vs_fp32"]
+    assert (v["mcnemar"]["b"], v["mcnemar"]["c"]) == (int((ref_ok & ~ok).sum()), int((~ref_ok & ok).sum()))
+    assert v["of"] == n_eval and f"paired on 50 of {n_eval} images" in v["verdict"]
+    assert report["checks"]["int16x8_tflite"]["top1_drop_points"] == v["drop_pt"]  # paired, not full vs subset
+    assert e["accuracy"]["top1"] == round(float(ok.mean()), 5)
+    assert e["agreement_with_fp32"]["top1_agreement"] == round(float((pred == ref[idx]).mean()), 5)
+    assert report["precision"]["eval_images"] == {"int16x8_tflite": 50}
+    assert f"50 of {n_eval}" in (run_dir / "report.md").read_text()
+    assert f"n = 50 of {n_eval} (a seeded subset)" in (run_dir / "report.html").read_text()
+
+
+def test_rounds_over_the_time_cap_get_fewer_runs_but_every_artifact_is_in_every_round(precision_run):
+    _, _, report = precision_run
+    host = report["conditions"]["host"]
+    assert host["runs_per_round"] == 10 and host["max_round_seconds"] == 1e-6
+    slow = next(e for e in report["artifacts"] if e["name"] == "int16x8_tflite")["latency_ms"]["host"]
+    assert host["capped"]["int16x8_tflite"] == {"runs_per_round": 5, "warmup_per_round": 1}
+    assert slow["runs"] == 5 * host["rounds"] and slow["warmup"] == 1 and slow["median_ci95"]
+    assert slow["rounds"] == host["rounds"] and slow["ratio_to_fp32"]["rounds"] == host["rounds"]  # per-round ratios
+
+
+def test_eval_images_below_50_is_refused_with_what_to_give(tmp_path):
+    from edgeq.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval_images.int16x8: 10 images are too few for a paired test"):
+        _config(tmp_path, precision={"enabled": True, "eval_images": {"int16x8": 10}})
+
+
+def _context(run_dir):
+    """The RunContext of the precision run (its config rebuilt as the fixture made it)."""
+    from edgeq.core.artifacts import Manifest
+    from edgeq.run.inputs import load_splits, preprocess_of
+    from edgeq.run.pipeline import RunContext
+
+    cfg = _config(run_dir.parent, onnx_ptq={"enabled": True, "calibration_images": 40, "tensorrt_artifact": False},
+                  precision={"enabled": True, "eval_images": {"int16x8": 50, "int16": None}})
+    header = {k: v for k, v in json.loads((run_dir / "manifest.json").read_text()).items() if k != "artifacts"}
+    pre = preprocess_of(cfg)
+    return RunContext(cfg, run_dir, Manifest(run_dir, header), pre, load_splits(cfg, pre), lambda m: None)
+
+
+def test_the_comparison_table_gains_an_fp16_row_from_the_evaluated_artifact(precision_run):
+    from edgeq.report.sections import comparison_markdown
+    from edgeq.stages.comparison import _other_precision_rows
+
+    run_dir, _, report = precision_run
+    arts = {e["name"]: e for e in report["artifacts"]}
+    n = report["dataset"]["n_eval"]
+    fp32 = arts["fp32_tflite"]["accuracy"]["top1"]
+    rows = _other_precision_rows(_context(run_dir), np.arange(n), fp32)
+    assert [(r["label"], r["artifact"], r["bits"], r["method"]) for r in rows] == [("FP16", "fp16_tflite", 16,
+                                                                                    "ptq_naive")]
+    fp16 = arts["fp16_tflite"]
+    assert rows[0]["top1"] == fp16["accuracy"]["top1"] and rows[0]["size_bytes"] == fp16["size_bytes"]
+    assert rows[0]["drop"] == round((fp32 - fp16["accuracy"]["top1"]) * 100, 3)
+    mixed = {**rows[0], "bits": None, "label": "mixed INT4/INT8", "method": "ptq_advanced", "artifact": "mixed_tflite",
+             "how": "stages.mixed_precision", "top1": 0.5, "drop": 12.5, "size_bytes": 4000}  # rendering only
+    section = {"rows": [{"bits": 32, "method": "fp32", "top1": fp32, "drop": 0.0, "size_bytes": 1}, *rows, mixed],
+               "eval_images": n, "advanced_ptq": "-", "verdict_lines": []}
+    md = comparison_markdown(section)
+    fp16_line = next(ln for ln in md.splitlines() if ln.startswith("| FP16 |"))
+    assert f"{fp16['accuracy']['top1'] * 100:.2f} %" in fp16_line
+    assert next(ln for ln in md.splitlines() if ln.startswith("| mixed INT4/INT8 |")).count("50.00 % (-12.50") == 1
+    assert "FP16 = fp16_tflite (stages.precision: FP16 weights, a cast)" in md
+
+
+def test_fp16_gets_a_paired_verdict_line_in_the_comparison(precision_run):
+    from edgeq.report.verdicts import other_precision_lines
+
+    _, _, report = precision_run
+    lines = other_precision_lines(report["artifacts"])
+    fp16 = next(e for e in report["artifacts"] if e["name"] == "fp16_tflite")
+    assert lines == [f"FP16 (fp16_tflite): {fp16['vs_fp32']['verdict']}"]
+
+
+def test_keras_baseline_false_still_evaluates_the_keras_model_an_artifact_is_judged_against(tmp_path):
+    """No FP32 .tflite in this run (tflite_ptq off): fp16_tflite's reference is the Keras model, so it is evaluated
+    although evaluate.keras_baseline is false; with an FP32 .tflite it would be skipped (models/resnet50.yaml)."""
+    from edgeq.run.pipeline import run_pipeline
+
+    _wide_cnn().save(tmp_path / "wide.keras")
+    write_image_folder(tmp_path / "images", 100)
+    cfg = _config(tmp_path, tflite_ptq={"enabled": False, "representative_images": 40}, precision={"enabled": True, "tflite": ["fp16"], "onnx": []})
+    cfg.evaluate.keras_baseline = cfg.benchmark.enabled = False
+    rep = json.loads((run_pipeline(cfg, tmp_path / "run", log=lambda m: None) / "report.json").read_text())
+    arts = {e["name"]: e for e in rep["artifacts"]}
+    assert arts["fp32_keras"]["accuracy"]["top1"] is not None
+    assert arts["fp16_tflite"]["vs_fp32"]["reference"] == "fp32_keras"

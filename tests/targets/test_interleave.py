@@ -13,7 +13,7 @@ import pytest
 from conftest import run_edgeq
 from edgeq.core.errors import EdgeqError, TargetError
 from edgeq.targets.base import LatencyStats
-from edgeq.targets.interleave import add_ratios, interleave, round_orders, summarise
+from edgeq.targets.interleave import add_ratios, capped_runs, interleave, round_orders, summarise
 
 
 def _round(median: float, runs: int = 10) -> LatencyStats:
@@ -141,3 +141,17 @@ def test_a_rerun_re_measures_latency_unless_asked_to_reuse(tiny_run, tmp_path):
     p = run_edgeq("run", cfg, "--out", out)
     assert p.returncode == 0 and "interleaved" in p.stdout
     assert _round_medians(out) != first
+
+
+@pytest.mark.parametrize("ms,expected", [(0.3, (100, 10)),  # a fast artifact: 33 ms a round, untouched
+                                         (12.0, (37, 4)),    # 16x8 MobileNetV2 on reference kernels: 41 runs fit
+                                         (55.0, (8, 1)),     # 16x8 ResNet-50: 9 fit
+                                         (400.0, (5, 1))])   # slower still: never under min_runs, one warm-up
+def test_capped_runs_keep_a_round_within_max_round_seconds(ms, expected):
+    runs, warmup = capped_runs(ms, 100, 10, 0.5, min_runs=5)
+    assert (runs, warmup) == expected
+    assert (runs + warmup) * ms <= 500 or runs == 5
+
+
+def test_no_cap_leaves_runs_as_configured():
+    assert capped_runs(1000.0, 100, 10, None) == (100, 10)

@@ -24,11 +24,13 @@ from edgeq.methods.shared.budget import predict
 
 def quantize_advanced(tmp: Path, *, prepared: Path, scheme: Int8Scheme, op_types: list[str], calibration: np.ndarray,
                       held: np.ndarray, input_name: str, nchw: bool, batch: int | None, exclude_nodes: list[str],
-                      workdir: Path, equalized_prepared=None, value_images: int = 32) -> dict:
+                      workdir: Path, equalized_prepared=None, value_images: int = 32,
+                      minmax_model: Path | None = None) -> dict:
     """Write the candidate with the lowest output MSE against `prepared` (FP32) on `held` to `tmp`; its notes.
 
     `equalized_prepared`: a callable returning the prepared FP32 ONNX of the equalised Keras model (and the
-    equalisation notes), or None when there is none."""
+    equalisation notes), or None when there is none. `minmax_model`: the min-max model of this scheme, op types,
+    calibration and exclusions where the caller has made it already (int8_onnx_ptq), so it is not quantized twice."""
     io = {"input_name": input_name, "nchw": nchw, "batch": batch}
     ref = predict(prepared, held, input_name, nchw, batch)
 
@@ -46,7 +48,7 @@ def quantize_advanced(tmp: Path, *, prepared: Path, scheme: Int8Scheme, op_types
         ranges, summary = onnx_ranges.choose_ranges(cands, values, scheme)
         return quantize(src, name, onnx_ranges.write_cache(ranges, workdir / f"{name}.ranges.json")), summary
 
-    models = {"minmax": (quantize(prepared, "minmax", None), {})}
+    models = {"minmax": (minmax_model if minmax_model is not None else quantize(prepared, "minmax", None), {})}
     models["per_tensor_ranges"] = per_tensor(prepared, "per_tensor_ranges")
     equalization = {"equalized_pairs": 0}
     if equalized_prepared is not None:
