@@ -64,14 +64,18 @@ class AgentError(Exception):
 
 
 # ----------------------------------------------------------------------------- machine identity
+def _read_cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def cpu_model_and_flags(cpuinfo_text: str | None = None) -> tuple[str, set[str]]:
     """The CPU model and its feature flags from /proc/cpuinfo (or the text given); edgeq.core.sysinfo reads it too."""
     if cpuinfo_text is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo_text = f.read()
-        except OSError:
-            cpuinfo_text = ""
+        cpuinfo_text = _read_cpuinfo()
     model, flags = "", set()
     for line in cpuinfo_text.splitlines():
         key, _, val = line.partition(":")
@@ -98,11 +102,7 @@ def emulation(cpuinfo_text: str | None = None, machine: str | None = None, envir
     User-mode QEMU translates instructions but leaves the kernel's /proc/cpuinfo alone: an aarch64 process
     that reads an x86 vendor there is emulated, and its timings say nothing about any real device's speed."""
     if cpuinfo_text is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo_text = f.read()
-        except OSError:
-            cpuinfo_text = ""
+        cpuinfo_text = _read_cpuinfo()
     machine = (machine or platform.machine()).lower()
     environ = os.environ if environ is None else environ
     keys = {ln.partition(":")[0].strip().lower(): ln.partition(":")[2].strip() for ln in cpuinfo_text.splitlines()}
