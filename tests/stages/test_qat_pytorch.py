@@ -100,6 +100,7 @@ def test_qat_section_says_nncf_fine_tuned_on_the_train_split(pt_run):
     s = rep["qat"]
     assert s["framework"] == "pytorch" and s["steps"] >= 1 and s["train_images"] == 700
     assert s["quantizer"]["batch_norms_folded"] == 7 and s["quantizer"]["range_init_images"] == 100
+    assert s["quantizer"]["range_init"]["bias_correction"].startswith("off")  # why: edgeq.methods.torch.qat
     assert "NNCF" in s["markdown"] and "int8_onnx_qat in ORT" in s["markdown"]
 
 

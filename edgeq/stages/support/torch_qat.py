@@ -121,7 +121,8 @@ def _fine_tune(ctx, module, data: TrainData, cal_images, opts: QatSpec, role) ->
     r = fine_tune(qmodel, teacher, data, ctx.pre, opts, ctx.log, checkpoint_dir=backup, role=role,
                   device=opts.device)
     r.quantizer = {**torch_qat.quantizer_summary(qmodel), "batch_norms_folded": folded,
-                   "range_init_images": len(cal_images), "nncf": _version("nncf")}
+                   "range_init_images": len(cal_images),
+                   "range_init": torch_qat.RANGE_INIT, "nncf": _version("nncf")}
     return r
 
 
