@@ -14,7 +14,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("nncf")
 
 import torch_nets  # noqa: E402
-from edgeq.core.data import SHIPPED_SAMPLE  # noqa: E402
 
 TESTS = Path(__file__).resolve().parents[1]
 STAGES = {"tflite_ptq": {"representative_images": 100},
@@ -24,31 +23,13 @@ STAGES = {"tflite_ptq": {"representative_images": 100},
           "comparison": {"enabled": True, "bits": [8, 4], "calibration_images": 64}}
 
 
-def _trained_fashion_net():
-    """FashionNet fitted for 2 epochs on the sample's 3,000 training images (about 65-70 % top-1)."""
-    z = np.load(SHIPPED_SAMPLE)
-    x = torch.from_numpy(((z["train_images"].astype(np.float32) - 127.5) / 127.5)[:, None])
-    y = torch.from_numpy(z["train_labels"].astype(np.int64))
-    net = torch_nets.fashion_net().train()
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     import yaml
 
     root = tmp_path_factory.mktemp("pt_qat_project")
-    torch.save(_trained_fashion_net().state_dict(), root / "net.pth")
+    # FashionNet fitted for 2 epochs (seed 0) on the sample's 3,000 training images (about 65-70 % top-1)
+    torch.save(torch_nets.train_fashion_net(0, 2).state_dict(), root / "net.pth")
     (root / "factory.py").write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n"
                                      "from torch_nets import fashion_net\n")
     cfg = {"name": "fashion_pt",
@@ -87,12 +68,24 @@ def test_qat_runs_for_pytorch_input_and_makes_both_artifacts_with_paired_tests(p
     assert rep["checks"]["int8_tflite_qat"]["fully_integer"] is True
 
 
-def test_qat_tflite_keeps_the_activation_scales_nncf_learned(pt_run):
-    """Read back from the .tflite: every activation scale/zero point of the QAT ONNX, not a re-calibrated one."""
+def test_qat_tflite_translation_is_chosen_on_validation_images_and_recorded(pt_run):
+    """Both translations are made and scored against FP32 on the fine-tune's 100 validation images (never the
+    evaluation images); the shipped one is the more agreeing one (ties: lower KL, then learned scales), and the
+    learned-scales candidate holds every activation scale/zero point of the QAT ONNX (read back from its .tflite)."""
     _, rep = pt_run
-    s = _art(rep, "int8_tflite_qat")["notes"]["learned_scales"]
-    assert s["activation_scales"] == s["activation_scales_kept"] > 0 and s["activation_scales_missing"] == []
-    assert "keeps" in rep["qat"]["markdown"]
+    notes = _art(rep, "int8_tflite_qat")["notes"]
+    c = notes["tflite_translation"]
+    cand = c["candidates"]
+    assert set(cand) == {"learned_scales", "calibrated_in_ranges"} and "100 validation images" in c["selected_on"]
+    assert all(f["n"] == 100 and 0 <= f["agree"] <= 100 and f["kl"] >= 0 for f in cand.values())
+    best = min(cand, key=lambda k: (-cand[k]["agree"], cand[k]["kl"], k != "learned_scales"))
+    assert c["chosen"] == best
+    kept = cand["learned_scales"]["learned_scales"]
+    assert kept["activation_scales"] == kept["activation_scales_kept"] > 0 and kept["activation_scales_missing"] == []
+    assert cand["calibrated_in_ranges"]["learned_scales"]["activation_scales_kept"] < kept["activation_scales"]
+    assert notes["learned_scales"] == cand[c["chosen"]]["learned_scales"]
+    md = rep["qat"]["markdown"]
+    assert f"translation chosen: **{c['chosen']}**" in md and "agrees with FP32 top-1 on" in md
 
 
 def test_qat_section_says_nncf_fine_tuned_on_the_train_split(pt_run):

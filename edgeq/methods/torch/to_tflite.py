@@ -221,3 +221,56 @@ def keep_learned_weight_scales(qdq_onnx: Path, tflite: bytes) -> tuple[bytes, in
     if not fixed:
         return tflite, 0
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), fixed
+
+
+# the two translations of the QAT ONNX to an INT8 TFLite; the order is the last tie-break (learned scales first)
+LEARNED = "learned_scales"
+CALIBRATED = "calibrated_in_ranges"
+TRANSLATIONS = {
+    LEARNED: "NNCF's learned activation scales kept (FakeQuant over each learned range), re-gridded weight channels "
+             "put back on NNCF's grid",
+    CALIBRATED: "the converter calibrates each activation on the representative images, inside the learned ranges "
+                "(each Q/DQ pair a Clip to its range)"}
+CHOICE_RULE = ("top-1 agreement with the FP32 model on held-out images, then lower KL(FP32 || candidate) of the "
+               "output probabilities, then learned scales")
+
+
+def _probabilities(y: np.ndarray) -> np.ndarray:
+    """Rows of class probabilities: `y` itself when it already is (non-negative rows summing to 1), else softmax."""
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    if (y >= 0).all() and np.allclose(y.sum(1), 1.0, atol=1e-3):
+        return y / y.sum(1, keepdims=True)
+    e = np.exp(y - y.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def choose_translation(fp32_out: np.ndarray, candidates: dict[str, np.ndarray]) -> tuple[str, dict]:
+    """The candidate whose outputs on held-out images agree with the FP32 model's top-1 most often (ties: lower
+    KL(FP32 || candidate), then the order of `candidates`), and per candidate its figures: agreement k of n with
+    a Wilson interval, mean KL, logit MSE, and the paired test of each candidate against the first."""
+    from edgeq.core.stats import paired_test, wilson_interval
+
+    ref = np.asarray(fp32_out, np.float64).reshape(len(fp32_out), -1)
+    p = _probabilities(ref)
+    top = ref.argmax(1)
+    n = len(ref)
+    figures, same = {}, {}
+    for name, out in candidates.items():
+        y = np.asarray(out, np.float64).reshape(n, -1)
+        same[name] = y.argmax(1) == top
+        k = int(same[name].sum())
+        lo, hi = wilson_interval(k, n)
+        kl = float(np.mean(np.sum(p * (np.log(np.clip(p, 1e-12, None)) -
+                                       np.log(np.clip(_probabilities(y), 1e-12, None))), 1)))
+        figures[name] = {"agreement": round(k / n, 5) if n else None, "agree": k, "n": n,
+                         "agreement_ci95": [round(lo, 5), round(hi, 5)], "kl": round(kl, 6),
+                         "mse": round(float(np.mean((y - ref) ** 2)), 6)}
+    first = next(iter(candidates))
+    for name in list(candidates)[1:]:
+        t = paired_test(same[first], same[name])
+        figures[name][f"vs_{first}"] = {"difference": round(-t.drop, 5), "ci95": [round(-t.ci95[1], 5),
+                                        round(-t.ci95[0], 5)], "p": round(t.p, 4), "only_this": t.c,
+                                        f"only_{first}": t.b}
+    order = list(candidates)
+    chosen = min(order, key=lambda c: (-figures[c]["agree"], figures[c]["kl"], order.index(c)))
+    return chosen, figures

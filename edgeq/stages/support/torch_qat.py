@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edgeq.core.artifacts import Artifact
 from edgeq.core.config import QatSpec
 from edgeq.core.errors import QuantizationError
@@ -24,11 +26,10 @@ from edgeq.methods.torch.fine_tune import QatResult, fine_tune
 SECTION_KEYS = ("fine_tune_seconds", "convert_seconds", "epochs_run", "steps", "train_images", "validation_images",
                 "validation_top1_before_fine_tune", "validation_top1_after_fine_tune", "validation_loss_before",
                 "fine_tune_kept", "history")
-TFLITE_ROUTE = ("QAT ONNX with its int8 weights stored as their float values and each activation Q/DQ pair "
-                "replaced by its learned range -> onnx2tf, which writes that range as a TensorFlow FakeQuant -> "
-                "TFLite full-integer converter, which takes the FakeQuant ranges as the activations' scales and "
-                "zero points (the ones NNCF learned, read back from the .tflite) instead of re-calibrating; weight "
-                "channels the converter re-gridded (largest code short of 127) are put back on NNCF's grid")
+TFLITE_ROUTE = ("QAT ONNX with its int8 weights stored as their float values -> onnx2tf -> TFLite full-integer "
+                "converter, made two ways and the one closer to FP32 on held-out images shipped: "
+                + "; ".join(f"{k}: {v}" for k, v in qat_tflite.TRANSLATIONS.items())
+                + f" (chosen by {qat_tflite.CHOICE_RULE}; never on the evaluation images)")
 
 
 def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
@@ -75,13 +76,14 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
 
     def make_tflite(tmp):
         t = time.perf_counter()
-        blob, notes = qdq_onnx_to_tflite(ctx, qdq.abspath(ctx.run_dir), n_rep, tflite)
+        held = _held_out(ctx, module, data, max(n_cal, n_rep))
+        blob, notes = qdq_onnx_to_tflite(ctx, qdq.abspath(ctx.run_dir), n_rep, tflite, held)
         tmp.write_bytes(blob)
         return {**{k: qdq.notes.get(k) for k in SECTION_KEYS}, **notes,
                 "convert_seconds": round(time.perf_counter() - t, 1)}
 
     tflite_params = {**params, "input_type": tflite.input_type, "output_type": tflite.output_type,
-                     "representative_images": n_rep, "route": "qdq_onnx -> onnx2tf -> tflite int8"}
+                     "representative_images": n_rep, "route": "qdq_onnx -> onnx2tf -> tflite int8, translation chosen on held-out images"}
     tflite_note = None
     try:
         out.append(ctx.produce("int8_tflite_qat", "int8_qat.tflite", {**key, "qdq_onnx": qdq.sha256}, make_tflite,
@@ -132,9 +134,32 @@ def _version(pkg: str) -> str:
     return version(pkg)
 
 
-def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite) -> tuple[bytes, dict]:
-    """The QAT QDQ ONNX as a full-integer INT8 TFLite (TFLITE_ROUTE); QuantizationError when it cannot be."""
+def _held_out(ctx, module, data: TrainData, n_used: int) -> tuple | None:
+    """(preprocessed images, FP32 outputs, what they are) on which the TFLite translation is chosen: the
+    fine-tune's validation images, else calibration images beyond the first `n_used` (range init and the
+    converter's representative images); None when there are neither. Never the evaluation images."""
+    import torch
+
+    if data.val is not None and len(data.val):
+        images, what = data.val.images, f"{len(data.val)} validation images (held out of the training split)"
+    else:
+        images = ctx.splits.calibration.images[n_used:]
+        what = f"{len(images)} calibration images not used for range init or by the converter"
+    if not len(images):
+        return None
+    x = ctx.pre(images)
+    with torch.no_grad():
+        fp32 = np.concatenate([module.eval()(torch_qat.nchw(x[i:i + 64])).numpy() for i in range(0, len(x), 64)])
+    return x, fp32, what
+
+
+def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite, held: tuple | None) -> tuple[bytes, dict]:
+    """The QAT QDQ ONNX as a full-integer INT8 TFLite (TFLITE_ROUTE): both translations made, the one chosen on
+    `held` (see `_held_out`) returned; QuantizationError when it cannot be made."""
+    import contextlib
+
     from edgeq.loaders.onnx import read_onnx_input
+    from edgeq.measure.predictors import TFLitePredictor
     from edgeq.methods.onnx.to_tf import onnx_to_keras, param_floor_bytes
     from edgeq.methods.tflite import convert as tflite_convert
 
@@ -143,21 +168,44 @@ def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite) -> tuple[bytes, 
         flat = Path(work) / "qat_float_weights.onnx"
         removed = qat_tflite.qdq_to_float_onnx(qdq_path, flat)
         info = read_onnx_input(flat, hwc)
-        with qat_tflite.learned_ranges_as_fake_quant():
-            model, translation = onnx_to_keras(flat, info, ctx.pre(ctx.splits.calibration.images[:20]),
-                                               Path(work) / "tf", where=qdq_path)
         rep = ctx.calibration(n_rep, "stages.tflite_ptq.representative_images")
-        blob = tflite_convert.convert_int8(model, rep.one_at_a_time(),
-                                           input_type=tflite.input_type, output_type=tflite.output_type,
-                                           per_channel=True, allow_float_ops=False, name="int8_tflite_qat",
-                                           calibration_images=n_rep)
-        blob, put_back = qat_tflite.keep_learned_weight_scales(qdq_path, blob)
-        scales = {**qat_tflite.learned_scales_in_tflite(qdq_path, blob), "weight_channels_put_back": put_back}
-        if scales["activation_scales_missing"]:
+        made = {}
+        for name in qat_tflite.TRANSLATIONS:
+            keep = name == qat_tflite.LEARNED
+            with qat_tflite.learned_ranges_as_fake_quant() if keep else contextlib.nullcontext():
+                model, translation = onnx_to_keras(flat, info, ctx.pre(ctx.splits.calibration.images[:20]),
+                                                   Path(work) / f"tf_{name}", where=qdq_path)
+            blob = tflite_convert.convert_int8(model, rep.one_at_a_time(), input_type=tflite.input_type,
+                                               output_type=tflite.output_type, per_channel=True,
+                                               allow_float_ops=False, name="int8_tflite_qat",
+                                               calibration_images=n_rep)
+            put_back = 0
+            if keep:
+                blob, put_back = qat_tflite.keep_learned_weight_scales(qdq_path, blob)
+            scales = {**qat_tflite.learned_scales_in_tflite(qdq_path, blob), "weight_channels_put_back": put_back}
+            made[name] = (blob, model, translation, scales)
+        if held is None:
+            chosen, figures = qat_tflite.LEARNED, {}
+            on = "no held-out images (no validation images, every calibration image used): learned scales by default"
+        else:
+            x, fp32, on = held
+            outs = {}
+            for name, (blob, *_rest) in made.items():
+                path = Path(work) / f"{name}.tflite"
+                path.write_bytes(blob)
+                outs[name] = TFLitePredictor(path).predict(x)
+            chosen, figures = qat_tflite.choose_translation(fp32, outs)
+        blob, model, translation, scales = made[chosen]
+        if chosen == qat_tflite.LEARNED and scales["activation_scales_missing"]:
             ctx.log(f"  ! int8_tflite_qat: the converter re-calibrated {len(scales['activation_scales_missing'])} "
                     "activation(s) instead of keeping the QAT scales")
+        choice = {"chosen": chosen, "selected_on": on, "rule": qat_tflite.CHOICE_RULE,
+                  "candidates": {k: {"translation": qat_tflite.TRANSLATIONS[k], **figures.get(k, {}),
+                                     "learned_scales": made[k][3]} for k in made}}
+        ctx.log(f"  QAT TFLite: {chosen} chosen on {on}: " + "; ".join(
+            f"{k} agrees with FP32 on {f['agree']}/{f['n']}, KL {f['kl']:.4g}" for k, f in figures.items()))
         notes = {"route": TFLITE_ROUTE, "qdq_nodes_removed": removed, "translation": translation,
-                 "learned_scales": scales,
+                 "tflite_translation": choice, "learned_scales": scales,
                  **tflite_convert.int8_notes(blob, model), "size_floor": param_floor_bytes(flat)}
     return blob, notes
 
@@ -197,7 +245,18 @@ def qat_markdown(notes: dict, opts: QatSpec, n_cal: int, artifacts: list, tflite
                       f"MatMul/Gemm, {k['batch_norms']} BatchNormalization"]
     t = next((a for a in artifacts if a.name == "int8_tflite_qat"), None)
     if t is not None:
+        c = t.notes.get("tflite_translation") or {}
         lines.append(f"- int8_tflite_qat: {TFLITE_ROUTE}")
+        if c:
+            lines.append(f"- int8_tflite_qat translation chosen: **{c['chosen']}**, on {c['selected_on']}")
+            for k, f in c["candidates"].items():
+                if "agree" in f:
+                    lo, hi = f["agreement_ci95"]
+                    vs = next((v for key, v in f.items() if key.startswith("vs_")), None)
+                    d = (f"; vs learned scales {100 * vs['difference']:+.1f} pt [{100 * vs['ci95'][0]:+.1f}, "
+                         f"{100 * vs['ci95'][1]:+.1f}], p = {vs['p']:.2g}") if vs else ""
+                    lines.append(f"  - {k}: agrees with FP32 top-1 on {f['agree']}/{f['n']} ({100 * f['agreement']:.1f} "
+                                 f"%, 95 % CI {100 * lo:.1f}-{100 * hi:.1f}), KL {f['kl']:.4g}, logit MSE {f['mse']:.4g}{d}")
         ls = t.notes.get("learned_scales")
         if ls:
             lines.append(f"- int8_tflite_qat keeps {ls['activation_scales_kept']} of {ls['activation_scales']} QAT "

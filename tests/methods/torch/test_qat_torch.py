@@ -309,3 +309,21 @@ def test_killed_job_resumes_from_its_last_epoch_checkpoint(driver, one_process, 
     w1, w2 = torch.load(whole / "weights.pt"), torch.load(killed / "weights.pt")
     for k in w1:
         np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), atol=1e-6, err_msg=k)
+
+
+def test_translation_choice_goes_by_agreement_with_fp32_then_kl_then_learned_scales():
+    from edgeq.methods.torch.to_tflite import CALIBRATED, LEARNED, choose_translation
+
+    rng = np.random.default_rng(0)
+    fp32 = rng.normal(size=(50, 10))
+    wrong = fp32.copy()
+    wrong[:3] = np.roll(fp32[:3], 1, axis=1)  # three top-1s moved
+    chosen, f = choose_translation(fp32, {LEARNED: wrong, CALIBRATED: fp32 + 0.5})
+    assert chosen == CALIBRATED and (f[LEARNED]["agree"], f[CALIBRATED]["agree"]) == (47, 50)
+    assert f[CALIBRATED]["n"] == 50 and f[CALIBRATED]["vs_learned_scales"]["only_learned_scales"] == 0
+    assert f[CALIBRATED]["vs_learned_scales"]["only_this"] == 3 and 0 < f[CALIBRATED]["vs_learned_scales"]["p"] <= 1
+    # equal agreement: the lower KL wins (a shift of every logit leaves the probabilities, so KL 0, as they are)
+    chosen, f = choose_translation(fp32, {LEARNED: fp32 * 1.5, CALIBRATED: fp32 + 0.5})
+    assert chosen == CALIBRATED and f[CALIBRATED]["kl"] < 1e-9 < f[LEARNED]["kl"]
+    # equal on both: learned scales
+    assert choose_translation(fp32, {LEARNED: fp32, CALIBRATED: fp32.copy()})[0] == LEARNED
