@@ -10,8 +10,9 @@ with Wilson intervals, QAT - PTQ per format with its paired interval and exact M
 agreement with the ONNX QAT it is made from, which of the two TFLite translations the run chose (learned scales
 kept, or the converter calibrating inside the learned ranges) with both candidates' figures on the 300
 validation images it chose on, and the learned scales found in the .tflite. Also, side by side on the same QAT
-ONNX: the calibrated-in-ranges translation re-made here (the converter calibrating activations on the same 256
-calibration images), so its test figures are seen whichever was chosen; they are reported, never used to choose.
+ONNX: the calibrated-in-ranges translation re-made here (the converter calibrating activations on the run's own
+first 256 calibration images, as in the run; earlier versions of this script took the sample's first 256
+instead, which the run does not: its calibration split is a seeded permutation of them), so its test figures are seen whichever was chosen; they are reported, never used to choose.
 Nothing is tuned to the evaluation images: the fine-tune selects its epoch, and the run its TFLite translation,
 on the 300 validation images held out of the training split.
 """
@@ -70,9 +71,11 @@ def one_run(seed: int, work: Path) -> dict:
     import torch_nets
 
     from edgeq.cli import main
-    from edgeq.core.data import SHIPPED_SAMPLE, Preprocess
+    from edgeq.core.config import load_config
+    from edgeq.core.data import SHIPPED_SAMPLE
     from edgeq.core.stats import paired_test, wilson_interval
     from edgeq.measure.predictors import TFLitePredictor
+    from edgeq.run.inputs import load_splits, preprocess_of
 
     root = work / f"seed{seed}"
     root.mkdir(parents=True, exist_ok=True)
@@ -86,12 +89,15 @@ def one_run(seed: int, work: Path) -> dict:
     labels = np.load(run / "eval" / "labels.npz")["labels"]
     pred = {a["name"]: np.load(run / "eval" / f"{a['name']}.npz")["predictions"] for a in rep["artifacts"]
             if (run / "eval" / f"{a['name']}.npz").exists()}
-    # the previous route, on the same QAT ONNX and images
+    # the calibrated-in-ranges translation re-made on the same QAT ONNX, calibrated on the run's own first 256
+    # calibration images (the split is a seeded permutation of the sample's calibration images, as in the run)
     z = np.load(SHIPPED_SAMPLE)
+    cfg = load_config(root / "run.yaml")
+    pre = preprocess_of(cfg)
     qdq = run / next(a["path"] for a in rep["artifacts"] if a["name"] == "int8_onnx_qat")
     prev = root / "previous_route.tflite"
-    prev.write_bytes(calibrated_tflite(qdq, root, Preprocess((28, 28), 1)(z["calibration_images"][:256])))
-    eval_x = Preprocess((28, 28), 1)(z["eval_images"])
+    prev.write_bytes(calibrated_tflite(qdq, root, pre(load_splits(cfg, pre).calibration.images[:256])))
+    eval_x = pre(z["eval_images"])
     assert np.array_equal(z["eval_labels"], labels), "the run's evaluation split is not the sample's eval images"
     pred["int8_tflite_qat_calibrated"] = TFLitePredictor(prev).predict(eval_x).argmax(1)
     out = {"seed": seed, "run": str(run), "n": int(len(labels)), "top1": {}}
