@@ -12,7 +12,8 @@ kept, or the converter calibrating inside the learned ranges) with both candidat
 validation images it chose on, and the learned scales found in the .tflite. Also, side by side on the same QAT
 ONNX: the calibrated-in-ranges translation re-made here (the converter calibrating activations on the run's own
 first 256 calibration images, as in the run; earlier versions of this script took the sample's first 256
-instead, which the run does not: its calibration split is a seeded permutation of them), so its test figures are seen whichever was chosen; they are reported, never used to choose.
+instead, which the run does not: its calibration split is a seeded permutation of them), so its test figures
+are seen whichever was chosen; they are reported, never used to choose.
 Nothing is tuned to the evaluation images: the fine-tune selects its epoch, and the run its TFLite translation,
 on the 300 validation images held out of the training split.
 """

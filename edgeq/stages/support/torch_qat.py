@@ -83,7 +83,8 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
                 "convert_seconds": round(time.perf_counter() - t, 1)}
 
     tflite_params = {**params, "input_type": tflite.input_type, "output_type": tflite.output_type,
-                     "representative_images": n_rep, "route": "qdq_onnx -> onnx2tf -> tflite int8, translation chosen on held-out images"}
+                     "representative_images": n_rep,
+                     "route": "qdq_onnx -> onnx2tf -> tflite int8, translation chosen on held-out images"}
     tflite_note = None
     try:
         out.append(ctx.produce("int8_tflite_qat", "int8_qat.tflite", {**key, "qdq_onnx": qdq.sha256}, make_tflite,
@@ -169,24 +170,32 @@ def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite, held: tuple | No
         removed = qat_tflite.qdq_to_float_onnx(qdq_path, flat)
         info = read_onnx_input(flat, hwc)
         rep = ctx.calibration(n_rep, "stages.tflite_ptq.representative_images")
-        made = {}
+        made, failed = {}, {}
         for name in qat_tflite.TRANSLATIONS:
             keep = name == qat_tflite.LEARNED
-            with qat_tflite.learned_ranges_as_fake_quant() if keep else contextlib.nullcontext():
-                model, translation = onnx_to_keras(flat, info, ctx.pre(ctx.splits.calibration.images[:20]),
-                                                   Path(work) / f"tf_{name}", where=qdq_path)
-            blob = tflite_convert.convert_int8(model, rep.one_at_a_time(), input_type=tflite.input_type,
-                                               output_type=tflite.output_type, per_channel=True,
-                                               allow_float_ops=False, name="int8_tflite_qat",
-                                               calibration_images=n_rep)
+            try:
+                with qat_tflite.learned_ranges_as_fake_quant() if keep else contextlib.nullcontext():
+                    model, translation = onnx_to_keras(flat, info, ctx.pre(ctx.splits.calibration.images[:20]),
+                                                       Path(work) / f"tf_{name}", where=qdq_path)
+                blob = tflite_convert.convert_int8(model, rep.one_at_a_time(), input_type=tflite.input_type,
+                                                   output_type=tflite.output_type, per_channel=True,
+                                                   allow_float_ops=False, name="int8_tflite_qat",
+                                                   calibration_images=n_rep)
+            except QuantizationError as e:  # the other translation may still make a full-integer model
+                failed[name] = str(e)
+                ctx.log(f"  ! int8_tflite_qat, {name} translation not made: {e}")
+                continue
             put_back = 0
             if keep:
                 blob, put_back = qat_tflite.keep_learned_weight_scales(qdq_path, blob)
             scales = {**qat_tflite.learned_scales_in_tflite(qdq_path, blob), "weight_channels_put_back": put_back}
             made[name] = (blob, model, translation, scales)
-        if held is None:
-            chosen, figures = qat_tflite.LEARNED, {}
-            on = "no held-out images (no validation images, every calibration image used): learned scales by default"
+        if not made:
+            raise QuantizationError("; ".join(f"{k}: {v}" for k, v in failed.items()))
+        if held is None or len(made) == 1:
+            chosen, figures = next(iter(made)), {}
+            on = ("the only translation made" if len(made) == 1 else
+                  "no held-out images (no validation images, every calibration image used): learned scales by default")
         else:
             x, fp32, on = held
             outs = {}
@@ -201,7 +210,8 @@ def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite, held: tuple | No
                     "activation(s) instead of keeping the QAT scales")
         choice = {"chosen": chosen, "selected_on": on, "rule": qat_tflite.CHOICE_RULE,
                   "candidates": {k: {"translation": qat_tflite.TRANSLATIONS[k], **figures.get(k, {}),
-                                     "learned_scales": made[k][3]} for k in made}}
+                                     "learned_scales": made[k][3]} for k in made},
+                  **({"not_made": failed} if failed else {})}
         ctx.log(f"  QAT TFLite: {chosen} chosen on {on}: " + "; ".join(
             f"{k} agrees with FP32 on {f['agree']}/{f['n']}, KL {f['kl']:.4g}" for k, f in figures.items()))
         notes = {"route": TFLITE_ROUTE, "qdq_nodes_removed": removed, "translation": translation,
@@ -249,14 +259,15 @@ def qat_markdown(notes: dict, opts: QatSpec, n_cal: int, artifacts: list, tflite
         lines.append(f"- int8_tflite_qat: {TFLITE_ROUTE}")
         if c:
             lines.append(f"- int8_tflite_qat translation chosen: **{c['chosen']}**, on {c['selected_on']}")
-            for k, f in c["candidates"].items():
+            for name, f in c["candidates"].items():
                 if "agree" in f:
                     lo, hi = f["agreement_ci95"]
                     vs = next((v for key, v in f.items() if key.startswith("vs_")), None)
                     d = (f"; vs learned scales {100 * vs['difference']:+.1f} pt [{100 * vs['ci95'][0]:+.1f}, "
                          f"{100 * vs['ci95'][1]:+.1f}], p = {vs['p']:.2g}") if vs else ""
-                    lines.append(f"  - {k}: agrees with FP32 top-1 on {f['agree']}/{f['n']} ({100 * f['agreement']:.1f} "
-                                 f"%, 95 % CI {100 * lo:.1f}-{100 * hi:.1f}), KL {f['kl']:.4g}, logit MSE {f['mse']:.4g}{d}")
+                    lines.append(f"  - {name}: agrees with FP32 top-1 on {f['agree']}/{f['n']} "
+                                 f"({100 * f['agreement']:.1f} %, 95 % CI {100 * lo:.1f}-{100 * hi:.1f}), "
+                                 f"KL {f['kl']:.4g}, logit MSE {f['mse']:.4g}{d}")
         ls = t.notes.get("learned_scales")
         if ls:
             lines.append(f"- int8_tflite_qat keeps {ls['activation_scales_kept']} of {ls['activation_scales']} QAT "
