@@ -62,8 +62,8 @@ def normalise(x, pre: dict):
 def outputs(model: str, x, threads, delegate):
     import agent
 
-    args = argparse.Namespace(model=model, threads=threads, delegate=delegate, runtime="auto",
-                              graph_optimization="all", inference_precision=None)  # an IR: the precision it names
+    args = agent.build_parser().parse_args(["--model", model])  # the agent's defaults (an IR: the precision it names)
+    args.threads, args.delegate = threads, delegate
     runner = agent.open_runner(args)
     return agent.run_outputs(runner, x), runner.runtime
 
