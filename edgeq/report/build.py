@@ -59,16 +59,15 @@ def _correct(ctx, arts, subsets: dict | None = None) -> dict:
 
 def _vs_fp32(ctx, arts, correct: dict, subsets: dict | None = None) -> dict:
     """artifact name -> report.json `vs_fp32` against the FP32 of its format (a subset's: on exactly its images)."""
-    ev = ctx.splits.eval
-    out = {name: vs_reference(ref, correct[ref], correct[name], ctx.cfg.max_accuracy_drop, labels=ev.labels,
-                              class_names=ev.class_names, max_class_drop=ctx.cfg.max_class_drop)
-           for name, ref in fp32_baselines(arts, correct, ctx.fp32).items() if ref != name}
-    subsets = subsets or {}
-    out.update({name: vs_reference(ref, correct[ref][subsets[name][0]], subsets[name][1], ctx.cfg.max_accuracy_drop,
-                                   labels=ev.labels[subsets[name][0]], class_names=ev.class_names,
-                                   max_class_drop=ctx.cfg.max_class_drop, of=len(ev))
-                for name, ref in fp32_baselines(arts, {*correct, *subsets}, ctx.fp32).items()
-                if name in subsets and ref in correct})
+    ev, subsets = ctx.splits.eval, subsets or {}
+    out = {}
+    for name, ref in fp32_baselines(arts, {*correct, *subsets}, ctx.fp32).items():
+        if ref == name or ref not in correct:
+            continue
+        idx, right = subsets[name] if name in subsets else (slice(None), correct[name])
+        out[name] = vs_reference(ref, correct[ref][idx], right, ctx.cfg.max_accuracy_drop, labels=ev.labels[idx],
+                                 class_names=ev.class_names, max_class_drop=ctx.cfg.max_class_drop,
+                                 of=len(ev) if name in subsets else None)
     holm_across_artifacts(out)
     return out
 
