@@ -164,8 +164,9 @@ def _comparison_with_tests(section: dict | None, tests: list[dict], lines: list[
     """The comparison section with INT8 verdicts derived from paired tests, for every INT8 format of the run."""
     section = dict(section or {"markdown": "## PTQ vs QAT"})
     low = [v for v in section.get("verdict_lines", []) if not v.startswith("INT8")]
+    paired = {f"INT{t['bits']}" for t in section.get("low_bit_tests", [])}  # bit widths with paired cells
     low = [v + " (point estimates: simulated cells keep no per-image predictions to pair)" if "simulated" in v
-           else v for v in low]
+           and v.split(" ", 1)[0].rstrip(",:") not in paired else v for v in low]
     verdict_lines = lines + low
     md = section.get("markdown", "")
     md = md.split("\n\n- ", 1)[0] if "\n\n- " in md else md  # drop the stage's own point-estimate verdicts

@@ -3,8 +3,9 @@
 INT8 cells are real INT8 TFLite artifacts, evaluated by the pipeline like every other artifact and found in
 the manifest by format and method: naive PTQ (method `ptq`, the `tflite_ptq` stage), advanced PTQ (made here by
 `better_ptq`), QAT (the `qat` stage). Cells below 8 bits are real where a runtime takes them (the GPTQ W4A8,
-LiteRT Quantizer's W4A8), else simulated: kernels fake-quantised in the Keras model (activations float),
-evaluated here, and labelled "simulated". The table is assembled after the evaluation step (`after_evaluate`), so every cell is measured
+LiteRT Quantizer's W4A8), else simulated: kernels fake-quantised in the Keras model (activations float), or for a
+PyTorch input Conv2d/Linear weights in PyTorch (naive; NNCF QAT with 4-bit weight quantizers: `torch_low_bit`),
+evaluated here with their per-image predictions kept (paired against FP32: `low_bit_tests`), and labelled "simulated". The table is assembled after the evaluation step (`after_evaluate`), so every cell is measured
 on the same evaluation images, and the verdict is derived from those numbers.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edgeq.methods.keras import fakequant
 from edgeq.stages.support.advanced_tflite import calibration_batches
 from edgeq.methods.keras.fine_tune import batch_stream, fine_tune_fake_quant, training_split
 from edgeq.stages.support.inputs import ComparisonInputs, comparison_inputs
+from edgeq.stages.support import low_bit_tests, torch_low_bit
 
 METHOD_LABELS = {"fp32": "FP32", "ptq_naive": "PTQ naive", "ptq_advanced": "PTQ advanced",
                  "ptq_litert": "PTQ LiteRT (OCTAV/GPTQ)", "fallback": "float fallback", "qat": "QAT"}
@@ -41,10 +43,9 @@ ADVANCED_DESC = ("INT8 TFLite: cross-layer equalisation (kept where it lowers th
                  "bias correction on the converter's own grid; INT8 ONNX: per-tensor range method by measured error "
                  "(+ equalisation, same rule); INT4: GPTQ rounding of Conv2D/Dense kernels, a real W4A8 .tflite where "
                  "litert-quantizer is installed, else simulated with MSE-clipped scales + bias correction")
-# why no simulated cell: they fake-quantise Keras Conv2D/Dense kernels, which a model translated from ONNX lacks
-NO_KERNELS = {"pytorch": "not available for PyTorch input: simulated cells fake-quantise Keras Conv2D/Dense kernels, "
-                         "and the onnx2tf translation of the PyTorch model holds its convolutions as TensorFlow ops; "
-                         "NNCF's PyTorch QAT quantizes convolutions at INT8 only",
+# why no simulated cell: they fake-quantise Keras Conv2D/Dense kernels, which a model translated from ONNX lacks; a
+# PyTorch input's naive and QAT cells are simulated in PyTorch, its advanced one only
+NO_KERNELS = {"pytorch": torch_low_bit.NO_ADVANCED,
               None: "not available: the model has no Keras Conv2D/Dense kernels to fake-quantise"}
 LITERT_DESC = ("LiteRT Quantizer: range method per op by measured error (auto recipes), else OCTAV ranges (GPTQ "
                "rounding of FULLY_CONNECTED where the recipe asks)")
@@ -58,7 +59,8 @@ def _eval_subset(ctx, opts: ComparisonSpec) -> tuple[LabelledImages, np.ndarray]
 
 def _cell_key(ctx, opts: ComparisonSpec, fine_tune: QatSpec, bits: int, method: str) -> str:
     parts = {"bits": bits, "method": method, "eval": _eval_subset(ctx, opts)[0].fingerprint(),
-             "calibration": ctx.splits.calibration.fingerprint(), "calibration_images": opts.calibration_images}
+             "calibration": ctx.splits.calibration.fingerprint(), "calibration_images": opts.calibration_images,
+             **({"simulated_in": "pytorch"} if ctx.cfg.model.format == "pytorch" else {})}
     if method == "qat":
         parts.update(steps=opts.low_bit_qat_steps, lr=opts.low_bit_qat_learning_rate,
                      qat=fine_tune.model_dump(exclude={"enabled", "export_onnx", "device"}),
@@ -97,7 +99,7 @@ def run_stage(ctx, opts: ComparisonSpec, inputs: ComparisonInputs | None = None)
                 continue
             if ev_resized is None:  # resize once; each simulated model is evaluated on the same pixels
                 ev_resized = LabelledImages(ctx.pre.resize(ev.images), ev.labels, ev.source, ev.class_names)
-            cells[key] = _simulated_cell(ctx, opts, inputs, model, bits, method, ev_resized, adv_models)
+            cells[key] = _simulated_cell(ctx, opts, inputs, model, bits, method, ev_resized, adv_models, key)
             ctx.results.save()
             c = cells[key]
             ctx.log(f"  * INT{bits} {METHOD_LABELS[method]} (simulated): "
@@ -113,8 +115,12 @@ def _advanced_model(ctx, opts: ComparisonSpec, model, bits: int, cache: dict):
 
 
 def _simulated_cell(ctx, opts: ComparisonSpec, inputs: ComparisonInputs, model, bits: int, method: str,
-                    ev: LabelledImages, adv_models: dict) -> dict:
+                    ev: LabelledImages, adv_models: dict, key: str) -> dict:
     t = time.perf_counter()
+    label = f"evaluate INT{bits} {METHOD_LABELS[method]} (simulated)"
+    if ctx.cfg.model.format == "pytorch":  # weights simulated in the user's nn.Module
+        cell, r = torch_low_bit.simulated_cell(ctx, opts, inputs.fine_tune, bits, method, ev, label)
+        return _with_predictions(ctx, cell, r, key, t)
     cell: dict = {"bits": bits, "method": method}
     if not fakequant.weight_layers(model):
         return {**cell, "top1": None, "reason": NO_KERNELS.get(ctx.cfg.model.format, NO_KERNELS[None])}
@@ -131,11 +137,17 @@ def _simulated_cell(ctx, opts: ComparisonSpec, inputs: ComparisonInputs, model, 
         if ctx.splits.train is None:
             return {**cell, "top1": None, "reason": "no training split to fine-tune on"}
         m = _low_bit_qat(ctx, opts, inputs.fine_tune, model, bits, adv_models, cell)
-    r = evaluate(KerasPredictor(m), ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size,
-                 label=f"evaluate INT{bits} {METHOD_LABELS[method]} (simulated)")
-    cell.update(top1=r.top1, n=r.n, seconds=round(time.perf_counter() - t, 1),
-                kernel_parameters=fakequant.kernel_parameter_count(model))
-    return cell
+    r = evaluate(KerasPredictor(m), ev, ctx.pre, ctx.splits.dataset, ctx.cfg.evaluate.batch_size, label=label)
+    cell.update(top1=r.top1, n=r.n, kernel_parameters=fakequant.kernel_parameter_count(model))
+    return _with_predictions(ctx, cell, r, key, t)
+
+
+def _with_predictions(ctx, cell: dict, r, key: str, t: float) -> dict:
+    """The cell with its time and, where evaluated, its per-image predictions' file (for the paired tests)."""
+    if r is None:
+        return cell
+    return {**cell, "seconds": round(time.perf_counter() - t, 1),
+            "predictions_file": low_bit_tests.save_predictions(ctx, key, r.predictions)}
 
 
 def _low_bit_qat(ctx, opts: ComparisonSpec, q: QatSpec, model, bits: int, adv_models: dict, cell: dict):
@@ -252,9 +264,12 @@ def build_rows(ctx, opts: ComparisonSpec, fine_tune: QatSpec) -> tuple[list[dict
                 else:
                     c = ctx.results.comparison_cells.get(_cell_key(ctx, opts, fine_tune, bits, method), {})
                     top1, reason = c.get("top1"), c.get("reason", None if c else "not measured")
-                    size = (fakequant.packed_size_bytes(naive8.size_bytes, ctx.keras_model(), bits) if naive8 else None)
+                    kp = c.get("kernel_parameters") if c.get("framework") == "pytorch" else None  # Keras: counted
+                    size = (None if naive8 is None else int(round(naive8.size_bytes - kp * (8 - bits) / 8)) if kp
+                            else fakequant.packed_size_bytes(naive8.size_bytes, ctx.keras_model(), bits))
                     row = {"bits": bits, "method": method, "format": fmt, "simulated": True, "top1": top1,
-                           "size_bytes": size, "size_estimated": True, "how": c.get("how")}
+                           "size_bytes": size, "size_estimated": True, "how": c.get("how"),
+                           **{k: c[k] for k in ("predictions_file", "framework") if c.get(k)}}
                 row["drop"] = round((ref - top1) * 100, 3) if top1 is not None else None
                 if reason:
                     row["reason"] = reason
@@ -352,8 +367,11 @@ def after_evaluate(ctx, inputs: ComparisonInputs | None = None) -> None:
     rows, n = build_rows(ctx, opts, inputs.fine_tune)
     verdict = [verdict_for(b, {r["method"]: r for r in rows if r["bits"] == b and r["format"] == "tflite"},
                            opts.tolerance_points) for b in opts.bits]
+    low_bit, paired = low_bit_tests.pair_low_bit(ctx, rows, _eval_subset(ctx, opts)[1])  # adds n/ci95/vs_fp32 to rows
+    verdict += paired
     verdict += [fallback_verdict(rows, ctx.cfg.max_accuracy_drop)] if ctx.cfg.stages.onnx_fallback.enabled else []
     section = {"rows": rows, "verdict": " ".join(verdict), "verdict_lines": verdict, "eval_images": n,
+               "low_bit_tests": low_bit,
                "drop_unit": "percentage points of top-1 below FP32", "tolerance_points": opts.tolerance_points,
                "advanced_ptq": ADVANCED_DESC, "litert_ptq": LITERT_DESC,
                "routes": {a.name: {k: a.notes[k] for k in ("route", "candidates", "ranges", "equalization", "gptq",
