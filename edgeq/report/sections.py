@@ -193,11 +193,14 @@ def comparison_markdown(section: dict, artifacts: list[Any] = (), compatibility:
     fallback = (" Float fallback = the host INT8 ONNX with its most sensitive nodes left float (ONNX row, drop "
                 "against the FP32 ONNX)." if "fallback" in methods else "")
     others = "".join(f" {r['label']} = {r['artifact']} ({r['how']})." for r in rows if r.get("label"))
+    qat_how = section.get("qat_how", "tfmot fine-tune at INT8; straight-through fine-tune of the simulated kernels "
+                                     "below 8 bits")  # a PyTorch run's section names NNCF's
     lines = ["## PTQ vs QAT", "",
              f"Top-1 on {n} evaluation images (drop from FP32 in points; size). INT8: real INT8 artifacts. Fewer "
-             f"bits: real artifacts where a runtime takes them, else simulated = per-channel fake-quantised kernels "
-             f"in Keras, float activations, size estimated (marked). PTQ advanced = {section['advanced_ptq']}. QAT = tfmot fine-tune at INT8; "
-             f"straight-through fine-tune of the simulated kernels below 8 bits.{litert}{fallback}{others}", "",
+             f"bits: real artifacts where a runtime takes them, else simulated = "
+             f"{section.get('simulated_how', 'per-channel fake-quantised kernels in Keras')}, float activations, size "
+             f"estimated (marked). PTQ advanced = {section['advanced_ptq']}. QAT = {qat_how}.{litert}{fallback}{others}",
+             "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b, fmt, row_label in groups:
         cells_b = [x for x in rows

@@ -5,8 +5,9 @@ the manifest by format and method: naive PTQ (method `ptq`, the `tflite_ptq` sta
 `better_ptq`), QAT (the `qat` stage). Cells below 8 bits are real where a runtime takes them (the GPTQ W4A8,
 LiteRT Quantizer's W4A8), else simulated: kernels fake-quantised in the Keras model (activations float), or for a
 PyTorch input Conv2d/Linear weights in PyTorch (naive; NNCF QAT with 4-bit weight quantizers: `torch_low_bit`),
-evaluated here with their per-image predictions kept (paired against FP32: `low_bit_tests`), and labelled "simulated". The table is assembled after the evaluation step (`after_evaluate`), so every cell is measured
-on the same evaluation images, and the verdict is derived from those numbers.
+evaluated here with their per-image predictions kept (paired against FP32: `low_bit_tests`), and labelled
+"simulated". The table is assembled after the evaluation step (`after_evaluate`), so every cell is measured on the
+same evaluation images, and the verdict is derived from those numbers.
 """
 from __future__ import annotations
 
@@ -372,6 +373,7 @@ def after_evaluate(ctx, inputs: ComparisonInputs | None = None) -> None:
     verdict += [fallback_verdict(rows, ctx.cfg.max_accuracy_drop)] if ctx.cfg.stages.onnx_fallback.enabled else []
     section = {"rows": rows, "verdict": " ".join(verdict), "verdict_lines": verdict, "eval_images": n,
                "low_bit_tests": low_bit,
+               **(torch_low_bit.SECTION_HOW if ctx.cfg.model.format == "pytorch" else {}),
                "drop_unit": "percentage points of top-1 below FP32", "tolerance_points": opts.tolerance_points,
                "advanced_ptq": ADVANCED_DESC, "litert_ptq": LITERT_DESC,
                "routes": {a.name: {k: a.notes[k] for k in ("route", "candidates", "ranges", "equalization", "gptq",

@@ -118,7 +118,10 @@ def test_comparison_table_and_verdict_cover_the_pytorch_qat(pt_run):
     assert cells[(8, "ptq_naive")]["artifact"] == "int8_tflite_ptq"
     assert "QAT" in c["verdict_lines"][0]
     assert "QAT (int8_tflite_qat) vs PTQ" in json.dumps(rep)  # the paired QAT-vs-PTQ test of the verdicts
-    assert "not available for PyTorch input" in cells[(4, "qat")]["reason"]
+    for m in ("ptq_naive", "qat"):  # INT4 simulated in PyTorch (naive; NNCF 4-bit weights), paired against FP32
+        assert cells[(4, m)]["simulated"] is True and cells[(4, m)]["top1"] is not None
+        assert cells[(4, m)]["vs_fp32"]["n"] == cells[(4, m)]["n"] == 1000
+    assert any(v.startswith("INT4") and "QAT vs the best PTQ" in v for v in c["verdict_lines"])
 
 
 def test_qat_is_at_least_ptq_minus_a_tenth_of_a_point_or_not_significantly_below(pt_run):

@@ -64,7 +64,7 @@ def _pt(t: PairedTest, sign: int = -1) -> str:
     """The paired difference in points (sign -1: candidate minus reference) with its interval and p."""
     lo, hi = sorted((sign * t.ci95[0] * 100, sign * t.ci95[1] * 100))
     p = f"p = {t.p:.2g}" if t.p >= 0.001 else "p < 0.001"
-    return f"{sign * t.drop * 100:+.2f} pt [{lo:+.2f}, {hi:+.2f}] ({p})"
+    return f"{sign * t.drop * 100 + 0.0:+.2f} pt [{lo + 0.0:+.2f}, {hi + 0.0:+.2f}] ({p})"  # + 0.0: no "-0.00"
 
 
 def vs_fp32(reference: str, t: PairedTest) -> dict:

@@ -22,6 +22,10 @@ from edgeq.methods.torch import low_bit
 from edgeq.methods.torch.distributed import TorchRole
 from edgeq.methods.torch.fine_tune import fine_tune
 
+# the comparison section's words for a PyTorch run's simulated cells and QAT (report.md's PTQ-vs-QAT paragraph)
+SECTION_HOW = {"simulated_how": "per-channel fake-quantised Conv2d/Linear weights in the PyTorch model",
+               "qat_how": "NNCF fine-tune at INT8 (PyTorch); below 8 bits, NNCF fine-tune with 4-bit weight "
+                          "quantizers (simulated)"}
 NAIVE_HOW = "round-to-nearest, per-channel max scale (PyTorch Conv2d/Linear weights, activations float)"
 NO_ADVANCED = ("not simulated for PyTorch input (GPTQ rounding and bias correction work on Keras kernels); the real "
                "W4A8 TFLite (stages.comparison.int4_artifact, needs litert-quantizer) is this cell where made")
