@@ -218,6 +218,22 @@ def test_comparison_int8_cells_are_the_evaluated_artifacts(qat_run):
     assert cells[(8, "qat")]["drop"] == pytest.approx((top1["fp32_keras"] - top1["int8_tflite_qat"]) * 100, abs=1e-3)
 
 
+def test_comparison_simulated_int4_cells_are_paired_against_fp32_on_the_same_images(qat_run):
+    """The Keras simulated cells keep their per-image predictions: each measured INT4 cell has n, a Wilson interval
+    and its paired test against FP32, and QAT is paired with the best PTQ cell."""
+    _, rep = qat_run
+    c = rep["comparison"]
+    cells = {r["method"]: r for r in c["rows"] if r["bits"] == 4}
+    for m in ("ptq_naive", "qat"):
+        r = cells[m]
+        assert r["simulated"] is True and r["n"] == c["eval_images"] == r["vs_fp32"]["n"]
+        assert r["ci95"][0] <= r["top1"] <= r["ci95"][1]
+        assert r["vs_fp32"]["drop_pt"] == pytest.approx(r["drop"], abs=1e-3)
+    t = next(t for t in c["low_bit_tests"] if t["bits"] == 4)
+    assert t["qat"] == "qat" and t["qat_minus_ptq"]["n"] == c["eval_images"]
+    assert any(v.startswith("INT4, paired against FP32") and "QAT vs the best PTQ" in v for v in c["verdict_lines"])
+
+
 def test_comparison_advanced_int8_artifact_is_fully_integer(qat_run):
     _, rep = qat_run
     adv = next(a for a in rep["artifacts"] if a["name"] == "int8_tflite_ptq_adv")

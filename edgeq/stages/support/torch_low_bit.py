@@ -51,6 +51,8 @@ def simulated_cell(ctx, opts: ComparisonSpec, q: QatSpec, bits: int, method: str
     if method == "qat" and ctx.splits.train is None:
         return {**cell, "top1": None, "reason": "no training split to fine-tune on"}, None
     module = torch_module(ctx)
+    if not low_bit.weight_modules(module):
+        return {**cell, "top1": None, "reason": "not available: the PyTorch model has no Conv2d/Linear weights"}, None
     if method == "ptq_naive":
         m = low_bit.quantize_weights_rtn(module, bits)
         cell["how"] = NAIVE_HOW
