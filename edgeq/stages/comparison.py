@@ -265,9 +265,10 @@ def build_rows(ctx, opts: ComparisonSpec, fine_tune: QatSpec) -> tuple[list[dict
                 else:
                     c = ctx.results.comparison_cells.get(_cell_key(ctx, opts, fine_tune, bits, method), {})
                     top1, reason = c.get("top1"), c.get("reason", None if c else "not measured")
-                    kp = c.get("kernel_parameters") if c.get("framework") == "pytorch" else None  # Keras: counted
-                    size = (None if naive8 is None else int(round(naive8.size_bytes - kp * (8 - bits) / 8)) if kp
-                            else fakequant.packed_size_bytes(naive8.size_bytes, ctx.keras_model(), bits))
+                    kp = c.get("kernel_parameters")  # counted when made: Keras kernels or PyTorch Conv2d/Linear
+                    size = (None if naive8 is None else int(round(naive8.size_bytes - kp * (8 - bits) / 8))
+                            if kp is not None else
+                            fakequant.packed_size_bytes(naive8.size_bytes, ctx.keras_model(), bits))
                     row = {"bits": bits, "method": method, "format": fmt, "simulated": True, "top1": top1,
                            "size_bytes": size, "size_estimated": True, "how": c.get("how"),
                            **{k: c[k] for k in ("predictions_file", "framework") if c.get(k)}}
