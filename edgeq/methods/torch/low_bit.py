@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeq.core.errors import QuantizationError
 from edgeq.methods.torch import qat as torch_qat
 
 MSE_ALPHAS = np.linspace(0.30, 1.0, 36)  # clipping ratios searched (as edgeq.methods.keras.fakequant)
@@ -131,7 +132,9 @@ def set_weight_bits(qmodel, bits: int, sample) -> LowBitQuantizers:
             n_a += 1
             continue
         if not q.per_channel or not q.signed:
-            raise ValueError(f"NNCF weight quantizer {q} is not signed per-channel; edgeq's 4-bit cell needs it")
+            raise QuantizationError(f"NNCF quantized a weight with a {q} quantizer, not signed per channel; the "
+                                    "simulated INT4 QAT cell needs per-channel weights: set stages.comparison."
+                                    "low_bit_qat: false")
         q.num_bits = bits  # recomputes level_low / level_high; the scale (clipping value) is set next
         clip = mse_clip(x, bits).reshape(q.scale.shape)
         with torch.no_grad():
