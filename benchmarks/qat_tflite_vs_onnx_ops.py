@@ -114,7 +114,8 @@ def main(seed_dir: Path) -> None:
     def row(what, d_o, d_t, t_out, q):
         apart = t2o(t_out, q) - O[q].astype(np.int64)
         print(f"{what[:28]:28s} ORT {np.mean(d_o != 0):.5f} (max {np.abs(d_o).max():.0f})  "
-              f"TFLite {np.mean(d_t != 0):.5f} (+1 {np.mean(d_t == 1):.5f}, -1 {np.mean(d_t == -1):.5f}, max {np.abs(d_t).max():.0f})  "
+              f"TFLite {np.mean(d_t != 0):.5f} (+1 {np.mean(d_t == 1):.5f}, -1 {np.mean(d_t == -1):.5f}, "
+              f"max {np.abs(d_t).max():.0f})  "
               f"TFLite vs ORT codes {np.mean(apart != 0):.5f} (max {np.abs(apart).max():.0f})")
 
     print(f"{run}: n = {n} images; share of each op's output codes off the exact QDQ arithmetic on its own input, "
