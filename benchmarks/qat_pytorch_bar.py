@@ -7,7 +7,9 @@ shipped Fashion-MNIST sample's 3,000 training images (torch seed s), saved as a 
 `edgeq run` with tflite_ptq, onnx_ptq, qat (defaults but epochs 2, batch 32, 300 validation images,
 stages.qat.seed s) and comparison (8 bits). Printed per run, on the sample's 1,000 evaluation images: top-1
 with Wilson intervals, QAT - PTQ per format with its paired interval and exact McNemar p, the TFLite QAT's
-agreement with the ONNX QAT it is made from, which of the two TFLite translations the run chose (learned scales
+agreement with the ONNX QAT it is made from and where they part (the ONNX's margin of its top-1 over the TFLite's
+pick on each disagreement, in steps of the TFLite's int8 output, and the agreement the int8 output alone costs:
+the ONNX's float logits put on that grid), which of the two TFLite translations the run chose (learned scales
 kept, or the converter calibrating inside the learned ranges) with both candidates' figures on the 300
 validation images it chose on, and the learned scales found in the .tflite. Also, side by side on the same QAT
 ONNX: the calibrated-in-ranges translation re-made here (the converter calibrating activations on the run's own
@@ -58,6 +60,31 @@ def calibrated_tflite(qdq: Path, work: Path, rep: np.ndarray) -> bytes:
     with contextlib.redirect_stdout(sys.stderr):
         model, _ = onnx_to_keras(flat, read_onnx_input(flat, (28, 28, 1)), rep[:20], work / "tf")
     return convert_int8(model, lambda: ([x[None]] for x in rep), name="previous_route", calibration_images=len(rep))
+
+
+def t_path(rep: dict) -> str:
+    return next(a["path"] for a in rep["artifacts"] if a["name"] == "int8_tflite_qat")
+
+
+def translation_fidelity(tflite: Path, qdq: Path, x: np.ndarray) -> dict:
+    """Where the TFLite QAT and the ONNX QAT part on the evaluation images (reported, never used to choose): how
+    many disagreements, the ONNX's margin of its top-1 over the TFLite's pick on them in steps of the TFLite's
+    int8 output (under 1: a near-tie the int8 logits cannot resolve), and the agreement the int8 output alone
+    costs (the ONNX's own float logits put on the TFLite's output grid, argmax taking the lower class on a tie)."""
+    from edgeq.measure.predictors import OnnxPredictor, TFLitePredictor
+
+    t = TFLitePredictor(tflite)
+    lt, lo = t.predict(x), OnnxPredictor(qdq).predict(x)
+    step, zp = t.out_q
+    pt_, po = lt.argmax(1), lo.argmax(1)
+    dis = np.flatnonzero(pt_ != po)
+    margin = (lo[dis, po[dis]] - lo[dis, pt_[dis]]) / step
+    grid = np.clip(np.rint(lo / step) + zp, -128, 127).argmax(1) if step else po
+    top2 = np.sort(lo, 1)
+    return {"n": int(len(x)), "agree": int(len(x) - len(dis)), "disagreements": int(len(dis)),
+            "onnx_margin_on_disagreements_output_lsb": [round(float(m), 2) for m in np.sort(margin)],
+            "output_lsb": float(step), "onnx_top2_within_1_lsb": int(((top2[:, -1] - top2[:, -2]) < step).sum()),
+            "agree_onnx_logits_on_tflite_output_grid": int((grid == po).sum())}
 
 
 def pt(t) -> str:
@@ -111,6 +138,7 @@ def one_run(seed: int, work: Path) -> dict:
                      ("int8_tflite_qat_calibrated", "int8_tflite_ptq"), ("int8_tflite_qat", "int8_onnx_qat")):
         out[f"{qat} - {ptq}"] = pt(paired_test(right[ptq], right[qat]))
     out["agreement tflite_qat vs onnx_qat"] = float((pred["int8_tflite_qat"] == pred["int8_onnx_qat"]).mean())
+    out["tflite_qat vs onnx_qat"] = translation_fidelity(run / t_path(rep), qdq, eval_x)
     out["agreement calibrated tflite_qat vs onnx_qat"] = float(
         (pred["int8_tflite_qat_calibrated"] == pred["int8_onnx_qat"]).mean())
     t = next(a for a in rep["artifacts"] if a["name"] == "int8_tflite_qat")

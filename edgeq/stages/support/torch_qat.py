@@ -185,10 +185,11 @@ def qdq_onnx_to_tflite(ctx, qdq_path: Path, n_rep: int, tflite, held: tuple | No
                 failed[name] = str(e)
                 ctx.log(f"  ! int8_tflite_qat, {name} translation not made: {e}")
                 continue
-            put_back = 0
+            put_back = clamped = 0
             if keep:
-                blob, put_back = qat_tflite.keep_learned_weight_scales(qdq_path, blob)
-            scales = {**qat_tflite.learned_scales_in_tflite(qdq_path, blob), "weight_channels_put_back": put_back}
+                blob, put_back, clamped = qat_tflite.keep_learned_weight_scales(qdq_path, blob)
+            scales = {**qat_tflite.learned_scales_in_tflite(qdq_path, blob), "weight_channels_put_back": put_back,
+                      "weight_codes_clamped": clamped}
             made[name] = (blob, model, translation, scales)
         if not made:
             raise QuantizationError("; ".join(f"{k}: {v}" for k, v in failed.items()))
@@ -272,8 +273,9 @@ def qat_markdown(notes: dict, opts: QatSpec, n_cal: int, artifacts: list, tflite
         if ls:
             lines.append(f"- int8_tflite_qat keeps {ls['activation_scales_kept']} of {ls['activation_scales']} QAT "
                          f"activation scales/zero points and {ls['weight_channels_kept']} of {ls['weight_channels']} "
-                         "weight channel scales (read back from the .tflite; a channel whose QAT codes reach -128 "
-                         "cannot keep its scale, TFLite's int8 weights being [-127, 127])")
+                         "weight channel scales (read back from the .tflite; TFLite's int8 weights being "
+                         f"[-127, 127], {ls.get('weight_codes_clamped', 0)} QAT weight code(s) of -128 held as -127 "
+                         "where that keeps the channel's scale closer to NNCF's weights than re-gridding it)")
     if tflite_note:
         lines += ["", tflite_note]
     return "\n".join(lines)

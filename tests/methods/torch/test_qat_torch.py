@@ -239,9 +239,9 @@ def test_weight_channels_the_converter_regrids_are_put_back_on_the_qat_grid(qdq,
     converted = _int8_tflite(edited, tmp_path, keep_ranges=True)
     before = learned_scales_in_tflite(edited, converted)
     assert before["weight_channels"] - before["weight_channels_kept"] == 1
-    blob, put_back = keep_learned_weight_scales(edited, converted)
+    blob, put_back, clamped = keep_learned_weight_scales(edited, converted)
     after = learned_scales_in_tflite(edited, blob)
-    assert put_back == 1 and after["weight_channels_kept"] == after["weight_channels"]
+    assert put_back == 1 and clamped == 0 and after["weight_channels_kept"] == after["weight_channels"]
     assert after["activation_scales_missing"] == []
 
     from tensorflow.lite.tools import flatbuffer_utils
@@ -262,14 +262,76 @@ def test_weight_channels_the_converter_regrids_are_put_back_on_the_qat_grid(qdq,
     assert (got == OnnxPredictor(edited).predict(x).argmax(1)).mean() >= 0.97
 
 
-def test_int8_tflite_predicts_what_the_qat_onnx_predicts(qdq, qat_tflite):
+def _weight(blob: bytes, scales: np.ndarray):
+    """(int8 codes, scales) of the TFLite weight whose per-channel scales are nearest `scales`."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
+    ts = [t for t in model.subgraphs[0].tensors if t.quantization is not None and t.quantization.scale is not None
+          and len(t.quantization.scale) == len(scales)]
+    w = min(ts, key=lambda t: np.abs(np.asarray(t.quantization.scale) / scales - 1).sum())
+    return (np.frombuffer(bytes(model.buffers[w.buffer].data), np.int8).reshape(w.shape),
+            np.asarray(w.quantization.scale, np.float64))
+
+
+def test_a_channel_whose_qat_codes_reach_minus_128_keeps_nncf_scale_with_that_code_as_minus_127(qdq, tmp_path):
+    """TFLite's int8 weights are [-127, 127]: for a channel reaching -128 the converter takes a coarser scale
+    (128/127 x NNCF's) and re-rounds every code of it. NNCF's scale and codes are put back with the -128 held as
+    -127 when that moves the channel's weights less than the re-rounding (here: one code one step, against the
+    re-rounding of 48 codes)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeq.methods.torch.to_tflite import keep_learned_weight_scales, learned_scales_in_tflite
+
+    m = onnx.load(str(qdq[1]))
+    conv = [n for n in m.graph.node if n.op_type == "Conv"][-1]  # the last 1x1 projection: 48 inputs
+    dq = next(n for n in m.graph.node if n.output[0] == conv.input[1])
+    init = next(i for i in m.graph.initializer if i.name == dq.input[0])
+    scales = numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == dq.input[1])).astype(np.float64)
+    codes = numpy_helper.to_array(init).copy()
+    assert codes.shape[1] == 48
+    top = np.unravel_index(np.abs(codes[0]).argmax(), codes[0].shape)
+    codes[0][top] = -128
+    init.CopyFrom(numpy_helper.from_array(codes, init.name))
+    edited = tmp_path / "edited.onnx"
+    onnx.save(m, str(edited))
+    converted = _int8_tflite(edited, tmp_path, keep_ranges=True)
+    before = learned_scales_in_tflite(edited, converted)
+    assert before["weight_channels"] - before["weight_channels_kept"] == 1
+    assert _weight(converted, scales)[1][0] > scales[0] * 1.007  # 128/127 coarser
+    blob, put_back, clamped = keep_learned_weight_scales(edited, converted)
+    assert (put_back, clamped) == (1, 1)
+    assert learned_scales_in_tflite(edited, blob)["weight_channels_kept"] == before["weight_channels"]
+    got, got_scales = _weight(blob, scales)
+    np.testing.assert_allclose(got_scales, scales, rtol=1e-6)
+    np.testing.assert_array_equal(got.astype(np.int64), np.clip(codes, -127, 127).transpose(0, 2, 3, 1))  # OHWI
+    from edgeq.measure.predictors import OnnxPredictor, TFLitePredictor
+
+    x = _sample(300, "eval")
+    (tmp_path / "fixed.tflite").write_bytes(blob)
+    assert (TFLitePredictor(tmp_path / "fixed.tflite").predict(x).argmax(1) ==
+            OnnxPredictor(edited).predict(x).argmax(1)).mean() >= 0.97
+
+
+def test_int8_tflite_parts_from_the_qat_onnx_only_on_near_ties_of_its_int8_logits(qdq, qat_tflite):
+    """Same weights, scales and zero points (asserted above); what is left is kernels: ORT's Gemm returns float
+    logits, TFLite's FULLY_CONNECTED int8 ones (argmax taking the lower class on a tie), and LiteRT's requantisation
+    rounds differently from ORT's (about 0.1-0.3 % of conv outputs 1 LSB apart, measured). So every image on which
+    the two disagree is one whose ONNX top-1 beats the TFLite's pick by less than ~1 step of the TFLite's output:
+    measured on the trained FashionNets of benchmarks/qat_pytorch_bar.py (3 seeds x 1,000 test images, 28
+    disagreements), 0.03-0.90 steps; 1.5 here leaves room for another net without admitting a real translation
+    error, which moves logits by many steps (the calibrated translation, other activation scales, reached 1.15)."""
     from edgeq.measure.predictors import OnnxPredictor, TFLitePredictor
 
     x = _sample(500, "eval")
-    onnx_top = OnnxPredictor(qdq[1]).predict(x).argmax(1)
-    tflite_top = TFLitePredictor(qat_tflite).predict(x).argmax(1)
-    # same integer grid, different kernels (ORT vs LiteRT rounding, int8 logits): a few flips at most
+    t = TFLitePredictor(qat_tflite)
+    lo, lt = OnnxPredictor(qdq[1]).predict(x), t.predict(x)
+    onnx_top, tflite_top = lo.argmax(1), lt.argmax(1)
     assert (onnx_top == tflite_top).mean() >= 0.97
+    dis = np.flatnonzero(onnx_top != tflite_top)
+    margin = (lo[dis, onnx_top[dis]] - lo[dis, tflite_top[dis]]) / t.out_q[0]
+    assert (margin < 1.5).all(), np.sort(margin)
 
 
 @pytest.fixture(scope="module")
@@ -311,19 +373,27 @@ def test_killed_job_resumes_from_its_last_epoch_checkpoint(driver, one_process, 
         np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), atol=1e-6, err_msg=k)
 
 
-def test_translation_choice_goes_by_agreement_with_fp32_then_kl_then_learned_scales():
+def test_translation_choice_keeps_learned_scales_unless_the_other_agrees_with_fp32_significantly_more():
     from edgeq.methods.torch.to_tflite import CALIBRATED, LEARNED, choose_translation
 
     rng = np.random.default_rng(0)
     fp32 = rng.normal(size=(50, 10))
-    wrong = fp32.copy()
-    wrong[:3] = np.roll(fp32[:3], 1, axis=1)  # three top-1s moved
-    chosen, f = choose_translation(fp32, {LEARNED: wrong, CALIBRATED: fp32 + 0.5})
-    assert chosen == CALIBRATED and (f[LEARNED]["agree"], f[CALIBRATED]["agree"]) == (47, 50)
+
+    def moved(k):  # the first k top-1s moved
+        y = fp32.copy()
+        y[:k] = np.roll(fp32[:k], 1, axis=1)
+        return y
+
+    # 3 of 50 more agreeing (McNemar p = 0.25): a handful of images is noise, learned scales stay
+    chosen, f = choose_translation(fp32, {LEARNED: moved(3), CALIBRATED: fp32 + 0.5})
+    assert chosen == LEARNED and (f[LEARNED]["agree"], f[CALIBRATED]["agree"]) == (47, 50)
     assert f[CALIBRATED]["n"] == 50 and f[CALIBRATED]["vs_learned_scales"]["only_learned_scales"] == 0
-    assert f[CALIBRATED]["vs_learned_scales"]["only_this"] == 3 and 0 < f[CALIBRATED]["vs_learned_scales"]["p"] <= 1
-    # equal agreement: the lower KL wins (a shift of every logit leaves the probabilities, so KL 0, as they are)
+    assert f[CALIBRATED]["vs_learned_scales"]["only_this"] == 3 and f[CALIBRATED]["vs_learned_scales"]["p"] == 0.25
+    # 6 of 50 (p = 0.031): significantly more agreement, the calibrated translation is shipped
+    chosen, f = choose_translation(fp32, {LEARNED: moved(6), CALIBRATED: fp32 + 0.5})
+    assert chosen == CALIBRATED and f[CALIBRATED]["vs_learned_scales"]["p"] < 0.05
+    # equal agreement, lower KL elsewhere: still learned scales (KL alone does not replace the faithful one)
     chosen, f = choose_translation(fp32, {LEARNED: fp32 * 1.5, CALIBRATED: fp32 + 0.5})
-    assert chosen == CALIBRATED and f[CALIBRATED]["kl"] < 1e-9 < f[LEARNED]["kl"]
-    # equal on both: learned scales
-    assert choose_translation(fp32, {LEARNED: fp32, CALIBRATED: fp32.copy()})[0] == LEARNED
+    assert chosen == LEARNED and f[CALIBRATED]["kl"] < 1e-9 < f[LEARNED]["kl"]
+    # fewer agreements than learned scales, however significant: learned scales
+    assert choose_translation(fp32, {LEARNED: fp32, CALIBRATED: moved(10)})[0] == LEARNED
