@@ -49,10 +49,10 @@ def trainable_module(module, where, input_shape_hwc) -> tuple:
     else:
         return module, {"kind": KINDS["state_dict"], "route": ROUTES["state_dict"]}
     _drop_shape_guards(gm)
-    _as_torch_functions(gm, where)
+    left = _as_torch_functions(gm)
     trainable = exported_module(gm)
     _check_same(trainable, module, input_shape_hwc, where, kind)
-    return trainable, {"kind": KINDS[kind], "route": ROUTES[kind]}
+    return trainable, {"kind": KINDS[kind], "route": ROUTES[kind], **({"aten_ops_left": left} if left else {})}
 
 
 def _from_torchscript(script, input_shape_hwc, where):
@@ -123,12 +123,13 @@ def _binding(op):
     return fn if callable(fn) else None
 
 
-def _as_torch_functions(gm, where) -> None:
+def _as_torch_functions(gm) -> list[str]:
     """Point each ATen operator of the graph at its Python binding (`aten.convolution` of a non-transposed
-    convolution at conv1d/2d/3d, as the TorchScript tracer records nn.Conv2d)."""
+    convolution at conv1d/2d/3d, as the TorchScript tracer records nn.Conv2d). Returns the operators left as
+    ATen calls (no binding, e.g. `aten.sym_size.int`): NNCF places no quantizer at them."""
     import torch
 
-    missing = set()
+    left = set()
     for n in gm.graph.nodes:
         if n.op != "call_function" or not isinstance(n.target, torch._ops.OpOverload):
             continue
@@ -139,13 +140,11 @@ def _as_torch_functions(gm, where) -> None:
             continue
         fn = _binding(n.target)
         if fn is None:
-            missing.add(str(n.target))
+            left.add(str(n.target))
         else:
             n.target = fn
-    if missing:
-        raise ModelError(f"{where}: QAT cannot rebuild the exported operator(s) {sorted(missing)} as torch functions "
-                         "NNCF quantizes; give the state_dict with model.factory")
     gm.recompile()
+    return sorted(left)
 
 
 def _check_same(trainable, loaded, input_shape_hwc, where, kind: str) -> None:

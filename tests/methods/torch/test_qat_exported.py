@@ -165,3 +165,35 @@ def test_a_program_pinned_to_batch_one_is_refused_saying_to_export_a_dynamic_bat
         trainable_module(load_torch_model(p), p, HWC)
     msg = str(e.value)
     assert str(p) in msg and "batch of 4" in msg and "dynamic_shapes" in msg and "Dim('batch')" in msg
+
+
+class _Flatten(torch.nn.Module):
+    """Conv -> BN -> ReLU -> reshape(x.size(0), -1) -> Linear: exported with a dynamic batch, its graph reads the
+    batch with `aten.sym_size.int`, an operator with no torch function."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(1, 4, 3, 2), torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4 * 13 * 13, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).reshape(x.size(0), -1))
+
+
+def test_an_aten_op_without_a_torch_function_stays_and_is_recorded(tmp_path):
+    from edgeq.loaders.pytorch import load_torch_model
+    from edgeq.methods.torch import qat
+    from edgeq.methods.torch.exported import trainable_module
+
+    torch.manual_seed(0)
+    p = tmp_path / "flatten.pt2"
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(_Flatten().eval(), (torch.zeros(2, 1, 28, 28),),
+                                          dynamic_shapes=({0: batch},)), p)
+    m, source = trainable_module(load_torch_model(p), p, HWC)
+    assert source["aten_ops_left"] == ["aten.sym_size.int"]
+    assert qat.fold_batch_norms(m) == 1
+    q = qat.quantize(m, PRE(_sample(64)))
+    assert qat.quantizer_summary(q)["weight_quantizers"] == 2
+    ops = qat.export_qdq_onnx(q, tmp_path / "q.onnx", HWC, 17)["op_counts"]
+    assert ops["Conv"] == ops["Gemm"] == 1 and "BatchNormalization" not in ops
