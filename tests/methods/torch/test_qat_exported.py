@@ -197,3 +197,31 @@ def test_an_aten_op_without_a_torch_function_stays_and_is_recorded(tmp_path):
     assert qat.quantizer_summary(q)["weight_quantizers"] == 2
     ops = qat.export_qdq_onnx(q, tmp_path / "q.onnx", HWC, 17)["op_counts"]
     assert ops["Conv"] == ops["Gemm"] == 1 and "BatchNormalization" not in ops
+
+
+class _DataDependentLoop(torch.nn.Module):
+    """A scripted loop whose trip count depends on the data: TorchScript -> torch.export cannot convert it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(1, 4, 3, 2), torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        y = self.conv(x)
+        out = [y.mean((2, 3))]
+        for _ in range(int(y.sum().item() > 0)):
+            out.append(y.mean((2, 3)))
+        return self.head(out[-1])
+
+
+def test_a_torchscript_file_torch_cannot_convert_is_refused_saying_what_to_give(tmp_path):
+    from edgeq.loaders.pytorch import load_torch_model
+    from edgeq.methods.torch.exported import trainable_module
+
+    p = tmp_path / "loop.pt"
+    torch.jit.save(torch.jit.script(_DataDependentLoop().eval()), p)
+    with pytest.raises(ModelError) as e:
+        trainable_module(load_torch_model(p), p, HWC)
+    msg = str(e.value)
+    assert str(p) in msg and "cannot convert this TorchScript file" in msg and "prim::Loop" in msg
+    assert "model.factory" in msg and "torch.export.save(" in msg
