@@ -225,3 +225,31 @@ def test_a_torchscript_file_torch_cannot_convert_is_refused_saying_what_to_give(
     msg = str(e.value)
     assert str(p) in msg and "cannot convert this TorchScript file" in msg and "prim::Loop" in msg
     assert "model.factory" in msg and "torch.export.save(" in msg
+
+
+@pytest.mark.parametrize("save", ["pt2", "torchscript_traced"])
+def test_a_mobilenet_style_program_quantizes_and_exports_as_the_eager_net(save, tmp_path):
+    """torch_nets.small_net (explicit F.pad, residual Adds, 25 Conv+BN): the rebuilt program folds the same batch
+    norms, NNCF computes the same outputs and the QDQ ONNX has the same ops and ORT kernels as from the nn.Module."""
+    from edgeq.loaders.pytorch import load_torch_model
+    from edgeq.methods.torch import qat
+    from edgeq.methods.torch.exported import trainable_module
+
+    net, x0, hwc = torch_nets.small_net(), torch.zeros(1, 3, 32, 32), (32, 32, 3)
+    p = tmp_path / f"net.{'pt2' if save == 'pt2' else 'pt'}"
+    if save == "pt2":
+        torch.export.save(torch.export.export(net, (x0,)), p)
+    else:
+        torch.jit.save(torch.jit.trace(net, x0), p)
+    cal = np.random.default_rng(0).uniform(-1, 1, (64, 32, 32, 3)).astype(np.float32)
+    x = qat.nchw(np.random.default_rng(1).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32))
+    got = {}
+    for kind, m in (("eager", copy.deepcopy(net)), (save, trainable_module(load_torch_model(p), p, hwc)[0])):
+        assert qat.fold_batch_norms(m) == 25
+        q = qat.quantize(m, cal)
+        with torch.no_grad():
+            out = q.eval()(x).numpy()
+        n = qat.export_qdq_onnx(q, tmp_path / f"{kind}.onnx", hwc, 17)
+        got[kind] = out, n["op_counts"], n["ort_kernels"]
+    np.testing.assert_array_equal(got[save][0], got["eager"][0])
+    assert got[save][1:] == got["eager"][1:]
