@@ -158,7 +158,11 @@ def _check_same(trainable, loaded, input_shape_hwc, where, kind: str) -> None:
     again = ("re-export it with a dynamic batch: torch.export.export(model, (x,), dynamic_shapes=({0: "
              "torch.export.Dim('batch')},))" if kind == "torch.export" else "give the state_dict with model.factory")
     with torch.no_grad():
-        ref = torch.cat([loaded(x[i:i + 1]) for i in range(len(x))])
+        try:
+            ref = torch.cat([loaded(x[i:i + 1]) for i in range(len(x))])
+        except Exception as e:
+            raise ModelError(f"{where}: the {KINDS[kind]} fails on one 1x{c}x{h}x{w} image ({first_line(e, 200)}); "
+                             "export it for a batch of 1 (or a dynamic batch) at model.input_shape") from None
         for n, what in ((1, "on one image"), (CHECK_BATCH, f"on a batch of {CHECK_BATCH} images")):
             fix = again if n > 1 else "give the state_dict with model.factory"
             try:
