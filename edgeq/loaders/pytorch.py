@@ -9,8 +9,9 @@ Three ways to give the model (config `model:`):
 
 The export is `torch.onnx.export` (TorchScript tracer, `dynamo=False`) with the settings in
 `export_settings`; an explicit call with those settings gives byte-identical ONNX (tested).
-A PyTorch input runs the PTQ stages (TFLite via ONNX, ONNX Runtime); a state_dict + factory also runs QAT
-(NNCF, `edgeq.methods.torch`), whose nn.Module this loader gives again.
+A PyTorch input runs the PTQ stages (TFLite via ONNX, ONNX Runtime) and QAT (NNCF, `edgeq.methods.torch`), which
+loads the model here again: a state_dict + factory as its nn.Module, a .pt2 or TorchScript file rebuilt as a
+trainable module by `edgeq.methods.torch.exported`.
 """
 from __future__ import annotations
 
@@ -45,8 +46,9 @@ def export_settings(input_shape_hwc, opset: int) -> dict:
             "output_names": [OUTPUT_NAME], "do_constant_folding": True, "dynamo": False}
 
 
-def _exported_module(module):
-    """A torch.export program's module, wrapped: the ONNX tracer calls .train(False), which that module refuses."""
+def exported_module(module):
+    """A torch.export program's module (a GraphModule), wrapped: the ONNX tracer calls .train(False), which that
+    module refuses; the wrapper sets the mode on every submodule without calling theirs."""
     torch = torch_module()
 
     class ExportedProgram(torch.nn.Module):
@@ -55,13 +57,21 @@ def _exported_module(module):
             self.m = m
 
         def train(self, mode: bool = True):
-            self.training = mode
+            for sub in self.modules():
+                sub.training = mode
             return self
 
         def forward(self, x):
             return self.m(x)
 
     return ExportedProgram(module)
+
+
+def exported_graph(module):
+    """The GraphModule inside a module `exported_module` wrapped, else None."""
+    torch = torch_module()
+    inner = getattr(module, "m", None)
+    return inner if type(module).__name__ == "ExportedProgram" and isinstance(inner, torch.fx.GraphModule) else None
 
 
 def _factory(spec: str, base: Path | None):
@@ -112,7 +122,7 @@ def load_torch_model(path: Path, factory: str | None = None, base: Path | None =
                                  "give torch.save(model.state_dict(), path)")
             module.load_state_dict(state)
         elif path.suffix == ".pt2":
-            module = _exported_module(torch.export.load(str(path)).module())
+            module = exported_module(torch.export.load(str(path)).module())
         elif zipfile.is_zipfile(path) and any(n.split("/", 1)[-1].startswith("code/")
                                               for n in zipfile.ZipFile(path).namelist()):
             module = torch.jit.load(str(path), map_location="cpu")

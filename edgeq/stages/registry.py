@@ -40,8 +40,8 @@ class Stage:
     artifacts: int  # the most artifacts it writes (preflight's free-space estimate: model size x artifacts)
     # results section key -> "module:function" rendering it at report time, (section, artifacts, compatibility) -> md
     sections: Mapping[str, str] = field(default_factory=dict)
-    # why it needs a trainable model: a Keras model, or a PyTorch nn.Module given as state_dict + model.factory
-    # (fine-tuned with NNCF); skipped, with this, for an ONNX graph, a TorchScript file or a torch.export program
+    # why it needs a trainable model: a Keras model, or a PyTorch model (state_dict + model.factory, a torch.export
+    # program or a TorchScript file, fine-tuned with NNCF); skipped, with this, for an ONNX graph
     needs_trainable: str | None = None
     after_evaluate: str | None = None  # "module:function", f(ctx) once the artifacts are evaluated
     tests: StageTests = StageTests()
@@ -86,9 +86,9 @@ STAGES: tuple[Stage, ...] = (
                            models=("mobilenet_v2",))),
     Stage("qat", "edgeq.stages.qat:run_stage", QatSpec, artifacts=2,
           sections={"qat": f"{_SECTIONS}:qat_markdown"},
-          needs_trainable="QAT fine-tunes a Keras model, or a PyTorch nn.Module given as its state_dict with "
-                          "model.factory (an ONNX graph, TorchScript file or torch.export program holds no trainable "
-                          "module): give one of those",
+          needs_trainable="QAT fine-tunes a Keras model, or a PyTorch model given as its state_dict with "
+                          "model.factory, a torch.export program (.pt2) or a TorchScript file (an ONNX graph holds "
+                          "no trainable module): give one of those",
           tests=StageTests(artifacts=("int8_tflite_qat",), heavy=True,
                            options={"train_images": 256, "steps_per_epoch": 2, "batch_size": 32,
                                     "validation_images": 32, "calibration_images": 50})),
@@ -111,8 +111,8 @@ def skip_reason(name: str, model) -> str | None:
     row = stage(name)
     if row.needs_trainable is None or not runs_from_onnx(model.format):
         return None
-    if model.format == "pytorch" and model.factory:
-        return None  # the nn.Module is fine-tuned with NNCF (edgeq.methods.torch)
+    if model.format == "pytorch":
+        return None  # fine-tuned with NNCF (edgeq.methods.torch; a .pt2 or TorchScript file rebuilt as a module)
     return f"the input model is {model.format}; {row.needs_trainable}"
 
 

@@ -153,7 +153,9 @@ def test_onnx_input_without_a_pytorch_source_skips_qat_with_what_to_give():
     why = skip_reason("qat", model(path="m.onnx"))
     assert why.startswith("the input model is onnx; QAT fine-tunes a Keras model") and "model.factory" in why
     assert skip_reason("comparison", model(path="m.onnx"))
-    assert "TorchScript" in skip_reason("qat", model(path="m.pt", format="pytorch"))
+    assert "TorchScript" in why and "torch.export" in why
+    assert skip_reason("qat", model(path="m.pt", format="pytorch")) is None  # TorchScript: rebuilt for QAT
+    assert skip_reason("qat", model(path="m.pt2", format="pytorch")) is None  # torch.export program
     assert skip_reason("qat", model(path="m.pth", format="pytorch", factory="f:net")) is None
     assert skip_reason("qat", model(path="m.keras")) is None
 

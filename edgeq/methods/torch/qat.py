@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.core.errors import ModelError, QuantizationError, RuntimeUnavailable, first_line
+from edgeq.core.errors import QuantizationError, RuntimeUnavailable, first_line
 
 NNCF_PIN = "3.4.0"
 INSTALL = f"pip install nncf=={NNCF_PIN}"
@@ -35,23 +35,20 @@ def nncf_module():
     return nncf
 
 
-def check_trainable(module, where) -> None:
-    """QAT retrains Python modules: a TorchScript file or torch.export program holds no trainable module."""
-    import torch
-
-    if isinstance(module, torch.jit.ScriptModule) or type(module).__name__ == "ExportedProgram":
-        kind = "a TorchScript file" if isinstance(module, torch.jit.ScriptModule) else "a torch.export program"
-        raise ModelError(f"{where}: QAT fine-tunes a PyTorch nn.Module, but this is {kind}; give the state_dict "
-                         "(torch.save(model.state_dict(), 'm.pth')) with model.factory: 'package.module:function', "
-                         "or disable stages.qat")
-
-
 def fold_batch_norms(module) -> int:
     """Fold every BatchNorm2d whose input is a Conv2d used nowhere else into that Conv2d, in place (eval mode);
     the BatchNorm becomes an Identity. Returns how many. The pairs are found by torch.fx tracing; a model that
-    does not trace keeps its batch norms (and says so in the notes)."""
+    does not trace keeps its batch norms (and says so in the notes). A module rebuilt from a torch.export program
+    or TorchScript file (`exported.trainable_module`) is folded in its graph."""
     import torch
     from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from edgeq.loaders.pytorch import exported_graph
+    from edgeq.methods.torch.exported import fold_graph_batch_norms
+
+    if exported_graph(module) is not None:
+        module.eval()
+        return fold_graph_batch_norms(module)
 
     try:
         gm = torch.fx.symbolic_trace(module)

@@ -39,8 +39,10 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
     from edgeq.loaders.pytorch import load_torch_model
 
     m = ctx.cfg.model
-    module = load_torch_model(Path(m.path), m.factory, m.factory_base)
-    torch_qat.check_trainable(module, m.path)
+    from edgeq.methods.torch.exported import trainable_module
+
+    loaded = load_torch_model(Path(m.path), m.factory, m.factory_base)
+    module, source = trainable_module(loaded, m.path, tuple(m.input_shape))  # a .pt2 / TorchScript rebuilt
     torch_qat.nncf_module()  # fail before any work when NNCF is missing
     data = training_split(ctx.splits.train, opts)
     ranges = ctx.calibration(opts.calibration_images, "stages.qat.calibration_images")
@@ -50,7 +52,7 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
     key = {"train": data.train.fingerprint(), "val": data.val.fingerprint() if data.val is not None else None,
            "calibration": cal.fingerprint(), "framework": "pytorch"}
     params = opts.model_dump(mode="json", exclude={"enabled", "export_onnx", "distribution", "device"})
-    params.update(framework="pytorch (NNCF)", workers=role.world_size, opset=opset)
+    params.update(framework="pytorch (NNCF)", workers=role.world_size, opset=opset, pytorch_input=source)
     cache: dict = {}
 
     def fine_tuned() -> QatResult:

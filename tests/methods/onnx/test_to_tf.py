@@ -141,15 +141,15 @@ def test_pytorch_format_exports_the_same_bytes_as_an_explicit_export(torch_proje
     assert fp32["notes"]["settings"]["opset_version"] == 17 and fp32["notes"]["max_abs_diff_vs_torch"] < 1e-4
 
 
-def test_torch_export_program_runs_through_tflite_ptq_and_skips_qat_with_the_reason(torch_project, tmp_path):
-    cfg = write_config(torch_project, "pt2", {"path": "net.pt2"},
-                       {"tflite_ptq": {"representative_images": 50}, "qat": {"enabled": True}},
+def test_torch_export_program_runs_through_tflite_ptq(torch_project, tmp_path):
+    """(QAT of a .pt2: tests/stages/test_qat_pytorch_inputs.py)"""
+    cfg = write_config(torch_project, "pt2", {"path": "net.pt2"}, {"tflite_ptq": {"representative_images": 50}},
                        evaluate={"enabled": False})
     r = run_edgeq("run", cfg, "--out", tmp_path / "run")
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     assert {a["name"] for a in rep["artifacts"]} == {"fp32_onnx", "fp32_tflite", "int8_tflite_ptq"}
-    assert "[qat] skipped: the input model is pytorch; QAT fine-tunes a Keras model" in r.stdout
+    assert "[qat] skipped" not in r.stdout
     assert rep["tflite_ptq"]["vs_onnx"]["relative"] <= 1e-3
     assert "exported from PyTorch" in rep["tflite_ptq"]["markdown"]
 
