@@ -192,7 +192,8 @@ def comparison_markdown(section: dict, artifacts: list[Any] = (), compatibility:
               "weights, int8 activations) run by LiteRT." if "ptq_litert" in methods else "")
     fallback = (" Float fallback = the host INT8 ONNX with its most sensitive nodes left float (ONNX row, drop "
                 "against the FP32 ONNX)." if "fallback" in methods else "")
-    others = "".join(f" {r['label']} = {r['artifact']} ({r['how']})." for r in rows if r.get("label"))
+    others = "".join(f" {r['label']} = {r['artifact']} ({r['how']})." for r in rows
+                     if r.get("label") and r.get("artifact"))
     lines = ["## PTQ vs QAT", "",
              f"Top-1 on {n} evaluation images (drop from FP32 in points; size). INT8: real INT8 artifacts. Fewer "
              f"bits: real artifacts where a runtime takes them, else simulated = per-channel fake-quantised kernels "
