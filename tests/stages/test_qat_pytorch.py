@@ -139,6 +139,46 @@ def test_qat_is_at_least_ptq_minus_a_tenth_of_a_point_or_not_significantly_below
         assert -t.drop * 100 >= -0.1 or t.p >= 0.05, (qat, ptq, t)
 
 
+def test_tensorrt_scheme_qat_onnx_is_made_paired_and_tensorrt_ready(pt_run):
+    """stages.qat.tensorrt_artifact unset follows onnx_ptq's (on by default): int8_onnx_qat_trt, fine-tuned apart
+    (its own checkpoint folder), evaluated with a paired test against FP32 and checked ok for TensorRT."""
+    run_dir, rep = pt_run
+    a = _art(rep, "int8_onnx_qat_trt")
+    assert (a["method"], a["precision"], a["format"], a["stage"]) == ("qat", "int8", "onnx", "qat")
+    assert a["accuracy"]["n"] == 1000 and a["accuracy"]["top1"] is not None
+    assert set(a["vs_fp32"]["mcnemar"]) == {"b", "c", "p"} and a["vs_fp32"]["drop_ci95_pt"]
+    trt = a["compatibility"]["tensorrt"]
+    assert trt["ok"] is True and trt["problems"] == [] and trt["details"]["float_compute_layers"] == 0
+    n = a["notes"]
+    assert n["int32_biases_added"] == 0 and n["ort_kernels"]["batch_norms"] == 0 and n["epochs_run"] >= 1
+    assert n["graph_optimization"] == "basic" and n["only_for"]["kinds"] == ["jetson"]
+    assert n["quantizer"]["range_init"]["preset"] == "PERFORMANCE" and n["quantizer"]["batch_norms_folded"] == 7
+    s = rep["qat"]
+    assert s["tensorrt_artifact"]["made"] is True and "follows stages.onnx_ptq.tensorrt_artifact" in \
+        s["tensorrt_artifact"]["why"]
+    assert "int8_onnx_qat_trt (stages.qat.tensorrt_artifact unset" in s["markdown"]
+    assert (run_dir / "qat_backup" / "tensorrt" / "qat_torch_epoch.pt").exists()
+
+
+def test_ptq_vs_qat_pairs_the_tensorrt_qat_with_the_tensorrt_ptq(pt_run):
+    """QAT vs PTQ on the same scheme: int8_onnx_qat_trt against int8_onnx_trt, in a paired test of their own (the
+    host ONNX pair stays int8_onnx_qat vs int8_onnx_ptq), a table row and a verdict line."""
+    _, rep = pt_run
+    c = rep["comparison"]
+    tests = {(t["format"], t.get("made_for")): t for t in c["tests"]}
+    assert (tests[("onnx", None)]["ptq"], tests[("onnx", None)]["qat"]) == ("int8_onnx_ptq", "int8_onnx_qat")
+    t = tests[("onnx", "jetson")]
+    assert (t["ptq"], t["qat"]) == ("int8_onnx_trt", "int8_onnx_qat_trt") and t["qat_minus_ptq"]["n"] == 1000
+    assert t["verdict"].startswith("ONNX INT8 for jetson: PTQ (int8_onnx_trt)") and t["verdict"] in c["verdict_lines"]
+    assert "QAT (int8_onnx_qat_trt) vs PTQ" in t["verdict"]
+    rows = {r["method"]: r for r in c["rows"] if r.get("label") == "INT8 ONNX for TensorRT"}
+    assert rows["ptq_naive"]["artifact"] == "int8_onnx_trt" and rows["qat"]["artifact"] == "int8_onnx_qat_trt"
+    assert rows["qat"]["top1"] is not None and rows["qat"]["format"] == "onnx"
+    host = {r["method"]: r for r in c["rows"] if r["format"] == "onnx" and r["bits"] == 8 and not r.get("label")}
+    assert all(r.get("artifact") in (None, "int8_onnx_ptq", "int8_onnx_ptq_adv", "int8_onnx_qat") for r in host.values())
+    assert "| INT8 ONNX for TensorRT |" in c["markdown"]
+
+
 def test_onnx_input_without_a_pytorch_source_skips_qat_with_what_to_give():
     from edgeq.core.config import ModelSpec
     from edgeq.stages.registry import skip_reason

@@ -177,7 +177,9 @@ def export_qdq_onnx(qmodel, out: Path, input_shape_hwc, opset: int, int32_biases
     The quantizers export as ONNX Q/DQ pairs (NNCF's default writes OpenVINO FakeQuantize, which ONNX Runtime
     refuses); ONNX Runtime's basic optimiser (standard ops only) then folds the constant subgraphs and stores the
     quantized weights as int8, and a Q/DQ pair is added after grid-keeping ops (a zero Pad) above a Conv.
-    `int32_biases=False` (the TensorRT export) keeps the biases float: TensorRT takes int8 Q/DQ only."""
+    `int32_biases=False` (the TensorRT export) keeps the biases float (TensorRT takes int8 Q/DQ only) and puts the
+    Q/DQ pair between a zero Pad and its Conv (TensorRT wants each int8 Conv's input from DequantizeLinear; ONNX
+    Runtime's Pad fusion, for which the host export keeps it above the Pad, is no concern there)."""
     import onnx
     import torch
     from nncf.torch.quantization.layers import QuantizerExportMode
@@ -207,7 +209,7 @@ def export_qdq_onnx(qmodel, out: Path, input_shape_hwc, opset: int, int32_biases
         else:
             _fold_keeping_float_biases(raw, out)
     m = onnx.load(str(out))
-    requantized = requantize_grid_ops(m.graph)
+    requantized = requantize_grid_ops(m.graph, pads_into_convs=int32_biases)  # TensorRT: Q/DQ between Pad and Conv
     biases = quantize_biases(m.graph) if int32_biases else 0
     # ONNX Runtime's optimiser writes an opset import for every domain it knows; keep the ones the graph uses
     used = {n.domain for n in m.graph.node} | {""}
