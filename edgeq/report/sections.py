@@ -192,8 +192,11 @@ def comparison_markdown(section: dict, artifacts: list[Any] = (), compatibility:
               "weights, int8 activations) run by LiteRT." if "ptq_litert" in methods else "")
     fallback = (" Float fallback = the host INT8 ONNX with its most sensitive nodes left float (ONNX row, drop "
                 "against the FP32 ONNX)." if "fallback" in methods else "")
-    others = "".join(f" {r['label']} = {r['artifact']} ({r['how']})." for r in rows
-                     if r.get("label") and r.get("artifact"))
+    labelled: dict[tuple[str, str], list[str]] = {}  # (label, how) -> artifacts: a row of several cells named once
+    for r in rows:
+        if r.get("label") and r.get("artifact"):
+            labelled.setdefault((r["label"], r["how"]), []).append(r["artifact"])
+    others = "".join(f" {label} = {', '.join(arts)} ({how})." for (label, how), arts in labelled.items())
     lines = ["## PTQ vs QAT", "",
              f"Top-1 on {n} evaluation images (drop from FP32 in points; size). INT8: real INT8 artifacts. Fewer "
              f"bits: real artifacts where a runtime takes them, else simulated = per-channel fake-quantised kernels "
