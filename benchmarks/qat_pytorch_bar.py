@@ -6,8 +6,8 @@ Per seed s: FashionNet (tests/torch_nets.py, MobileNet-style, 7 Conv + BatchNorm
 shipped Fashion-MNIST sample's 3,000 training images (torch seed s), saved as a state_dict and run through
 `edgeq run` with tflite_ptq, onnx_ptq, qat (defaults but epochs 2, batch 32, 300 validation images,
 stages.qat.seed s; with onnx_ptq's TensorRT artifact on, the qat stage also makes int8_onnx_qat_trt, QAT in
-TensorRT's scheme, paired below with int8_onnx_trt) and comparison (8 bits). Printed per run, on the sample's 1,000 evaluation images: top-1
-with Wilson intervals, QAT - PTQ per format with its paired interval and exact McNemar p, the TFLite QAT's
+TensorRT's scheme, paired below with int8_onnx_trt) and comparison (8 bits). Printed per run, on the sample's
+1,000 evaluation images: top-1 with Wilson intervals, QAT - PTQ per format with its paired interval and exact McNemar p, the TFLite QAT's
 agreement with the ONNX QAT it is made from, which of the two TFLite translations the run chose (learned scales
 kept, or the converter calibrating inside the learned ranges) with both candidates' figures on the 300
 validation images it chose on, and the learned scales found in the .tflite. Also, side by side on the same QAT

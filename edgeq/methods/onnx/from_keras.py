@@ -234,8 +234,8 @@ def requantize_grid_ops(g, pads_into_convs: bool = True) -> list[str]:
         p = prod.get(x)
         # ORT folds a zero Pad right above a Conv into the Conv (PadFusion), and then runs DQ -> Conv as one
         # integer kernel: a Q/DQ pair must go above such Pads, or the Pad stays a float op between them
-        while (pads_into_convs and node.op_type == "Conv" and p is not None and p.op_type == "Pad" and _keeps_grid(p, inits)
-               and len(cons.get(p.output[0], [])) == 1):
+        while (pads_into_convs and node.op_type == "Conv" and p is not None and p.op_type == "Pad"
+               and _keeps_grid(p, inits) and len(cons.get(p.output[0], [])) == 1):
             x, p = p.input[0], prod.get(p.input[0])
         n, chain = p, 0
         while n is not None and n.op_type in GRID_OPS and _keeps_grid(n, inits):

@@ -1,7 +1,7 @@
 """The `qat` stage's work for a PyTorch input model: NNCF QAT of the user's nn.Module, exported as a standard
 QDQ ONNX (`int8_onnx_qat`) and, through the ONNX -> TensorFlow translation the PTQ routes use, a full-integer
 INT8 TFLite (`int8_tflite_qat`), or the reason it was not made. Same artifact names as the Keras QAT, so the
-PTQ-vs-QAT comparison finds them.
+PTQ-vs-QAT comparison finds them. In TensorRT's scheme, a second fine-tune: `int8_onnx_qat_trt` (`torch_qat_trt`).
 
 Takes the run context (`ctx`: config, splits, preprocessing, `produce`, results) and the stage's options; the
 algorithms are in `qat` and `fine_tune`. Under torchrun only rank 0 makes artifacts; the other ranks fine-tune.
