@@ -216,3 +216,31 @@ def test_edgeq_run_under_two_torchrun_workers_writes_one_run_from_rank0(project,
     assert {"int8_onnx_qat", "int8_tflite_qat"} <= {a["name"] for a in rep["artifacts"]}
     assert sorted(p.name for p in (next(out.rglob("report.json")).parent / "qat_backup").iterdir()) == \
         ["qat_torch_epoch.pt"]
+
+
+@pytest.mark.slow
+def test_torchrun_workers_fine_tune_both_schemes_in_one_process_group(project, tmp_path):
+    """With int8_onnx_qat_trt asked for, every worker runs two fine-tunes (host scheme, then TensorRT's), rank 0
+    converting the TFLite between them: the process group is joined once and kept (joined again after leaving,
+    gloo read the first group's addresses from torchrun's store and rank 0 waited for ever)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = yaml.safe_load((project / "run.yaml").read_text())
+    cfg["stages"]["qat"]["tensorrt_artifact"] = True
+    (project / "run_trt.yaml").write_text(yaml.safe_dump(cfg))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(TESTS)])}
+    out = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                        "edgeq", "run", str(project / "run_trt.yaml"), "--out", str(out), "--stages", "qat",
+                        "--no-benchmark"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(next(out.rglob("report.json")).read_text())
+    assert {"int8_onnx_qat", "int8_onnx_qat_trt"} <= {a["name"] for a in rep["artifacts"]}
+    assert rep["qat"]["tensorrt_artifact"] == {"made": True, "why": "stages.qat.tensorrt_artifact: true"}
+    backup = next(out.rglob("report.json")).parent / "qat_backup"
+    assert (backup / "qat_torch_epoch.pt").exists() and (backup / "tensorrt" / "qat_torch_epoch.pt").exists()
