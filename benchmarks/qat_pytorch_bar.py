@@ -5,11 +5,13 @@
 Per seed s: FashionNet (tests/torch_nets.py, MobileNet-style, 7 Conv + BatchNorm) is trained 3 epochs on the
 shipped Fashion-MNIST sample's 3,000 training images (torch seed s), saved as a state_dict and run through
 `edgeq run` with tflite_ptq, onnx_ptq, qat (defaults but epochs 2, batch 32, 300 validation images,
-stages.qat.seed s) and comparison (8 bits). Printed per run, on the sample's 1,000 evaluation images: top-1
-with Wilson intervals, QAT - PTQ per format with its paired interval and exact McNemar p, the TFLite QAT's
-agreement with the ONNX QAT it is made from and where they part (the ONNX's margin of its top-1 over the TFLite's
-pick on each disagreement, in steps of the TFLite's int8 output, and the agreement the int8 output alone costs:
-the ONNX's float logits put on that grid), which of the two TFLite translations the run chose (learned scales
+stages.qat.seed s; with onnx_ptq's TensorRT artifact on, the qat stage also makes int8_onnx_qat_trt, QAT in
+TensorRT's scheme, paired below with int8_onnx_trt) and comparison (8 bits). Printed per run, on the sample's
+1,000 evaluation images: top-1 with Wilson intervals, QAT - PTQ per format with its paired interval and exact
+McNemar p, the TFLite QAT's agreement with the ONNX QAT it is made from and where they part (the ONNX's margin of
+its top-1 over the TFLite's pick on each disagreement, in steps of the TFLite's int8 output, and the agreement the
+int8 output alone costs: the ONNX's float logits put on that grid), which of the two TFLite translations the run
+chose (learned scales
 kept, or the converter calibrating inside the learned ranges) with both candidates' figures on the 300
 validation images it chose on, and the learned scales found in the .tflite. Also, side by side on the same QAT
 ONNX: the calibrated-in-ranges translation re-made here (the converter calibrating activations on the run's own
@@ -135,8 +137,19 @@ def one_run(seed: int, work: Path) -> dict:
         out["top1"][name] = f"{100 * k / len(labels):.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
     right = {k: v == labels for k, v in pred.items()}
     for qat, ptq in (("int8_tflite_qat", "int8_tflite_ptq"), ("int8_onnx_qat", "int8_onnx_ptq"),
-                     ("int8_tflite_qat_calibrated", "int8_tflite_ptq"), ("int8_tflite_qat", "int8_onnx_qat")):
-        out[f"{qat} - {ptq}"] = pt(paired_test(right[ptq], right[qat]))
+                     ("int8_tflite_qat_calibrated", "int8_tflite_ptq"), ("int8_tflite_qat", "int8_onnx_qat"),
+                     ("int8_onnx_qat_trt", "int8_onnx_trt"), ("int8_onnx_qat_trt", "int8_onnx_qat")):
+        if qat in right and ptq in right:
+            out[f"{qat} - {ptq}"] = pt(paired_test(right[ptq], right[qat]))
+    trt = next((a for a in rep["artifacts"] if a["name"] == "int8_onnx_qat_trt"), None)
+    if trt is not None:  # the TensorRT-scheme QAT (stages.qat.tensorrt_artifact follows onnx_ptq's, on here)
+        c = trt["compatibility"].get("tensorrt") or {}
+        out["int8_onnx_qat_trt"] = {"tensorrt_ok": c.get("ok"), "tensorrt_problems": c.get("problems"),
+                                    "ort_kernels": trt["notes"].get("ort_kernels"),
+                                    "epochs_run": trt["notes"].get("epochs_run"),
+                                    "fine_tune_seconds": trt["notes"].get("fine_tune_seconds"),
+                                    "validation_top1_after_fine_tune":
+                                        trt["notes"].get("validation_top1_after_fine_tune")}
     out["agreement tflite_qat vs onnx_qat"] = float((pred["int8_tflite_qat"] == pred["int8_onnx_qat"]).mean())
     out["tflite_qat vs onnx_qat"] = translation_fidelity(run / t_path(rep), qdq, eval_x)
     out["agreement calibrated tflite_qat vs onnx_qat"] = float(
@@ -153,7 +166,7 @@ def one_run(seed: int, work: Path) -> dict:
     out["fine_tune"] = {k: s.get(k) for k in ("epochs_run", "steps", "fine_tune_seconds", "fine_tune_kept",
                                               "validation_top1_before_fine_tune", "validation_top1_after_fine_tune",
                                               "validation_loss_before", "history")}
-    out["verdict"] = rep["comparison"]["verdict_lines"][:2]
+    out["verdict"] = rep["comparison"]["verdict_lines"][:3]
     return out
 
 

@@ -159,6 +159,10 @@ class QatSpec(Strict):
     distribution: DistributionSpec = DistributionSpec()  # tf.distribute: mirrored or multi-worker fine-tune
     # PyTorch QAT (NNCF): auto = this worker's CUDA device when PyTorch sees one, else the CPU (Keras: unused)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # PyTorch QAT: also make int8_onnx_qat_trt, a second NNCF fine-tune in TensorRT's scheme (int8 zero-point 0
+    # activations, float biases), compared with onnx_ptq's int8_onnx_trt. None: made when stages.onnx_ptq runs with
+    # tensorrt_artifact on (that PTQ artifact is what it is compared with). Keras: not made (said so in the report)
+    tensorrt_artifact: Optional[bool] = None
 
 
 class ComparisonSpec(Strict):

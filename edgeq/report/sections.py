@@ -192,7 +192,11 @@ def comparison_markdown(section: dict, artifacts: list[Any] = (), compatibility:
               "weights, int8 activations) run by LiteRT." if "ptq_litert" in methods else "")
     fallback = (" Float fallback = the host INT8 ONNX with its most sensitive nodes left float (ONNX row, drop "
                 "against the FP32 ONNX)." if "fallback" in methods else "")
-    others = "".join(f" {r['label']} = {r['artifact']} ({r['how']})." for r in rows if r.get("label"))
+    labelled: dict[tuple[str, str], list[str]] = {}  # (label, how) -> artifacts: a row of several cells named once
+    for r in rows:
+        if r.get("label") and r.get("artifact"):
+            labelled.setdefault((r["label"], r["how"]), []).append(r["artifact"])
+    others = "".join(f" {label} = {', '.join(arts)} ({how})." for (label, how), arts in labelled.items())
     qat_how = section.get("qat_how", "tfmot fine-tune at INT8; straight-through fine-tune of the simulated kernels "
                                      "below 8 bits")  # a PyTorch run's section names NNCF's
     lines = ["## PTQ vs QAT", "",

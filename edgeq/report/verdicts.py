@@ -125,9 +125,10 @@ FORMAT_LABEL = {"tflite": "TFLite", "onnx": "ONNX"}
 
 
 def method_verdict(fmt: str, ptq: tuple[str, PairedTest] | None, qat: tuple[str, PairedTest] | None,
-                   qat_vs_ptq: PairedTest | None, budget_pt: float) -> str:
-    """INT8 of one format: is PTQ enough, does QAT help — from the paired tests and the budget."""
-    tag = f"{FORMAT_LABEL.get(fmt, fmt)} INT8"
+                   qat_vs_ptq: PairedTest | None, budget_pt: float, made_for: str | None = None) -> str:
+    """INT8 of one format: is PTQ enough, does QAT help — from the paired tests and the budget. `made_for`: the
+    device kinds of artifacts made for those only (notes.only_for), e.g. the TensorRT ones for "jetson"."""
+    tag = f"{FORMAT_LABEL.get(fmt, fmt)} INT8" + (f" for {made_for}" if made_for else "")
     if ptq is None:
         return f"{tag}: no PTQ artifact evaluated, no verdict."
     name, t = ptq
@@ -156,11 +157,17 @@ def method_verdict(fmt: str, ptq: tuple[str, PairedTest] | None, qat: tuple[str,
 
 
 def int8_method_tests(entries: list[dict], correct: dict[str, np.ndarray], budget_pt: float) -> tuple[list[dict], list[str]]:
-    """Paired PTQ/QAT tests of every INT8 format in the run, and one verdict sentence per format."""
+    """Paired PTQ/QAT tests of every INT8 format in the run, and one verdict sentence per format; artifacts made for
+    other device kinds only (notes.only_for: the TensorRT ONNX ones) are compared among themselves, QAT with PTQ on
+    the same scheme (int8_onnx_qat_trt with int8_onnx_trt), in a test of their own with `made_for` set."""
     tests, lines = [], []
-    for fmt in sorted({e["format"] for e in entries if e["precision"] == "int8"}):
-        int8 = [e for e in entries if e["format"] == fmt and e["precision"] == "int8" and e["name"] in correct
-                and e.get("vs_fp32") and not (e.get("notes") or {}).get("only_for")]
+    groups: dict[tuple[str, str | None], list[dict]] = {}
+    for e in entries:
+        if e["precision"] == "int8" and e["name"] in correct and e.get("vs_fp32"):
+            only = (e.get("notes") or {}).get("only_for")
+            groups.setdefault((e["format"], ", ".join(only["kinds"]) if only else None), []).append(e)
+    for fmt, made_for in sorted(groups, key=lambda k: (k[0], k[1] or "")):
+        int8 = groups[(fmt, made_for)]
         ptqs = [e for e in int8 if e["method"].startswith("ptq")]
         qats = [e for e in int8 if e["method"] == "qat"]
         if not ptqs:
@@ -174,10 +181,11 @@ def int8_method_tests(entries: list[dict], correct: dict[str, np.ndarray], budge
             qat = qats[0]
             t_qat = paired_test(correct[ref], correct[qat["name"]])
             g = paired_test(correct[qat["name"]], correct[ptq["name"]])  # drop = QAT - PTQ: positive = QAT better
-        line = method_verdict(fmt, (ptq["name"], t_ptq), (qat["name"], t_qat) if qat else None, g, budget_pt)
+        line = method_verdict(fmt, (ptq["name"], t_ptq), (qat["name"], t_qat) if qat else None, g, budget_pt, made_for)
         tests.append({"format": fmt, "reference": ref, "ptq": ptq["name"], "qat": qat["name"] if qat else None,
                       "ptq_vs_fp32": t_ptq.to_dict(), "qat_vs_fp32": t_qat.to_dict() if t_qat else None,
-                      "qat_minus_ptq": g.to_dict() if g else None, "verdict": line})
+                      "qat_minus_ptq": g.to_dict() if g else None, "verdict": line,
+                      **({"made_for": made_for} if made_for else {})})
         lines.append(line)
     return tests, lines
 

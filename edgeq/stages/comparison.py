@@ -64,7 +64,7 @@ def _cell_key(ctx, opts: ComparisonSpec, fine_tune: QatSpec, bits: int, method: 
              **({"simulated_in": "pytorch"} if ctx.cfg.model.format == "pytorch" else {})}
     if method == "qat":
         parts.update(steps=opts.low_bit_qat_steps, lr=opts.low_bit_qat_learning_rate,
-                     qat=fine_tune.model_dump(exclude={"enabled", "export_onnx", "device"}),
+                     qat=fine_tune.model_dump(exclude={"enabled", "export_onnx", "device", "tensorrt_artifact"}),
                      train=ctx.splits.train.fingerprint() if ctx.splits.train is not None else None)
     return stage_key("comparison", ctx.fp32.sha256, parts, ctx.cfg.seed)
 
@@ -165,13 +165,15 @@ def _low_bit_qat(ctx, opts: ComparisonSpec, q: QatSpec, model, bits: int, adv_mo
 
 
 # ------------------------------------------------------------------ the table, after evaluation
-def real_artifact(ctx, fmt: str, bits: int, method: str) -> Artifact | None:
+def real_artifact(ctx, fmt: str, bits: int, method: str, made_for_elsewhere: bool = False) -> Artifact | None:
     """The run's real artifact of format `fmt` at `bits` made by comparison method `method`, found by precision
     and Artifact.method (the artifact of the stage named for the format first: tflite_ptq's naive INT8 before
-    a litert-quantizer min-max one)."""
+    a litert-quantizer min-max one). `made_for_elsewhere`: among the artifacts made for other device kinds only
+    (notes.only_for: the TensorRT ONNX ones), else among the others."""
     prec = PRECISION_OF_BITS.get(bits)
     for m in REAL_METHODS[method]:
-        found = [a for a in ctx.manifest.artifacts.values() if a.format == fmt and a.precision == prec and a.method == m]
+        found = [a for a in ctx.manifest.artifacts.values() if a.format == fmt and a.precision == prec and a.method == m
+                 and bool(a.notes.get("only_for")) == made_for_elsewhere]
         if found:
             return sorted(found, key=lambda a: a.stage != f"{fmt}_ptq")[0]
     return None
@@ -276,7 +278,25 @@ def build_rows(ctx, opts: ComparisonSpec, fine_tune: QatSpec) -> tuple[list[dict
                 if reason:
                     row["reason"] = reason
                 rows.append(row)
-    return rows + _other_precision_rows(ctx, idx, fp32), len(ev)
+    onnx_fp32 = (_artifact_top1(ctx, onnx_ref, idx)[0] if onnx_ref is not None else None) or fp32
+    return rows + _tensorrt_rows(ctx, idx, onnx_fp32) + _other_precision_rows(ctx, idx, fp32), len(ev)
+
+
+def _tensorrt_rows(ctx, idx: np.ndarray, onnx_fp32: float) -> list[dict]:
+    """The INT8 ONNX made for TensorRT, PTQ (onnx_ptq's int8_onnx_trt) beside QAT on the same scheme (the PyTorch
+    qat stage's int8_onnx_qat_trt), as one labelled row (drop against the FP32 ONNX), when the run made the PTQ one
+    and ran QAT."""
+    if not ctx.cfg.stages.qat.enabled or real_artifact(ctx, "onnx", 8, "ptq_naive", True) is None:
+        return []
+    rows = []
+    for method in ("ptq_naive", "qat"):
+        a = real_artifact(ctx, "onnx", 8, method, True)
+        top1, reason = _artifact_top1(ctx, a, idx) if a is not None else (None, TENSORRT_QAT_MISSING)
+        row = {"bits": 8, "label": TENSORRT_LABEL, "method": method, "format": "onnx", "simulated": False,
+               "top1": top1, "size_bytes": a.size_bytes if a else None, "artifact": a.name if a else None,
+               "how": TENSORRT_HOW, "drop": round((onnx_fp32 - top1) * 100, 3) if top1 is not None else None}
+        rows.append({**row, "reason": reason} if reason else row)
+    return rows
 
 
 def _other_precision_rows(ctx, idx: np.ndarray, fp32: float) -> list[dict]:
@@ -291,6 +311,13 @@ def _other_precision_rows(ctx, idx: np.ndarray, fp32: float) -> list[dict]:
                    "drop": round((fp32 - top1) * 100, 3) if top1 is not None else None}
             rows.append({**row, "reason": reason} if reason else row)
     return rows
+
+
+TENSORRT_LABEL = "INT8 ONNX for TensorRT"
+TENSORRT_HOW = ("TensorRT's scheme: int8 Q/DQ with zero-point 0, per-channel weights, float biases; evaluated as "
+                "written (ORT basic level), drop against the FP32 ONNX")
+TENSORRT_QAT_MISSING = ("not produced: int8_onnx_qat_trt is made by the qat stage for PyTorch models "
+                        "(stages.qat.tensorrt_artifact)")
 
 
 def _pt(x: float) -> str:
@@ -372,6 +399,9 @@ def after_evaluate(ctx, inputs: ComparisonInputs | None = None) -> None:
     low_bit, paired = low_bit_tests.pair_low_bit(ctx, rows, _eval_subset(ctx, opts)[1])  # adds n/ci95/vs_fp32 to rows
     verdict += paired
     verdict += [fallback_verdict(rows, ctx.cfg.max_accuracy_drop)] if ctx.cfg.stages.onnx_fallback.enabled else []
+    trt = {r["method"]: r for r in rows if r.get("label") == TENSORRT_LABEL}
+    if trt:  # "INT8 ONNX for TensorRT: ..."; the report replaces INT8 point estimates with its paired tests
+        verdict.append(TENSORRT_LABEL + verdict_for(8, trt, opts.tolerance_points).removeprefix("INT8"))
     section = {"rows": rows, "verdict": " ".join(verdict), "verdict_lines": verdict, "eval_images": n,
                "low_bit_tests": low_bit,
                **(torch_low_bit.SECTION_HOW if ctx.cfg.model.format == "pytorch" else {}),

@@ -18,6 +18,7 @@ from edgeq.methods.onnx.from_keras import add_weight_qdq, keras_to_onnx, missing
 from edgeq.methods.onnx.ort_int8 import ort_kernel_summary
 from edgeq.stages.support.inputs import QatInputs, qat_inputs
 from edgeq.methods.keras.qat import check_supported
+from edgeq.stages.support.torch_qat_trt import KERAS_NOTE as KERAS_TRT_NOTE
 
 SECTION_KEYS = ("fine_tune_seconds", "convert_seconds", "epochs_run", "steps", "train_images", "validation_images",
                 "validation_top1_before_fine_tune", "validation_top1_after_fine_tune", "validation_loss_before",
@@ -45,7 +46,7 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
     key = {"train": data.train.fingerprint(), "val": data.val.fingerprint() if data.val is not None else None,
            "calibration": cal.fingerprint()}
     # where the cluster runs and checkpoints does not change the artifact; the strategy (replica count) does
-    params = opts.model_dump(exclude={"enabled", "export_onnx", "distribution", "device"})
+    params = opts.model_dump(exclude={"enabled", "export_onnx", "distribution", "device", "tensorrt_artifact"})
     if opts.distribution.strategy != "none":
         params["distribution"] = opts.distribution.strategy
     params.update(input_type=inputs.tflite.input_type, output_type=inputs.tflite.output_type,
@@ -88,6 +89,9 @@ def run_stage(ctx, opts: QatSpec, inputs: QatInputs | None = None) -> list[Artif
         onnx_params = {**params, "opset": opset, "weights": "int8 per-channel (DequantizeLinear)"}
         out.append(ctx.produce("int8_onnx_qat", "int8_qat.onnx", key, make_onnx, fmt="onnx", precision="int8",
                                method="qat", stage="qat", params=onnx_params, parent=parent))
+    if opts.tensorrt_artifact:  # asked for explicitly: say why a Keras run does not make it
+        onnx_note = " ".join(filter(None, [onnx_note, f"{KERAS_TRT_NOTE}."]))
+        ctx.log(f"  ! {KERAS_TRT_NOTE}")
     notes = out[0].notes
     ctx.results.set_section("qat", {**{k: notes.get(k) for k in SECTION_KEYS}, "artifacts": [a.name for a in out],
                                     "onnx": onnx_note, "distill": opts.distill, "learning_rate": opts.learning_rate,

@@ -84,7 +84,7 @@ STAGES: tuple[Stage, ...] = (
           tests=StageTests(may_make=("fp32_onnx", "fp32_openvino", "int8_openvino_nncf", "int8_onnx_nncf"),
                            options={"calibration_images": 30, "routes": ["openvino", "onnx"]},
                            models=("mobilenet_v2",))),
-    Stage("qat", "edgeq.stages.qat:run_stage", QatSpec, artifacts=2,
+    Stage("qat", "edgeq.stages.qat:run_stage", QatSpec, artifacts=3,
           sections={"qat": f"{_SECTIONS}:qat_markdown"},
           needs_trainable="QAT fine-tunes a Keras model, or a PyTorch model given as its state_dict with "
                           "model.factory, a torch.export program (.pt2) or a TorchScript file (an ONNX graph holds "

@@ -115,6 +115,32 @@ def test_method_verdict_covers_every_int8_format_and_cites_p_values():
     assert "QAT (int8_tflite_qat) vs PTQ: better by 2.75 pt" in tfl
 
 
+def test_tensorrt_artifacts_are_paired_among_themselves_qat_with_ptq_on_the_same_scheme():
+    """int8_onnx_qat_trt is compared with int8_onnx_trt (both made for jetson only), never with the host pair,
+    and the host pair stays int8_onnx_qat vs int8_onnx_ptq."""
+    n = 1000
+    fp32 = np.ones(n, bool)
+    host_ptq, host_qat, trt_ptq, trt_qat = (fp32.copy() for _ in range(4))
+    trt_ptq[:40] = False  # the TensorRT PTQ loses 4 pt, its QAT 1 pt
+    trt_qat[:10] = False
+    correct = {"fp32_onnx": fp32, "int8_onnx_ptq": host_ptq, "int8_onnx_qat": host_qat, "int8_onnx_trt": trt_ptq,
+               "int8_onnx_qat_trt": trt_qat}
+    jetson = {"only_for": {"kinds": ["jetson"], "why": "TensorRT"}}
+    entries = [{"name": "fp32_onnx", "format": "onnx", "precision": "fp32", "method": "none",
+                "accuracy": {"top1": 1.0}}]
+    for name, method, notes in (("int8_onnx_ptq", "ptq", {}), ("int8_onnx_qat", "qat", {}),
+                                ("int8_onnx_trt", "ptq", jetson), ("int8_onnx_qat_trt", "qat", jetson)):
+        entries.append({"name": name, "format": "onnx", "precision": "int8", "method": method, "notes": notes,
+                        "accuracy": {"top1": float(correct[name].mean())},
+                        "vs_fp32": vs_reference("fp32_onnx", fp32, correct[name], 1.0)})
+    tests, lines = int8_method_tests(entries, correct, 1.0)
+    assert [(t["ptq"], t["qat"], t.get("made_for")) for t in tests] == [
+        ("int8_onnx_ptq", "int8_onnx_qat", None), ("int8_onnx_trt", "int8_onnx_qat_trt", "jetson")]
+    assert "made_for" not in tests[0]
+    assert lines[1].startswith("ONNX INT8 for jetson: PTQ (int8_onnx_trt)")
+    assert "QAT (int8_onnx_qat_trt) vs PTQ: better by 3.00 pt" in lines[1]
+
+
 # ------------------------------------------------------------------ the referee across toolchains
 def _route(name, stage, fmt, median, ci, within=True, precision="int8"):
     return {"name": name, "stage": stage, "format": fmt, "precision": precision, "method": "ptq",

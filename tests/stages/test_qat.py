@@ -11,8 +11,9 @@ from edgeq.core.errors import DataError, QuantizationError
 
 QAT_STAGES = {"tflite_ptq": {"representative_images": 40},
               "onnx_ptq": {"enabled": True, "calibration_images": 40, "tensorrt_artifact": False},
+              # tensorrt_artifact: asked for, which a Keras run cannot make: recorded, not a crash
               "qat": {"enabled": True, "epochs": 1, "batch_size": 16, "validation_images": 8,
-                      "calibration_images": 32},
+                      "calibration_images": 32, "tensorrt_artifact": True},
               "comparison": {"enabled": True, "bits": [8, 4], "calibration_images": 32,
                              "low_bit_qat_steps": 3}}
 
@@ -254,3 +255,11 @@ def test_int4_advanced_cell_is_a_real_gptq_w4a8_that_keeps_every_gptq_code(qat_r
     kept = notes["gptq_codes_kept"]
     assert kept["codes"] > 0 and kept["fraction"] == 1.0 and kept["layers_not_found"] == []
     assert notes["gptq"]["gptq_layers"] >= 2 and notes["gptq"]["median_error_vs_nearest"] < 1.0
+
+
+def test_keras_qat_asked_for_a_tensorrt_artifact_says_why_it_is_not_made(qat_run):
+    _, rep = qat_run
+    assert "int8_onnx_qat_trt" not in {a["name"] for a in rep["artifacts"]}
+    note = rep["qat"]["onnx"]
+    assert note.startswith("int8_onnx_qat_trt not made: the TensorRT-scheme QAT ONNX is made for PyTorch models only")
+    assert "int8_onnx_trt" in note and note in rep["qat"]["markdown"]

@@ -143,6 +143,46 @@ def test_qat_is_at_least_ptq_minus_a_tenth_of_a_point_or_not_significantly_below
         assert -t.drop * 100 >= -0.1 or t.p >= 0.05, (qat, ptq, t)
 
 
+def test_tensorrt_scheme_qat_onnx_is_made_paired_and_tensorrt_ready(pt_run):
+    """stages.qat.tensorrt_artifact unset follows onnx_ptq's (on by default): int8_onnx_qat_trt, fine-tuned apart
+    (its own checkpoint folder), evaluated with a paired test against FP32 and checked ok for TensorRT."""
+    run_dir, rep = pt_run
+    a = _art(rep, "int8_onnx_qat_trt")
+    assert (a["method"], a["precision"], a["format"], a["stage"]) == ("qat", "int8", "onnx", "qat")
+    assert a["accuracy"]["n"] == 1000 and a["accuracy"]["top1"] is not None
+    assert set(a["vs_fp32"]["mcnemar"]) == {"b", "c", "p"} and a["vs_fp32"]["drop_ci95_pt"]
+    trt = a["compatibility"]["tensorrt"]
+    assert trt["ok"] is True and trt["problems"] == [] and trt["details"]["float_compute_layers"] == 0
+    n = a["notes"]
+    assert n["int32_biases_added"] == 0 and n["ort_kernels"]["batch_norms"] == 0 and n["epochs_run"] >= 1
+    assert n["graph_optimization"] == "basic" and n["only_for"]["kinds"] == ["jetson"]
+    assert n["quantizer"]["range_init"]["preset"] == "PERFORMANCE" and n["quantizer"]["batch_norms_folded"] == 7
+    s = rep["qat"]
+    assert s["tensorrt_artifact"]["made"] is True and "follows stages.onnx_ptq.tensorrt_artifact" in \
+        s["tensorrt_artifact"]["why"]
+    assert "int8_onnx_qat_trt (stages.qat.tensorrt_artifact unset" in s["markdown"]
+    assert (run_dir / "qat_backup" / "tensorrt" / "qat_torch_epoch.pt").exists()
+
+
+def test_ptq_vs_qat_pairs_the_tensorrt_qat_with_the_tensorrt_ptq(pt_run):
+    """QAT vs PTQ on the same scheme: int8_onnx_qat_trt against int8_onnx_trt, in a paired test of their own (the
+    host ONNX pair stays int8_onnx_qat vs int8_onnx_ptq), a table row and a verdict line."""
+    _, rep = pt_run
+    c = rep["comparison"]
+    tests = {(t["format"], t.get("made_for")): t for t in c["tests"]}
+    assert (tests[("onnx", None)]["ptq"], tests[("onnx", None)]["qat"]) == ("int8_onnx_ptq", "int8_onnx_qat")
+    t = tests[("onnx", "jetson")]
+    assert (t["ptq"], t["qat"]) == ("int8_onnx_trt", "int8_onnx_qat_trt") and t["qat_minus_ptq"]["n"] == 1000
+    assert t["verdict"].startswith("ONNX INT8 for jetson: PTQ (int8_onnx_trt)") and t["verdict"] in c["verdict_lines"]
+    assert "QAT (int8_onnx_qat_trt) vs PTQ" in t["verdict"]
+    rows = {r["method"]: r for r in c["rows"] if r.get("label") == "INT8 ONNX for TensorRT"}
+    assert rows["ptq_naive"]["artifact"] == "int8_onnx_trt" and rows["qat"]["artifact"] == "int8_onnx_qat_trt"
+    assert rows["qat"]["top1"] is not None and rows["qat"]["format"] == "onnx"
+    host = {r["method"]: r for r in c["rows"] if r["format"] == "onnx" and r["bits"] == 8 and not r.get("label")}
+    assert all(r.get("artifact") in (None, "int8_onnx_ptq", "int8_onnx_ptq_adv", "int8_onnx_qat") for r in host.values())
+    assert "| INT8 ONNX for TensorRT |" in c["markdown"]
+
+
 def test_onnx_input_without_a_pytorch_source_skips_qat_with_what_to_give():
     from edgeq.core.config import ModelSpec
     from edgeq.stages.registry import skip_reason
@@ -182,3 +222,31 @@ def test_edgeq_run_under_two_torchrun_workers_writes_one_run_from_rank0(project,
     assert {"int8_onnx_qat", "int8_tflite_qat"} <= {a["name"] for a in rep["artifacts"]}
     assert sorted(p.name for p in (next(out.rglob("report.json")).parent / "qat_backup").iterdir()) == \
         ["qat_torch_epoch.pt"]
+
+
+@pytest.mark.slow
+def test_torchrun_workers_fine_tune_both_schemes_in_one_process_group(project, tmp_path):
+    """With int8_onnx_qat_trt asked for, every worker runs two fine-tunes (host scheme, then TensorRT's), rank 0
+    converting the TFLite between them: the process group is joined once and kept (joined again after leaving,
+    gloo read the first group's addresses from torchrun's store and rank 0 waited for ever)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = yaml.safe_load((project / "run.yaml").read_text())
+    cfg["stages"]["qat"]["tensorrt_artifact"] = True
+    (project / "run_trt.yaml").write_text(yaml.safe_dump(cfg))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(TESTS)])}
+    out = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                        "edgeq", "run", str(project / "run_trt.yaml"), "--out", str(out), "--stages", "qat",
+                        "--no-benchmark"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(next(out.rglob("report.json")).read_text())
+    assert {"int8_onnx_qat", "int8_onnx_qat_trt"} <= {a["name"] for a in rep["artifacts"]}
+    assert rep["qat"]["tensorrt_artifact"] == {"made": True, "why": "stages.qat.tensorrt_artifact: true"}
+    backup = next(out.rglob("report.json")).parent / "qat_backup"
+    assert (backup / "qat_torch_epoch.pt").exists() and (backup / "tensorrt" / "qat_torch_epoch.pt").exists()

@@ -210,7 +210,7 @@ def _replace_initializer(g, inits: dict, name: str, value: np.ndarray) -> None:
 GRID_OPS = ("MaxPool", "Pad", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
 
 
-def requantize_grid_ops(g) -> list[str]:
+def requantize_grid_ops(g, pads_into_convs: bool = True) -> list[str]:
     """Add QuantizeLinear/DequantizeLinear (the grid of the DequantizeLinear above) after chains of grid-keeping
     ops (GRID_OPS) that feed a Conv/MatMul/Gemm; returns the tensors re-quantized.
 
@@ -218,7 +218,8 @@ def requantize_grid_ops(g) -> list[str]:
     Pad -> MaxPool -> two Convs), so those Convs read a float tensor and ORT runs them in float. MaxPool and
     zero-padding of values on an int8 grid give values on the same grid (0 is the zero-point), so the pair
     changes no value. A zero Pad straight above a Conv is left alone (MobileNetV2's ZeroPadding2D): ORT folds it
-    into the Conv.
+    into the Conv. `pads_into_convs=False` (a TensorRT export): the pair goes between that Pad and the Conv too, as
+    TensorRT wants every int8 Conv's input to come through DequantizeLinear.
     """
     from onnx import helper, numpy_helper
 
@@ -233,8 +234,8 @@ def requantize_grid_ops(g) -> list[str]:
         p = prod.get(x)
         # ORT folds a zero Pad right above a Conv into the Conv (PadFusion), and then runs DQ -> Conv as one
         # integer kernel: a Q/DQ pair must go above such Pads, or the Pad stays a float op between them
-        while (node.op_type == "Conv" and p is not None and p.op_type == "Pad" and _keeps_grid(p, inits)
-               and len(cons.get(p.output[0], [])) == 1):
+        while (pads_into_convs and node.op_type == "Conv" and p is not None and p.op_type == "Pad"
+               and _keeps_grid(p, inits) and len(cons.get(p.output[0], [])) == 1):
             x, p = p.input[0], prod.get(p.input[0])
         n, chain = p, 0
         while n is not None and n.op_type in GRID_OPS and _keeps_grid(n, inits):

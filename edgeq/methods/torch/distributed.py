@@ -71,7 +71,20 @@ def start(role: TorchRole, device) -> str | None:
 
             torch.cuda.set_device(device)
         dist.init_process_group(backend)
+        # left at exit, not after each fine-tune: a process group joined again after destroy_process_group reads
+        # the first group's addresses from torchrun's store when the ranks arrive apart, and gloo fails to connect
+        # (measured, torch 2.13: the TensorRT-scheme fine-tune after the host one, rank 0 converting TFLite between)
+        import atexit
+
+        atexit.register(_leave)
     return backend
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(role: TorchRole) -> None:
@@ -82,11 +95,11 @@ def barrier(role: TorchRole) -> None:
 
 
 def stop(backend: str | None) -> None:
-    """Leave the process group `start` joined (None: there was none)."""
+    """The end of a fine-tune: wait for every rank (None: one process); the group stays joined for the next
+    fine-tune of this process (see `start`)."""
     if backend is None:
         return
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()

@@ -77,7 +77,7 @@ def nchw(images_nhwc: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2), dtype=np.float32))
 
 
-def quantize(module, calibration_nhwc: np.ndarray, batch_size: int = 32):
+def quantize(module, calibration_nhwc: np.ndarray, batch_size: int = 32, scheme: str = "host"):
     """The module with NNCF's INT8 quantizers inserted and their ranges initialised on the calibration images
     (`nncf.quantize`, RANGE_INIT: NNCF's activation ranges, the mean over samples of each sample's min and max;
     no bias correction). Weights: int8 symmetric per output channel; activations: uint8 per tensor with a
@@ -93,7 +93,10 @@ def quantize(module, calibration_nhwc: np.ndarray, batch_size: int = 32):
     NNCF's default mixes uint8 (after ReLU) and int8 activations, and a Conv with a uint8 input and an int8
     output stays a float kernel; symmetric int8 everywhere keeps each Conv -> ReLU6 (Clip) -> Q float, because
     the Clip narrows the Q range and cannot be fused; asymmetric uint8 runs every Conv, Add and Gemm as an
-    integer kernel (ONNX Runtime's host scheme, U8S8)."""
+    integer kernel (ONNX Runtime's host scheme, U8S8).
+
+    `scheme="tensorrt"` (SCHEMES): activations signed int8 with zero-point 0 (NNCF's PERFORMANCE preset, then
+    `force_signed`), the form TensorRT's explicit quantization takes; everything else as above."""
     nncf = nncf_module()
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, OverflowFix,
                                                        QuantizationParameters)
@@ -103,21 +106,52 @@ def quantize(module, calibration_nhwc: np.ndarray, batch_size: int = 32):
     # per-tensor activations: NNCF's default quantizes a depthwise conv's input per channel, which neither ONNX
     # Runtime's integer kernels nor TFLite take; no overflow fix: it halves the first layer's weight range for
     # old x86 VNNI, which is not a deployment target here
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme {scheme!r}: one of {sorted(SCHEMES)}")
+    trt = scheme == "tensorrt"
     adv = AdvancedQuantizationParameters(overflow_fix=OverflowFix.DISABLE,
                                          activations_quantization_params=QuantizationParameters(per_channel=False),
                                          disable_bias_correction=True)
+    preset = nncf.QuantizationPreset.PERFORMANCE if trt else nncf.QuantizationPreset.MIXED
     try:
-        return nncf.quantize(module, nncf.Dataset(batches), subset_size=len(batches),
-                             preset=nncf.QuantizationPreset.MIXED, advanced_parameters=adv)
+        qmodel = nncf.quantize(module, nncf.Dataset(batches), subset_size=len(batches), preset=preset,
+                               advanced_parameters=adv,
+                               ignored_scope=nncf.IgnoredScope(types=list(TENSORRT_FLOAT_OPS), validate=False)
+                               if trt else None)
     except Exception as e:
         raise QuantizationError(f"nncf.quantize failed on the PyTorch model ({first_line(e, 300)}); check that "
                                 "the model traces with a fixed-size input") from None
+    if trt:
+        force_signed(qmodel)
+    return qmodel
+
+
+def force_signed(qmodel) -> int:
+    """Make every unsigned symmetric quantizer signed, keeping its scale (the range [0, s] becomes [-s, s], 256
+    levels): NNCF quantizes a non-negative activation (after ReLU) unsigned, which exports as uint8, and TensorRT
+    takes int8 only. NNCF 3.4's `signedness_to_force` cannot do it: the target-device configs it is checked against
+    leave signedness open, so the constraint matches none. Returns how many were changed."""
+    from nncf.torch.quantization.layers import SymmetricQuantizer
+
+    changed = [q for q in quantizers(qmodel) if isinstance(q, SymmetricQuantizer) and not q.signed]
+    for q in changed:
+        q.signed = True
+    return len(changed)
 
 
 # what `quantize` does, recorded in the artifact notes (notes.quantizer.range_init)
 RANGE_INIT = {"activation_ranges": "NNCF default (mean over calibration samples of each sample's min and max)",
               "bias_correction": "off (NNCF's fast bias correction cut agreement with FP32 by up to 13 pt)",
               "preset": "MIXED", "activations_per_channel": False, "overflow_fix": "off"}
+# `quantize`'s activation schemes: host = ONNX Runtime's CPU integer kernels (uint8 with a zero-point, int32 biases
+# in the export); tensorrt = TensorRT's explicit quantization (int8, zero-point 0, float biases)
+SCHEMES = {"host": {"preset": "MIXED", "activations": "uint8 per-tensor with a zero-point", "biases": "int32"},
+           "tensorrt": {"preset": "PERFORMANCE", "activations": "int8 per-tensor symmetric (zero-point 0, signed)",
+                        "biases": "float"}}
+# NNCF op types whose input NNCF quantizes but TensorRT has no INT8 kernel for (a mean over H, W exports as
+# ReduceMean): left unquantized in the TensorRT scheme so they run in float between int8 layers
+TENSORRT_FLOAT_OPS = ("mean",)
+RANGE_INIT_TENSORRT = {**RANGE_INIT, "preset": "PERFORMANCE", "activations_signed": True}
 
 
 def quantizers(qmodel) -> list:
@@ -133,13 +167,16 @@ def quantizer_summary(qmodel) -> dict:
             "bits": sorted({int(q.num_bits) for q in qs})}
 
 
-def export_qdq_onnx(qmodel, out: Path, input_shape_hwc, opset: int) -> dict:
+def export_qdq_onnx(qmodel, out: Path, input_shape_hwc, opset: int, int32_biases: bool = True) -> dict:
     """The fine-tuned NNCF model as a standard QDQ ONNX (QuantizeLinear/DequantizeLinear pairs, int8 weights);
     returns notes with the op counts and what ONNX Runtime's CPU optimiser makes of it (`ort_kernels`).
 
     The quantizers export as ONNX Q/DQ pairs (NNCF's default writes OpenVINO FakeQuantize, which ONNX Runtime
     refuses); ONNX Runtime's basic optimiser (standard ops only) then folds the constant subgraphs and stores the
-    quantized weights as int8, and a Q/DQ pair is added after grid-keeping ops (a zero Pad) above a Conv."""
+    quantized weights as int8, and a Q/DQ pair is added after grid-keeping ops (a zero Pad) above a Conv.
+    `int32_biases=False` (the TensorRT export) keeps the biases float (TensorRT takes int8 Q/DQ only) and puts the
+    Q/DQ pair between a zero Pad and its Conv (TensorRT wants each int8 Conv's input from DequantizeLinear; ONNX
+    Runtime's Pad fusion, for which the host export keeps it above the Pad, is no concern there)."""
     import onnx
     import torch
     from nncf.torch.quantization.layers import QuantizerExportMode
@@ -164,10 +201,13 @@ def export_qdq_onnx(qmodel, out: Path, input_shape_hwc, opset: int) -> dict:
                 torch.onnx.export(qmodel, (x,), str(raw), **s)
         except Exception as e:
             raise QuantizationError(f"exporting the QAT model to QDQ ONNX failed ({first_line(e, 300)})") from None
-        fold_constants(raw, out)
+        if int32_biases:
+            fold_constants(raw, out)
+        else:
+            _fold_keeping_float_biases(raw, out)
     m = onnx.load(str(out))
-    requantized = requantize_grid_ops(m.graph)
-    biases = quantize_biases(m.graph)
+    requantized = requantize_grid_ops(m.graph, pads_into_convs=int32_biases)  # TensorRT: Q/DQ between Pad and Conv
+    biases = quantize_biases(m.graph) if int32_biases else 0
     # ONNX Runtime's optimiser writes an opset import for every domain it knows; keep the ones the graph uses
     used = {n.domain for n in m.graph.node} | {""}
     keep = [o for o in m.opset_import if o.domain in used]
@@ -184,6 +224,21 @@ def export_qdq_onnx(qmodel, out: Path, input_shape_hwc, opset: int) -> dict:
     return {"exporter": f"torch.onnx.export {torch.__version__} (NNCF quantizers as ONNX Q/DQ pairs)",
             "opset": opset, "op_counts": dict(sorted(ops.items())), "int8_weight_tensors": int8_weights,
             "requantized_after": requantized, "int32_biases_added": biases, "ort_kernels": ort_kernel_summary(out, "all")}
+
+
+def _fold_keeping_float_biases(src: Path, out: Path) -> None:
+    """`fold_constants` without ONNX Runtime's WeightBiasQuantization, which at the basic level stores a Conv bias
+    as int32 + DequantizeLinear when its input and weight come through DequantizeLinear (TensorRT: int8 Q/DQ only)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(out)
+    try:
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=["WeightBiasQuantization"])
+    except Exception as e:
+        raise QuantizationError(f"onnxruntime cannot load the exported QAT ONNX ({first_line(e)})") from None
 
 
 def quantize_biases(g) -> int:

@@ -1,7 +1,7 @@
 """The `qat` stage's work for a PyTorch input model: NNCF QAT of the user's nn.Module, exported as a standard
 QDQ ONNX (`int8_onnx_qat`) and, through the ONNX -> TensorFlow translation the PTQ routes use, a full-integer
 INT8 TFLite (`int8_tflite_qat`), or the reason it was not made. Same artifact names as the Keras QAT, so the
-PTQ-vs-QAT comparison finds them.
+PTQ-vs-QAT comparison finds them. In TensorRT's scheme, a second fine-tune: `int8_onnx_qat_trt` (`torch_qat_trt`).
 
 Takes the run context (`ctx`: config, splits, preprocessing, `produce`, results) and the stage's options; the
 algorithms are in `qat` and `fine_tune`. Under torchrun only rank 0 makes artifacts; the other ranks fine-tune.
@@ -22,6 +22,7 @@ from edgeq.methods.torch import qat as torch_qat
 from edgeq.methods.torch import to_tflite as qat_tflite
 from edgeq.methods.torch.distributed import torch_role
 from edgeq.methods.torch.fine_tune import QatResult, fine_tune
+from edgeq.stages.support import torch_qat_trt
 
 SECTION_KEYS = ("fine_tune_seconds", "convert_seconds", "epochs_run", "steps", "train_images", "validation_images",
                 "validation_top1_before_fine_tune", "validation_top1_after_fine_tune", "validation_loss_before",
@@ -33,14 +34,14 @@ TFLITE_ROUTE = ("QAT ONNX with its int8 weights stored as their float values -> 
 
 
 def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
-    """NNCF QAT of the run's PyTorch model -> int8_onnx_qat and int8_tflite_qat (or a recorded reason).
+    """NNCF QAT of the run's PyTorch model -> int8_onnx_qat and int8_tflite_qat (or a recorded reason), and
+    int8_onnx_qat_trt when `torch_qat_trt.tensorrt_wanted` (a second fine-tune, in TensorRT's scheme).
 
     `tflite`: the run's INT8 TFLite settings (input/output types, representative images); `opset`: of the ONNX."""
     from edgeq.loaders.pytorch import load_torch_model
-
-    m = ctx.cfg.model
     from edgeq.methods.torch.exported import trainable_module
 
+    m = ctx.cfg.model
     loaded = load_torch_model(Path(m.path), m.factory, m.factory_base)
     module, source = trainable_module(loaded, m.path, tuple(m.input_shape))  # a .pt2 / TorchScript rebuilt
     torch_qat.nncf_module()  # fail before any work when NNCF is missing
@@ -51,17 +52,21 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
     role = torch_role()
     key = {"train": data.train.fingerprint(), "val": data.val.fingerprint() if data.val is not None else None,
            "calibration": cal.fingerprint(), "framework": "pytorch"}
-    params = opts.model_dump(mode="json", exclude={"enabled", "export_onnx", "distribution", "device"})
+    params = opts.model_dump(mode="json", exclude={"enabled", "export_onnx", "distribution", "device",
+                                                   "tensorrt_artifact"})
     params.update(framework="pytorch (NNCF)", workers=role.world_size, opset=opset, pytorch_input=source)
     cache: dict = {}
+    trt, trt_why = torch_qat_trt.tensorrt_wanted(ctx.cfg)
 
-    def fine_tuned() -> QatResult:
-        if "r" not in cache:
-            cache["r"] = _fine_tune(ctx, module, data, cal.images[:n_cal], opts, role)
-        return cache["r"]
+    def fine_tuned(scheme: str = "host") -> QatResult:
+        if scheme not in cache:
+            cache[scheme] = _fine_tune(ctx, module, data, cal.images[:n_cal], opts, role, scheme)
+        return cache[scheme]
 
     if not role.writes:  # a torchrun worker other than rank 0: train in step with rank 0, write nothing
         fine_tuned()
+        if trt:
+            fine_tuned("tensorrt")
         return []
     parent = ctx.fp32.name
     hwc = tuple(m.input_shape)
@@ -95,8 +100,14 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
     except QuantizationError as e:
         tflite_note = f"INT8 TFLite of the QAT model not made: {e}"
         ctx.log(f"  ! {tflite_note}")
+    if trt:
+        out.append(torch_qat_trt.make_tensorrt_qat(ctx, lambda: fine_tuned("tensorrt"), lambda r: _notes(r, data),
+                                                   key, params, hwc, opset, parent))
     notes = qdq.notes
-    section = {"markdown": qat_markdown(notes, opts, n_cal, out, tflite_note),
+    trt_art = next((a for a in out if a.name == torch_qat_trt.NAME), None)
+    section = {"markdown": "\n".join([qat_markdown(notes, opts, n_cal, out, tflite_note),
+                                      *torch_qat_trt.markdown_lines(trt_art, trt_why)]),
+               "tensorrt_artifact": {"made": trt, "why": trt_why},
                **{k: notes.get(k) for k in SECTION_KEYS}, "artifacts": [a.name for a in out], "onnx": None,
                "tflite": tflite_note, "framework": "pytorch", "quantizer": notes.get("quantizer"),
                **({"distribution": notes["distribution"]} if notes.get("distribution") else {})}
@@ -106,7 +117,9 @@ def run_pytorch_qat(ctx, opts: QatSpec, tflite, opset: int) -> list[Artifact]:
     return out
 
 
-def _fine_tune(ctx, module, data: TrainData, cal_images, opts: QatSpec, role) -> QatResult:
+def _fine_tune(ctx, module, data: TrainData, cal_images, opts: QatSpec, role, scheme: str = "host") -> QatResult:
+    """Fold, range-initialise (`torch_qat.quantize` in `scheme`), fine-tune; the TensorRT scheme checkpoints in its
+    own folder (qat_backup/tensorrt), so it never resumes from the host scheme's epochs."""
     import copy
 
     import torch
@@ -118,16 +131,18 @@ def _fine_tune(ctx, module, data: TrainData, cal_images, opts: QatSpec, role) ->
     student = copy.deepcopy(module).eval()
     folded = torch_qat.fold_batch_norms(student)
     t = time.perf_counter()
-    with spinner(f"QAT: nncf.quantize ({len(cal_images)} calibration images)"):
-        qmodel = torch_qat.quantize(student, ctx.pre(cal_images))
+    with spinner(f"QAT: nncf.quantize ({len(cal_images)} calibration images, {scheme} scheme)"):
+        qmodel = torch_qat.quantize(student, ctx.pre(cal_images), scheme=scheme)
     ctx.log(f"  QAT: NNCF range init on {len(cal_images)} calibration images in {time.perf_counter() - t:.1f} s; "
             f"{folded} batch norm(s) folded into their convolutions first")
     backup = ctx.cfg.stages.qat.distribution.checkpoint_dir or ctx.run_dir / "qat_backup"
+    backup = backup if scheme == "host" else Path(backup) / scheme
     r = fine_tune(qmodel, teacher, data, ctx.pre, opts, ctx.log, checkpoint_dir=backup, role=role,
                   device=opts.device)
     r.quantizer = {**torch_qat.quantizer_summary(qmodel), "batch_norms_folded": folded,
                    "range_init_images": len(cal_images),
-                   "range_init": torch_qat.RANGE_INIT, "nncf": _version("nncf")}
+                   "range_init": torch_qat.RANGE_INIT if scheme == "host" else torch_qat.RANGE_INIT_TENSORRT,
+                   "nncf": _version("nncf")}
     return r
 
 
