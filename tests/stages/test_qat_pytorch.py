@@ -204,17 +204,8 @@ def test_onnx_input_without_a_pytorch_source_skips_qat_with_what_to_give():
 def test_edgeq_run_under_two_torchrun_workers_writes_one_run_from_rank0(project, tmp_path):
     """The same `edgeq run` command on every worker (torchrun, gloo): rank 0 writes the run, rank 1 fine-tunes in
     step with it in a scratch directory it deletes."""
-    import os
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(TESTS)])}
     out = tmp_path / "runs"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-                        "edgeq", "run", str(project / "run.yaml"), "--out", str(out), "--stages", "qat",
-                        "--no-benchmark"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _torchrun_qat(project / "run.yaml", out)
     assert "rank 1 of 2: QAT fine-tune done; rank 0 writes" in r.stdout
     assert [p.parent for p in out.rglob("report.json")] == [out] or len(list(out.rglob("report.json"))) == 1
     rep = json.loads(next(out.rglob("report.json")).read_text())
@@ -229,24 +220,31 @@ def test_torchrun_workers_fine_tune_both_schemes_in_one_process_group(project, t
     """With int8_onnx_qat_trt asked for, every worker runs two fine-tunes (host scheme, then TensorRT's), rank 0
     converting the TFLite between them: the process group is joined once and kept (joined again after leaving,
     gloo read the first group's addresses from torchrun's store and rank 0 waited for ever)."""
-    import os
-    import subprocess
-    import sys
-
     import yaml
 
     cfg = yaml.safe_load((project / "run.yaml").read_text())
     cfg["stages"]["qat"]["tensorrt_artifact"] = True
     (project / "run_trt.yaml").write_text(yaml.safe_dump(cfg))
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(TESTS)])}
     out = tmp_path / "runs"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-                        "edgeq", "run", str(project / "run_trt.yaml"), "--out", str(out), "--stages", "qat",
-                        "--no-benchmark"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _torchrun_qat(project / "run_trt.yaml", out)
     rep = json.loads(next(out.rglob("report.json")).read_text())
     assert {"int8_onnx_qat", "int8_onnx_qat_trt"} <= {a["name"] for a in rep["artifacts"]}
     assert rep["qat"]["tensorrt_artifact"] == {"made": True, "why": "stages.qat.tensorrt_artifact: true"}
     backup = next(out.rglob("report.json")).parent / "qat_backup"
     assert (backup / "qat_torch_epoch.pt").exists() and (backup / "tensorrt" / "qat_torch_epoch.pt").exists()
+
+
+def _torchrun_qat(config: Path, out: Path):
+    """`edgeq run CONFIG --stages qat` under torchrun with two gloo workers on this machine, as a user starts it on
+    each node; asserts it succeeded."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(TESTS)])}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                        "edgeq", "run", str(config), "--out", str(out), "--stages", "qat", "--no-benchmark"],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=out.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r

@@ -239,12 +239,7 @@ def test_weight_channels_the_converter_regrids_are_put_back_on_the_qat_grid(qdq,
     init = next(i for i in m.graph.initializer if i.name == dq.input[0])
     codes = numpy_helper.to_array(init).copy()
     codes[0] = np.rint(codes[0] / 2).astype(np.int8)
-    init.CopyFrom(numpy_helper.from_array(codes, init.name))
-    edited = tmp_path / "edited.onnx"
-    onnx.save(m, str(edited))
-    converted = _int8_tflite(edited, tmp_path, keep_ranges=True)
-    before = learned_scales_in_tflite(edited, converted)
-    assert before["weight_channels"] - before["weight_channels_kept"] == 1
+    edited, converted, before = _with_codes(m, init, codes, tmp_path)
     blob, put_back, clamped = keep_learned_weight_scales(edited, converted)
     after = learned_scales_in_tflite(edited, blob)
     assert put_back == 1 and clamped == 0 and after["weight_channels_kept"] == after["weight_channels"]
@@ -299,12 +294,7 @@ def test_a_channel_whose_qat_codes_reach_minus_128_keeps_nncf_scale_with_that_co
     assert codes.shape[1] == 48
     top = np.unravel_index(np.abs(codes[0]).argmax(), codes[0].shape)
     codes[0][top] = -128
-    init.CopyFrom(numpy_helper.from_array(codes, init.name))
-    edited = tmp_path / "edited.onnx"
-    onnx.save(m, str(edited))
-    converted = _int8_tflite(edited, tmp_path, keep_ranges=True)
-    before = learned_scales_in_tflite(edited, converted)
-    assert before["weight_channels"] - before["weight_channels_kept"] == 1
+    edited, converted, before = _with_codes(m, init, codes, tmp_path)
     assert _weight(converted, scales)[1][0] > scales[0] * 1.007  # 128/127 coarser
     blob, put_back, clamped = keep_learned_weight_scales(edited, converted)
     assert (put_back, clamped) == (1, 1)
@@ -318,6 +308,23 @@ def test_a_channel_whose_qat_codes_reach_minus_128_keeps_nncf_scale_with_that_co
     (tmp_path / "fixed.tflite").write_bytes(blob)
     assert (TFLitePredictor(tmp_path / "fixed.tflite").predict(x).argmax(1) ==
             OnnxPredictor(edited).predict(x).argmax(1)).mean() >= 0.97
+
+
+def _with_codes(m, init, codes, tmp_path):
+    """The QAT ONNX `m` with one weight initializer's codes replaced, its learned-scales INT8 TFLite, and what that
+    TFLite kept of the learned scales before any re-gridded channel is put back: one channel re-gridded."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeq.methods.torch.to_tflite import learned_scales_in_tflite
+
+    init.CopyFrom(numpy_helper.from_array(codes, init.name))
+    edited = tmp_path / "edited.onnx"
+    onnx.save(m, str(edited))
+    converted = _int8_tflite(edited, tmp_path, keep_ranges=True)
+    before = learned_scales_in_tflite(edited, converted)
+    assert before["weight_channels"] - before["weight_channels_kept"] == 1
+    return edited, converted, before
 
 
 def test_int8_tflite_parts_from_the_qat_onnx_only_on_near_ties_of_its_int8_logits(qdq, qat_tflite):
