@@ -136,6 +136,12 @@ def one_run(seed: int, work: Path) -> dict:
         lo, hi = wilson_interval(k, len(labels))
         out["top1"][name] = f"{100 * k / len(labels):.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
     right = {k: v == labels for k, v in pred.items()}
+    # what quantisation is judged by: how often each model decides as FP32 does, on the same images
+    out["agreement with fp32_onnx"] = {}
+    for name, p in sorted(pred.items()):
+        k = int((p == pred["fp32_onnx"]).sum())
+        lo, hi = wilson_interval(k, len(p))
+        out["agreement with fp32_onnx"][name] = f"{100 * k / len(p):.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
     for qat, ptq in (("int8_tflite_qat", "int8_tflite_ptq"), ("int8_onnx_qat", "int8_onnx_ptq"),
                      ("int8_tflite_qat_calibrated", "int8_tflite_ptq"), ("int8_tflite_qat", "int8_onnx_qat"),
                      ("int8_onnx_qat_trt", "int8_onnx_trt"), ("int8_onnx_qat_trt", "int8_onnx_qat")):
