@@ -133,3 +133,23 @@ def train_fashion_net(seed: int, epochs: int) -> nn.Module:
             loss.backward()
             opt.step()
     return net.eval()
+
+
+def fashion_project(root, name: str, seed: int, epochs: int, data: dict, stages: dict):
+    """A folder `edgeq run` takes: FashionNet fitted here (`train_fashion_net(seed, epochs)`) saved as net.pth, a
+    factory module naming `fashion_net`, and run.yaml (pytorch state_dict + factory, 28x28x1, 10 classes, the
+    shipped Fashion-MNIST sample with these data settings, these stages, no benchmark). Returns run.yaml's path."""
+    from pathlib import Path
+
+    import yaml
+
+    root, tests = Path(root), Path(__file__).resolve().parent
+    torch.save(train_fashion_net(seed, epochs).state_dict(), root / "net.pth")
+    (root / "factory.py").write_text(f"import sys\nsys.path.insert(0, {str(tests)!r})\nfrom torch_nets import fashion_net\n")
+    cfg = {"name": name,
+           "model": {"path": "net.pth", "format": "pytorch", "factory": "factory:fashion_net",
+                     "input_shape": [28, 28, 1], "num_classes": 10},
+           "data": {"kind": "fashion_mnist", "prefer_full_dataset": False, **data},
+           "stages": stages, "benchmark": {"enabled": False}}
+    (root / "run.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "run.yaml"

@@ -4,7 +4,6 @@ FP32 (exact McNemar, Newcombe interval), QAT paired against the best PTQ, and a 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,32 +12,19 @@ pytest.importorskip("nncf")
 
 import torch_nets  # noqa: E402
 
-TESTS = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def int4_run(tmp_path_factory):
     """`edgeq run --stages comparison` (bits [4], no W4A8 artifact) of FashionNet fitted 1 epoch on the sample."""
-    import yaml
-
     from edgeq.cli import main
 
     root = tmp_path_factory.mktemp("pt_int4")
-    torch.save(torch_nets.train_fashion_net(0, 1).state_dict(), root / "net.pth")
-    (root / "factory.py").write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n"
-                                     "from torch_nets import fashion_net\n")
-    cfg = {"name": "fashion_pt_int4",
-           "model": {"path": "net.pth", "format": "pytorch", "factory": "factory:fashion_net",
-                     "input_shape": [28, 28, 1], "num_classes": 10},
-           "data": {"kind": "fashion_mnist", "prefer_full_dataset": False, "calibration_size": 100,
-                    "train_size": 400},
-           "stages": {"tflite_ptq": {"representative_images": 64},
-                      "qat": {"epochs": 2, "batch_size": 32, "validation_images": 64},
-                      "comparison": {"enabled": True, "bits": [4], "calibration_images": 64, "eval_images": 400,
-                                     "int4_artifact": False, "low_bit_qat_steps": 16,
-                                     "low_bit_qat_learning_rate": 1e-4}},
-           "benchmark": {"enabled": False}}
-    (root / "run.yaml").write_text(yaml.safe_dump(cfg))
+    torch_nets.fashion_project(
+        root, "fashion_pt_int4", 0, 1, {"calibration_size": 100, "train_size": 400},
+        {"tflite_ptq": {"representative_images": 64},
+         "qat": {"epochs": 2, "batch_size": 32, "validation_images": 64},
+         "comparison": {"enabled": True, "bits": [4], "calibration_images": 64, "eval_images": 400,
+                        "int4_artifact": False, "low_bit_qat_steps": 16, "low_bit_qat_learning_rate": 1e-4}})
     out = tmp_path_factory.mktemp("pt_int4_run")
     assert main(["run", str(root / "run.yaml"), "--out", str(out), "--stages", "comparison"]) == 0
     run_dir = next(p.parent for p in out.rglob("report.json"))

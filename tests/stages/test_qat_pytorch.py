@@ -25,20 +25,9 @@ STAGES = {"tflite_ptq": {"representative_images": 100},
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    import yaml
-
     root = tmp_path_factory.mktemp("pt_qat_project")
     # FashionNet fitted for 2 epochs (seed 0) on the sample's 3,000 training images (about 65-70 % top-1)
-    torch.save(torch_nets.train_fashion_net(0, 2).state_dict(), root / "net.pth")
-    (root / "factory.py").write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n"
-                                     "from torch_nets import fashion_net\n")
-    cfg = {"name": "fashion_pt",
-           "model": {"path": "net.pth", "format": "pytorch", "factory": "factory:fashion_net",
-                     "input_shape": [28, 28, 1], "num_classes": 10},
-           "data": {"kind": "fashion_mnist", "prefer_full_dataset": False, "calibration_size": 200,
-                    "train_size": 800},
-           "stages": STAGES, "benchmark": {"enabled": False}}
-    (root / "run.yaml").write_text(yaml.safe_dump(cfg))
+    torch_nets.fashion_project(root, "fashion_pt", 0, 2, {"calibration_size": 200, "train_size": 800}, STAGES)
     return root
 
 
