@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeq.core.formats import resolve
-from edgeq.stages.comparison import METHOD_LABELS
+from edgeq.stages.support.comparison_verdicts import METHOD_LABELS
 from edgeq.stages.mixed_precision import short_name
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edgeq.methods.keras import fakequant
-from edgeq.stages.comparison import verdict_for
+from edgeq.stages.support.comparison_verdicts import verdict_for
 
 
 def _cells(fp32: float, **top1: float) -> dict:
