@@ -39,6 +39,21 @@ def torch_module(ctx):
     return load_torch_model(Path(m.path), m.factory, m.factory_base).eval()
 
 
+def _no_weight_modules(module) -> str:
+    """Why a model without nn.Conv2d/nn.Linear modules gets no simulated cell: a torch.export program or TorchScript
+    file holds its convolutions as graph calls (its INT8 QAT rebuilds them, `edgeq.methods.torch.exported`), a
+    factory module may really have none."""
+    import torch
+
+    from edgeq.loaders.pytorch import exported_graph
+
+    if isinstance(module, torch.jit.ScriptModule) or exported_graph(module) is not None:
+        return ("not simulated for a torch.export program or TorchScript file: the simulated INT4 cells round the "
+                "weights of nn.Conv2d/nn.Linear modules, which such a file holds as graph calls; give the state_dict "
+                "with model.factory for these cells (the INT8 QAT artifacts are made from either)")
+    return "not available: the PyTorch model has no Conv2d/Linear weights"
+
+
 def simulated_cell(ctx, opts: ComparisonSpec, q: QatSpec, bits: int, method: str, ev: LabelledImages,
                    label: str) -> tuple[dict, object | None]:
     """(cell, evaluation result or None) of one simulated PyTorch cell: `cell` in the Keras cells' form (top1,
@@ -52,7 +67,7 @@ def simulated_cell(ctx, opts: ComparisonSpec, q: QatSpec, bits: int, method: str
         return {**cell, "top1": None, "reason": "no training split to fine-tune on"}, None
     module = torch_module(ctx)
     if not low_bit.weight_modules(module):
-        return {**cell, "top1": None, "reason": "not available: the PyTorch model has no Conv2d/Linear weights"}, None
+        return {**cell, "top1": None, "reason": _no_weight_modules(module)}, None
     if method == "ptq_naive":
         m = low_bit.quantize_weights_rtn(module, bits)
         cell["how"] = NAIVE_HOW

@@ -253,3 +253,19 @@ def test_a_mobilenet_style_program_quantizes_and_exports_as_the_eager_net(save, 
         got[kind] = out, n["op_counts"], n["ort_kernels"]
     np.testing.assert_array_equal(got[save][0], got["eager"][0])
     assert got[save][1:] == got["eager"][1:]
+
+
+@pytest.mark.parametrize("kind", ["pt2", "torchscript_traced"])
+def test_simulated_int4_cells_of_a_program_say_to_give_the_state_dict(files, kind):
+    """The comparison's simulated INT4 cells round nn.Conv2d/nn.Linear weights; a .pt2 or TorchScript input holds
+    its convolutions as graph calls, and the cell says so (not that the model has no convolutions)."""
+    from edgeq.loaders.pytorch import load_torch_model
+    from edgeq.methods.torch import low_bit
+    from edgeq.stages.support.torch_low_bit import _no_weight_modules
+
+    m = load_torch_model(files[kind])
+    assert not low_bit.weight_modules(m)
+    why = _no_weight_modules(m)
+    assert "torch.export program or TorchScript file" in why and "model.factory" in why
+    assert _no_weight_modules(torch.nn.Sequential(torch.nn.Flatten())) == \
+        "not available: the PyTorch model has no Conv2d/Linear weights"
